@@ -1,0 +1,199 @@
+"""Structured-config schema of every config group, registered in Hydra's ConfigStore, and range checks."""
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from edgesplit.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mobilenetv2"
+    width: float = 1.0
+    num_classes: int = 10
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # cifar10 | digits | synthetic
+    root: str = "data"
+    download: bool = True
+    batch_size: int = 1024
+    eval_batch_size: Optional[int] = None  # null = batch_size
+    train_size: Optional[int] = None  # null = whole split
+    val_size: Optional[int] = None
+    num_workers: int = 2
+    augment: bool = True
+
+
+@dataclass
+class PartitionConfig:
+    front: int = 1
+    back: int = 1
+    cloud_stages: int = 1
+
+
+@dataclass
+class CompressorConfig:
+    """Codecs of the two boundaries; `activation`/`gradient` are `_target_` specs of edgesplit.codecs."""
+    name: str = MISSING
+    activation: Any = MISSING
+    gradient: Any = MISSING
+    # Per-boundary override: {activation: ..., gradient: ...} replaces the defaults above at 'up'/'down'.
+    up: Optional[Any] = None
+    down: Optional[Any] = None
+    # The gradient goes back only at the positions the forward payload kept (seed's pruning rule).
+    gradient_reuses_support: bool = True
+    eval_compressed: bool = True
+
+
+@dataclass
+class NoCompressorConfig(CompressorConfig):
+    name: str = "none"
+
+
+@dataclass
+class PruneConfig(CompressorConfig):
+    name: str = "prune"
+    ratio: float = 0.1
+
+
+@dataclass
+class QuantizeConfig(CompressorConfig):
+    name: str = "quantize"
+    bits: int = 8
+
+
+@dataclass
+class PruneQuantizeConfig(CompressorConfig):
+    name: str = "prune_quantize"
+    ratio: float = 0.1
+    bits: int = 8
+
+
+@dataclass
+class ScheduleConfig:
+    lr: float = 0.4
+    epochs: int = 200
+    warmup_epochs: int = 20
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class LinkConfig:
+    """Emulated edge link (dist backend only): null = no shaping."""
+    bandwidth_mbps: Optional[float] = None
+    uplink_mbps: Optional[float] = None  # null = bandwidth_mbps
+    downlink_mbps: Optional[float] = None  # null = bandwidth_mbps
+    latency_ms: float = 0.0
+
+
+@dataclass
+class BackendConfig:
+    name: str = MISSING  # naive | gpipe | dist
+    chunks: int = 4
+    devices: Any = "auto"  # 'auto' or a list such as [cpu, cpu, cpu] / [0, 1, 0]
+    checkpoint: str = "except_last"  # always | except_last | never
+    deferred_batch_norm: bool = False
+
+
+@dataclass
+class DistConfig(BackendConfig):
+    name: str = "dist"
+    link: LinkConfig = field(default_factory=LinkConfig)
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29533
+    timeout_s: float = 60.0
+    role: Optional[str] = None  # edge | cloud (under torchrun); null = start every rank locally
+    schedule: str = "gpipe"  # gpipe | 1f1b
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    compressor: Any = MISSING
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    pipeline_backend: Any = MISSING
+    seed: int = 0
+    resume: bool = False
+    threads: Optional[int] = None  # torch threads; null = torch's default
+    log_every: int = 10  # steps between console log lines
+    experiment_name: str = "default"
+    hparam_keys: List[str] = field(default_factory=list)  # extra keys shown in TensorBoard's HParams
+
+
+def register_configs() -> None:
+    """Schemas under `<group>/schema_<option>`; each yaml lists its schema first in `defaults`."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="data", name="schema", node=DataConfig)
+    cs.store(group="partition", name="schema", node=PartitionConfig)
+    cs.store(group="schedule", name="schema", node=ScheduleConfig)
+    cs.store(group="compressor", name="schema_none", node=NoCompressorConfig)
+    cs.store(group="compressor", name="schema_prune", node=PruneConfig)
+    cs.store(group="compressor", name="schema_quantize", node=QuantizeConfig)
+    cs.store(group="compressor", name="schema_prune_quantize", node=PruneQuantizeConfig)
+    cs.store(group="pipeline_backend", name="schema", node=BackendConfig)
+    cs.store(group="pipeline_backend", name="schema_dist", node=DistConfig)
+
+
+BACKENDS = ("naive", "gpipe", "dist")
+DATASETS = ("cifar10", "digits", "synthetic")
+CHECKPOINT_MODES = ("always", "except_last", "never")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def validate(cfg: DictConfig, num_units: int) -> None:
+    """Range checks that a schema cannot express; raise ConfigError naming the key."""
+    p, s, d, b = cfg.partition, cfg.schedule, cfg.data, cfg.pipeline_backend
+    _check(cfg.model.width > 0, "model.width", cfg.model.width, "must be > 0")
+    _check(d.name in DATASETS, "data.name", d.name, f"allowed: {', '.join(DATASETS)}")
+    _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+    for key in ("train_size", "val_size", "eval_batch_size"):
+        v = d[key]
+        _check(v is None or v >= 1, f"data.{key}", v, "must be >= 1 or null")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _check(p.front >= 1, "partition.front", p.front, "must be >= 1 (the edge keeps the input)")
+    _check(p.back >= 1, "partition.back", p.back, "must be >= 1 (the edge keeps the labels)")
+    cloud = num_units - p.front - p.back
+    _check(cloud >= 1, "partition.front+partition.back", p.front + p.back,
+           f"must be < {num_units} (the model has {num_units} units; the cloud needs at least one)")
+    _check(1 <= p.cloud_stages <= max(cloud, 1), "partition.cloud_stages", p.cloud_stages,
+           f"must be in 1..{cloud} (the cloud holds {cloud} units)")
+    c = cfg.compressor
+    if "ratio" in c:
+        _check(0 < c.ratio <= 1, "compressor.ratio", c.ratio, "must be in (0, 1]")
+    if "bits" in c:
+        _check(1 <= c.bits <= 16, "compressor.bits", c.bits, "must be in 1..16")
+    _check(s.lr > 0, "schedule.lr", s.lr, "must be > 0")
+    _check(s.epochs >= 1, "schedule.epochs", s.epochs, "must be >= 1")
+    _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
+    _check(0 <= s.momentum < 1, "schedule.momentum", s.momentum, "must be in [0, 1)")
+    _check(s.weight_decay >= 0, "schedule.weight_decay", s.weight_decay, "must be >= 0")
+    _check(b.name in BACKENDS, "pipeline_backend.name", b.name, f"allowed: {', '.join(BACKENDS)}")
+    _check(1 <= b.chunks <= d.batch_size, "pipeline_backend.chunks", b.chunks,
+           f"must be in 1..data.batch_size ({d.batch_size})")
+    _check(b.checkpoint in CHECKPOINT_MODES, "pipeline_backend.checkpoint", b.checkpoint,
+           f"allowed: {', '.join(CHECKPOINT_MODES)}")
+    _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
+    if b.name == "dist":
+        link = b.link
+        for key in ("bandwidth_mbps", "uplink_mbps", "downlink_mbps"):
+            v = link[key]
+            _check(v is None or v > 0, f"pipeline_backend.link.{key}", v, "must be > 0 or null")
+        _check(link.latency_ms >= 0, "pipeline_backend.link.latency_ms", link.latency_ms, "must be >= 0")
+        _check(b.timeout_s > 0, "pipeline_backend.timeout_s", b.timeout_s, "must be > 0")
+        _check(b.role in (None, "edge", "cloud"), "pipeline_backend.role", b.role,
+               "allowed: edge, cloud, null")
+        _check(b.schedule in ("gpipe", "1f1b"), "pipeline_backend.schedule", b.schedule,
+               "allowed: gpipe, 1f1b")
