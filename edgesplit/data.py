@@ -40,12 +40,13 @@ def _absolute_root(root: str) -> Path:
 
 # --------------------------------------------------------------------------------------- CIFAR-10
 def _cifar_problem(root: Path) -> Optional[str]:
-    """None when every CIFAR-10 file is present with the md5 torchvision expects; else the problem."""
+    """None when every CIFAR-10 file is present with torchvision's md5; else what is wrong."""
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import check_integrity
 
     folder = root / CIFAR10.base_folder
-    files = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    meta = [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]
+    files = [*CIFAR10.train_list, *CIFAR10.test_list, meta]
     if any(not (folder / name).is_file() for name, _ in files):
         return f"not found under {root} (data.root)"
     for name, md5 in files:
@@ -69,20 +70,24 @@ def _cifar10(cfg: Any) -> Datasets:
             else "set data.download=true to fetch it"
         raise DataError(f"CIFAR-10 {problem}; {fix}, {_WAYS_OUT}")
     if problem is not None:
-        try:  # the test split is the smaller one; loading it downloads, extracts and checks all files
+        # the test split is the smaller one; loading it downloads, extracts and checks all files
+        try:
             CIFAR10(str(root), train=False, download=True)
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
             raise DataError(
-                f"CIFAR-10 download into {root} (data.root) failed ({_one_line(exc)}); check the network, "
-                f"or copy cifar-10-batches-py into it and set data.download=false, {_WAYS_OUT}") from exc
+                f"CIFAR-10 download into {root} (data.root) failed ({_one_line(exc)}); "
+                f"check the network, or copy cifar-10-batches-py into it and set "
+                f"data.download=false, {_WAYS_OUT}") from exc
         problem = _cifar_problem(root)
         if problem is not None:
-            raise DataError(f"CIFAR-10 {problem} after downloading; delete it and retry, {_WAYS_OUT}")
+            raise DataError(
+                f"CIFAR-10 {problem} after downloading; delete it and retry, {_WAYS_OUT}")
 
     normalize = [T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)]
     augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if cfg.augment else []
     try:
-        train = CIFAR10(str(root), train=True, download=False, transform=T.Compose(augment + normalize))
+        train = CIFAR10(str(root), train=True, download=False,
+                        transform=T.Compose(augment + normalize))
         val = CIFAR10(str(root), train=False, download=False, transform=T.Compose(normalize))
     except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
         raise DataError(f"CIFAR-10 under {root} (data.root) cannot be read ({_one_line(exc)}); "
@@ -113,7 +118,7 @@ def _digits() -> Datasets:
 
 # -------------------------------------------------------------------------------------- synthetic
 class SyntheticImages(Dataset):
-    """Sample i = N(0, 1) noise + the smooth pattern of its class, both drawn from (seed, i) alone."""
+    """Sample i = N(0, 1) noise + the smooth pattern of its class, drawn from (seed, i) alone."""
 
     def __init__(self, size: int, seed: int, patterns: torch.Tensor) -> None:
         self.size, self.seed, self.patterns = size, seed, patterns
@@ -189,7 +194,8 @@ class EpochSeeded(Dataset):
     def __getitem__(self, index: int) -> Any:
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed would also reseed (and leak into) CUDA's
-            torch.default_generator.manual_seed((self.seed + index * 0x9E3779B97F4A7C15) & (2**63 - 1))
+            sample_seed = (self.seed + index * 0x9E3779B97F4A7C15) & (2**63 - 1)
+            torch.default_generator.manual_seed(sample_seed)
             return self.dataset[index]
 
 
@@ -199,14 +205,15 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, e
     """Train: shuffled, augmented and batched as a function of (seed, epoch) only; last partial
     batch dropped. Val: in order, every sample."""
     if batch_size < 1:
-        raise DataError(f"batch size {batch_size} is invalid (data.batch_size / data.eval_batch_size): "
-                        "must be >= 1")
+        raise DataError(f"batch size {batch_size} is invalid "
+                        "(data.batch_size / data.eval_batch_size): must be >= 1")
     if num_workers < 0:
         raise DataError(f"data.num_workers={num_workers} is invalid: must be >= 0")
     size = len(dataset)  # type: ignore[arg-type]
     if train and size < batch_size:
-        raise DataError(f"data.batch_size={batch_size} is larger than the training set ({size} samples, "
-                        "see data.train_size): with the last partial batch dropped no batch is left")
+        raise DataError(f"data.batch_size={batch_size} is larger than the training set "
+                        f"({size} samples, see data.train_size): with the last partial batch "
+                        "dropped no batch is left")
     s = epoch_seed(seed, epoch)
     return DataLoader(
         EpochSeeded(dataset, s) if train else dataset,

@@ -1,4 +1,4 @@
-"""Tests of edgesplit.data: the real torchvision CIFAR-10 loader on tiny files, digits, synthetic, loaders."""
+"""Tests of edgesplit.data: CIFAR-10 on tiny real-format files, digits, synthetic, loaders."""
 import hashlib
 import pickle
 import urllib.error
@@ -30,7 +30,8 @@ def _write_batch(path: Path, images: np.ndarray, labels: list[int]) -> None:
     # The real files are Python 2 pickles; torchvision loads them with encoding="latin1", which
     # turns their str keys into Python 3 str ('data', 'labels'), so str keys are the faithful form.
     entry = {"batch_label": path.name, "labels": labels,
-             "data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),  # uint8 [N, 3072], CHW
+             # uint8 [N, 3072], each row CHW
+             "data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),
              "filenames": [f"{path.name}_{i}.png" for i in range(len(images))]}
     with open(path, "wb") as f:
         pickle.dump(entry, f, protocol=2)
@@ -60,12 +61,13 @@ def data_tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str
         train_list.append([path.name, _md5(path)])
     _write_batch(folder / "test_batch", test_x, test_y)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": N_PER_BATCH,
-                     "num_vis": 3072}, f, protocol=2)
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)],
+                     "num_cases_per_batch": N_PER_BATCH, "num_vis": 3072}, f, protocol=2)
     monkeypatch.setattr(CIFAR10, "train_list", train_list)
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
-    return {"root": root, "train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+    return {"root": root, "train_x": train_x, "train_y": train_y,
+            "test_x": test_x, "test_y": test_y}
 
 
 def _normalized(img: np.ndarray) -> torch.Tensor:
@@ -105,7 +107,8 @@ def test_cifar10_augmentation_crops_and_flips_train_only(data_tiny_cifar: dict[s
         changed += not torch.equal(x, plain)
         padded += bool((x == zero[:, None, None]).all(0).any())
     assert changed >= 15 and padded >= 10  # random crops of a 4-padded image mostly show padding
-    torch.testing.assert_close(ds.val[0][0], _normalized(data_tiny_cifar["test_x"][0]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ds.val[0][0], _normalized(data_tiny_cifar["test_x"][0]),
+                               rtol=0, atol=1e-6)
 
 
 def test_cifar10_train_loader_drops_the_last_partial_batch(data_tiny_cifar: dict[str, Any]) -> None:
@@ -118,8 +121,8 @@ def test_cifar10_train_loader_drops_the_last_partial_batch(data_tiny_cifar: dict
     assert torch.cat(labels).tolist() == data_tiny_cifar["test_y"]  # val keeps the file order
 
 
-def test_cifar10_missing_gives_one_line_with_path_and_ways_out(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar10_missing_gives_one_line_with_path_and_ways_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError) as err:
         build_datasets(_cfg(name="cifar10", root="data", download=False))
@@ -129,8 +132,8 @@ def test_cifar10_missing_gives_one_line_with_path_and_ways_out(tmp_path: Path,
     assert "data.download=true" in msg and "data.root=DIR" in msg and "data=digits" in msg
 
 
-def test_cifar10_failed_download_gives_one_line_data_error(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar10_failed_download_gives_one_line_data_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     def offline(*args: Any, **kwargs: Any) -> None:
@@ -170,8 +173,8 @@ def test_cifar10_sizes_take_the_first_n(data_tiny_cifar: dict[str, Any]) -> None
                              augment=False, train_size=5, val_size=3))
     assert (len(ds.train), len(ds.val)) == (5, 3)
     assert [ds.train[i][1] for i in range(5)] == data_tiny_cifar["train_y"][:5]
-    with pytest.raises(DataError, match=r"data.train_size=21 is out of range: the cifar10 train split "
-                                        r"has 20 samples"):
+    with pytest.raises(DataError, match=r"data.train_size=21 is out of range: "
+                                        r"the cifar10 train split has 20 samples"):
         build_datasets(_cfg(name="cifar10", root=str(data_tiny_cifar["root"]), download=False,
                             train_size=21))
 
@@ -263,7 +266,8 @@ def test_loader_order_and_augmentation_depend_on_seed_and_epoch_only(
     a = _batches(build_loader(ds.train, 4, train=True, seed=7, epoch=3, num_workers=0))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
     torch.manual_seed(1)
-    _batches(build_loader(ds.train, 4, train=True, seed=7, epoch=2, num_workers=0))  # "what ran before"
+    # "what ran before": another epoch and a reseeded global RNG
+    _batches(build_loader(ds.train, 4, train=True, seed=7, epoch=2, num_workers=0))
     b = _batches(build_loader(ds.train, 4, train=True, seed=7, epoch=3, num_workers=0))
     assert len(a) == 5
     for (xa, ya), (xb, yb) in zip(a, b):
