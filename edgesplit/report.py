@@ -93,9 +93,20 @@ def _read_summary(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     return data, None
 
 
+_JOB = re.compile(r"(\d+)(_|$)")  # Hydra's job subdir: `N` or `N_key=value,...`
+
+
 def _job_number(path: Path) -> float:
-    m = re.match(r"(\d+)_", path.name)
+    m = _JOB.match(path.name)
     return int(m.group(1)) if m else math.inf
+
+
+def _run_name(run_dir: Path, root: Path) -> str:
+    """The job number for a job of the given sweep dir, else the path below the given dir."""
+    m = _JOB.match(run_dir.name)
+    if m and run_dir.parent == root:
+        return m.group(1)
+    return run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name
 
 
 def find_runs(paths: Sequence[os.PathLike[str] | str]) -> list[Run]:
@@ -116,13 +127,12 @@ def find_runs(paths: Sequence[os.PathLike[str] | str]) -> list[Run]:
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if not found:
             raise ReportError(f"no run dirs under {root}; {_EXPECTED}")
-        for run_dir in sorted(found, key=lambda p: (_job_number(p), str(p))):
+        # each sweep's jobs by number (10 after 9), sweeps and outputs dirs by path
+        for run_dir in sorted(found, key=lambda p: (str(p.parent), _job_number(p), str(p))):
             if run_dir in seen:
                 continue
             seen.add(run_dir)
-            m = re.match(r"(\d+)_", run_dir.name)
-            name = m.group(1) if m else (run_dir.relative_to(root).as_posix() if run_dir != root
-                                         else run_dir.name)
+            name = _run_name(run_dir, root)
             if len(paths) > 1:
                 name = f"{i}:{name}"
             summary, problem = _read_summary(run_dir / "summary.json")
@@ -252,7 +262,8 @@ def pivot_table(runs: Sequence[Run], row_key: str, col_key: str) -> str:
 def backends_table(runs: Sequence[Run], key: str) -> str:
     """The seed's layout: columns = backends, rows = accuracy, time per batch, peak memory."""
     present = _value_order(runs, key)
-    cols = [b for b in BACKEND_ORDER if b in present] + [b for b in present if b not in BACKEND_ORDER]
+    cols = [b for b in BACKEND_ORDER if b in present]
+    cols += [b for b in present if b not in BACKEND_ORDER]
 
     def row(title: str, fmt: Any) -> list[str]:
         return [title, *(" / ".join(fmt(r) for r in runs if r.overrides.get(key) == b) or DASH

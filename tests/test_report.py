@@ -1,4 +1,4 @@
-"""Tests of edgesplit.report on fake Hydra run dirs: tables, pivots, backends layout, curves, CLI."""
+"""Tests of edgesplit.report on fake Hydra run dirs: tables, pivots, backends, curves, CLI."""
 import json
 import os
 import re
@@ -45,7 +45,7 @@ def _run_dir(path: Path, overrides: list[str], summary: Optional[dict[str, Any]]
 
 @pytest.fixture
 def report_grid(tmp_path: Path) -> Path:
-    """A 3x3 partition.front x partition.back multirun; job (2,2) failed, job (3,3) has no summary."""
+    """A 3x3 partition.front x partition.back multirun; (2,2) failed, (3,3) has no summary."""
     root = tmp_path / "multirun" / "2024-01-01" / "12-00-00"
     root.mkdir(parents=True)
     (root / "multirun.yaml").write_text("hydra: {}\n")
@@ -118,7 +118,8 @@ def test_running_sweep_shows_progress_and_partial_curves(tmp_path: Path) -> None
     _run_dir(tmp_path / "1_schedule.lr=0.2", ["schedule.lr=0.2"], None)
     (tmp_path / "1_schedule.lr=0.2" / "summary.json").write_text('{"status": "runn')  # mid-write
     runs = find_runs([tmp_path])
-    assert [r.status for r in runs] == ["running 2/200", "unreadable summary.json (JSONDecodeError)"]
+    assert [r.status for r in runs] == ["running 2/200",
+                                        "unreadable summary.json (JSONDecodeError)"]
     fig = plot_curves(runs)
     (line,) = fig.axes[0].get_lines()
     assert list(line.get_xdata()) == [1, 2] and list(line.get_ydata()) == [40.0, 60.0]
@@ -180,7 +181,8 @@ def test_single_run_dir_shows_all_overrides(tmp_path: Path) -> None:
     runs = find_runs([tmp_path / "outputs"])
     assert len(runs) == 1 and runs[0].name == "2024-01-01/10-00-00" and runs[0].path == run
     table = _table(build_report(runs), "## Runs")
-    assert table[0][1:3] == ["data", "model.width"] and table[1][1:4] == ["digits", "0.25", "finished"]
+    assert table[0][1:3] == ["data", "model.width"]
+    assert table[1][1:4] == ["digits", "0.25", "finished"]
 
 
 def test_several_dirs_are_merged_and_the_first_gets_the_files(tmp_path: Path) -> None:
@@ -229,3 +231,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     proc = _cli(str(tmp_path / "empty"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"no run dirs under {tmp_path / 'empty'}" in proc.stderr
+
+
+def test_jobs_sort_by_number_within_each_sweep(tmp_path: Path) -> None:
+    for sweep in ("10-00-00", "11-00-00"):
+        for job in range(12):
+            _run_dir(tmp_path / sweep / str(job), [f"seed={job}"], _summary(50.0 + job))
+    runs = find_runs([tmp_path])
+    assert [r.path.relative_to(tmp_path).as_posix() for r in runs[:3]] == \
+        ["10-00-00/0", "10-00-00/1", "10-00-00/2"]
+    assert [r.name for r in runs[10:13]] == ["10-00-00/10", "10-00-00/11", "11-00-00/0"]
+    assert [r.name for r in find_runs([tmp_path / "11-00-00"])][-3:] == ["9", "10", "11"]
