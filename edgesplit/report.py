@@ -51,7 +51,8 @@ class Run:
             return self.problem or "no summary"
         status = self.summary.get("status")
         if status == "running":
-            return f"running {self.get('epochs')}/{self.get('epochs_planned')}"
+            done, planned = self.get("epochs"), self.get("epochs_planned")
+            return f"running {0 if done is None else done}/{'?' if planned is None else planned}"
         if status == "failed":
             error = self.summary.get("error")
             return f"failed: {error}" if error else "failed"
@@ -193,8 +194,9 @@ def _value_order(runs: Sequence[Run], key: str) -> list[Optional[str]]:
         if run.overrides.get(key) not in values:
             values.append(run.overrides.get(key))
     parsed = [_scalar(v) for v in values]
-    if all(p is not None for p in parsed):
-        return [v for _, v in sorted(zip(parsed, values), key=lambda t: t[0])]
+    numbers = [p for p in parsed if p is not None]
+    if len(numbers) == len(values):
+        return [v for _, v in sorted(zip(numbers, values), key=lambda t: t[0])]
     return values
 
 
@@ -262,7 +264,7 @@ def pivot_table(runs: Sequence[Run], row_key: str, col_key: str) -> str:
 def backends_table(runs: Sequence[Run], key: str) -> str:
     """The seed's layout: columns = backends, rows = accuracy, time per batch, peak memory."""
     present = _value_order(runs, key)
-    cols = [b for b in BACKEND_ORDER if b in present]
+    cols: list[Optional[str]] = [b for b in BACKEND_ORDER if b in present]
     cols += [b for b in present if b not in BACKEND_ORDER]
 
     def row(title: str, fmt: Any) -> list[str]:

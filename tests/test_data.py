@@ -84,7 +84,8 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 def test_cifar10_reads_the_pixels_and_labels_written(data_tiny_cifar: dict[str, Any]) -> None:
     ds = build_datasets(_cfg(name="cifar10", root=str(data_tiny_cifar["root"]), download=False,
                              augment=False))
-    assert (len(ds.train), len(ds.val), ds.num_classes) == (20, N_TEST, 10)
+    sizes = (len(ds.train), len(ds.val), ds.num_classes)  # type: ignore[arg-type]
+    assert sizes == (20, N_TEST, 10)
     for i in range(20):
         x, y = ds.train[i]
         assert y == data_tiny_cifar["train_y"][i]
@@ -171,7 +172,7 @@ def test_cifar10_real_md5s_reject_the_tiny_files(data_tiny_cifar: dict[str, Any]
 def test_cifar10_sizes_take_the_first_n(data_tiny_cifar: dict[str, Any]) -> None:
     ds = build_datasets(_cfg(name="cifar10", root=str(data_tiny_cifar["root"]), download=False,
                              augment=False, train_size=5, val_size=3))
-    assert (len(ds.train), len(ds.val)) == (5, 3)
+    assert (len(ds.train), len(ds.val)) == (5, 3)  # type: ignore[arg-type]
     assert [ds.train[i][1] for i in range(5)] == data_tiny_cifar["train_y"][:5]
     with pytest.raises(DataError, match=r"data.train_size=21 is out of range: "
                                         r"the cifar10 train split has 20 samples"):
@@ -182,7 +183,7 @@ def test_cifar10_sizes_take_the_first_n(data_tiny_cifar: dict[str, Any]) -> None
 # --------------------------------------------------------------------------------------- digits
 def test_digits_sizes_shapes_and_normalization() -> None:
     ds = build_datasets(DataConfig(name="digits"))
-    assert (len(ds.train), len(ds.val), ds.num_classes) == (1437, 360, 10)
+    assert (len(ds.train), len(ds.val), ds.num_classes) == (1437, 360, 10)  # type: ignore[arg-type]
     x, y = ds.train.tensors  # type: ignore[attr-defined]
     assert x.shape == (1437, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
@@ -219,7 +220,7 @@ def test_digits_split_is_fixed_and_covers_every_sample() -> None:
 def test_digits_train_size_limits() -> None:
     full = build_datasets(DataConfig(name="digits"))
     ds = build_datasets(DataConfig(name="digits", train_size=100, val_size=50))
-    assert (len(ds.train), len(ds.val)) == (100, 50)
+    assert (len(ds.train), len(ds.val)) == (100, 50)  # type: ignore[arg-type]
     assert torch.equal(ds.train[99][0], full.train[99][0])
     with pytest.raises(DataError) as err:
         build_datasets(DataConfig(name="digits", train_size=2000))
@@ -231,10 +232,10 @@ def test_digits_train_size_limits() -> None:
 # ------------------------------------------------------------------------------------ synthetic
 def test_synthetic_is_deterministic_and_sized() -> None:
     a = build_datasets(_cfg(name="synthetic"))
-    assert (len(a.train), len(a.val), a.num_classes) == (4096, 1024, 10)
+    assert (len(a.train), len(a.val), a.num_classes) == (4096, 1024, 10)  # type: ignore[arg-type]
     torch.manual_seed(99)
     b = build_datasets(_cfg(name="synthetic", train_size=10, val_size=7))
-    assert (len(b.train), len(b.val)) == (10, 7)
+    assert (len(b.train), len(b.val)) == (10, 7)  # type: ignore[arg-type]
     for i in (0, 9):
         assert torch.equal(a.train[i][0], b.train[i][0]) and a.train[i][1] == b.train[i][1]
     assert not torch.equal(a.train[0][0], a.val[0][0])

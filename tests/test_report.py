@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pytest
 
 from edgesplit.report import (ReportError, build_report, find_runs, human_bytes, main,
@@ -63,6 +64,10 @@ def report_grid(tmp_path: Path) -> Path:
             _run_dir(root / f"{job}_partition.front={front},partition.back={back}", ov, summary)
             job += 1
     return root
+
+
+def _data(line: Any, axis: str) -> list[float]:
+    return np.asarray(line.get_xdata() if axis == "x" else line.get_ydata()).tolist()
 
 
 def _table(text: str, heading: str) -> list[list[str]]:
@@ -122,7 +127,7 @@ def test_running_sweep_shows_progress_and_partial_curves(tmp_path: Path) -> None
                                         "unreadable summary.json (JSONDecodeError)"]
     fig = plot_curves(runs)
     (line,) = fig.axes[0].get_lines()
-    assert list(line.get_xdata()) == [1, 2] and list(line.get_ydata()) == [40.0, 60.0]
+    assert _data(line, "x") == [1, 2] and _data(line, "y") == [40.0, 60.0]
     assert line.get_label() == "schedule.lr=0.1"
 
 
@@ -166,8 +171,8 @@ def test_curves_one_line_per_run_with_history(report_grid: Path) -> None:
     lines = fig.axes[0].get_lines()
     assert len(lines) == 8  # the summary-less run has no curve
     assert lines[0].get_label() == "partition.front=1, partition.back=1"
-    assert list(lines[0].get_ydata()) == pytest.approx([90.14, 91.14, 92.14])
-    assert len(lines[4].get_xdata()) == 2  # the failed job stopped after two epochs
+    assert _data(lines[0], "y") == pytest.approx([90.14, 91.14, 92.14])
+    assert len(_data(lines[4], "x")) == 2  # the failed job stopped after two epochs
     text = write_report(runs, report_grid)
     png = (report_grid / "curves.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE) and len(png) > 5000
