@@ -35,7 +35,7 @@ class Codec(ABC):
 
 # Elements per chunk on CPU: fp32 scratch of a chunk stays in cache (and no large temporaries
 # are allocated, whose page faults cost as much as the arithmetic).
-CPU_CHUNK = 1 << 18
+CPU_CHUNK = 1 << 20
 
 
 def chunk_spans(n: int, device: torch.device) -> Iterator[Tuple[int, int]]:
