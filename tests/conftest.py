@@ -1,27 +1,19 @@
 """Shared fixtures: compose the real Hydra config with overrides, tiny sizes for CPU tests."""
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from edgesplit.config import register_configs
+from edgesplit.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
 # Small enough for seconds per run on 2 cores, large enough to train.
 TINY = ["data=digits", "data.train_size=256", "data.val_size=128", "data.batch_size=64",
         "model.width=0.125", "compressor=quantize", "schedule.epochs=2", "schedule.warmup_epochs=1", "schedule.lr=0.05",
         "threads=1"]
 
-register_configs()
-
-
-def compose_config(overrides: List[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.fixture

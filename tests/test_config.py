@@ -6,9 +6,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from edgesplit.config import validate
+from edgesplit.config import compose_config, validate
 from edgesplit.errors import ConfigError
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT
 
 
 def test_defaults_are_the_seeds_first_study() -> None:

@@ -123,6 +123,6 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(
 
 @pytest.mark.slow
 def test_smoke_experiment_reaches_90_percent_on_digits(tmp_path: Path) -> None:
-    from tests.conftest import compose_config
+    from edgesplit.config import compose_config
     summary = trainer.run(compose_config(["experiment=smoke"]), tmp_path, ["experiment=smoke"])
     assert summary["best_val_acc1"] > 90
