@@ -1,4 +1,4 @@
-"""Codec throughput on MobileNetV2-CIFAR boundary tensors, against torch.clone of the same tensor."""
+"""Codec throughput on MobileNetV2-CIFAR boundary tensors, against torch.clone of each tensor."""
 import argparse
 import datetime
 import math
