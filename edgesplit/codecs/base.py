@@ -1,4 +1,4 @@
-"""The codec interface: encode(tensor) -> payload (the flat uint8 wire form), decode(payload) -> tensor."""
+"""The codec interface: encode(tensor) -> payload (flat uint8 wire form), decode(payload)."""
 import math
 from abc import ABC, abstractmethod
 from typing import Iterator, Optional, Tuple

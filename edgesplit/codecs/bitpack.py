@@ -12,6 +12,7 @@ from torch import Tensor
 #   b == 16:    little-endian uint16 per code.
 # Chunks that start at a multiple of 8 codes can be packed and unpacked independently.
 
+
 def packed_size(n: int, bits: int) -> int:
     """Bytes that n codes of `bits` bits take."""
     return (n * bits + 7) // 8
@@ -73,7 +74,11 @@ def pack_into(codes: Tensor, bits: int, out: Tensor, start: int, n: int) -> None
     if bits == 8:
         out[start:start + m].copy_(codes)
     elif bits == 16:
-        out[2 * start:2 * (start + m)].copy_(codes.to(torch.uint16).view(torch.uint8))
+        if codes.device.type == "cpu":
+            raw = codes.to(torch.uint16).view(torch.uint8)
+        else:  # uint16 casts are CPU-only in some torch builds: interleave the bytes
+            raw = torch.stack([codes & 0xFF, codes >> 8], dim=1).to(torch.uint8).view(-1)
+        out[2 * start:2 * (start + m)].copy_(raw)
     elif bits < 8:
         b0 = start * bits // 8
         out[b0:b0 + packed_size(m, bits)].copy_(_pack_small(codes, bits))
@@ -93,6 +98,9 @@ def unpack_from(packed: Tensor, bits: int, n: int, start: int, m: int) -> Tensor
         return packed[start:start + m]
     if bits == 16:
         raw = packed[2 * start:2 * (start + m)]
+        if raw.device.type != "cpu":
+            pairs = raw.view(-1, 2).to(torch.int32)
+            return pairs[:, 0] | (pairs[:, 1] << 8)
         if raw.storage_offset() % 2:
             raw = raw.clone()
         return raw.view(torch.uint16).to(torch.int32)

@@ -44,6 +44,9 @@ def quantize_into(v: Tensor, bits: int, offset: float, scale: float, out: Tensor
     top = float(2 ** bits - 1)
     step = min(n, next(iter(chunk_spans(n, v.device)), (0, 0))[1])
     scratch = torch.empty(step, dtype=torch.float32, device=v.device)
+    # CUDA divides by a Python scalar as a multiply by its reciprocal; a device tensor divisor
+    # gives true division, so CPU and GPU payloads are the same bytes.
+    divisor = scale if v.device.type == "cpu" else torch.tensor(scale, device=v.device)
     codes = torch.empty(step, dtype=code_dtype(bits), device=v.device)
     for start, stop in chunk_spans(n, v.device):
         f = scratch[:stop - start]
@@ -53,7 +56,7 @@ def quantize_into(v: Tensor, bits: int, offset: float, scale: float, out: Tensor
             else:
                 f.copy_(v[start:stop])
                 f.sub_(offset)
-            f.div_(scale).round_().clamp_(0.0, top)
+            f.div_(divisor).round_().clamp_(0.0, top)
         else:
             f.zero_()
         if bits == 8:

@@ -1,4 +1,4 @@
-"""TopK: keep the ceil(ratio*n) entries of largest |x|; a bitmap or int32 indices plus the values."""
+"""TopK: keep the ceil(ratio*n) entries of largest |x|: bitmap or int32 indices, then values."""
 import math
 from fractions import Fraction
 from typing import Optional, Tuple
