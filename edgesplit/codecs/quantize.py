@@ -25,8 +25,7 @@ def minmax_params(name: str, v: Tensor, bits: int) -> Tuple[float, float]:
     """
     if v.numel() == 0:
         return 0.0, 0.0
-    lo, hi = torch.aminmax(v)
-    lo, hi = lo.float(), hi.float()
+    lo, hi = torch.stack(torch.aminmax(v)).float().cpu()  # CUDA divides by scalars inexactly
     scale = (hi - lo) / float(2 ** bits - 1)
     lo_f, hi_f, scale_f = torch.stack([lo, hi, scale]).tolist()
     check_finite(name, lo_f, hi_f)
