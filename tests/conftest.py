@@ -11,9 +11,8 @@ from edgesplit.config import compose_config
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough for seconds per run on 2 cores, large enough to train.
 TINY = ["data=digits", "data.train_size=256", "data.val_size=128", "data.batch_size=64",
-        "model.width=0.125", "compressor=quantize", "schedule.epochs=2", "schedule.warmup_epochs=1", "schedule.lr=0.05",
-        "threads=1"]
-
+        "model.width=0.125", "compressor=quantize", "schedule.epochs=2", "schedule.warmup_epochs=1",
+        "schedule.lr=0.05", "threads=1"]
 
 
 @pytest.fixture

@@ -39,7 +39,8 @@ def train_losses(cfg: DictConfig, steps: int = 4) -> Tuple[List[float], CommMete
 def test_naive_and_gpipe_give_the_same_losses_at_one_chunk(make_cfg: Callable, compressor: str) -> None:
     common = [f"compressor={compressor}", "partition.front=2", "partition.back=2"]
     naive, naive_meter = train_losses(make_cfg(*common, "pipeline_backend=naive"))
-    gpipe, gpipe_meter = train_losses(make_cfg(*common, "pipeline_backend=gpipe", "pipeline_backend.chunks=1"))
+    gpipe, gpipe_meter = train_losses(make_cfg(*common, "pipeline_backend=gpipe",
+                                               "pipeline_backend.chunks=1"))
     assert naive[-1] < naive[0]
     assert naive == pytest.approx(gpipe, rel=1e-5, abs=1e-6)
     assert naive_meter.summary()["up_bytes_per_batch"] == gpipe_meter.summary()["up_bytes_per_batch"]
@@ -68,7 +69,8 @@ def test_directions_add_up_from_the_four_counts(make_cfg: Callable) -> None:
     _, meter = train_losses(make_cfg("compressor=none", "pipeline_backend=naive"), steps=2)
     s = meter.summary()
     assert s["up_bytes_per_batch"] == s["front_forward_bytes_per_batch"] + s["back_backward_bytes_per_batch"]
-    assert s["down_bytes_per_batch"] == s["back_forward_bytes_per_batch"] + s["front_backward_bytes_per_batch"]
+    down = s["back_forward_bytes_per_batch"] + s["front_backward_bytes_per_batch"]
+    assert s["down_bytes_per_batch"] == down
     # none sends fp32 plus a small header: within a few dozen bytes of raw per message
     assert 0 < s["up_bytes_per_batch"] - s["raw_up_bytes_per_batch"] < 2 * 128
 

@@ -121,7 +121,7 @@ def table(results: Dict[str, Dict[str, Any]], batch: int) -> str:
 
 def parse(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m edgesplit.bench backends", description=__doc__)
-    p.add_argument("--backends", default="naive,gpipe,dist", help="comma-separated subset of naive,gpipe,dist")
+    p.add_argument("--backends", default="naive,gpipe,dist", help="subset of naive,gpipe,dist")
     p.add_argument("--width", type=float, default=0.5, help="model.width (1.0 = the seed's MobileNetV2)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--chunks", type=int, default=4)

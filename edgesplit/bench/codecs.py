@@ -1,35 +1,28 @@
 """Codec throughput on MobileNetV2-CIFAR boundary tensors, against torch.clone of each tensor."""
 import argparse
-import datetime
 import math
-import platform
-import shlex
 import sys
 import time
 from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from edgesplit.bench.link import unit_outputs
+from edgesplit.bench.machine import header_lines
 from edgesplit.codecs import Codec, Identity, Quantize, TopK, TopKQuantize
-
-
-def _divisible(v: float, divisor: int = 8) -> int:
-    """MobileNetV2's channel rounding (torchvision's _make_divisible)."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < 0.9 * v else new
 
 
 def boundaries(micro: int, width: float) -> List[Tuple[str, Tuple[int, ...], bool]]:
     """(name, shape, post-ReLU) of the tensors at the front boundaries after 1, 2, 3 units and the
-    back boundaries before the last 1, 2, 3 units (outputs of units 18, 17, 16)."""
-    c = lambda ch: _divisible(ch * width)  # noqa: E731
+    back boundaries before the last 1, 2, 3 units (outputs of units 18, 17, 16) of the real model."""
+    shapes = [(micro, *t.shape[1:]) for t in unit_outputs(width, 1)]
     return [
-        ("front=1 (stem)", (micro, c(32), 32, 32), True),
-        ("front=2", (micro, c(16), 32, 32), False),
-        ("front=3", (micro, c(24), 32, 32), False),
-        ("back=1 (head)", (micro, _divisible(1280 * max(1.0, width)), 4, 4), True),
-        ("back=2", (micro, c(320), 4, 4), False),
-        ("back=3", (micro, c(160), 4, 4), False),
+        ("front=1 (stem)", shapes[0], True),
+        ("front=2", shapes[1], False),
+        ("front=3", shapes[2], False),
+        ("back=1 (head)", shapes[18], True),
+        ("back=2", shapes[17], False),
+        ("back=3", shapes[16], False),
     ]
 
 
@@ -88,15 +81,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     timed = _timer(device)
     micro = math.ceil(args.batch / args.chunks)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    print(f"    python -m edgesplit.bench codecs {shlex.join(argv)}".rstrip())
-    print()
-    print(f"{datetime.datetime.now().isoformat(timespec='seconds')}; {platform.platform()}; "
-          f"{name or platform.machine()}; torch {torch.__version__}; "
-          f"{torch.get_num_threads()} threads; device {device}; micro-batch {micro} "
-          f"(batch {args.batch} / {args.chunks} chunks); width {args.width}; "
-          f"best of {args.repeats} runs")
-    print()
+    print("\n".join(header_lines("codecs", argv)))
+    print(f"\ndevice {device}; micro-batch {micro} (batch {args.batch} / {args.chunks} chunks); "
+          f"width {args.width}; best of {args.repeats} runs\n")
     print("| boundary | shape | codec | encode ms | decode ms | enc+dec ms | clone ms | "
           "x clone | GB/s | payload B | raw fp32 B | theory B | payload/raw |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -124,7 +124,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             pred = f"{base + transfer:.3f}" if base is not None else "—"
             rows.append(
                 f"| {front}x{back} | {codec} | {human_bytes(comm['up_bytes_per_batch'])} | "
-                f"{human_bytes(comm['down_bytes_per_batch'])} | {human_bytes(comm['raw_up_bytes_per_batch'])} | "
+                f"{human_bytes(comm['down_bytes_per_batch'])} | "
+                f"{human_bytes(comm['raw_up_bytes_per_batch'])} | "
                 f"{human_bytes(comm['raw_down_bytes_per_batch'])} | {comm['compression_ratio']:.1f}x | "
                 f"{transfer:.3f} | {f'{base:.3f}' if base is not None else '—'} | {pred} | "
                 f"{f'{with_link:.3f}' if with_link is not None else '—'} |")
