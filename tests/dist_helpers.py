@@ -1,0 +1,172 @@
+"""Helpers of the dist tests: tiny units, stand-in codecs, configs, and a torchgpipe reference."""
+import copy
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from edgesplit.codecs.base import Codec
+from edgesplit.config import DistConfig, ScheduleConfig
+
+
+class Fp32(Codec):
+    """Stand-in identity codec: [ndim, *shape] int64 header + fp32 data."""
+
+    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        x = x.detach().float().contiguous()
+        head = torch.tensor([x.dim(), *x.shape], dtype=torch.int64)
+        return torch.cat([head.view(torch.uint8), x.view(-1).view(torch.uint8)])
+
+    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        ndim = int(payload[:8].view(torch.int64))
+        shape = payload[8:8 + 8 * ndim].view(torch.int64).tolist()
+        return payload[8 + 8 * ndim:].view(torch.float32).view(shape).clone()
+
+
+class Quant8(Codec):
+    """Stand-in min-max 8-bit quantizer: header [ndim, *shape] int64, min/scale fp32, codes."""
+
+    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        x = x.detach().float().contiguous()
+        lo, hi = x.min(), x.max()
+        scale = (hi - lo) / 255 if hi > lo else torch.ones(())
+        codes = torch.round((x - lo) / scale).clamp(0, 255).to(torch.uint8)
+        head = torch.tensor([x.dim(), *x.shape], dtype=torch.int64)
+        params = torch.stack([lo, scale]).float()
+        return torch.cat([head.view(torch.uint8), params.view(torch.uint8), codes.view(-1)])
+
+    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        ndim = int(payload[:8].view(torch.int64))
+        end = 8 + 8 * ndim
+        shape = payload[8:end].view(torch.int64).tolist()
+        lo, scale = payload[end:end + 8].view(torch.float32).tolist()
+        return (payload[end + 8:].float() * scale + lo).view(shape)
+
+
+@dataclass
+class Codecs:
+    """Stand-in of edgesplit.compression.BoundaryCodecs."""
+    activation: Codec
+    gradient: Codec
+    reuses_support: bool = False
+
+
+def codecs(name: str) -> Dict[str, Codecs]:
+    make = {"none": Fp32, "quantize": Quant8}[name]
+    return {"front": Codecs(make(), make()), "back": Codecs(make(), make())}
+
+
+class Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def tiny_units(seed: int = 0, n: int = 5, width: int = 8, classes: int = 4) -> List[nn.Module]:
+    torch.manual_seed(seed)
+    units: List[nn.Module] = [Block(3, width)]
+    units += [Block(width, width) for _ in range(n - 2)]
+    units.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes)))
+    return units
+
+
+def config(chunks: int = 2, stages: int = 1, compressor: str = "none", timeout_s: float = 10.0,
+           **backend: Any) -> Any:
+    b = OmegaConf.structured(DistConfig(chunks=chunks, timeout_s=timeout_s))
+    b = OmegaConf.merge(b, backend)
+    return OmegaConf.create({
+        "pipeline_backend": b, "seed": 0, "threads": None,
+        "compressor": {"name": compressor, "eval_compressed": True},
+        "schedule": OmegaConf.structured(ScheduleConfig(lr=0.05, epochs=10, warmup_epochs=0)),
+        "partition": {"front": 1, "back": 1, "cloud_stages": stages},
+    })
+
+
+def data(batches: int = 4, batch: int = 8, classes: int = 4, seed: int = 1) -> List[tuple]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batches):
+        y = torch.randint(0, classes, (batch,), generator=g)
+        x = torch.randn(batch, 3, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float() * 0.5
+        out.append((x, y))
+    return out
+
+
+class _Boundary(torch.autograd.Function):
+    """Reference boundary for the torchgpipe side: encode/decode forward, gradient codec backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, codecs: Codecs) -> Tensor:
+        ctx.codecs = codecs
+        return codecs.activation.decode(codecs.activation.encode(x))
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Any:
+        c = ctx.codecs
+        return c.gradient.decode(c.gradient.encode(g)), None
+
+
+class Boundary(nn.Module):
+    def __init__(self, codecs: Codecs) -> None:
+        super().__init__()
+        self.codecs = codecs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _Boundary.apply(x, self.codecs)
+
+
+def gpipe_losses(units: List[nn.Module], cfg: Any, codec: str, batches: List[tuple]) -> List[float]:
+    """Training losses of torchgpipe's GPipe over [front | boundary+cloud+boundary | back]."""
+    from torchgpipe import GPipe
+    units = copy.deepcopy(units)
+    c = codecs(codec)
+    parts = nn.Sequential(nn.Sequential(units[0]),
+                          nn.Sequential(Boundary(c["front"]), *units[1:-1], Boundary(c["back"])),
+                          nn.Sequential(units[-1]))
+    b = cfg.pipeline_backend
+    model = GPipe(parts, balance=[1, 1, 1], devices=["cpu"] * 3, chunks=b.chunks,
+                  checkpoint=b.checkpoint, deferred_batch_norm=b.deferred_batch_norm)
+    s = cfg.schedule
+    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
+                          weight_decay=s.weight_decay)
+    losses = []
+    model.train()
+    for x, y in batches:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses
+
+
+def dist_losses(units: List[nn.Module], cfg: Any, codec: str, batches: List[tuple],
+                meter: Any = None) -> List[float]:
+    """Training losses of the dist backend over the same units and batches."""
+    from edgesplit.backends.dist import DistBackend
+    from edgesplit.comm import CommMeter
+    from edgesplit.partition import split_units
+    units = copy.deepcopy(units)
+    split = split_units(units, 1, 1, cfg.partition.cloud_stages)
+    backend = DistBackend(cfg, split, codecs(codec), meter or CommMeter())
+    try:
+        s = cfg.schedule
+        opt = torch.optim.SGD(backend.parameters(), lr=s.lr, momentum=s.momentum,
+                              weight_decay=s.weight_decay)
+        backend.on_epoch_start(0)
+        backend.train(True)
+        losses = []
+        for x, y in batches:
+            opt.zero_grad()
+            r = backend.train_step(x, y)
+            opt.step()
+            losses.append(r.loss_sum / r.count)
+        return losses
+    finally:
+        backend.close()
