@@ -1,0 +1,228 @@
+"""Datasets (CIFAR-10, bundled digits, synthetic) and reproducible per-epoch data loaders."""
+import os
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from edgesplit.errors import DataError
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+DIGITS_TRAIN = 1437  # of 1797; the other 360 are the validation split
+DIGITS_SPLIT_SEED = 0  # fixed: the digits split never depends on cfg.seed
+SYNTHETIC_TRAIN, SYNTHETIC_VAL = 4096, 1024
+SYNTHETIC_SEED = 1234
+NUM_CLASSES = 10
+_WAYS_OUT = "data.root=DIR to point at a copy, or data=digits to train on bundled data"
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    val: Dataset
+    num_classes: int
+
+
+def _absolute_root(root: str) -> Path:
+    """data.root relative to where the user started the program (Hydra may have changed the cwd)."""
+    try:
+        from hydra.utils import to_absolute_path
+        return Path(to_absolute_path(os.path.expanduser(root)))
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return Path(os.path.expanduser(root)).resolve()
+
+
+# --------------------------------------------------------------------------------------- CIFAR-10
+def _cifar_problem(root: Path) -> Optional[str]:
+    """None when every CIFAR-10 file is present with torchvision's md5; else what is wrong."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    folder = root / CIFAR10.base_folder
+    meta = [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]
+    files = [*CIFAR10.train_list, *CIFAR10.test_list, meta]
+    if any(not (folder / name).is_file() for name, _ in files):
+        return f"not found under {root} (data.root)"
+    for name, md5 in files:
+        if not check_integrity(str(folder / name), md5):
+            return f"file {folder / name} is corrupt (md5 mismatch; data.root={root})"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _cifar10(cfg: Any) -> Datasets:
+    import torchvision.transforms as T
+    from torchvision.datasets import CIFAR10
+
+    root = _absolute_root(str(cfg.root))
+    problem = _cifar_problem(root)
+    if problem is not None and not cfg.download:
+        fix = "delete it and set data.download=true to fetch it again" if "corrupt" in problem \
+            else "set data.download=true to fetch it"
+        raise DataError(f"CIFAR-10 {problem}; {fix}, {_WAYS_OUT}")
+    if problem is not None:
+        # the test split is the smaller one; loading it downloads, extracts and checks all files
+        try:
+            CIFAR10(str(root), train=False, download=True)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise DataError(
+                f"CIFAR-10 download into {root} (data.root) failed ({_one_line(exc)}); "
+                f"check the network, or copy cifar-10-batches-py into it and set "
+                f"data.download=false, {_WAYS_OUT}") from exc
+        problem = _cifar_problem(root)
+        if problem is not None:
+            raise DataError(
+                f"CIFAR-10 {problem} after downloading; delete it and retry, {_WAYS_OUT}")
+
+    normalize = [T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)]
+    augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if cfg.augment else []
+    try:
+        train = CIFAR10(str(root), train=True, download=False,
+                        transform=T.Compose(augment + normalize))
+        val = CIFAR10(str(root), train=False, download=False, transform=T.Compose(normalize))
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
+        raise DataError(f"CIFAR-10 under {root} (data.root) cannot be read ({_one_line(exc)}); "
+                        f"set data.download=true to fetch it again, {_WAYS_OUT}") from exc
+    return Datasets(train, val, NUM_CLASSES)
+
+
+# ----------------------------------------------------------------------------------------- digits
+def _digits() -> Datasets:
+    """sklearn's 1797 8x8 digits in [0, 1], bilinear to 32x32, 3 channels, train-normalized.
+
+    `data.augment` is ignored: flips turn digits into other shapes and the set is small enough
+    that the bundled data trains to >95% without augmentation.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    train_idx, val_idx = perm[:DIGITS_TRAIN], perm[DIGITS_TRAIN:]
+    mean, std = x[train_idx].mean(), x[train_idx].std()
+    x = (x - mean) / std
+    return Datasets(TensorDataset(x[train_idx], y[train_idx]),
+                    TensorDataset(x[val_idx], y[val_idx]), NUM_CLASSES)
+
+
+# -------------------------------------------------------------------------------------- synthetic
+class SyntheticImages(Dataset):
+    """Sample i = N(0, 1) noise + the smooth pattern of its class, drawn from (seed, i) alone."""
+
+    def __init__(self, size: int, seed: int, patterns: torch.Tensor) -> None:
+        self.size, self.seed, self.patterns = size, seed, patterns
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} synthetic samples")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        label = int(torch.randint(NUM_CLASSES, (), generator=g))
+        image = torch.randn(3, 32, 32, generator=g) + self.patterns[label]
+        return image, label
+
+
+def _synthetic(cfg: Any) -> Datasets:
+    g = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    coarse = torch.randn(NUM_CLASSES, 3, 4, 4, generator=g)
+    patterns = F.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+    train_n = SYNTHETIC_TRAIN if cfg.train_size is None else int(cfg.train_size)
+    val_n = SYNTHETIC_VAL if cfg.val_size is None else int(cfg.val_size)
+    return Datasets(SyntheticImages(train_n, SYNTHETIC_SEED + 1, patterns),
+                    SyntheticImages(val_n, SYNTHETIC_SEED + 2, patterns), NUM_CLASSES)
+
+
+# ------------------------------------------------------------------------------------------ build
+def _first(dataset: Dataset, n: Optional[int], key: str, what: str) -> Dataset:
+    if n is None:
+        return dataset
+    size = len(dataset)  # type: ignore[arg-type]
+    if not 1 <= n <= size:
+        raise DataError(f"{key}={n} is out of range: the {what} split has {size} samples; "
+                        f"use 1..{size}, or null for the whole split")
+    return dataset if n == size else Subset(dataset, range(n))
+
+
+def build_datasets(cfg: Any) -> Datasets:
+    """The train/val datasets of `cfg` (the `data` DictConfig or a DataConfig)."""
+    name = str(cfg.name)
+    if name == "cifar10":
+        ds = _cifar10(cfg)
+    elif name == "digits":
+        ds = _digits()
+    elif name == "synthetic":
+        return _synthetic(cfg)  # generated at exactly train_size/val_size samples
+    else:
+        raise DataError(f"data.name={name!r} is unknown; allowed: cifar10, digits, synthetic")
+    train = _first(ds.train, cfg.train_size, "data.train_size", f"{name} train")
+    val = _first(ds.val, cfg.val_size, "data.val_size", f"{name} val")
+    return Datasets(train, val, ds.num_classes)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed that depends on (seed, epoch) only."""
+    state = np.random.SeedSequence([seed & (2**64 - 1), epoch & (2**64 - 1)]).generate_state(2)
+    return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
+
+
+class EpochSeeded(Dataset):
+    """Draws sample i's augmentation from a generator seeded by (epoch seed, i).
+
+    The global torch RNG is forked around each sample, so the augmentation is the same in the
+    main process or any worker, for any number of workers, and the caller's RNG is untouched.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator only: torch.manual_seed would also reseed (and leak into) CUDA's
+            sample_seed = (self.seed + index * 0x9E3779B97F4A7C15) & (2**63 - 1)
+            torch.default_generator.manual_seed(sample_seed)
+            return self.dataset[index]
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, epoch: int,
+                 num_workers: int, collate_fn: Optional[Callable[[Sequence[Any]], Any]] = None
+                 ) -> DataLoader:
+    """Train: shuffled, augmented and batched as a function of (seed, epoch) only; last partial
+    batch dropped. Val: in order, every sample."""
+    if batch_size < 1:
+        raise DataError(f"batch size {batch_size} is invalid "
+                        "(data.batch_size / data.eval_batch_size): must be >= 1")
+    if num_workers < 0:
+        raise DataError(f"data.num_workers={num_workers} is invalid: must be >= 0")
+    size = len(dataset)  # type: ignore[arg-type]
+    if train and size < batch_size:
+        raise DataError(f"data.batch_size={batch_size} is larger than the training set "
+                        f"({size} samples, see data.train_size): with the last partial batch "
+                        "dropped no batch is left")
+    s = epoch_seed(seed, epoch)
+    return DataLoader(
+        EpochSeeded(dataset, s) if train else dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        generator=torch.Generator().manual_seed(s) if train else None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_fn,
+    )

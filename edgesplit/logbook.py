@@ -1,0 +1,62 @@
+"""Where a run's results land: TensorBoard scalars and hparams under tb/, and summary.json."""
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+# Metrics TensorBoard's HParams view compares runs by (each is also a scalar tag below).
+HPARAM_METRICS = ["val/acc1", "val/best_acc1", "val/loss", "train/loss", "time/batch_s",
+                  "comm/up_bytes", "comm/down_bytes"]
+# The keys every run shows in the HParams view, besides its command-line overrides.
+HPARAM_KEYS = ["model.width", "data.name", "data.batch_size", "partition.front", "partition.back",
+               "partition.cloud_stages", "compressor.name", "compressor.ratio", "compressor.bits",
+               "schedule.lr", "schedule.epochs", "pipeline_backend.name", "pipeline_backend.chunks", "seed"]
+
+
+def hparam_values(cfg: DictConfig, overrides: List[str]) -> Dict[str, Any]:
+    """Flat key -> int/float/str/bool for the HParams view (lists and None stringified)."""
+    keys = list(HPARAM_KEYS) + [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    out: Dict[str, Any] = {}
+    for key in dict.fromkeys(keys):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig):
+            continue
+        out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+class Logbook:
+    """One TensorBoard writer per run (closed at the end: a sweep runs its jobs in one process)."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, overrides: List[str]) -> None:
+        self.run_dir = run_dir
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        exp, ssi, sei = hparams(hparam_values(cfg, overrides), {m: 0.0 for m in HPARAM_METRICS})
+        for event in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(event)
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def write_summary(run_dir: Path, summary: Dict[str, Any]) -> None:
+    """Rewritten at every epoch end and on failure, atomically, so a killed run keeps its numbers."""
+    path = run_dir / "summary.json"
+    tmp = path.with_name("summary.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def read_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None

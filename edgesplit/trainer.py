@@ -1,0 +1,198 @@
+"""The training loop: epochs of train steps and evaluation, logging, checkpoints, resume."""
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from edgesplit import checkpoint
+from edgesplit.backends import Backend, StepResult, build_backend
+from edgesplit.codecs import NonFiniteError
+from edgesplit.comm import DIRECTION, CommMeter
+from edgesplit.compression import build_codecs
+from edgesplit.config import validate
+from edgesplit.data import build_datasets, build_loader
+from edgesplit.errors import TrainingDiverged, UserError
+from edgesplit.logbook import Logbook, read_summary, write_summary
+from edgesplit.model import build_units
+from edgesplit.partition import split_units
+from edgesplit.schedule import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def _percent(hits: int, count: int) -> float:
+    return 100.0 * hits / max(count, 1)
+
+
+def train_epoch(backend: Backend, loader: Any, optimizer: torch.optim.Optimizer, epoch: int,
+                cfg: DictConfig, logbook: Logbook, last_good: str) -> Dict[str, float]:
+    backend.train(True)
+    total = StepResult(0.0, 0, 0, 0)
+    step_times: List[float] = []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
+               dynamic_ncols=True, mininterval=1.0)
+    for step, (x, y) in enumerate(bar):
+        tic = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            result = backend.train_step(x, y)
+        except NonFiniteError as e:
+            raise TrainingDiverged(f"{e} at epoch {epoch + 1} step {step + 1}; {last_good}") from None
+        loss = result.loss_sum / result.count
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1} step {step + 1} "
+                                   f"(schedule.lr={cfg.schedule.lr}); {last_good}")
+        optimizer.step()
+        step_times.append(time.perf_counter() - tic)
+        total = total + result
+        global_step = epoch * len(loader) + step
+        logbook.scalars({"train/step_loss": loss}, global_step)
+        bar.set_postfix(loss=f"{loss:.3f}", acc1=f"{_percent(result.correct1, result.count):.1f}",
+                        s_per_step=f"{step_times[-1]:.2f}")
+    if not step_times:
+        raise UserError(f"no training batch: data.batch_size={cfg.data.batch_size} exceeds the "
+                        f"training set ({len(loader.dataset)} samples) and the last partial batch is dropped")
+    return {
+        "train_loss": total.loss_sum / total.count,
+        "train_acc1": _percent(total.correct1, total.count),
+        # the first step pays for warm-up (allocations, threads): the median ignores it
+        "time_per_batch_s": statistics.median(step_times),
+    }
+
+
+@torch.no_grad()
+def evaluate(backend: Backend, loader: Any) -> Dict[str, float]:
+    backend.train(False)
+    total = StepResult(0.0, 0, 0, 0)
+    for x, y in loader:
+        total = total + backend.eval_step(x, y)
+    return {
+        "val_loss": total.loss_sum / max(total.count, 1),
+        "val_acc1": _percent(total.correct1, total.count),
+        "val_acc5": _percent(total.correct5, total.count),
+    }
+
+
+def _resume_state(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
+    path = run_dir / "checkpoint.pt"
+    if not cfg.resume:
+        return None
+    if not path.exists():
+        log.info(f"resume=true but {path} does not exist: starting fresh")
+        return None
+    state = checkpoint.load(path)
+    log.info(f"resuming from {path} after epoch {state['epoch']}")
+    return state
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
+    """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir."""
+    units = build_units(cfg.model)
+    validate(cfg, len(units))
+    previous = read_summary(run_dir) if cfg.resume else None
+    if previous and previous.get("status") == "finished":
+        log.info(f"{run_dir} finished all {previous['epochs']} epochs already: nothing to resume")
+        return previous
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    state = _resume_state(cfg, run_dir)
+    torch.manual_seed(cfg.seed)
+    units = build_units(cfg.model)  # initialised from the seed
+    datasets = build_datasets(cfg.data)
+    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
+    meter = CommMeter()
+    backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
+    summary: Dict[str, Any] = {
+        "status": "running", "error": None, "backend": cfg.pipeline_backend.name,
+        "epochs": 0, "epochs_planned": cfg.schedule.epochs, "best_val_acc1": 0.0,
+        "eval_compressed": cfg.compressor.eval_compressed, "overrides": overrides, "history": [],
+    }
+    logbook = Logbook(run_dir, cfg, overrides)
+    ckpt = run_dir / "checkpoint.pt"
+    try:
+        optimizer = build_optimizer(backend.parameters(), cfg.schedule)
+        named = dict(backend.named_parameters())
+        start = 0
+        if state is not None:
+            checkpoint.restore(state, backend.local_units(), optimizer, named)
+            start = state["epoch"]
+            summary.update(state["summary"])
+            summary["status"] = "running"
+        scheduler = build_scheduler(optimizer, cfg.schedule, start)
+        val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
+                                  train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
+        log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
+                 f"{[list(split.cloud_range(s)) for s in range(cfg.partition.cloud_stages)]}, "
+                 f"{len(datasets.train)} train / {len(datasets.val)} val samples, run dir {run_dir}")
+        for epoch in range(start, cfg.schedule.epochs):
+            torch.manual_seed(cfg.seed + epoch)
+            last_good = (f"the last good checkpoint ({ckpt}, epoch {epoch}) is kept" if epoch
+                         else "no checkpoint was written yet")
+            lr = optimizer.param_groups[0]["lr"]
+            backend.on_epoch_start(epoch)
+            meter.reset()
+            if hasattr(backend, "reset_stats"):
+                backend.reset_stats()
+            loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
+                                  epoch=epoch, num_workers=cfg.data.num_workers)
+            metrics = train_epoch(backend, loader, optimizer, epoch, cfg, logbook, last_good)
+            comm = meter.summary()
+            metrics.update(evaluate(backend, val_loader))
+            scheduler.step()
+            sides = backend.side_stats()
+            peak = max((s["peak_memory_bytes"] for s in sides.values()), default=0)
+            summary["best_val_acc1"] = max(summary["best_val_acc1"], metrics["val_acc1"])
+            summary["history"].append({"epoch": epoch + 1, "lr": lr, **metrics})
+            summary.update(metrics)
+            summary.update({
+                "epochs": epoch + 1, "samples_per_s": cfg.data.batch_size / metrics["time_per_batch_s"],
+                "peak_memory_bytes": peak, "comm": comm, "sides": sides,
+            })
+            if epoch + 1 == cfg.schedule.epochs:
+                summary["status"] = "finished"
+            parts = backend.save_remote(str(run_dir), epoch + 1)
+            checkpoint.save(ckpt, backend.local_units(), optimizer, named, parts, epoch=epoch + 1,
+                            summary=summary, config=OmegaConf.to_container(cfg, resolve=True))
+            write_summary(run_dir, summary)
+            logbook.scalars(_epoch_scalars(summary, lr), epoch + 1)
+            log.info(f"epoch {epoch + 1}/{cfg.schedule.epochs} lr {lr:.4g} "
+                     f"train loss {metrics['train_loss']:.4f} acc1 {metrics['train_acc1']:.2f} | "
+                     f"val loss {metrics['val_loss']:.4f} acc1 {metrics['val_acc1']:.2f} | "
+                     f"{metrics['time_per_batch_s']:.3f} s/batch | up {comm['up_bytes_per_batch']:.0f} "
+                     f"down {comm['down_bytes_per_batch']:.0f} B/batch")
+    except UserError as e:
+        summary.update(status="failed", error=str(e))
+        write_summary(run_dir, summary)
+        raise
+    finally:
+        logbook.close()
+        backend.close()
+    return summary
+
+
+def _epoch_scalars(summary: Dict[str, Any], lr: float) -> Dict[str, float]:
+    comm, sides = summary["comm"], summary["sides"]
+    out = {
+        "train/loss": summary["train_loss"], "train/acc1": summary["train_acc1"],
+        "val/loss": summary["val_loss"], "val/acc1": summary["val_acc1"],
+        "val/acc5": summary["val_acc5"], "val/best_acc1": summary["best_val_acc1"], "lr": lr,
+        "time/batch_s": summary["time_per_batch_s"], "memory/peak_bytes": summary["peak_memory_bytes"],
+        "comm/up_bytes": comm["up_bytes_per_batch"], "comm/down_bytes": comm["down_bytes_per_batch"],
+        "comm/raw_up_bytes": comm["raw_up_bytes_per_batch"],
+        "comm/raw_down_bytes": comm["raw_down_bytes_per_batch"],
+    }
+    for boundary, pass_ in DIRECTION:
+        for stat in ("rel_error", "sparsity"):
+            key = f"{boundary}_{pass_}_{stat}"
+            if key in comm:
+                out[f"boundary/{boundary}_{pass_}/{stat}"] = comm[key]
+    for side, stats in sides.items():
+        out[f"time/{side}_compute_s"] = stats["compute_s_per_batch"]
+        out[f"memory/{side}_peak_bytes"] = stats["peak_memory_bytes"]
+    return out
