@@ -1,16 +1,22 @@
 """A cloud stage process: its units, its optimizer and LR schedule, and the loop that serves the edge."""
 import os
 import resource
+import shutil
 import sys
-import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from edgesplit import checkpoint
 
 from edgesplit.backends.dist import launch
 from edgesplit.backends.dist.link import LinkSpec
@@ -19,6 +25,7 @@ from edgesplit.backends.dist.stage import StageRunner
 from edgesplit.backends.dist.transport import EDGE, SendHandle, Transport
 from edgesplit.backends.dist.wire import Wire
 from edgesplit.errors import PeerError
+from edgesplit.schedule import build_optimizer, build_scheduler
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -44,25 +51,12 @@ class StageSpec:
     device: str = "cpu"
 
 
-def build_optimizer(params: List[nn.Parameter], schedule: Dict[str, Any]) -> torch.optim.Optimizer:
-    """The same SGD as the training loop's (edgesplit.schedule), over this stage's parameters."""
-    return torch.optim.SGD(params, lr=schedule["lr"], momentum=schedule["momentum"],
-                           weight_decay=schedule["weight_decay"])
-
-
-def lr_at(schedule: Dict[str, Any], epoch: int) -> float:
-    """The seed's per-epoch schedule: cosine decay times linear warm-up."""
-    import math
-    warm = schedule["warmup_epochs"]
-    scale = 0.5 * (1 + math.cos(math.pi * epoch / schedule["epochs"]))
-    return schedule["lr"] * scale * (min(1.0, (epoch + 1) / warm) if warm > 0 else 1.0)
-
-
 class CloudStage:
     """Serves the edge: train/eval steps micro-batch by micro-batch, then control commands."""
 
-    def __init__(self, spec: StageSpec, transport: Transport) -> None:
-        self.spec, self.t = spec, transport
+    def __init__(self, spec: StageSpec) -> None:
+        self.spec = spec
+        self.t: Transport = None  # type: ignore[assignment]  # set by serve()
         self.device = torch.device(spec.device)
         self.rank = spec.stage + 1
         self.last = spec.stage == spec.stages - 1
@@ -75,7 +69,10 @@ class CloudStage:
         self.in_wire = Wire(spec.front if spec.stage == 0 else None, eval_compressed)
         self.out_wire = Wire(spec.back if self.last else None, eval_compressed)
         self.params = [p for u in self.units.values() for p in u.parameters()]
-        self.optimizer = build_optimizer(self.params, spec.cfg["schedule"])
+        self.schedule = OmegaConf.create(spec.cfg["schedule"])
+        self.optimizer = build_optimizer(self.params, self.schedule)
+        self.scheduler: Optional[LRScheduler] = None
+        self.epoch = 0
         self.compute_s, self.steps = 0.0, 0
         self.train_compute_s, self.train_steps = 0.0, 0
         self.sends: List[Tuple[int, SendHandle]] = []
@@ -107,11 +104,11 @@ class CloudStage:
                 header, payload = self.t.recv(self.up, kind, i)
             t0 = time.perf_counter()
             with torch.set_grad_enabled(train_step):
-                x = self._to_device(self.in_wire.decode_activation(payload, train_step))
+                x = self._to_device(self.in_wire.decode_activation(payload, training))
                 if train_step:
                     x.requires_grad_(True)
                 y = self.runner(x, i)
-                out = self.out_wire.encode_activation(y, train_step)
+                out = self.out_wire.encode_activation(y, training)
             self.compute_s += time.perf_counter() - t0
             self._send(self.down, Header(kind, i, n, training=training), out)
             if train_step:
@@ -137,35 +134,29 @@ class CloudStage:
 
     # -- control -------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        lr = lr_at(self.spec.cfg["schedule"], epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        """Follow the training loop's schedule: built at the first epoch, stepped once per epoch."""
+        if self.scheduler is None:
+            self.scheduler = build_scheduler(self.optimizer, self.schedule, epoch)
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                for _ in range(epoch - self.epoch):
+                    self.scheduler.step()
+        self.epoch = epoch
+        self.train_compute_s, self.train_steps = 0.0, 0
 
-    def state(self, epoch: int) -> Dict[str, Any]:
-        """This stage's part of a checkpoint: units by global index, momentum by parameter name."""
-        optimizer: Dict[str, Tensor] = {}
-        for index, unit in self.units.items():
-            for name, p in unit.named_parameters():
-                buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-                if buf is not None:
-                    optimizer[f"units.{index}.{name}"] = buf.detach().cpu()
-        return {"units": {int(i): {k: v.detach().cpu() for k, v in u.state_dict().items()}
-                          for i, u in self.units.items()},
-                "optimizer": optimizer, "epoch": epoch, "stage": self.spec.stage + 1}
+    def named_parameters(self) -> Dict[str, nn.Parameter]:
+        return {f"units.{i}.{n}": p for i, u in self.units.items() for n, p in u.named_parameters()}
 
     def save(self, directory: str, epoch: int) -> str:
-        """Write the part atomically (tmp file, then os.replace); drop parts older than epoch-1."""
+        """Write this stage's part atomically (units by global index, optimizer state by parameter
+        name, as edgesplit.checkpoint writes them); drop this stage's parts older than epoch-1."""
         os.makedirs(directory, exist_ok=True)
         name = part_name(self.spec.stage, epoch)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state(epoch), f)
-            os.replace(tmp, os.path.join(directory, name))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        state = {"units": {int(i): checkpoint.unit_state(u) for i, u in self.units.items()},
+                 "optimizer": checkpoint.optimizer_state(self.optimizer, self.named_parameters()),
+                 "epoch": epoch, "stage": self.rank}
+        checkpoint.atomic_save(state, Path(directory) / name)
         for old in range(max(epoch - 1, 0)):
             path = os.path.join(directory, part_name(self.spec.stage, old))
             if os.path.exists(path):
@@ -173,17 +164,17 @@ class CloudStage:
         return name
 
     def load(self, directory: str, name: str) -> None:
-        """Load this stage's part (units and momentum) written by save()."""
+        """Load this stage's part of a checkpoint (written by save())."""
         path = os.path.join(directory, name)
         if not os.path.exists(path):
             raise PeerError(f"cloud rank {self.rank}: checkpoint part {path} is missing")
-        part = torch.load(path, map_location=self.device, weights_only=False)
+        part = torch.load(path, map_location="cpu", weights_only=False)
         for index, unit in self.units.items():
-            unit.load_state_dict(part["units"][int(index)])
-            for pname, p in unit.named_parameters():
-                buf = part["optimizer"].get(f"units.{index}.{pname}")
-                if buf is not None:
-                    self.optimizer.state[p]["momentum_buffer"] = buf.to(p.device).clone()
+            if int(index) not in part["units"]:
+                raise PeerError(f"cloud rank {self.rank}: {path} holds no state for layer unit "
+                                f"{index}: the checkpoint was written with another partition")
+            checkpoint.load_unit(unit, part["units"][int(index)])
+        checkpoint.load_optimizer_state(self.optimizer, self.named_parameters(), part["optimizer"])
 
     def stats(self) -> Dict[str, Any]:
         return {"stage": self.spec.stage + 1, "pid": os.getpid(),
@@ -208,8 +199,9 @@ class CloudStage:
             raise PeerError(f"cloud rank {self.rank}: unknown command {op!r} from the edge")
         return reply
 
-    def serve(self) -> None:
+    def serve(self, transport: Transport) -> None:
         """Run until the edge says stop; a lost peer raises PeerError."""
+        self.t = transport
         while True:
             header, payload = self.t.recv(self.up)
             if header.kind in (Kind.FORWARD, Kind.EVAL):
@@ -233,12 +225,12 @@ def fingerprint(units: Dict[int, nn.Module]) -> List[float]:
             for i in sorted(units)]
 
 
-def _serve(world: Any, spec: StageSpec) -> None:
-    b = spec.cfg["pipeline_backend"]
+def _serve(world: Any, stage: CloudStage) -> None:
+    b = stage.spec.cfg["pipeline_backend"]
     transport = Transport(world.rank, world.global_ranks, world.timeout_s,
                           LinkSpec.from_config(b["link"]), world.diagnose)
     try:
-        CloudStage(spec, transport).serve()
+        stage.serve(transport)
     finally:
         transport.close()
 
@@ -250,9 +242,9 @@ def child_main(rank: int, world_size: int, host: str, port: int, spec_bytes: byt
     torch.set_num_threads(threads)
     world = None
     try:
-        spec = launch.deserialize(spec_bytes)
+        stage = CloudStage(launch.deserialize(spec_bytes))  # ready before it joins
         world = launch.connect_local(rank, world_size, host, port, timeout_s)
-        _serve(world, spec)
+        _serve(world, stage)
     except BaseException as e:
         launch.fail(world, rank, e)
         sys.exit(1)
@@ -263,8 +255,6 @@ def child_main(rank: int, world_size: int, host: str, port: int, spec_bytes: byt
 
 def build_spec(cfg: Any, stage: int, expected: List[float]) -> StageSpec:
     """A cloud stage built from the edge's config alone (multi-host): same seed, same units."""
-    from omegaconf import OmegaConf
-
     from edgesplit.compression import build_codecs
     from edgesplit.model import build_units
     from edgesplit.partition import split_units
@@ -280,15 +270,25 @@ def build_spec(cfg: Any, stage: int, expected: List[float]) -> StageSpec:
                         f"units {sorted(mine)}: the hosts run different code or seeding")
     codecs = build_codecs(conf.compressor)
     stages = len(split.cloud_bounds) - 1
-    from edgesplit.backends.dist.edge import _device
+    from edgesplit.backends.stages import resolve_devices
+    device = resolve_devices(conf.pipeline_backend.devices, stages + 2)[stage + 1]
     return StageSpec(stage, stages, mine, codecs["front"] if stage == 0 else None,
-                     codecs["back"] if stage == stages - 1 else None, cfg,
-                     _device(conf.pipeline_backend.devices, stage + 1))
+                     codecs["back"] if stage == stages - 1 else None, cfg, str(device))
 
 
-def run_cloud(cfg: Any) -> None:
+def drop_output_dir(path: Optional[str]) -> None:
+    """Remove the output dir that Hydra made for a cloud process, if it holds only Hydra's own
+    files (.hydra/, *.log): the edge writes the run dir."""
+    if not path or not os.path.isdir(path):
+        return
+    if all(name == ".hydra" or name.endswith(".log") for name in os.listdir(path)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_cloud(cfg: Any, hydra_output_dir: Optional[str] = None) -> None:
     """The cloud role on its own host (pipeline_backend.role=cloud): join the edge, take its
     config, serve until it stops. Raises PeerError when the edge is lost."""
+    drop_output_dir(hydra_output_dir)
     b = cfg.pipeline_backend
     stages = int(cfg.partition.cloud_stages)
     threads = launch.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
@@ -305,7 +305,7 @@ def run_cloud(cfg: Any) -> None:
         _, payload = t.recv(EDGE, Kind.CONTROL)
         init = unpack_object(payload)
         t.close()
-        _serve(world, build_spec(init["cfg"], world.rank - 1, init["fingerprint"]))
+        _serve(world, CloudStage(build_spec(init["cfg"], world.rank - 1, init["fingerprint"])))
     except BaseException as e:
         if world is not None:
             world.report_error(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -17,20 +17,11 @@ from edgesplit.backends.dist.protocol import (HEADER_BYTES, Header, Kind, comman
 from edgesplit.backends.dist.stage import StageRunner
 from edgesplit.backends.dist.transport import EDGE, SendHandle, Transport
 from edgesplit.backends.dist.wire import Wire
+from edgesplit.backends.stages import resolve_devices
+from edgesplit.boundary import _quality
 from edgesplit.comm import CommMeter
 from edgesplit.errors import ConfigError
 from edgesplit.partition import Split
-
-
-def _device(devices: Any, index: int) -> str:
-    """Entry `index` of pipeline_backend.devices ([edge, stage 1..S, edge]); 'auto': edge on the CPU,
-    cloud stages on the GPUs when there are some."""
-    if devices in (None, "auto"):
-        if index == 0 or not torch.cuda.is_available():
-            return "cpu"
-        return f"cuda:{(index - 1) % torch.cuda.device_count()}"
-    value = devices[index]
-    return f"cuda:{value}" if isinstance(value, int) else str(value)
 
 
 class DistBackend(Backend):
@@ -50,7 +41,8 @@ class DistBackend(Backend):
         self.cfg, self.meter, self.split = cfg, meter, split
         self.stages = len(split.cloud_bounds) - 1
         self.chunks, self.timeout_s = int(b.chunks), float(b.timeout_s)
-        self.device = torch.device(_device(b.devices, 0))
+        devices = resolve_devices(b.devices, self.stages + 2)
+        self.device = devices[0]
         self._units = {i: split.units[i].to(self.device) for i in split.edge_indices}
         mode, dbn = b.checkpoint, bool(b.deferred_batch_norm)
         self.front = StageRunner(split.edge_front, mode, self.chunks, dbn)
@@ -69,7 +61,7 @@ class DistBackend(Backend):
             specs = [launch.serialize(StageSpec(
                 s, self.stages, {i: split.units[i] for i in split.cloud_range(s)},
                 codecs["front"] if s == 0 else None, codecs["back"] if s == self.stages - 1 else None,
-                container, _device(b.devices, s + 1))) for s in range(self.stages)]
+                container, str(devices[s + 1]))) for s in range(self.stages)]
             self.world = launch.start_local(self.stages, specs, self.timeout_s, threads)
         elif launch.under_torchrun():
             self.world = launch.start_torchrun("edge", self.stages, self.timeout_s)
@@ -111,6 +103,20 @@ class DistBackend(Backend):
         with torch.no_grad():
             return self._guard(self._step, x, y, False)
 
+    def _record(self, boundary: str, pass_: str, payload: Tensor, x: Tensor, training: bool) -> None:
+        """Bytes of one message on the edge link, header included (only in training mode, as the
+        in-process backends' boundaries count)."""
+        if training:
+            self.meter.record(boundary, pass_, HEADER_BYTES + payload.numel(), 4 * x.numel())
+
+    def _quality(self, boundary: str, pass_: str, wire: Wire, x: Tensor, payload: Tensor,
+                 decoded: Optional[Tensor] = None) -> None:
+        """Codec quality of the first micro-batch of what the edge encodes (front forward, back
+        backward); the cloud encodes the other two, which are not measured."""
+        if decoded is None:
+            decoded = wire.decode_activation(payload, True)
+        self.meter.record_quality(boundary, pass_, *_quality(x, decoded))
+
     def _step(self, x: Tensor, y: Tensor, train_step: bool) -> StepResult:
         """GPipe: all micro-batch forwards, then all backwards; sends never block the edge."""
         x, y = x.to(self.device), y.to(self.device)
@@ -119,48 +125,55 @@ class DistBackend(Backend):
         kind = Kind.FORWARD if train_step else Kind.EVAL
         sends: Dict[int, List[SendHandle]] = {self.first: [], self.last: []}
         fronts, backs = [], []
-        compute = 0.0
+        t0 = time.perf_counter()
         for i, xi in enumerate(xs):
-            t0 = time.perf_counter()
             h = self.front(xi, i)
-            p = self.front_wire.encode_activation(h, train_step)
-            compute += time.perf_counter() - t0
+            p = self.front_wire.encode_activation(h, training)
             sends[self.first].append(self.t.send(self.first, Header(kind, i, n, training=training), p))
-            self.meter.record("front", "forward", HEADER_BYTES + p.numel(), 4 * h.numel())
+            self._record("front", "forward", p, h, training)
+            if train_step and i == 0 and self.front_wire.compressed(training):
+                self._quality("front", "forward", self.front_wire, h, p)
             fronts.append((h, p))
         for i in range(n):
+            wait0 = self.t.wait_s
             _, q = self.t.recv(self.last, kind, i)
-            t0 = time.perf_counter()
-            z = self.back_wire.decode_activation(q, train_step).to(self.device)
+            t0 += self.t.wait_s - wait0  # time blocked is not compute
+            z = self.back_wire.decode_activation(q, training).to(self.device)
             if train_step:
                 z.requires_grad_(True)
             logits = self.back(z, i)
             loss = F.cross_entropy(logits, ys[i])
-            compute += time.perf_counter() - t0
-            self.meter.record("back", "forward", HEADER_BYTES + q.numel(), 4 * z.numel())
+            self._record("back", "forward", q, z, training)
             backs.append((z, q, logits, loss))
         if train_step:
             for i, (z, q, _, loss) in enumerate(backs):
-                t0 = time.perf_counter()
                 (loss * (ys[i].numel() / batch)).backward()
                 g = self.back_wire.encode_gradient(z.grad, q)
-                compute += time.perf_counter() - t0
                 sends[self.last].append(self.t.send(self.last, Header(Kind.BACKWARD, i, n), g))
-                self.meter.record("back", "backward", HEADER_BYTES + g.numel(), 4 * z.numel())
+                self._record("back", "backward", g, z, training)
+                if i == 0 and self.back_wire.codecs is not None:
+                    self._quality("back", "backward", self.back_wire, z.grad, g,
+                                  self.back_wire.decode_gradient(g, q))
             for i, (h, p) in enumerate(fronts):
+                wait0 = self.t.wait_s
                 _, r = self.t.recv(self.first, Kind.BACKWARD, i)
-                t0 = time.perf_counter()
+                t0 += self.t.wait_s - wait0
                 h.backward(self.front_wire.decode_gradient(r, p).to(self.device))
-                compute += time.perf_counter() - t0
-                self.meter.record("front", "backward", HEADER_BYTES + r.numel(), 4 * h.numel())
+                self._record("front", "backward", r, h, training)
+        compute = time.perf_counter() - t0
         for dst, handles in sends.items():
             self.t.wait_sent(handles, dst)
+        logits = torch.cat([b[2] for b in backs])
+        loss = sum(b[3].detach() * (yi.numel() / batch) for b, yi in zip(backs, ys))
         if train_step:
             self.compute_s += compute
             self.steps += 1
-        logits = torch.cat([b[2] for b in backs])
-        loss = sum(b[3].detach() * (yi.numel() / batch) for b, yi in zip(backs, ys))
+            self.meter.end_batch()
         return StepResult.of(logits, y, loss)
+
+    def reset_stats(self) -> None:
+        """Start the per-batch compute averages afresh (the cloud's restart at each epoch)."""
+        self.compute_s, self.steps = 0.0, 0
 
     # -- control -------------------------------------------------------------------------------
     def _control(self, msg: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -19,6 +19,7 @@ from edgesplit.errors import PeerError
 JOINED = "edgesplit/joined/"
 ERROR = "edgesplit/error/"
 STAGE_COUNTER = "edgesplit/next_stage"
+LOCAL_START_S = 60.0  # the least time a local child gets to start and join
 
 
 def under_torchrun() -> bool:
@@ -128,7 +129,8 @@ def start_local(stages: int, specs: List[bytes], timeout_s: float, threads: int)
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # it died at start: _wait_joined names it
-        _wait_joined(store, world_size, timeout_s, children)
+        # children start python and torch first: under load that alone can take a while
+        _wait_joined(store, world_size, max(timeout_s, LOCAL_START_S), children)
         init_group(store, EDGE, world_size, timeout_s)
     except BaseException:
         stop_children(children, grace_s=0)
