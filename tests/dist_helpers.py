@@ -1,5 +1,6 @@
 """Helpers of the dist tests: tiny units, stand-in codecs, configs, and a torchgpipe reference."""
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -77,11 +78,11 @@ def tiny_units(seed: int = 0, n: int = 5, width: int = 8, classes: int = 4) -> L
 
 
 def config(chunks: int = 2, stages: int = 1, compressor: str = "none", timeout_s: float = 10.0,
-           **backend: Any) -> Any:
+           threads: Optional[int] = 1, **backend: Any) -> Any:
     b = OmegaConf.structured(DistConfig(chunks=chunks, timeout_s=timeout_s))
     b = OmegaConf.merge(b, backend)
     return OmegaConf.create({
-        "pipeline_backend": b, "seed": 0, "threads": None,
+        "pipeline_backend": b, "seed": 0, "threads": threads,
         "compressor": {"name": compressor, "eval_compressed": True},
         "schedule": OmegaConf.structured(ScheduleConfig(lr=0.05, epochs=10, warmup_epochs=0)),
         "partition": {"front": 1, "back": 1, "cloud_stages": stages},
@@ -98,75 +99,42 @@ def data(batches: int = 4, batch: int = 8, classes: int = 4, seed: int = 1) -> L
     return out
 
 
-class _Boundary(torch.autograd.Function):
-    """Reference boundary for the torchgpipe side: encode/decode forward, gradient codec backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, codecs: Codecs) -> Tensor:
-        ctx.codecs = codecs
-        return codecs.activation.decode(codecs.activation.encode(x))
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> Any:
-        c = ctx.codecs
-        return c.gradient.decode(c.gradient.encode(g)), None
-
-
-class Boundary(nn.Module):
-    def __init__(self, codecs: Codecs) -> None:
-        super().__init__()
-        self.codecs = codecs
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _Boundary.apply(x, self.codecs)
-
-
-def gpipe_losses(units: List[nn.Module], cfg: Any, codec: str, batches: List[tuple]) -> List[float]:
-    """Training losses of torchgpipe's GPipe over [front | boundary+cloud+boundary | back]."""
-    from torchgpipe import GPipe
-    units = copy.deepcopy(units)
-    c = codecs(codec)
-    parts = nn.Sequential(nn.Sequential(units[0]),
-                          nn.Sequential(Boundary(c["front"]), *units[1:-1], Boundary(c["back"])),
-                          nn.Sequential(units[-1]))
-    b = cfg.pipeline_backend
-    model = GPipe(parts, balance=[1, 1, 1], devices=["cpu"] * 3, chunks=b.chunks,
-                  checkpoint=b.checkpoint, deferred_batch_norm=b.deferred_batch_norm)
-    s = cfg.schedule
-    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
-                          weight_decay=s.weight_decay)
-    losses = []
-    model.train()
-    for x, y in batches:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-    return losses
-
-
-def dist_losses(units: List[nn.Module], cfg: Any, codec: str, batches: List[tuple],
-                meter: Any = None) -> List[float]:
-    """Training losses of the dist backend over the same units and batches."""
-    from edgesplit.backends.dist import DistBackend
+def run_backend(name: str, units: List[nn.Module], cfg: Any, codec: str, batches: List[tuple],
+                meter: Any = None, epochs: int = 1) -> List[float]:
+    """Training losses of backend `name` ('gpipe' or 'dist') as the training loop drives it."""
+    from edgesplit.backends import build_backend
     from edgesplit.comm import CommMeter
     from edgesplit.partition import split_units
-    units = copy.deepcopy(units)
-    split = split_units(units, 1, 1, cfg.partition.cloud_stages)
-    backend = DistBackend(cfg, split, codecs(codec), meter or CommMeter())
+    from edgesplit.schedule import build_optimizer, build_scheduler
+    cfg = copy.deepcopy(cfg)
+    cfg.pipeline_backend.name = name
+    split = split_units(copy.deepcopy(units), 1, 1, cfg.partition.cloud_stages)
+    backend = build_backend(cfg, split, codecs(codec), meter if meter is not None else CommMeter())
+    losses = []
     try:
-        s = cfg.schedule
-        opt = torch.optim.SGD(backend.parameters(), lr=s.lr, momentum=s.momentum,
-                              weight_decay=s.weight_decay)
-        backend.on_epoch_start(0)
-        backend.train(True)
-        losses = []
-        for x, y in batches:
-            opt.zero_grad()
-            r = backend.train_step(x, y)
-            opt.step()
-            losses.append(r.loss_sum / r.count)
+        opt = build_optimizer(backend.parameters(), cfg.schedule)
+        scheduler = build_scheduler(opt, cfg.schedule, 0)
+        for epoch in range(epochs):
+            backend.on_epoch_start(epoch)
+            backend.train(True)
+            for x, y in batches:
+                opt.zero_grad(set_to_none=True)
+                r = backend.train_step(x, y)
+                opt.step()
+                losses.append(r.loss_sum / r.count)
+            scheduler.step()
         return losses
     finally:
         backend.close()
+
+
+def dist_process_count() -> int:
+    """Live processes started by the dist backend (local cloud ranks) on this machine."""
+    import psutil
+    n = 0
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "edgesplit.backends.dist" in cmd and p.pid != os.getpid():
+            n += 1
+    return n
+

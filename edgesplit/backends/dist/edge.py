@@ -87,6 +87,11 @@ class DistBackend(Backend):
     def local_units(self) -> Dict[int, nn.Module]:
         return dict(self._units)
 
+    def train(self, mode: bool = True) -> None:
+        """The edge's units now; the cloud's with the next step (its headers carry the mode)."""
+        self.front.module.train(mode)
+        self.back.module.train(mode)
+
     def _guard(self, fn: Any, *args: Any) -> Any:
         if not self.healthy:
             raise RuntimeError("the dist backend is closed or lost a peer")
