@@ -138,3 +138,25 @@ def dist_process_count() -> int:
             n += 1
     return n
 
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["experiment=smoke", "pipeline_backend=dist", "compressor=quantize", "data.num_workers=0",
+         "pipeline_backend.timeout_s=10"]
+
+
+def train_argv(*overrides: str) -> List[str]:
+    """`python train.py` on the smoke experiment with the dist backend."""
+    import sys
+    return [sys.executable, os.path.join(REPO, "train.py"), *SMOKE, *overrides]
+
+
+def train_env() -> Dict[str, str]:
+    return dict(os.environ, PYTHONPATH=REPO, HYDRA_FULL_ERROR="0")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
