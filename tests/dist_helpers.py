@@ -139,7 +139,6 @@ def dist_process_count() -> int:
     return n
 
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["experiment=smoke", "pipeline_backend=dist", "compressor=quantize", "data.num_workers=0",
          "pipeline_backend.timeout_s=10"]

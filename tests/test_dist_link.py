@@ -1,10 +1,9 @@
-"""Edge-link emulation: a slow link costs what its bytes and latency predict; compression shrinks it."""
+"""Link emulation: a slow link costs what its bytes and latency predict; compression shrinks it."""
 import copy
 import statistics
 import time
 
 import pytest
-import torch
 
 from dist_helpers import codecs, config, data, dist_process_count, tiny_units
 from edgesplit.comm import CommMeter

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from edgesplit.backends.dist.link import LinkSpec, ShapedLink
-from edgesplit.backends.dist.protocol import (HEADER_BYTES, Header, Kind, pack_object, pack_tensor,
-                                              unpack_object, unpack_tensor)
+from edgesplit.backends.dist.protocol import (HEADER_BYTES, Header, Kind, pack_object,
+                                              pack_tensor, unpack_object, unpack_tensor)
 from edgesplit.backends.dist.stage import StageRunner
 
 
@@ -27,7 +27,8 @@ def test_pack_tensor_roundtrip(dtype):
     p = pack_tensor(x)
     assert p.dtype == torch.uint8 and p.dim() == 1
     assert torch.equal(unpack_tensor(p), x)
-    assert unpack_object(pack_object({"op": "stop", "replies": []})) == {"op": "stop", "replies": []}
+    msg = {"op": "stop", "replies": []}
+    assert unpack_object(pack_object(msg)) == msg
 
 
 def test_link_spec_from_config():
@@ -36,8 +37,8 @@ def test_link_spec_from_config():
     spec = LinkSpec.from_config(cfg)
     assert spec.up_bps == 10e6 and spec.down_bps == 100e6 and spec.latency_s == 0.02
     assert spec.seconds("up", 125_000) == pytest.approx(0.12)
-    assert not LinkSpec.from_config(OmegaConf.create({"bandwidth_mbps": None,
-                                                      "latency_ms": 0})).shaped("up")
+    off = OmegaConf.create({"bandwidth_mbps": None, "latency_ms": 0})
+    assert not LinkSpec.from_config(off).shaped("up")
 
 
 def test_shaped_link_queues_messages_and_overlaps_latency():
@@ -49,7 +50,7 @@ def test_shaped_link_queues_messages_and_overlaps_latency():
                    for _ in range(3)]
         for f in futures:
             f.result(timeout=5)
-        # each message: 50 ms on the wire, behind the one before; then 50 ms latency each, overlapped
+        # each message: 50 ms on the wire behind the one before, then 50 ms latency (overlapped)
         for i, t in enumerate(arrivals):
             assert t == pytest.approx(0.05 * (i + 1) + 0.05, abs=0.03)
         f = link.submit(1, lambda: 1 / 0)

@@ -1,4 +1,4 @@
-"""A cloud stage process: its units, its optimizer and LR schedule, and the loop that serves the edge."""
+"""A cloud stage process: its units, optimizer and LR schedule, and the loop serving the edge."""
 import os
 import resource
 import shutil

@@ -1,4 +1,4 @@
-"""The edge process of the dist backend: front and back units, loss and metrics, the GPipe schedule."""
+"""The edge process of the dist backend: front and back units, loss, metrics, GPipe schedule."""
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -60,7 +60,8 @@ class DistBackend(Backend):
         if local:
             specs = [launch.serialize(StageSpec(
                 s, self.stages, {i: split.units[i] for i in split.cloud_range(s)},
-                codecs["front"] if s == 0 else None, codecs["back"] if s == self.stages - 1 else None,
+                codecs["front"] if s == 0 else None,
+                codecs["back"] if s == self.stages - 1 else None,
                 container, str(devices[s + 1]))) for s in range(self.stages)]
             self.world = launch.start_local(self.stages, specs, self.timeout_s, threads)
         elif launch.under_torchrun():
@@ -108,7 +109,8 @@ class DistBackend(Backend):
         with torch.no_grad():
             return self._guard(self._step, x, y, False)
 
-    def _record(self, boundary: str, pass_: str, payload: Tensor, x: Tensor, training: bool) -> None:
+    def _record(self, boundary: str, pass_: str, payload: Tensor, x: Tensor,
+                training: bool) -> None:
         """Bytes of one message on the edge link, header included (only in training mode, as the
         in-process backends' boundaries count)."""
         if training:
@@ -134,7 +136,8 @@ class DistBackend(Backend):
         for i, xi in enumerate(xs):
             h = self.front(xi, i)
             p = self.front_wire.encode_activation(h, training)
-            sends[self.first].append(self.t.send(self.first, Header(kind, i, n, training=training), p))
+            header = Header(kind, i, n, training=training)
+            sends[self.first].append(self.t.send(self.first, header, p))
             self._record("front", "forward", p, h, training)
             if train_step and i == 0 and self.front_wire.compressed(training):
                 self._quality("front", "forward", self.front_wire, h, p)
@@ -223,12 +226,13 @@ class DistBackend(Backend):
         out = {"edge": edge, "cloud": cloud}
         for r in replies:
             out[f"cloud_stage{r['stage']}"] = {
-                "parameters": float(r["parameters"]), "peak_memory_bytes": float(r["peak_memory_bytes"]),
+                "parameters": float(r["parameters"]),
+                "peak_memory_bytes": float(r["peak_memory_bytes"]),
                 "compute_s_per_batch": r["train_compute_s"] / max(r["train_steps"], 1)}
         return out
 
     def close(self) -> None:
-        """Stop the cloud ranks (politely if the pipeline is healthy), reap children, free the group."""
+        """Stop the cloud ranks (politely if healthy), reap the children, free the group."""
         if self.closed:
             return
         self.closed = True

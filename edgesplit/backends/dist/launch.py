@@ -1,4 +1,4 @@
-"""Start the ranks: cloud stages as local child processes, or across hosts under torchrun/by role."""
+"""Start the ranks: cloud stages as local children, or across hosts under torchrun or by role."""
 import ctypes
 import io
 import os
@@ -63,7 +63,7 @@ class World:
             pass
 
     def diagnose(self, peer: int) -> Optional[str]:
-        """Why `peer` (or any rank) went away: a dead child's exit status or a rank's own message."""
+        """Why `peer` (or any rank) went away: a dead child's exit status or a rank's message."""
         notes = []
         deadline = time.monotonic() + 1.0
         for rank, proc in enumerate(self.children, start=1):
@@ -217,7 +217,9 @@ def deserialize(data: bytes) -> Any:
 def fail(world: Optional[World], rank: int, e: BaseException) -> None:
     """A cloud rank's last words: one line on stderr and in the store, then a non-zero exit."""
     who = f"cloud rank {rank}"
-    line = str(e) if str(e).startswith(("cloud rank", "edge rank")) else f"{who} failed: {type(e).__name__}: {e}"
+    line = str(e)
+    if not line.startswith(("cloud rank", "edge rank")):
+        line = f"{who} failed: {type(e).__name__}: {e}"
     print(f"edgesplit: {line.splitlines()[0]}", file=sys.stderr, flush=True)
     if world is not None:
         world.report_error(line.splitlines()[0])

@@ -1,4 +1,4 @@
-"""Edge-link emulation in the sender: a per-direction token bucket for bandwidth plus a fixed latency."""
+"""Edge-link emulation in the sender: a token bucket per direction plus a fixed latency."""
 import queue
 import threading
 import time

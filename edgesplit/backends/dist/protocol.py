@@ -1,4 +1,4 @@
-"""Wire protocol of the dist backend: the fixed header before every payload, and control messages."""
+"""Wire protocol of the dist backend: the header before every payload, control messages."""
 import pickle
 from dataclasses import dataclass
 from enum import IntEnum

@@ -1,6 +1,6 @@
-"""One partition run micro-batch by micro-batch as torchgpipe runs it: checkpointing, deferred BatchNorm."""
+"""A partition run micro-batch by micro-batch as torchgpipe does: checkpointing, deferred BN."""
 import contextlib
-from typing import Tuple
+from typing import ContextManager, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +11,7 @@ from torchgpipe.checkpoint import enable_recomputing
 CHECKPOINT_MODES = ("always", "except_last", "never")
 
 
-def _recompute_context() -> Tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+def _recompute_context() -> Tuple[ContextManager, ContextManager]:
     # torchgpipe's DeferredBatchNorm skips statistics while torchgpipe.is_recomputing() is true
     return contextlib.nullcontext(), enable_recomputing()
 
@@ -24,7 +24,8 @@ class StageRunner:
     def __init__(self, module: nn.Module, checkpoint_mode: str = "except_last",
                  chunks: int = 1, deferred_batch_norm: bool = False) -> None:
         if checkpoint_mode not in CHECKPOINT_MODES:
-            raise ValueError(f"checkpoint={checkpoint_mode!r}: allowed {', '.join(CHECKPOINT_MODES)}")
+            raise ValueError(f"checkpoint={checkpoint_mode!r}: allowed "
+                             f"{', '.join(CHECKPOINT_MODES)}")
         if deferred_batch_norm:  # in place: the units keep their parameters and buffers
             module = DeferredBatchNorm.convert_deferred_batch_norm(module, chunks)
         self.module = module
@@ -35,7 +36,8 @@ class StageRunner:
         """As torchgpipe: counted against the configured chunks, not the micro-batches made."""
         if not (self.module.training and torch.is_grad_enabled()):
             return False
-        stop = {"always": self.chunks, "except_last": self.chunks - 1, "never": 0}[self.checkpoint_mode]
+        stop = {"always": self.chunks, "except_last": self.chunks - 1,
+                "never": 0}[self.checkpoint_mode]
         return index < stop
 
     def __call__(self, x: Tensor, index: int) -> Tensor:

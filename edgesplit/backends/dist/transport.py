@@ -1,4 +1,4 @@
-"""Point-to-point messages (a header, then a uint8 payload) over torch.distributed; counts edge-link bytes."""
+"""Point-to-point messages (header, then uint8 payload) over torch.distributed; link byte counts."""
 import time
 from concurrent.futures import Future
 from datetime import timedelta
@@ -78,7 +78,8 @@ class Transport:
 
     def peer_error(self, peer: int, what: str, e: BaseException) -> PeerError:
         detail = self.diagnose(peer) if self.diagnose else None
-        msg = f"{self.name(self.rank)} lost {self.name(peer)} while {what}: {_reason(e, self.timeout_s)}"
+        msg = (f"{self.name(self.rank)} lost {self.name(peer)} while {what}: "
+               f"{_reason(e, self.timeout_s)}")
         return PeerError(msg + (f"; {detail}" if detail else ""))
 
     def send(self, dst: int, header: Header, payload: Tensor) -> SendHandle:
@@ -140,7 +141,8 @@ class Transport:
         direction = self.direction(src, self.rank)
         if direction is not None:
             self.link_bytes[direction] += HEADER_BYTES + header.nbytes
-        if (expect is not None and header.kind != expect) or (index is not None and header.index != index):
+        if ((expect is not None and header.kind != expect)
+                or (index is not None and header.index != index)):
             raise PeerError(f"{self.name(self.rank)} got {header.kind.name} #{header.index} from "
                             f"{self.name(src)} while {what} #{index}: the ranks run different "
                             f"protocols or configs")

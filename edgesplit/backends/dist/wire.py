@@ -1,4 +1,4 @@
-"""How a tensor crosses one boundary: the codec pair on the edge link, raw bytes between cloud stages."""
+"""How a tensor crosses a boundary: the codecs on the edge link, raw bytes between cloud stages."""
 from typing import Any, Optional
 
 from torch import Tensor
