@@ -1,62 +1,19 @@
-"""Helpers of the dist tests: tiny units, stand-in codecs, configs, and a torchgpipe reference."""
+"""Helpers of the dist tests: tiny units, codecs, configs, and a torchgpipe reference."""
 import copy
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from edgesplit.codecs.base import Codec
-from edgesplit.config import DistConfig, ScheduleConfig
+from edgesplit.compression import BoundaryCodecs, build_codecs
+from edgesplit.config import DistConfig, ScheduleConfig, compose_config
 
 
-class Fp32(Codec):
-    """Stand-in identity codec: [ndim, *shape] int64 header + fp32 data."""
-
-    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        x = x.detach().float().contiguous()
-        head = torch.tensor([x.dim(), *x.shape], dtype=torch.int64)
-        return torch.cat([head.view(torch.uint8), x.view(-1).view(torch.uint8)])
-
-    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        ndim = int(payload[:8].view(torch.int64))
-        shape = payload[8:8 + 8 * ndim].view(torch.int64).tolist()
-        return payload[8 + 8 * ndim:].view(torch.float32).view(shape).clone()
-
-
-class Quant8(Codec):
-    """Stand-in min-max 8-bit quantizer: header [ndim, *shape] int64, min/scale fp32, codes."""
-
-    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        x = x.detach().float().contiguous()
-        lo, hi = x.min(), x.max()
-        scale = (hi - lo) / 255 if hi > lo else torch.ones(())
-        codes = torch.round((x - lo) / scale).clamp(0, 255).to(torch.uint8)
-        head = torch.tensor([x.dim(), *x.shape], dtype=torch.int64)
-        params = torch.stack([lo, scale]).float()
-        return torch.cat([head.view(torch.uint8), params.view(torch.uint8), codes.view(-1)])
-
-    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        ndim = int(payload[:8].view(torch.int64))
-        end = 8 + 8 * ndim
-        shape = payload[8:end].view(torch.int64).tolist()
-        lo, scale = payload[end:end + 8].view(torch.float32).tolist()
-        return (payload[end + 8:].float() * scale + lo).view(shape)
-
-
-@dataclass
-class Codecs:
-    """Stand-in of edgesplit.compression.BoundaryCodecs."""
-    activation: Codec
-    gradient: Codec
-    reuses_support: bool = False
-
-
-def codecs(name: str) -> Dict[str, Codecs]:
-    make = {"none": Fp32, "quantize": Quant8}[name]
-    return {"front": Codecs(make(), make()), "back": Codecs(make(), make())}
+def codecs(name: str) -> Dict[str, BoundaryCodecs]:
+    """The real codecs of `compressor=<name>` for both boundaries."""
+    return build_codecs(compose_config([f"compressor={name}"]).compressor)
 
 
 class Block(nn.Module):
@@ -128,14 +85,23 @@ def run_backend(name: str, units: List[nn.Module], cfg: Any, codec: str, batches
         backend.close()
 
 
+# Processes started by this test session carry this tag in their environment, so a count of
+# leftovers ignores other test runs on the same machine.
+TAG = os.environ.setdefault("EDGESPLIT_TEST_TAG", f"{os.getpid()}-{os.urandom(4).hex()}")
+
+
 def dist_process_count() -> int:
-    """Live processes started by the dist backend (local cloud ranks) on this machine."""
+    """Live processes started by the dist backend (local cloud ranks) in this test session."""
     import psutil
     n = 0
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "edgesplit.backends.dist" in cmd and p.pid != os.getpid():
-            n += 1
+        if "edgesplit.backends.dist" not in cmd or p.pid == os.getpid():
+            continue
+        try:
+            n += p.environ().get("EDGESPLIT_TEST_TAG") == TAG
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
     return n
 
 
