@@ -1,7 +1,9 @@
 """Structured-config schema of every config group, registered in Hydra's ConfigStore, and range checks."""
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
@@ -141,6 +143,16 @@ def register_configs() -> None:
     cs.store(group="compressor", name="schema_prune_quantize", node=PruneQuantizeConfig)
     cs.store(group="pipeline_backend", name="schema", node=BackendConfig)
     cs.store(group="pipeline_backend", name="schema_dist", node=DistConfig)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: List[str]) -> DictConfig:
+    """The config train.py would run with these overrides (for tests, benchmarks, workers)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
 
 
 BACKENDS = ("naive", "gpipe", "dist")

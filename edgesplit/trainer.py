@@ -35,8 +35,9 @@ def train_epoch(backend: Backend, loader: Any, optimizer: torch.optim.Optimizer,
     backend.train(True)
     total = StepResult(0.0, 0, 0, 0)
     step_times: List[float] = []
+    # a bar on a terminal; plain log lines every `log_every` steps when the output is a file
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
-               dynamic_ncols=True, mininterval=1.0)
+               dynamic_ncols=True, mininterval=1.0, disable=None)
     for step, (x, y) in enumerate(bar):
         tic = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -53,8 +54,11 @@ def train_epoch(backend: Backend, loader: Any, optimizer: torch.optim.Optimizer,
         total = total + result
         global_step = epoch * len(loader) + step
         logbook.scalars({"train/step_loss": loss}, global_step)
-        bar.set_postfix(loss=f"{loss:.3f}", acc1=f"{_percent(result.correct1, result.count):.1f}",
-                        s_per_step=f"{step_times[-1]:.2f}")
+        acc1 = _percent(result.correct1, result.count)
+        bar.set_postfix(loss=f"{loss:.3f}", acc1=f"{acc1:.1f}", s_per_step=f"{step_times[-1]:.2f}")
+        if bar.disable and (step + 1) % cfg.log_every == 0:
+            log.info(f"epoch {epoch + 1} step {step + 1}/{len(loader)} loss {loss:.4f} "
+                     f"acc1 {acc1:.2f} {step_times[-1]:.3f} s/step")
     if not step_times:
         raise UserError(f"no training batch: data.batch_size={cfg.data.batch_size} exceeds the "
                         f"training set ({len(loader.dataset)} samples) and the last partial batch is dropped")

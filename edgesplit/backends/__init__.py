@@ -1,4 +1,4 @@
-"""Pipeline backends: naive (whole batch in sequence), gpipe (torchgpipe), dist (processes over torch.distributed)."""
+"""Pipeline backends: naive (whole batch in sequence), gpipe (torchgpipe), dist (one process per stage)."""
 from typing import Dict
 
 from omegaconf import DictConfig

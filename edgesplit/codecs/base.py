@@ -1,7 +1,9 @@
-"""The codec interface: encode(tensor) -> payload (the flat uint8 wire form), decode(payload) -> tensor."""
+"""The codec interface: encode(tensor) -> payload (flat uint8 wire form), decode(payload)."""
+import math
 from abc import ABC, abstractmethod
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 
@@ -29,3 +31,59 @@ class Codec(ABC):
     def support_of(self, payload: Tensor) -> Optional[Tensor]:
         """Bool mask of the positions the payload keeps; None when it keeps all (dense codecs)."""
         return None
+
+
+# Elements per chunk on CPU: fp32 scratch of a chunk stays in cache (and no large temporaries
+# are allocated, whose page faults cost as much as the arithmetic).
+CPU_CHUNK = 1 << 20
+
+
+def chunk_spans(n: int, device: torch.device) -> Iterator[Tuple[int, int]]:
+    """(start, stop) ranges covering [0, n); starts are multiples of 8 (bit-packing groups)."""
+    step = CPU_CHUNK if device.type == "cpu" else max(n, 1)
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def flat(x: Tensor) -> Tensor:
+    """x as a contiguous 1-D tensor (a view when x is contiguous, a copy otherwise)."""
+    return x.contiguous().view(-1)
+
+
+def check_float(name: str, x: Tensor) -> None:
+    """One-line TypeError unless x is a float tensor of a dtype the header knows."""
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"{name}: expected a float32/float16/bfloat16/float64 tensor, "
+                        f"got {x.dtype}")
+
+
+def check_finite(name: str, lo: float, hi: float) -> None:
+    """Raise NonFiniteError when a reduction (min/max, which propagate NaN) is not finite."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise NonFiniteError(f"{name}: the tensor to encode holds NaN or inf "
+                             f"(min {lo}, max {hi})")
+
+
+def select_support(name: str, x: Tensor, support: Optional[Tensor]) -> Tensor:
+    """x itself, or x[support] (1-D) when a support mask is given."""
+    if support is None:
+        return x
+    if support.dtype != torch.bool or tuple(support.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: support must be a bool tensor of shape {tuple(x.shape)}, "
+                         f"got {support.dtype} of shape {tuple(support.shape)}")
+    return x[support]
+
+
+def scatter_support(name: str, values: Tensor, support: Optional[Tensor]) -> Tensor:
+    """values itself, or values scattered into zeros of the support's shape."""
+    if support is None:
+        return values
+    if support.dtype != torch.bool:
+        raise ValueError(f"{name}: support must be a bool tensor, got {support.dtype}")
+    out = torch.zeros(support.shape, dtype=values.dtype, device=values.device)
+    count = int(torch.count_nonzero(support))
+    if values.dim() != 1 or values.numel() != count:
+        raise ValueError(f"{name}: payload holds {values.numel()} values but the support "
+                         f"has {count} positions")
+    out[support] = values
+    return out

@@ -1,0 +1,164 @@
+"""Step time and peak memory of naive, gpipe and dist on the same model, batch, chunks and data."""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from edgesplit.bench.machine import header_lines, human_bytes
+
+BACKENDS = ("naive", "gpipe", "dist")
+
+
+def overrides_of(args: argparse.Namespace, backend: str) -> List[str]:
+    """The train.py overrides that describe one benchmark cell."""
+    out = [
+        "data=synthetic", f"data.batch_size={args.batch}", f"data.train_size={args.batch}",
+        f"model.width={args.width}", f"compressor={args.compressor}",
+        f"partition.front={args.front}", f"partition.back={args.back}",
+        f"partition.cloud_stages={args.cloud_stages}",
+        f"pipeline_backend={backend}", f"pipeline_backend.chunks={1 if backend == 'naive' else args.chunks}",
+    ]
+    if args.device == "cuda":
+        out.append("pipeline_backend.devices=auto")
+    elif backend != "dist":
+        out.append(f"pipeline_backend.devices=[{','.join(['cpu'] * (args.cloud_stages + 2))}]")
+    if backend == "dist":
+        if args.link_mbps:
+            out.append(f"pipeline_backend.link.bandwidth_mbps={args.link_mbps}")
+        out.append(f"pipeline_backend.link.latency_ms={args.latency_ms}")
+    if args.threads:
+        out.append(f"threads={args.threads}")
+    return out + list(args.override)
+
+
+def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
+    """Build the backend in this process, time `steps` train steps after `warmup` ones."""
+    from edgesplit.backends import build_backend
+    from edgesplit.comm import CommMeter
+    from edgesplit.compression import build_codecs
+    from edgesplit.config import compose_config
+    from edgesplit.data import build_datasets
+    from edgesplit.model import build_units
+    from edgesplit.partition import split_units
+    from edgesplit.schedule import build_optimizer
+
+    cfg = compose_config(overrides)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    units = build_units(cfg.model)
+    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
+    meter = CommMeter()
+    backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
+    try:
+        optimizer = build_optimizer(backend.parameters(), cfg.schedule)
+        data = build_datasets(cfg.data).train
+        x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
+        y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])
+        backend.train(True)
+        times = []
+        for step in range(warmup + steps):
+            if step == warmup:
+                meter.reset()
+                if hasattr(backend, "reset_stats"):
+                    backend.reset_stats()
+            _sync()
+            tic = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            backend.train_step(x, y)
+            optimizer.step()
+            _sync()
+            if step >= warmup:
+                times.append(time.perf_counter() - tic)
+        return {"times": times, "sides": backend.side_stats(), "comm": meter.summary()}
+    finally:
+        backend.close()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_cell(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
+    """One backend in a fresh process, so each peak RSS is its own."""
+    cmd = [sys.executable, "-m", "edgesplit.bench.backends", "--worker", json.dumps(overrides),
+           "--warmup", str(warmup), "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": tail}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: Dict[str, Dict[str, Any]], batch: int) -> str:
+    base = results.get("gpipe", {})
+    base_time = statistics.median(base["times"]) if "times" in base else None
+    base_mem = max(s["peak_memory_bytes"] for s in base["sides"].values()) if "sides" in base else None
+    lines = ["| backend | median step (s) | min-max (s) | samples/s | peak edge | peak cloud | "
+             "time / gpipe | memory / gpipe | up B/step | down B/step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 8)
+            continue
+        t = statistics.median(r["times"])
+        mem = max(s["peak_memory_bytes"] for s in r["sides"].values())
+        edge, cloud = r["sides"]["edge"]["peak_memory_bytes"], r["sides"]["cloud"]["peak_memory_bytes"]
+        lines.append(
+            f"| {name} | {t:.3f} | {min(r['times']):.3f}-{max(r['times']):.3f} | {batch / t:.1f} | "
+            f"{human_bytes(edge)} | {human_bytes(cloud)} | "
+            f"{t / base_time:.2f}x | {mem / base_mem:.2f}x | "
+            f"{r['comm']['up_bytes_per_batch']:.0f} | {r['comm']['down_bytes_per_batch']:.0f} |"
+            if base_time else f"| {name} | {t:.3f} | | | | | | | | |")
+    return "\n".join(lines)
+
+
+def parse(argv: List[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m edgesplit.bench backends", description=__doc__)
+    p.add_argument("--backends", default="naive,gpipe,dist", help="subset of naive,gpipe,dist")
+    p.add_argument("--width", type=float, default=0.5, help="model.width (1.0 = the seed's MobileNetV2)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--chunks", type=int, default=4)
+    p.add_argument("--compressor", default="none", choices=["none", "prune", "quantize", "prune_quantize"])
+    p.add_argument("--front", type=int, default=1)
+    p.add_argument("--back", type=int, default=1)
+    p.add_argument("--cloud-stages", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--link-mbps", type=float, default=None, help="dist: emulated link bandwidth")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="dist: emulated link latency")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--override", action="append", default=[], help="extra train.py override (repeatable)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.worker is not None:
+        print(json.dumps(measure(json.loads(args.worker), args.warmup, args.steps)))
+        return 0
+    names = [b for b in args.backends.split(",") if b]
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown:
+        print(f"--backends: unknown {unknown}; allowed: {', '.join(BACKENDS)}", file=sys.stderr)
+        return 2
+    results = {}
+    for name in names:
+        results[name] = run_cell(overrides_of(args, name), args.warmup, args.steps)
+        print(f"{name}: done", file=sys.stderr)
+    print("\n".join(header_lines("backends", argv if argv is not None else sys.argv[1:])))
+    print()
+    print(table(results, args.batch))
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

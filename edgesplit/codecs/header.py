@@ -1,0 +1,89 @@
+"""The payload header: codec id, dtype, shape and codec fields, packed little-endian in front."""
+import struct
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+# codec ids (byte 0)
+IDENTITY, QUANTIZE, TOPK, TOPK_QUANTIZE = 1, 2, 3, 4
+CODEC_NAMES = {IDENTITY: "Identity", QUANTIZE: "Quantize", TOPK: "TopK",
+               TOPK_QUANTIZE: "TopKQuantize"}
+# dtype codes (byte 1)
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+# codec fields after the shape
+QUANT_FIELDS = struct.Struct("<Bff")  # bits, offset (min), scale
+TOPK_FIELDS = struct.Struct("<BI")  # index format (0 bitmap, 1 int32 indices), k
+TOPKQ_FIELDS = struct.Struct("<BIBff")  # index format, k, bits, offset, scale
+BITMAP, INDICES = 0, 1
+MAX_DIM = 2 ** 32 - 1
+
+
+@dataclass
+class Header:
+    """The decoded header: what was encoded and where the body starts."""
+    codec: int
+    dtype: torch.dtype
+    shape: Tuple[int, ...]
+    fields: tuple
+    size: int  # header bytes: the body starts here
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def common_size(ndim: int) -> int:
+    """Bytes of the codec-independent part: id, dtype, ndim, ndim x uint32."""
+    return 3 + 4 * ndim
+
+
+def encode_header(codec: int, dtype: torch.dtype, shape: Tuple[int, ...],
+                  fields: bytes) -> bytes:
+    """The header bytes of a payload."""
+    if dtype not in DTYPE_CODES:
+        raise TypeError(f"{CODEC_NAMES[codec]}: unsupported dtype {dtype}, "
+                        f"expected one of {sorted(str(d) for d in DTYPE_CODES)}")
+    if len(shape) > 255 or any(d > MAX_DIM for d in shape):
+        raise ValueError(f"{CODEC_NAMES[codec]}: shape {tuple(shape)} too large for the header")
+    return struct.pack(f"<BBB{len(shape)}I", codec, DTYPE_CODES[dtype], len(shape),
+                       *shape) + fields
+
+
+def new_payload(header: bytes, body: int, device: torch.device) -> Tensor:
+    """A payload of len(header) + body bytes on `device` with the header filled in."""
+    payload = torch.empty(len(header) + body, dtype=torch.uint8, device=device)
+    head = torch.frombuffer(bytearray(header), dtype=torch.uint8)
+    payload[:len(header)].copy_(head)
+    return payload
+
+
+def _read(payload: Tensor, start: int, count: int) -> bytes:
+    if payload.numel() < start + count:
+        raise ValueError(f"payload of {payload.numel()} bytes is truncated (header needs "
+                         f"{start + count})")
+    return bytes(payload[start:start + count].cpu().tolist())
+
+
+def decode_header(payload: Tensor, codec: int, fields: struct.Struct) -> Header:
+    """Parse a payload's header, checking it was made by `codec`."""
+    if payload.dtype != torch.uint8 or payload.dim() != 1:
+        raise TypeError(f"{CODEC_NAMES[codec]}: a payload is a 1-D uint8 tensor, got "
+                        f"{payload.dtype} of shape {tuple(payload.shape)}")
+    raw = _read(payload, 0, 3)
+    got, dcode, ndim = raw[0], raw[1], raw[2]
+    if got != codec:
+        raise ValueError(f"{CODEC_NAMES[codec]}: payload was made by codec id {got} "
+                         f"({CODEC_NAMES.get(got, 'unknown')})")
+    if dcode not in CODE_DTYPES:
+        raise ValueError(f"{CODEC_NAMES[codec]}: unknown dtype code {dcode} in payload")
+    size = common_size(ndim) + fields.size
+    raw = _read(payload, 3, size - 3)
+    shape = struct.unpack_from(f"<{ndim}I", raw, 0)
+    values = fields.unpack_from(raw, 4 * ndim)
+    return Header(codec, CODE_DTYPES[dcode], tuple(shape), values, size)

@@ -1,0 +1,39 @@
+"""Identity ('none'): the header and the raw values in the input's dtype."""
+import struct as _struct
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .base import Codec, check_float, flat, scatter_support, select_support
+from .header import IDENTITY, decode_header, encode_header, new_payload
+
+_NO_FIELDS = _struct.Struct("<")
+
+
+class Identity(Codec):
+    """No compression: the raw values travel (NaN/inf are not checked)."""
+
+    name = "Identity"
+
+    def __repr__(self) -> str:
+        return "Identity()"
+
+    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        check_float(self.name, x)
+        x = select_support(self.name, x, support)
+        v = flat(x)
+        header = encode_header(IDENTITY, x.dtype, tuple(x.shape), b"")
+        payload = new_payload(header, v.numel() * v.element_size(), x.device)
+        payload[len(header):].copy_(v.view(torch.uint8))
+        return payload
+
+    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        h = decode_header(payload, IDENTITY, _NO_FIELDS)
+        out = torch.empty(h.shape, dtype=h.dtype, device=payload.device)
+        raw = out.view(-1).view(torch.uint8)
+        if payload.numel() - h.size != raw.numel():
+            raise ValueError(f"{self.name}: payload body has {payload.numel() - h.size} bytes, "
+                             f"expected {raw.numel()}")
+        raw.copy_(payload[h.size:])
+        return scatter_support(self.name, out, support)

@@ -1,0 +1,153 @@
+"""TopK: keep the ceil(ratio*n) entries of largest |x|: bitmap or int32 indices, then values."""
+import math
+from fractions import Fraction
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .base import Codec, check_finite, check_float, chunk_spans, flat, scatter_support
+from .base import select_support
+from .bitpack import pack_bits, unpack_bits
+from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, decode_header, encode_header
+from .header import new_payload
+from .select import topk_mask
+
+
+def check_ratio(name: str, ratio: object) -> float:
+    """`ratio` as a float in (0, 1], or a one-line ValueError."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) \
+            or not 0 < ratio <= 1:
+        raise ValueError(f"{name}: ratio must be in (0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+def k_for(ratio: float, n: int) -> int:
+    """k = ceil(ratio * n), at least 1 (for n > 0); ratio is read as its shortest decimal
+    (repr), so ratio 0.7 of 10 elements keeps 7, not 8 as 0.7 * 10 == 7.000000000000001 would."""
+    if n == 0:
+        return 0
+    return min(n, max(1, math.ceil(Fraction(repr(ratio)) * n)))
+
+
+def index_format(n: int, k: int) -> Tuple[int, int]:
+    """(format, bytes) of the cheaper index section: bitmap (ceil(n/8)) or int32 indices (4k);
+    the bitmap on a tie."""
+    bitmap = (n + 7) // 8
+    return (INDICES, 4 * k) if 4 * k < bitmap else (BITMAP, bitmap)
+
+
+def write_sparse(v: Tensor, mask: Tensor, fmt: int, index: Tensor, values: Tensor) -> None:
+    """The index section of the kept-positions mask (1-D bool) into `index` and the kept values
+    v[mask] (flat index order) as raw bytes into `values`, chunk by chunk."""
+    if fmt == INDICES:
+        where = mask.nonzero().view(-1)
+        index.copy_(where.to(torch.int32).view(torch.uint8))
+        values.copy_(v[where].view(torch.uint8))
+        return
+    item, done = v.element_size(), 0
+    for start, stop in chunk_spans(v.numel(), v.device):
+        m = mask[start:stop]
+        index[start // 8:(stop + 7) // 8].copy_(pack_bits(m))
+        kept = v[start:stop].index_select(0, m.nonzero().view(-1))
+        values[done * item:(done + kept.numel()) * item].copy_(kept.view(torch.uint8))
+        done += kept.numel()
+
+
+def _aligned(raw: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bytes of a payload slice viewed as dtype (copied when the offset is unaligned)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    if raw.storage_offset() % size:
+        raw = raw.clone()
+    return raw.view(dtype)
+
+
+def read_index(section: Tensor, fmt: int, n: int) -> Tensor:
+    """The kept positions of an index section: a bool mask (bitmap) or int64 indices."""
+    if fmt == BITMAP:
+        return unpack_bits(section, n)
+    return _aligned(section, torch.int32).to(torch.int64)
+
+
+def select(name: str, v: Tensor, ratio: float) -> Tuple[int, Tensor]:
+    """(k, mask) of the top-k |v| of the flat v; NonFiniteError on NaN/inf."""
+    if v.numel():
+        lo, hi = torch.aminmax(v)
+        lo_f, hi_f = torch.stack([lo.float(), hi.float()]).tolist()
+        check_finite(name, lo_f, hi_f)
+    k = k_for(ratio, v.numel())
+    return k, topk_mask(v, k)
+
+
+def place(values: Tensor, section: Tensor, fmt: int, n: int, dtype: torch.dtype) -> Tensor:
+    """A zero 1-D tensor of n entries with the values at the positions of an index section."""
+    values = values.to(dtype)
+    if fmt == INDICES:
+        out = torch.zeros(n, dtype=dtype, device=values.device)
+        out[read_index(section, fmt, n)] = values
+        return out
+    out = torch.empty(n, dtype=dtype, device=values.device)
+    done = 0
+    for start, stop in chunk_spans(n, values.device):
+        m = unpack_bits(section[start // 8:(stop + 7) // 8], stop - start)
+        where = m.nonzero().view(-1)
+        count = where.numel()
+        out[start:stop].zero_().index_copy_(0, where, values[done:done + count])
+        done += count
+    return out
+
+
+def support_mask(h: Header, section: Tensor, fmt: int) -> Tensor:
+    """The kept-positions mask (shape of the encoded tensor) of an index section."""
+    where = read_index(section, fmt, h.numel)
+    if fmt == INDICES:
+        mask = torch.zeros(h.numel, dtype=torch.bool, device=section.device)
+        mask[where] = True
+        where = mask
+    return where.view(h.shape)
+
+
+class TopK(Codec):
+    """Top-k pruning by |x| over the whole tensor: k = ceil(ratio*n) (at least 1), ties by lowest
+    flat index; the wire holds a bitmap or int32 indices (the smaller) and the kept values."""
+
+    name = "TopK"
+
+    def __init__(self, ratio: float = 0.1) -> None:
+        self.ratio = check_ratio(self.name, ratio)
+
+    def __repr__(self) -> str:
+        return f"TopK(ratio={self.ratio})"
+
+    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        check_float(self.name, x)
+        x = select_support(self.name, x, support)
+        v = flat(x)
+        n = v.numel()
+        k, mask = select(self.name, v, self.ratio)
+        fmt, index_bytes = index_format(n, k)
+        header = encode_header(TOPK, x.dtype, tuple(x.shape), TOPK_FIELDS.pack(fmt, k))
+        payload = new_payload(header, index_bytes + k * v.element_size(), x.device)
+        body = payload[len(header):]
+        write_sparse(v, mask, fmt, body[:index_bytes], body[index_bytes:])
+        return payload
+
+    def _parse(self, payload: Tensor) -> Tuple[Header, int, int, Tensor, Tensor]:
+        h = decode_header(payload, TOPK, TOPK_FIELDS)
+        fmt, k = h.fields
+        _, index_bytes = index_format(h.numel, k)
+        body = payload[h.size:]
+        item = torch.empty((), dtype=h.dtype).element_size()
+        if body.numel() != index_bytes + k * item:
+            raise ValueError(f"{self.name}: payload body has {body.numel()} bytes, expected "
+                             f"{index_bytes + k * item}")
+        return h, fmt, k, body[:index_bytes], body[index_bytes:]
+
+    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        h, fmt, k, section, values = self._parse(payload)
+        out = place(_aligned(values, h.dtype), section, fmt, h.numel, h.dtype).view(h.shape)
+        return scatter_support(self.name, out, support)
+
+    def support_of(self, payload: Tensor) -> Optional[Tensor]:
+        h, fmt, _, section, _ = self._parse(payload)
+        return support_mask(h, section, fmt)

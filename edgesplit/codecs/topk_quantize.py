@@ -1,0 +1,65 @@
+"""TopKQuantize: the TopK selection, then the kept values quantized min-max with b bits."""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .base import Codec, check_float, flat, scatter_support, select_support
+from .bitpack import packed_size
+from .header import TOPK_QUANTIZE, TOPKQ_FIELDS, Header, decode_header, encode_header
+from .header import new_payload
+from .quantize import check_bits, dequantize, minmax_params, quantize_into
+from .topk import check_ratio, index_format, place, select, support_mask, write_sparse
+
+
+class TopKQuantize(Codec):
+    """Top-k by |x| (as TopK), the kept values quantized with `bits` bits (min-max over the kept
+    values, as Quantize): bitmap or int32 indices, then the packed codes."""
+
+    name = "TopKQuantize"
+
+    def __init__(self, ratio: float = 0.1, bits: int = 8) -> None:
+        self.ratio = check_ratio(self.name, ratio)
+        self.bits = check_bits(self.name, bits)
+
+    def __repr__(self) -> str:
+        return f"TopKQuantize(ratio={self.ratio}, bits={self.bits})"
+
+    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        check_float(self.name, x)
+        x = select_support(self.name, x, support)
+        v = flat(x)
+        n = v.numel()
+        k, mask = select(self.name, v, self.ratio)
+        fmt, index_bytes = index_format(n, k)
+        kept = torch.empty(k, dtype=v.dtype, device=v.device)
+        index = torch.empty(index_bytes, dtype=torch.uint8, device=v.device)
+        write_sparse(v, mask, fmt, index, kept.view(torch.uint8))
+        offset, scale = minmax_params(self.name, kept, self.bits)
+        header = encode_header(TOPK_QUANTIZE, x.dtype, tuple(x.shape),
+                               TOPKQ_FIELDS.pack(fmt, k, self.bits, offset, scale))
+        payload = new_payload(header, index_bytes + packed_size(k, self.bits), x.device)
+        body = payload[len(header):]
+        body[:index_bytes].copy_(index)
+        quantize_into(kept, self.bits, offset, scale, body[index_bytes:])
+        return payload
+
+    def _parse(self, payload: Tensor) -> Tuple[Header, tuple, Tensor, Tensor]:
+        h = decode_header(payload, TOPK_QUANTIZE, TOPKQ_FIELDS)
+        fmt, k, bits = h.fields[:3]
+        _, index_bytes = index_format(h.numel, k)
+        body = payload[h.size:]
+        if body.numel() != index_bytes + packed_size(k, bits):
+            raise ValueError(f"{self.name}: payload body has {body.numel()} bytes, expected "
+                             f"{index_bytes + packed_size(k, bits)}")
+        return h, h.fields, body[:index_bytes], body[index_bytes:]
+
+    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        h, (fmt, k, bits, offset, scale), section, codes = self._parse(payload)
+        values = dequantize(codes, bits, k, offset, scale, h.dtype)
+        out = place(values, section, fmt, h.numel, h.dtype).view(h.shape)
+        return scatter_support(self.name, out, support)
+
+    def support_of(self, payload: Tensor) -> Optional[Tensor]:
+        h, fields, section, _ = self._parse(payload)
+        return support_mask(h, section, fields[0])

@@ -1,0 +1,29 @@
+"""Shared fixtures: compose the real Hydra config with overrides, tiny sizes for CPU tests."""
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from edgesplit.config import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small enough for seconds per run on 2 cores, large enough to train.
+TINY = ["data=digits", "data.train_size=256", "data.val_size=128", "data.batch_size=64",
+        "model.width=0.125", "compressor=quantize", "schedule.epochs=2", "schedule.warmup_epochs=1",
+        "schedule.lr=0.05", "threads=1"]
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., DictConfig]:
+    """make_cfg(*overrides): the real config with the tiny sizes, then the overrides."""
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(TINY + list(overrides))
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _pinned_threads() -> None:
+    # Float reduction order depends on the thread count: equality tests need it fixed.
+    torch.set_num_threads(1)

@@ -1,0 +1,128 @@
+"""The training loop end to end on digits: results, files, resume, divergence, TensorBoard."""
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from edgesplit import checkpoint, trainer
+from edgesplit.errors import TrainingDiverged
+from edgesplit.model import build_units
+
+CONTRACT_TAGS = {"train/loss", "train/acc1", "val/loss", "val/acc1", "lr", "time/batch_s",
+                 "memory/peak_bytes", "comm/up_bytes", "comm/down_bytes"}
+SUMMARY_KEYS = {"val_acc1", "best_val_acc1", "val_loss", "train_loss", "epochs", "time_per_batch_s",
+                "samples_per_s", "peak_memory_bytes", "backend", "comm", "sides"}
+
+
+class Interrupt(Exception):
+    """Stands for a kill right after an epoch's checkpoint."""
+
+
+def interrupt_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    def write_then_die(run_dir: Path, summary: dict) -> None:
+        real_write(run_dir, summary)
+        raise Interrupt
+    real_write = trainer.write_summary
+    monkeypatch.setattr(trainer, "write_summary", write_then_die)
+
+
+def test_run_writes_the_contract_files_and_learns(make_cfg: Callable, tmp_path: Path) -> None:
+    cfg = make_cfg("compressor=prune", "pipeline_backend=gpipe", "pipeline_backend.chunks=2",
+                   "schedule.epochs=3", "schedule.warmup_epochs=2")
+    summary = trainer.run(cfg, tmp_path, ["schedule.epochs=3"])
+    assert {p.name for p in tmp_path.iterdir()} >= {"tb", "summary.json", "checkpoint.pt"}
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(on_disk) and on_disk["status"] == "finished" and on_disk["epochs"] == 3
+    assert {"up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_batch",
+            "raw_down_bytes_per_batch"} <= set(on_disk["comm"])
+    assert set(on_disk["sides"]) == {"edge", "cloud"}
+    assert on_disk["sides"]["cloud"]["parameters"] > on_disk["sides"]["edge"]["parameters"] > 0
+    history = summary["history"]
+    # the seed's schedule: warm-up 2 then cosine over 3 epochs, from lr 0.05
+    assert [h["lr"] for h in history] == pytest.approx([0.025, 0.05 * 0.75, 0.05 * 0.25])
+    assert summary["best_val_acc1"] == max(h["val_acc1"] for h in history)
+    # prune 0.1 sends about a tenth of the raw bytes
+    assert on_disk["comm"]["up_bytes_per_batch"] < 0.2 * on_disk["comm"]["raw_up_bytes_per_batch"]
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert CONTRACT_TAGS <= tags
+    assert {"boundary/front_forward/rel_error", "boundary/front_forward/sparsity"} <= tags
+    assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx([h["val_acc1"] for h in history])
+
+
+def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_cfg("compressor=quantize", "pipeline_backend=gpipe", "pipeline_backend.chunks=2")
+    straight = trainer.run(cfg, tmp_path / "straight", [])
+    with monkeypatch.context() as m:
+        interrupt_after_first_epoch(m)
+        with pytest.raises(Interrupt):
+            trainer.run(cfg, tmp_path / "resumed", [])
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    cfg.resume = True
+    resumed = trainer.run(cfg, tmp_path / "resumed", [])
+    for key in ("train_loss", "val_loss", "val_acc1", "best_val_acc1"):
+        assert resumed[key] == straight[key], key
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+
+
+def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_skipped(
+        make_cfg: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = make_cfg("pipeline_backend=naive", "schedule.epochs=1", "resume=true")
+    with caplog.at_level("INFO"):
+        first = trainer.run(cfg, tmp_path, [])
+        assert "does not exist: starting fresh" in caplog.text
+        mtime = (tmp_path / "checkpoint.pt").stat().st_mtime_ns
+        again = trainer.run(cfg, tmp_path, [])
+    assert "finished all 1 epochs already" in caplog.text
+    assert again["val_acc1"] == first["val_acc1"]
+    assert (tmp_path / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("writer, reader", [("gpipe", "naive"), ("naive", "gpipe")])
+def test_a_checkpoint_of_one_backend_resumes_in_the_other(make_cfg: Callable, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          writer: str, reader: str) -> None:
+    extra = ["pipeline_backend.deferred_batch_norm=true"] if writer == "gpipe" else []
+    cfg = make_cfg(f"pipeline_backend={writer}", *extra)
+    with monkeypatch.context() as m:
+        interrupt_after_first_epoch(m)
+        with pytest.raises(Interrupt):
+            trainer.run(cfg, tmp_path, [])
+    saved = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert sorted(saved["units"]) == list(range(20))
+    units = build_units(cfg.model)
+    for i, unit in enumerate(units):  # loads into a plain model, no key left over
+        checkpoint.load_unit(unit, saved["units"][i])
+    resumed = trainer.run(make_cfg(f"pipeline_backend={reader}", "resume=true"), tmp_path, [])
+    assert resumed["status"] == "finished" and resumed["epochs"] == 2
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+        make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        interrupt_after_first_epoch(m)
+        with pytest.raises(Interrupt):
+            trainer.run(make_cfg("pipeline_backend=naive"), tmp_path, [])
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.run(make_cfg("pipeline_backend=naive", "resume=true", "schedule.lr=1e12",
+                             "compressor=none"), tmp_path, [])
+    message = str(info.value)
+    assert "at epoch 2 step" in message and "checkpoint" in message and "epoch 1) is kept" in message
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == message and summary["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_smoke_experiment_reaches_90_percent_on_digits(tmp_path: Path) -> None:
+    from edgesplit.config import compose_config
+    summary = trainer.run(compose_config(["experiment=smoke"]), tmp_path, ["experiment=smoke"])
+    assert summary["best_val_acc1"] > 90
