@@ -355,6 +355,7 @@ def test_shrunk_backends_sweep_has_the_seeds_layout(tmp_path: Path) -> None:
     assert [r[0] for r in table[1:]] == ["Val_acc1%", "Time per batch (s)", "Memory (peak)"]
     for job, col in zip(jobs, (1, 2)):
         s = _summary(job)
-        assert s["backend"] == table[0][col] and s["comm"]["compression_ratio"] == 1.0
+        assert s["backend"] == table[0][col]
+        assert s["comm"]["compression_ratio"] == pytest.approx(1.0, abs=0.01)  # header only
         assert table[1][col] == f"{s['best_val_acc1']:.2f}"
         assert table[2][col] == f"{s['time_per_batch_s']:.3f}"
