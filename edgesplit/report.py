@@ -182,7 +182,7 @@ def _value_order(runs: Sequence[Run], key: str) -> list[Optional[str]]:
     numbers = [_scalar(v) for v in values]
     if None in numbers:
         return values
-    return [v for _, v in sorted(zip(numbers, values), key=lambda t: t[0])]
+    return [v for _, v in sorted(zip(numbers, values), key=lambda t: t[0] or 0.0)]
 
 
 def _scalar(value: Optional[str]) -> Optional[float]:

@@ -40,7 +40,7 @@ def _compose(*overrides: str) -> DictConfig:
 def _sweep_params(cfg: DictConfig) -> dict[str, list[str]]:
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     assert isinstance(params, dict)
-    return {k: str(v).split(",") for k, v in params.items()}
+    return {str(k): str(v).split(",") for k, v in params.items()}
 
 
 def _train_cmd(*args: str) -> list[str]:
