@@ -21,6 +21,9 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     try:
+        if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
+            from edgesplit.backends.dist import run_cloud  # serves the edge; writes no run dir
+            return run_cloud(cfg, hydra_cfg.runtime.output_dir)
         run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
     except UserError as e:
         # One line, no traceback; in a sweep the other jobs go on (the exit code says it failed).

@@ -125,6 +125,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
         start = 0
         if state is not None:
             checkpoint.restore(state, backend.local_units(), optimizer, named)
+            if hasattr(backend, "load_remote"):  # dist: each cloud rank loads its own part
+                backend.load_remote(str(run_dir), state.get("parts", []))
             start = state["epoch"]
             summary.update(state["summary"])
             summary["status"] = "running"

@@ -23,10 +23,10 @@ def overrides_of(args: argparse.Namespace, backend: str) -> List[str]:
         f"partition.cloud_stages={args.cloud_stages}",
         f"pipeline_backend={backend}", f"pipeline_backend.chunks={1 if backend == 'naive' else args.chunks}",
     ]
-    if args.device == "cuda":
-        out.append("pipeline_backend.devices=auto")
-    elif backend != "dist":
-        out.append(f"pipeline_backend.devices=[{','.join(['cpu'] * (args.cloud_stages + 2))}]")
+    cloud = "0" if args.device == "cuda" else "cpu"
+    # dist keeps the edge on the CPU (a real edge device), the cloud stages on the GPU when asked
+    edge = "cpu" if backend == "dist" or args.device == "cpu" else "0"
+    out.append(f"pipeline_backend.devices=[{','.join([edge] + [cloud] * args.cloud_stages + [edge])}]")
     if backend == "dist":
         if args.link_mbps:
             out.append(f"pipeline_backend.link.bandwidth_mbps={args.link_mbps}")

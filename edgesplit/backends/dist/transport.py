@@ -1,0 +1,160 @@
+"""Point-to-point messages (header, then uint8 payload) over torch.distributed; link byte counts."""
+import time
+from concurrent.futures import Future
+from datetime import timedelta
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from edgesplit.backends.dist.link import LinkSpec, ShapedLink
+from edgesplit.backends.dist.protocol import HEADER_BYTES, HEADER_TAG, PAYLOAD_TAG, Header, Kind
+from edgesplit.errors import PeerError
+
+EDGE = 0  # logical rank of the edge; cloud stage s (0-based) is logical rank s + 1
+
+
+def rank_name(rank: int, world_size: int) -> str:
+    if rank == EDGE:
+        return "edge rank 0"
+    return f"cloud rank {rank} (stage {rank} of {world_size - 1})"
+
+
+def _reason(e: BaseException, timeout_s: float) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "Connection closed by peer" in text or "Connection reset" in text or "Broken pipe" in text:
+        return "closed the connection (it died or exited)"
+    if "Timed out" in text or "timed out" in text:
+        return f"sent nothing for {timeout_s:g} s (pipeline_backend.timeout_s)"
+    return text.split("] ")[-1][:200]
+
+
+class SendHandle:
+    """A message on its way: `wait()` returns once torch.distributed has sent it."""
+
+    def __init__(self, works: Optional[List[dist.Work]] = None,
+                 future: "Optional[Future[List[dist.Work]]]" = None,
+                 keep: Tuple[Tensor, ...] = ()) -> None:
+        self._works, self._future, self._keep = works, future, keep
+
+    def wait(self, timeout_s: float) -> None:
+        works = self._works if self._future is None else self._future.result(timeout=timeout_s)
+        for w in works or []:
+            w.wait()
+        self._keep = ()
+
+
+class Transport:
+    """Messages between logical ranks (0 = edge, s+1 = cloud stage s). `global_ranks[r]` is the
+    torch.distributed rank of logical rank r. Messages from/to the edge cross the edge link: they
+    are shaped by `link` in the sender and counted in `link_bytes` ('up' = edge -> cloud)."""
+
+    def __init__(self, rank: int, global_ranks: List[int], timeout_s: float,
+                 link: LinkSpec = LinkSpec(),
+                 diagnose: Optional[Callable[[int], Optional[str]]] = None) -> None:
+        self.rank, self.global_ranks, self.timeout_s = rank, global_ranks, timeout_s
+        self.world_size = len(global_ranks)
+        self.link = link
+        self.diagnose = diagnose
+        self.link_bytes: Dict[str, int] = {"up": 0, "down": 0}
+        self.wait_s = 0.0  # time spent blocked in recv/wait
+        self._shapers: Dict[str, ShapedLink] = {}
+        if rank == EDGE and link.shaped("up"):
+            self._shapers["up"] = ShapedLink(link.up_bps, link.latency_s, "uplink")
+        if rank != EDGE and link.shaped("down"):
+            self._shapers["down"] = ShapedLink(link.down_bps, link.latency_s, "downlink")
+
+    def direction(self, src: int, dst: int) -> Optional[str]:
+        """'up', 'down' or None (between cloud stages)."""
+        if src == EDGE and dst != EDGE:
+            return "up"
+        if dst == EDGE and src != EDGE:
+            return "down"
+        return None
+
+    def name(self, rank: int) -> str:
+        return rank_name(rank, self.world_size)
+
+    def peer_error(self, peer: int, what: str, e: BaseException) -> PeerError:
+        detail = self.diagnose(peer) if self.diagnose else None
+        msg = (f"{self.name(self.rank)} lost {self.name(peer)} while {what}: "
+               f"{_reason(e, self.timeout_s)}")
+        return PeerError(msg + (f"; {detail}" if detail else ""))
+
+    def send(self, dst: int, header: Header, payload: Tensor) -> SendHandle:
+        """Send header + payload without blocking; payload is a 1-D uint8 tensor."""
+        payload = payload.detach()
+        direction = self.direction(self.rank, dst)
+        if direction is not None and payload.device.type != "cpu":
+            payload = payload.cpu()  # gloo on the edge link: a GPU stage goes through host memory
+        payload = payload.contiguous()
+        head = Header(header.kind, header.index, header.count, payload.numel(),
+                      header.training).to_tensor()
+        peer = self.global_ranks[dst]
+
+        def go() -> List[dist.Work]:
+            works = [dist.isend(head, peer, tag=HEADER_TAG)]
+            if payload.numel():
+                works.append(dist.isend(payload, peer, tag=PAYLOAD_TAG))
+            return works
+
+        nbytes = HEADER_BYTES + payload.numel()
+        if direction is not None:
+            self.link_bytes[direction] += nbytes
+        shaper = self._shapers.get(direction) if direction is not None else None
+        try:
+            if shaper is not None:
+                return SendHandle(future=shaper.submit(nbytes, go), keep=(head, payload))
+            return SendHandle(works=go(), keep=(head, payload))
+        except RuntimeError as e:
+            raise self.peer_error(dst, f"sending {header.kind.name}", e) from None
+
+    def wait_sent(self, handles: List[SendHandle], dst: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            for h in handles:
+                h.wait(self.timeout_s + 60)
+        except Exception as e:
+            raise self.peer_error(dst, "sending", e) from None
+        finally:
+            handles.clear()
+            self.wait_s += time.perf_counter() - t0
+
+    def recv(self, src: int, expect: Optional[Kind] = None, index: Optional[int] = None,
+             device: Optional[torch.device] = None) -> Tuple[Header, Tensor]:
+        """Block until the next message from `src`; check its kind and micro-batch index."""
+        t0 = time.perf_counter()
+        peer = self.global_ranks[src]
+        head = Header.empty()
+        what = f"waiting for {expect.name if expect else 'a message'}"
+        try:
+            dist.irecv(head, peer, tag=HEADER_TAG).wait()
+            header = Header.from_tensor(head)
+            payload = torch.empty(header.nbytes, dtype=torch.uint8)
+            if header.nbytes:
+                dist.irecv(payload, peer, tag=PAYLOAD_TAG).wait()
+        except RuntimeError as e:
+            raise self.peer_error(src, what, e) from None
+        finally:
+            self.wait_s += time.perf_counter() - t0
+        direction = self.direction(src, self.rank)
+        if direction is not None:
+            self.link_bytes[direction] += HEADER_BYTES + header.nbytes
+        if ((expect is not None and header.kind != expect)
+                or (index is not None and header.index != index)):
+            raise PeerError(f"{self.name(self.rank)} got {header.kind.name} #{header.index} from "
+                            f"{self.name(src)} while {what} #{index}: the ranks run different "
+                            f"protocols or configs")
+        if device is not None and device.type != "cpu":
+            payload = payload.to(device, non_blocking=True)
+        return header, payload
+
+    def close(self) -> None:
+        for shaper in self._shapers.values():
+            shaper.close()
+        self._shapers.clear()
+
+
+def pg_timeout(timeout_s: float) -> timedelta:
+    return timedelta(seconds=timeout_s)

@@ -1,0 +1,74 @@
+"""Faults: a killed cloud rank or a peer that never connects ends every rank within the timeout,
+with a one-line message naming the missing rank, no process left and the checkpoint intact."""
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from dist_helpers import dist_process_count, free_port, train_argv, train_env
+
+pytestmark = pytest.mark.slow
+TIMEOUT_S = 10
+
+
+def _dist_children(pid):
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [k for k in kids if "edgesplit.backends.dist" in " ".join(k.cmdline())]
+
+
+def test_killed_cloud_rank_mid_epoch(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_argv("data.train_size=1024", "data.val_size=64",
+                                       "schedule.epochs=30", f"hydra.run.dir={run}"),
+                            env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # into the next epoch
+        (cloud,) = _dist_children(proc.pid)
+        cloud.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        out, _ = proc.communicate(timeout=TIMEOUT_S + 30)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert took < TIMEOUT_S + 10, f"the edge took {took:.1f} s to give up"
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert errors and "cloud rank 1" in errors[-1], out[-2000:]
+    assert "killed by signal 9" in errors[-1], out[-2000:]
+    assert "Traceback" not in out
+    from edgesplit import checkpoint
+    state = checkpoint.load(run / "checkpoint.pt")  # intact, with its cloud part
+    assert state["epoch"] >= 1 and state["parts"] and len(state["units"]) == 20
+    assert dist_process_count() == 0
+
+
+@pytest.mark.parametrize("role", ["edge", "cloud"])
+def test_peer_that_never_connects(tmp_path, role):
+    port = free_port()
+    t0 = time.monotonic()
+    res = subprocess.run(train_argv(f"pipeline_backend.role={role}",
+                                    f"pipeline_backend.master_port={port}",
+                                    f"hydra.run.dir={tmp_path / 'run'}"),
+                         env=train_env(), capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    missing = "cloud rank 1" if role == "edge" else "edge"
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert errors and missing in errors[-1] and "10 s" in errors[-1], out[-2000:]
+    assert took < TIMEOUT_S + 30  # python, torch and hydra start in the rest
+    assert "Traceback" not in out

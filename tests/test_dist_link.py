@@ -1,0 +1,71 @@
+"""Link emulation: a slow link costs what its bytes and latency predict; compression shrinks it."""
+import copy
+import statistics
+import time
+
+import pytest
+
+from dist_helpers import codecs, config, data, dist_process_count, tiny_units
+from edgesplit.comm import CommMeter
+
+pytestmark = pytest.mark.slow
+
+
+def step_times(codec: str, steps: int = 4, **link):
+    """Median seconds per train step, bytes per step each way, and the edge's link counters."""
+    from edgesplit.backends import build_backend
+    from edgesplit.partition import split_units
+    cfg = config(chunks=2, stages=1, compressor=codec, link=link)
+    cfg.pipeline_backend.name = "dist"
+    meter = CommMeter()
+    backend = build_backend(cfg, split_units(copy.deepcopy(tiny_units()), 1, 1, 1), codecs(codec),
+                            meter)
+    try:
+        backend.on_epoch_start(0)
+        backend.train(True)
+        x, y = data(1, batch=16)[0]
+        backend.train_step(x, y)  # warm-up
+        meter.reset()
+        before = dict(backend.t.link_bytes)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            backend.train_step(x, y)
+            times.append(time.perf_counter() - t0)
+        after = dict(backend.t.link_bytes)
+        comm = meter.summary()
+    finally:
+        backend.close()
+    handed = {d: (after[d] - before[d]) / steps for d in after}
+    return statistics.median(times), comm, handed
+
+
+def test_bytes_recorded_are_the_bytes_handed_to_torch_distributed():
+    _, comm, handed = step_times("quantize", steps=2)
+    assert comm["up_bytes_per_batch"] == handed["up"]
+    assert comm["down_bytes_per_batch"] == handed["down"]
+
+
+def test_slow_link_costs_its_bytes_and_compression_shrinks_it():
+    mbps = 2.0
+    fast, comm, _ = step_times("none")
+    slow, _, _ = step_times("none", bandwidth_mbps=mbps)
+    predicted = max(comm["up_bytes_per_batch"], comm["down_bytes_per_batch"]) * 8 / (mbps * 1e6)
+    assert predicted > 0.2  # the payload is sized for the link
+    assert slow > 2 * fast
+    assert slow > 0.8 * predicted
+    assert slow < 3 * predicted + fast + 0.5
+    small, _, _ = step_times("quantize", bandwidth_mbps=mbps)
+    assert small < 0.6 * slow  # 8-bit codes: about a quarter of the bytes
+
+
+def test_latency_and_asymmetric_link():
+    lat, _, _ = step_times("quantize", latency_ms=50)
+    assert lat > 4 * 0.05  # four crossings in sequence per step: front/back, forward/backward
+    # a slow uplink alone: the up bytes set the time
+    up_slow, comm, _ = step_times("none", uplink_mbps=2.0, downlink_mbps=1000.0)
+    assert up_slow > 0.8 * comm["up_bytes_per_batch"] * 8 / 2e6
+
+
+def teardown_module():
+    assert dist_process_count() == 0

@@ -1,0 +1,127 @@
+"""Across hosts: edge and cloud in two network namespaces joined by a veth pair (the traffic
+crosses an interface), and the two-torchrun launch that README shows."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dist_helpers import REPO, dist_process_count, free_port, train_argv, train_env
+
+pytestmark = pytest.mark.slow
+NS = f"es{os.getpid()}"
+EDGE_IP, CLOUD_IP = "10.231.7.1", "10.231.7.2"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def _netns_unavailable() -> str:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if shutil.which("ip") is None:
+        return "the `ip` tool (iproute2) is not installed"
+    probe = f"{NS}probe"
+    try:
+        _ip("netns", "add", probe)
+        _ip("netns", "del", probe)
+    except (subprocess.CalledProcessError, OSError) as e:
+        return f"`ip netns add` fails here: {getattr(e, 'stderr', b'') or e}"
+    return ""
+
+
+@pytest.fixture
+def namespaces():
+    reason = _netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    edge, cloud = f"{NS}e", f"{NS}c"
+    try:
+        _ip("netns", "add", edge)
+        _ip("netns", "add", cloud)
+        _ip("link", "add", f"{NS}v0", "type", "veth", "peer", "name", f"{NS}v1")
+        _ip("link", "set", f"{NS}v0", "netns", edge)
+        _ip("link", "set", f"{NS}v1", "netns", cloud)
+        for ns, dev, ip in ((edge, f"{NS}v0", EDGE_IP), (cloud, f"{NS}v1", CLOUD_IP)):
+            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield edge, cloud
+    finally:
+        for ns in (edge, cloud):  # deleting a namespace deletes its end of the veth pair too
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def _tx_bytes(ns: str, dev: str) -> int:
+    path = f"/sys/class/net/{dev}/statistics/tx_bytes"
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", path],
+                         capture_output=True, text=True, check=True, timeout=10)
+    return int(out.stdout)
+
+
+def test_edge_and_cloud_in_two_network_namespaces(namespaces, tmp_path):
+    edge_ns, cloud_ns = namespaces
+    port = 29611
+    common = ["data.train_size=256", "data.val_size=64", "schedule.epochs=1",
+              f"pipeline_backend.master_addr={EDGE_IP}", f"pipeline_backend.master_port={port}"]
+    env = dict(train_env())
+    before = _tx_bytes(edge_ns, f"{NS}v0")
+    cloud = subprocess.Popen(
+        ["ip", "netns", "exec", cloud_ns, *train_argv(*common, "pipeline_backend.role=cloud",
+                                                      f"hydra.run.dir={tmp_path / 'cloud_out'}")],
+        env=dict(env, GLOO_SOCKET_IFNAME=f"{NS}v1"), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        edge = subprocess.run(
+            ["ip", "netns", "exec", edge_ns, *train_argv(*common, "pipeline_backend.role=edge",
+                                                         f"hydra.run.dir={tmp_path / 'run'}")],
+            env=dict(env, GLOO_SOCKET_IFNAME=f"{NS}v0"), capture_output=True, text=True,
+            timeout=240)
+        cloud_out, _ = cloud.communicate(timeout=60)
+    finally:
+        if cloud.poll() is None:
+            cloud.kill()
+            cloud.wait()
+    assert edge.returncode == 0, (edge.stdout + edge.stderr)[-3000:]
+    assert cloud.returncode == 0, cloud_out[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    sent = _tx_bytes(edge_ns, f"{NS}v0") - before
+    steps = 256 // 64
+    assert sent > steps * summary["comm"]["up_bytes_per_batch"]  # it really went over the veth
+    assert not (tmp_path / "cloud_out").exists()  # only the edge writes a run dir
+    assert (tmp_path / "run" / "cloud_stage1_epoch1.pt").exists()  # the cloud's part
+
+
+def test_two_torchrun_invocations(tmp_path):
+    """`torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d` per role, on one machine."""
+    port = free_port()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                "--rdzv-id=edgesplit-test"]
+    common = ["data.train_size=256", "data.val_size=64", "schedule.epochs=1"]
+    procs = []
+    try:
+        for role in ("cloud", "edge"):
+            out = tmp_path / ("run" if role == "edge" else "cloud_out")
+            argv = torchrun + train_argv(*common, f"pipeline_backend.role={role}",
+                                         f"hydra.run.dir={out}")[1:]
+            procs.append(subprocess.Popen(argv, env=train_env(), cwd=REPO,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))
+            time.sleep(0.5)
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["backend"] == "dist"
+    assert not (tmp_path / "cloud_out").exists()
+    assert dist_process_count() == 0
