@@ -344,18 +344,19 @@ def test_interrupted_sweep_continues_with_resume(tmp_path: Path) -> None:
 
 
 def test_shrunk_backends_sweep_has_the_seeds_layout(tmp_path: Path) -> None:
-    # dist is swept by the preset; until it lands, the sweep is overridden to naive,gpipe
     sweep = tmp_path / "backends"
-    out = _train("-m", "experiment=backends", *TINY, "pipeline_backend=naive,gpipe",
-                 f"hydra.sweep.dir={sweep}")
+    out = _train("-m", "experiment=backends", *TINY, f"hydra.sweep.dir={sweep}")
     assert out.returncode == 0, out.stderr[-3000:]
-    jobs = _check_sweep(sweep, 2)
+    jobs = _check_sweep(sweep, 3)
     table = _table(_report(sweep).stdout, "## Pipeline backends")
-    assert table[0] == ["", "naive", "gpipe"]
+    assert table[0] == ["", "naive", "gpipe", "dist"]
     assert [r[0] for r in table[1:]] == ["Val_acc1%", "Time per batch (s)", "Memory (peak)"]
-    for job, col in zip(jobs, (1, 2)):
+    for job, col in zip(jobs, (1, 2, 3)):
         s = _summary(job)
         assert s["backend"] == table[0][col]
         assert s["comm"]["compression_ratio"] == pytest.approx(1.0, abs=0.01)  # header only
         assert table[1][col] == f"{s['best_val_acc1']:.2f}"
         assert table[2][col] == f"{s['time_per_batch_s']:.3f}"
+    # gpipe and dist run the same micro-batches through the same codecs: the same training
+    gpipe, dist = (_summary(j) for j in jobs[1:])
+    assert dist["train_loss"] == pytest.approx(gpipe["train_loss"], rel=1e-4)
