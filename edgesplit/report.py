@@ -11,8 +11,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
+from edgesplit.curves import label as _label, number as _num, plot_validation, run_label, save_png
 from edgesplit.errors import UserError
 
 BACKEND_ORDER = ("naive", "gpipe", "dist")
@@ -34,29 +34,25 @@ class Run:
     name: str
     overrides: dict[str, str] = field(default_factory=dict)
     summary: Optional[dict[str, Any]] = None
-    problem: Optional[str] = None  # why summary.json could not be read
+    problem: Optional[str] = None  # why there is no summary: unreadable, or the job failed first
 
     def get(self, key: str) -> Any:
         """A summary value by dotted key (e.g. `comm.up_bytes_per_batch`); None when absent."""
         value: Any = self.summary
         for part in key.split("."):
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
+            value = value.get(part) if isinstance(value, dict) else None
         return value
 
     @property
     def status(self) -> str:
-        if self.summary is None:
+        s = self.summary
+        if s is None:
             return self.problem or "no summary"
-        status = self.summary.get("status")
-        if status == "running":
-            done, planned = self.get("epochs"), self.get("epochs_planned")
-            return f"running {0 if done is None else done}/{'?' if planned is None else planned}"
-        if status == "failed":
-            error = self.summary.get("error")
-            return f"failed: {error}" if error else "failed"
-        return str(status) if status else "unknown status"
+        if s.get("status") == "running":
+            return f"running {s.get('epochs') or 0}/{s.get('epochs_planned') or '?'}"
+        if s.get("status") == "failed":
+            return f"failed: {s['error']}" if s.get("error") else "failed"
+        return str(s["status"]) if s.get("status") else "unknown status"
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -64,34 +60,43 @@ class Run:
         return [h for h in hist if isinstance(h, dict)] if isinstance(hist, list) else []
 
 
-# ----------------------------------------------------------------------------------- reading
 def _parse_overrides(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
     try:
-        items = yaml.safe_load(path.read_text()) or []
+        items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
     except (OSError, yaml.YAMLError):
         return {}
-    out: dict[str, str] = {}
-    for item in items if isinstance(items, list) else []:
-        text = str(item)
-        if text.startswith("~") or "=" not in text:
-            continue  # a deletion (~key) changes no value we could tabulate
-        key, value = text.split("=", 1)
-        out[key.lstrip("+")] = value
-    return out
+    # a deletion (~key) changes no value we could tabulate
+    pairs = [str(i).split("=", 1) for i in (items if isinstance(items, list) else [])
+             if not str(i).startswith("~") and "=" in str(i)]
+    return {key.lstrip("+"): value for key, value in pairs}
 
 
-def _read_summary(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+_LOGGED_ERROR = re.compile(r"\]\[ERROR\] - error: (.*)$")  # train.py's one-line job error
+
+
+def _logged_error(run_dir: Path) -> Optional[str]:
+    """`failed: ...` for a job that failed before writing summary.json (e.g. a bad config)."""
+    for log in sorted(run_dir.glob("*.log")):
+        try:
+            errors = [m.group(1) for m in map(_LOGGED_ERROR.search, log.read_text(
+                errors="replace").splitlines()) if m]
+        except OSError:
+            continue
+        if errors:
+            return f"failed: {errors[-1]}"
+    return None
+
+
+def _read_summary(run_dir: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    path = run_dir / "summary.json"
     if not path.is_file():
-        return None, None
+        return None, _logged_error(run_dir)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         return None, f"unreadable summary.json ({type(exc).__name__})"
-    if not isinstance(data, dict):
-        return None, "unreadable summary.json (not an object)"
-    return data, None
+    return (data, None) if isinstance(data, dict) else (
+        None, "unreadable summary.json (not an object)")
 
 
 _JOB = re.compile(r"(\d+)(_|$)")  # Hydra's job subdir: `N` or `N_key=value,...`
@@ -130,15 +135,12 @@ def find_runs(paths: Sequence[os.PathLike[str] | str]) -> list[Run]:
             raise ReportError(f"no run dirs under {root}; {_EXPECTED}")
         # each sweep's jobs by number (10 after 9), sweeps and outputs dirs by path
         for run_dir in sorted(found, key=lambda p: (str(p.parent), _job_number(p), str(p))):
-            if run_dir in seen:
-                continue
-            seen.add(run_dir)
-            name = _run_name(run_dir, root)
-            if len(paths) > 1:
-                name = f"{i}:{name}"
-            summary, problem = _read_summary(run_dir / "summary.json")
-            runs.append(Run(run_dir, name, _parse_overrides(run_dir / ".hydra" / "overrides.yaml"),
-                            summary, problem))
+            if run_dir not in seen:
+                seen.add(run_dir)
+                name = _run_name(run_dir, root)
+                runs.append(Run(run_dir, f"{i}:{name}" if len(paths) > 1 else name,
+                                _parse_overrides(run_dir / ".hydra" / "overrides.yaml"),
+                                *_read_summary(run_dir)))
     return runs
 
 
@@ -147,33 +149,20 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
     keys: list[str] = []
     for run in runs:
         keys += [k for k in run.overrides if k not in keys and k not in IGNORED_KEYS]
-    if len(runs) <= 1:
-        return keys
-    return [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
-
-
-# -------------------------------------------------------------------------------- formatting
-def _num(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return None
-    return float(value)
+    return keys if len(runs) <= 1 else [
+        k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
-    v = _num(value)
-    return DASH if v is None else f"{v:.{digits}f}"
+    return DASH if _num(value) is None else f"{value:.{digits}f}"
 
 
 def human_bytes(value: Any) -> str:
     """Decimal units: 1234567 -> '1.23 MB'; None -> '—'."""
-    v = _num(value)
-    if v is None:
-        return DASH
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(v) < 1000 or unit == "TB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.3g} {unit}"
-        v /= 1000
-    return DASH  # pragma: no cover
+    v, units = _num(value), ["B", "kB", "MB", "GB", "TB"]
+    while v is not None and abs(v) >= 1000 and len(units) > 1:
+        v, units = v / 1000, units[1:]
+    return DASH if v is None else f"{v:.0f} B" if units[0] == "B" else f"{v:.3g} {units[0]}"
 
 
 def _cell(text: Any) -> str:
@@ -189,37 +178,21 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _value_order(runs: Sequence[Run], key: str) -> list[Optional[str]]:
     """Distinct values of `key`: numerically sorted when all are numbers, else first-seen order."""
-    values: list[Optional[str]] = []
-    for run in runs:
-        if run.overrides.get(key) not in values:
-            values.append(run.overrides.get(key))
-    parsed = [_scalar(v) for v in values]
-    numbers = [p for p in parsed if p is not None]
-    if len(numbers) == len(values):
-        return [v for _, v in sorted(zip(numbers, values), key=lambda t: t[0])]
-    return values
+    values = list(dict.fromkeys(run.overrides.get(key) for run in runs))
+    numbers = [_scalar(v) for v in values]
+    if None in numbers:
+        return values
+    return [v for _, v in sorted(zip(numbers, values), key=lambda t: t[0] or 0.0)]
 
 
 def _scalar(value: Optional[str]) -> Optional[float]:
     """The number an override value spells (`0.1`, `2`, `1e-3`), else None."""
-    if value is None:
-        return None
     try:
-        return _num(yaml.safe_load(value))
+        return None if value is None else _num(yaml.safe_load(value))
     except yaml.YAMLError:
         return None
 
 
-def _label(value: Optional[str]) -> str:
-    return "(default)" if value is None else value
-
-
-def run_label(run: Run, keys: Sequence[str]) -> str:
-    parts = [f"{k}={_label(run.overrides.get(k))}" for k in keys]
-    return ", ".join(parts) if parts else run.name
-
-
-# ------------------------------------------------------------------------------------ tables
 def runs_table(runs: Sequence[Run], keys: Sequence[str]) -> str:
     header = ["run", *keys, "status", "epochs", "best val acc1", "final val acc1", "time/batch (s)",
               "samples/s", "peak memory", "up/batch", "down/batch", "compression"]
@@ -238,26 +211,23 @@ def runs_table(runs: Sequence[Run], keys: Sequence[str]) -> str:
 
 
 def _pivot_value(run: Run) -> str:
-    best = _fmt(run.get("best_val_acc1"))
-    status = (run.summary or {}).get("status")
+    if run.summary is None:  # no summary.json: failed before the first epoch, or not started
+        return "failed" if (run.problem or "").startswith("failed") else DASH
+    best, status = _fmt(run.get("best_val_acc1")), run.summary.get("status")
     if status == "failed":
         return "failed" if best == DASH else f"{best} (failed)"
-    if status == "running":
-        return f"{best} (running)"
-    return best
+    return f"{best} (running)" if status == "running" else best
 
 
 def pivot_table(runs: Sequence[Run], row_key: str, col_key: str) -> str:
     """best_val_acc1 with rows = values of `row_key`, columns = values of `col_key`."""
     rows_v, cols_v = _value_order(runs, row_key), _value_order(runs, col_key)
-    body = []
-    for rv in rows_v:
-        line: list[str] = [_label(rv)]
-        for cv in cols_v:
-            cell = [_pivot_value(r) for r in runs
-                    if r.overrides.get(row_key) == rv and r.overrides.get(col_key) == cv]
-            line.append(" / ".join(cell) if cell else DASH)
-        body.append(line)
+
+    def cell(rv: Optional[str], cv: Optional[str]) -> str:  # several runs (repeats): a / b
+        return " / ".join(_pivot_value(r) for r in runs if r.overrides.get(row_key) == rv
+                          and r.overrides.get(col_key) == cv) or DASH
+
+    body = [[_label(rv), *(cell(rv, cv) for cv in cols_v)] for rv in rows_v]
     return markdown_table([f"{row_key} \\ {col_key}", *(_label(c) for c in cols_v)], body)
 
 
@@ -281,8 +251,7 @@ def backends_table(runs: Sequence[Run], key: str) -> str:
 def build_report(runs: Sequence[Run]) -> str:
     """The markdown report: the runs table, then a pivot or the backends layout where they apply."""
     keys = swept_keys(runs)
-    parts = [f"# edgesplit report: {len(runs)} run(s)", "", "## Runs", "",
-             runs_table(runs, keys)]
+    parts = [f"# edgesplit report: {len(runs)} run(s)", "", "## Runs", "", runs_table(runs, keys)]
     if len(runs) > 1 and len(keys) == 2:
         parts += ["", f"## best_val_acc1 (%): rows {keys[0]}, columns {keys[1]}", "",
                   pivot_table(runs, keys[0], keys[1])]
@@ -291,36 +260,17 @@ def build_report(runs: Sequence[Run]) -> str:
     return "\n".join(parts) + "\n"
 
 
-# ------------------------------------------------------------------------------------ curves
 def plot_curves(runs: Sequence[Run]) -> Figure:
     """Validation acc1 per epoch: one line per run with history, labelled by its swept overrides."""
     keys = swept_keys(runs)
-    fig = Figure(figsize=(8, 5))
-    ax = fig.add_subplot()
-    for run in runs:
-        points = [(h["epoch"], h["val_acc1"]) for h in run.history
-                  if _num(h.get("epoch")) is not None and _num(h.get("val_acc1")) is not None]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=run_label(run, keys))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val acc1 (%)")
-    ax.set_title("validation accuracy")
-    ax.grid(True, alpha=0.3)
-    if ax.get_lines():
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    else:
-        ax.text(0.5, 0.5, "no finished epoch yet", ha="center", va="center",
-                transform=ax.transAxes)
-    return fig
+    return plot_validation([(run_label(run, keys), run.history) for run in runs])
 
 
 def write_report(runs: Sequence[Run], out_dir: Path) -> str:
     """Write report.md and curves.png into out_dir; return the markdown."""
     text = build_report(runs)
     (out_dir / "report.md").write_text(text + "\n![validation accuracy](curves.png)\n")
-    plot_curves(runs).savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
+    save_png(plot_curves(runs), out_dir / "curves.png")
     return text
 
 
@@ -334,14 +284,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     out_dir = Path(args.dirs[0]).expanduser().resolve()
     try:
-        runs = find_runs(args.dirs)
-        text = write_report(runs, out_dir)
-    except ReportError as exc:
-        print(f"edgesplit.report: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"edgesplit.report: cannot write report.md/curves.png into {out_dir}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        text = write_report(find_runs(args.dirs), out_dir)
+    except (ReportError, OSError) as exc:
+        why = exc if isinstance(exc, ReportError) else (
+            f"cannot write report.md/curves.png into {out_dir}: {exc.strerror or exc}")
+        print(f"edgesplit.report: {why}", file=sys.stderr)
         return 2
     sys.stdout.write(text)
     print(f"\nwrote {out_dir / 'report.md'} and {out_dir / 'curves.png'}", file=sys.stderr)

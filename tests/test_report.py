@@ -247,3 +247,29 @@ def test_jobs_sort_by_number_within_each_sweep(tmp_path: Path) -> None:
         ["10-00-00/0", "10-00-00/1", "10-00-00/2"]
     assert [r.name for r in runs[10:13]] == ["10-00-00/10", "10-00-00/11", "11-00-00/0"]
     assert [r.name for r in find_runs([tmp_path / "11-00-00"])][-3:] == ["9", "10", "11"]
+
+
+def test_job_that_failed_before_its_summary_is_listed_as_failed(tmp_path: Path) -> None:
+    # train.py logs a bad config as one line and the job writes no summary.json
+    for job, (front, summary) in enumerate([(1, _summary(91.0)), (30, None)]):
+        run = _run_dir(tmp_path / f"{job}_partition.front={front}", [f"partition.front={front}",
+                                                                     "partition.back=1"], summary)
+        (run / "train.log").write_text(
+            "[2024-01-01 12:00:00,000][edgesplit][ERROR] - error: partition.front+partition.back="
+            f"{front + 1} is invalid: must be < 20\n" if summary is None else "")
+    runs = find_runs([tmp_path])
+    assert runs[1].status == "failed: partition.front+partition.back=31 is invalid: must be < 20"
+    assert runs[0].status == "finished"
+    text = build_report(runs)
+    assert "| 1 | 30 | failed: partition.front+partition.back=31 is invalid" in text
+
+
+def test_curves_png_names_one_line_per_run(report_grid: Path) -> None:
+    from edgesplit.curves import png_lines
+
+    runs = find_runs([report_grid])
+    write_report(runs, report_grid)
+    lines = png_lines(report_grid / "curves.png")
+    with_history = [r for r in runs if r.history]
+    assert len(lines) == len(with_history) == 8  # (3,3) has no summary, so no curve
+    assert lines[0] == "partition.front=1, partition.back=1"
