@@ -19,11 +19,13 @@ HPARAM_KEYS = ["model.width", "data.name", "data.batch_size", "partition.front",
 
 def hparam_values(cfg: DictConfig, overrides: List[str]) -> Dict[str, Any]:
     """Flat key -> int/float/str/bool for the HParams view (lists and None stringified)."""
-    keys = list(HPARAM_KEYS) + [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
     out: Dict[str, Any] = {}
-    for key in dict.fromkeys(keys):
+    for key in dict.fromkeys(list(HPARAM_KEYS) + list(given)):
         value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, DictConfig):
+        if isinstance(value, DictConfig):  # a config group: its chosen option, e.g. compressor=quantize4
+            value = given.get(key)
+        if value is None:  # e.g. compressor.bits of a pruning run
             continue
         out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return out
