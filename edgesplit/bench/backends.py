@@ -11,11 +11,13 @@ import torch
 
 from edgesplit.bench.machine import header_lines, human_bytes
 
-BACKENDS = ("naive", "gpipe", "dist")
+# dist+link: dist under the emulated link of --link-mbps / --latency-ms
+BACKENDS = ("naive", "gpipe", "dist", "dist+link")
 
 
-def overrides_of(args: argparse.Namespace, backend: str) -> List[str]:
+def overrides_of(args: argparse.Namespace, name: str) -> List[str]:
     """The train.py overrides that describe one benchmark cell."""
+    backend = name.split("+")[0]
     out = [
         "data=synthetic", f"data.batch_size={args.batch}", f"data.train_size={args.batch}",
         f"model.width={args.width}", f"compressor={args.compressor}",
@@ -27,9 +29,8 @@ def overrides_of(args: argparse.Namespace, backend: str) -> List[str]:
     # dist keeps the edge on the CPU (a real edge device), the cloud stages on the GPU when asked
     edge = "cpu" if backend == "dist" or args.device == "cpu" else "0"
     out.append(f"pipeline_backend.devices=[{','.join([edge] + [cloud] * args.cloud_stages + [edge])}]")
-    if backend == "dist":
-        if args.link_mbps:
-            out.append(f"pipeline_backend.link.bandwidth_mbps={args.link_mbps}")
+    if name == "dist+link":
+        out.append(f"pipeline_backend.link.bandwidth_mbps={args.link_mbps}")
         out.append(f"pipeline_backend.link.latency_ms={args.latency_ms}")
     if args.threads:
         out.append(f"threads={args.threads}")
@@ -121,7 +122,7 @@ def table(results: Dict[str, Dict[str, Any]], batch: int) -> str:
 
 def parse(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m edgesplit.bench backends", description=__doc__)
-    p.add_argument("--backends", default="naive,gpipe,dist", help="subset of naive,gpipe,dist")
+    p.add_argument("--backends", default="naive,gpipe,dist", help=f"subset of {','.join(BACKENDS)}")
     p.add_argument("--width", type=float, default=0.5, help="model.width (1.0 = the seed's MobileNetV2)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--chunks", type=int, default=4)
@@ -131,8 +132,8 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--cloud-stages", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--link-mbps", type=float, default=None, help="dist: emulated link bandwidth")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="dist: emulated link latency")
+    p.add_argument("--link-mbps", type=float, default=100.0, help="dist+link: emulated bandwidth")
+    p.add_argument("--latency-ms", type=float, default=20.0, help="dist+link: emulated latency")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--override", action="append", default=[], help="extra train.py override (repeatable)")
