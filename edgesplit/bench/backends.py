@@ -26,8 +26,8 @@ def overrides_of(args: argparse.Namespace, name: str) -> List[str]:
         f"pipeline_backend={backend}", f"pipeline_backend.chunks={1 if backend == 'naive' else args.chunks}",
     ]
     cloud = "0" if args.device == "cuda" else "cpu"
-    # dist keeps the edge on the CPU (a real edge device), the cloud stages on the GPU when asked
-    edge = "cpu" if backend == "dist" or args.device == "cpu" else "0"
+    # dist keeps the edge on the CPU (a real edge device) unless --dist-edge cuda
+    edge = "cpu" if args.device == "cpu" or (backend == "dist" and args.dist_edge == "cpu") else "0"
     out.append(f"pipeline_backend.devices=[{','.join([edge] + [cloud] * args.cloud_stages + [edge])}]")
     if name == "dist+link":
         out.append(f"pipeline_backend.link.bandwidth_mbps={args.link_mbps}")
@@ -131,6 +131,8 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--back", type=int, default=1)
     p.add_argument("--cloud-stages", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dist-edge", default="cpu", choices=["cpu", "cuda"],
+                   help="with --device cuda: where dist's edge process computes")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--link-mbps", type=float, default=100.0, help="dist+link: emulated bandwidth")
     p.add_argument("--latency-ms", type=float, default=20.0, help="dist+link: emulated latency")
