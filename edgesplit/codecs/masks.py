@@ -1,0 +1,78 @@
+"""Mask primitives (compare, compress, nonzero, bitmaps): numpy on CPU, where they are fast."""
+import numpy as np
+import torch
+from torch import Tensor
+
+# torch's CPU compaction (nonzero, masked_select; the latter very slow on several threads) and
+# bool-valued compares are not vectorised; numpy's are, several times faster. False: torch only
+# (as on other devices; the tests use it to cover that path).
+USE_NUMPY = True
+
+_RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _host(t: Tensor) -> bool:
+    return USE_NUMPY and t.device.type == "cpu"
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def greater(f: Tensor, t: float, out: Tensor, equal: bool = False) -> Tensor:
+    """out (bool) = f > t, or f >= t with `equal`, for the fp32 f and the float32 value t."""
+    if _host(f):
+        (np.greater_equal if equal else np.greater)(_np(f), np.float32(t), out=_np(out))
+        return out
+    return (torch.ge if equal else torch.gt)(f, t, out=out)
+
+
+def count(mask: Tensor) -> int:
+    """The number of True entries of a bool tensor."""
+    return int(np.count_nonzero(_np(mask))) if _host(mask) else int(torch.count_nonzero(mask))
+
+
+def flatnonzero(mask: Tensor) -> Tensor:
+    """The ascending int64 positions of the True entries of the 1-D bool mask."""
+    if _host(mask):
+        return torch.from_numpy(np.flatnonzero(_np(mask)))
+    return mask.nonzero().view(-1)
+
+
+def compress(x: Tensor, keep: Tensor) -> Tensor:
+    """x[keep] for the contiguous 1-D x and bool keep of its length (any dtype, bytes moved)."""
+    if _host(x):
+        raw = _np(x.view(_RAW[x.element_size()]))
+        return torch.from_numpy(np.compress(_np(keep), raw)).view(x.dtype)
+    return torch.masked_select(x, keep)
+
+
+def pack_mask(mask: Tensor) -> Tensor:
+    """The 1-D bool mask as a bitmap, ceil(n/8) uint8, bit i = entry i, LSB first."""
+    if _host(mask):
+        return torch.from_numpy(np.packbits(_np(mask), bitorder="little"))
+    flags = mask.view(torch.uint8)
+    n = flags.numel()
+    if n % 8 or flags.storage_offset() % 8:
+        padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.uint8, device=mask.device)
+        padded[:n] = flags
+        flags = padded
+    return ((flags.view(torch.int64) * _GATHER_BITS) >> 56).to(torch.uint8)
+
+
+def unpack_mask(bitmap: Tensor, n: int) -> Tensor:
+    """The first n entries (bool) of a bitmap made by pack_mask."""
+    if _host(bitmap):
+        return torch.from_numpy(np.unpackbits(_np(bitmap), count=n, bitorder="little")) \
+            .view(torch.bool)
+    words = bitmap.to(torch.int64).mul_(_SPREAD).bitwise_and_(_BIT_J)
+    words.add_(0x7F * _SPREAD).bitwise_right_shift_(7).bitwise_and_(_SPREAD)
+    return words.view(torch.bool)[:n]
+
+
+# 8 bytes b_j in {0, 1} (little-endian int64) times this puts b_j at bit 56 + j, carry-free.
+_GATHER_BITS = 0x0102040810204080
+# A byte b times _SPREAD repeats it in all 8 bytes of an int64; keeping bit j of byte j, adding
+# 0x7f per byte (no carries) and shifting by 7 leaves bit j of b as byte j (0 or 1).
+_SPREAD = 0x0101010101010101
+_BIT_J = 0x8040201008040201 - (1 << 64)
