@@ -6,12 +6,12 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Codec, check_finite, check_float, chunk_spans, flat, scatter_support
+from .base import Codec, check_finite, check_float, flat, scatter_support
 from .base import select_support
 from .bitpack import pack_bits, unpack_bits
 from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, decode_header, encode_header
 from .header import new_payload
-from .masks import flatnonzero
+from .masks import flatnonzero, zeros
 from .select import Cut, cut_masks, topk_select
 
 
@@ -81,20 +81,9 @@ def select(name: str, v: Tensor, ratio: float) -> Tuple[int, Cut, Tensor, bool]:
 
 def place(values: Tensor, section: Tensor, fmt: int, n: int, dtype: torch.dtype) -> Tensor:
     """A zero 1-D tensor of n entries with the values at the positions of an index section."""
-    values = values.to(dtype)
-    if fmt == INDICES:
-        out = torch.zeros(n, dtype=dtype, device=values.device)
-        out[read_index(section, fmt, n)] = values
-        return out
-    out = torch.empty(n, dtype=dtype, device=values.device)
-    done = 0
-    for start, stop in chunk_spans(n, values.device):
-        m = unpack_bits(section[start // 8:(stop + 7) // 8], stop - start)
-        where = flatnonzero(m)
-        count = where.numel()
-        out[start:stop].zero_().index_copy_(0, where, values[done:done + count])
-        done += count
-    return out
+    where = read_index(section, fmt, n)
+    out = zeros(n, dtype, values.device)
+    return out.index_copy_(0, flatnonzero(where) if fmt == BITMAP else where, values.to(dtype))
 
 
 def support_mask(h: Header, section: Tensor, fmt: int) -> Tensor:
