@@ -1,4 +1,6 @@
 """Mask primitives (compare, compress, nonzero, bitmaps): numpy on CPU, where they are fast."""
+from typing import List
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -68,6 +70,14 @@ def unpack_mask(bitmap: Tensor, n: int) -> Tensor:
     words = bitmap.to(torch.int64).mul_(_SPREAD).bitwise_and_(_BIT_J)
     words.add_(0x7F * _SPREAD).bitwise_right_shift_(7).bitwise_and_(_SPREAD)
     return words.view(torch.bool)[:n]
+
+
+def order_stats(x: Tensor, ranks: List[int]) -> List[float]:
+    """The values of rank r (0-based, ascending) of the 1-D fp32 x, for each r in ranks."""
+    if _host(x):
+        part = np.partition(_np(x), ranks)
+        return [float(part[r]) for r in ranks]
+    return [torch.kthvalue(x, r + 1).values.item() for r in ranks]
 
 
 def zeros(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:

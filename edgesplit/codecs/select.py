@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import chunk_spans
-from .masks import compress, count, flatnonzero, greater
+from .masks import compress, count, flatnonzero, greater, order_stats
 
 SAMPLE = 1 << 16  # sample size used to bracket the k-th largest |x|
 SMALL = 1 << 17  # below this many elements, skip the sample: the whole tensor is the band
@@ -28,9 +28,10 @@ def _bracket(v: Tensor, k: int) -> Tuple[float, float]:
     lo_rank = math.ceil(p * m + half)
     if hi_rank < 1 and lo_rank > m:
         return 0.0, math.inf
-    top = torch.topk(sample, min(m, lo_rank), sorted=True).values
-    hi = top[hi_rank - 1].item() if hi_rank >= 1 else math.inf
-    lo = top[lo_rank - 1].item() if lo_rank <= m else 0.0
+    ranks = [m - r for r in (hi_rank, lo_rank) if 1 <= r <= m]  # ascending, 0-based
+    stats = dict(zip(ranks, order_stats(sample, ranks)))
+    hi = stats[m - hi_rank] if hi_rank >= 1 else math.inf
+    lo = stats[m - lo_rank] if lo_rank <= m else 0.0
     return lo, hi
 
 
@@ -80,7 +81,7 @@ def _keep(a: Tensor, k: int, hi: float) -> Tuple[Cut, Tensor]:
     need = k - above
     if need == 0:
         return Cut(hi, 0), out.logical_not_()
-    t = torch.kthvalue(band, band.numel() - need + 1).values.item()
+    t = order_stats(band, [band.numel() - need])[0]
     keep = greater(a, t, out, equal=True)
     if count(keep) == k:
         return Cut(t, -1), keep
