@@ -21,6 +21,14 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
+def abs_into(x: Tensor, out: Tensor) -> Tensor:
+    """out = |x| for fp32 x and out (numpy on CPU: one thread, no waits on a busy second core)."""
+    if _host(x):
+        np.abs(_np(x), out=_np(out))
+        return out
+    return torch.abs(x, out=out)
+
+
 def greater(f: Tensor, t: float, out: Tensor, equal: bool = False) -> Tensor:
     """out (bool) = f > t, or f >= t with `equal`, for the fp32 f and the float32 value t."""
     if _host(f):

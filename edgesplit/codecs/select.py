@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import chunk_spans
-from .masks import compress, count, flatnonzero, greater, order_stats
+from .masks import abs_into, compress, count, flatnonzero, greater, order_stats
 
 SAMPLE = 1 << 16  # sample size used to bracket the k-th largest |x|
 SMALL = 1 << 17  # below this many elements, skip the sample: the whole tensor is the band
@@ -38,7 +38,7 @@ def _bracket(v: Tensor, k: int) -> Tuple[float, float]:
 def _magnitude(x: Tensor, f: Tensor, nonneg: bool) -> Tensor:
     """|x| in fp32: x itself when it is fp32 and known >= 0, else written into f."""
     if x.dtype == torch.float32:
-        return x if nonneg else torch.abs(x, out=f)
+        return x if nonneg else abs_into(x, f)
     return f.copy_(x) if nonneg else f.copy_(x).abs_()
 
 
