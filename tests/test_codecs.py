@@ -283,6 +283,17 @@ def test_non_finite_raises(bad: float) -> None:
         Quantize(8).encode(x.half())
 
 
+@pytest.mark.parametrize("where", [0, 500, 999])
+def test_non_finite_in_any_chunk_raises(monkeypatch: pytest.MonkeyPatch, where: int) -> None:
+    monkeypatch.setattr(base, "CPU_CHUNK", 64)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = torch.randn(1000)
+        x[where] = bad
+        for kind in ("topk", "topk_quantize"):
+            with pytest.raises(NonFiniteError):
+                make(kind).encode(x)
+
+
 def test_support_roundtrips() -> None:
     g = torch.Generator().manual_seed(7)
     x = torch.randn(4, 25, generator=g)

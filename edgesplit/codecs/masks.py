@@ -1,13 +1,16 @@
 """Mask primitives (compare, compress, nonzero, bitmaps): numpy on CPU, where they are fast."""
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .base import chunk_spans
+
 # torch's CPU compaction (nonzero, masked_select; the latter very slow on several threads) and
-# bool-valued compares are not vectorised; numpy's are, several times faster. False: torch only
-# (as on other devices; the tests use it to cover that path).
+# bool-valued compares are not vectorised; numpy's are, several times faster. numpy also runs
+# on one thread: torch's parallel ops stall for whole time slices when the other core is busy.
+# False: torch only (as on other devices; the tests use it to cover that path).
 USE_NUMPY = True
 
 _RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -19,6 +22,61 @@ def _host(t: Tensor) -> bool:
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
+
+
+def _raw(t: Tensor) -> np.ndarray:
+    """The contiguous t's elements as same-sized integers (numpy has no bfloat16)."""
+    return _np(t.view(_RAW[t.element_size()]))
+
+
+def minmax(v: Tensor) -> Tuple[float, float]:
+    """(min, max) of the non-empty v, as float32 values (NaN when v holds one)."""
+    if _host(v) and v.dtype == torch.float32:
+        a = _np(v)
+        parts = [(a[i:j].min(), a[i:j].max()) for i, j in chunk_spans(a.size, v.device)]
+        lo, hi = np.array(parts).T  # numpy's min/max propagate NaN, Python's do not
+        return float(lo.min()), float(hi.max())
+    lo, hi = torch.aminmax(v)
+    lo_f, hi_f = torch.stack([lo.float(), hi.float()]).tolist()
+    return lo_f, hi_f
+
+
+def magnitude(x: Tensor) -> Tensor:
+    """|x| as a new fp32 tensor (x may be strided)."""
+    if _host(x) and x.dtype == torch.float32:
+        return torch.from_numpy(np.abs(_np(x)))
+    return x.float().abs()
+
+
+def cat(parts: List[Tensor]) -> Tensor:
+    """The 1-D tensors one after the other."""
+    if _host(parts[0]):
+        return torch.from_numpy(np.concatenate([_raw(t) for t in parts])).view(parts[0].dtype)
+    return torch.cat(parts)
+
+
+def invert(mask: Tensor) -> Tensor:
+    """mask = ~mask, in place."""
+    if _host(mask):
+        np.logical_not(_np(mask), out=_np(mask))
+        return mask
+    return mask.logical_not_()
+
+
+def copy_into(out: Tensor, src: Tensor) -> None:
+    """out[:] = src, for contiguous tensors of one dtype."""
+    if _host(out):
+        _raw(out)[...] = _raw(src)
+    else:
+        out.copy_(src)
+
+
+def put(out: Tensor, where: Tensor, values: Tensor) -> Tensor:
+    """out[where] = values for the 1-D out and values (one dtype) and int64 positions."""
+    if _host(out):
+        _raw(out)[_np(where)] = _raw(values)
+        return out
+    return out.index_copy_(0, where, values)
 
 
 def abs_into(x: Tensor, out: Tensor) -> Tensor:

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from .base import chunk_spans
-from .masks import abs_into, compress, count, flatnonzero, greater, order_stats
+from .masks import abs_into, cat, compress, count, flatnonzero, greater, invert, magnitude
+from .masks import order_stats
 
 SAMPLE = 1 << 16  # sample size used to bracket the k-th largest |x|
 SMALL = 1 << 17  # below this many elements, skip the sample: the whole tensor is the band
@@ -20,7 +21,7 @@ def _bracket(v: Tensor, k: int) -> Tuple[float, float]:
         return 0.0, math.inf
     stride = n // SAMPLE
     stride -= 1 - stride % 2  # odd: does not alias power-of-two tensor dims
-    sample = v[::stride].float().abs()
+    sample = magnitude(v[::stride])
     m = sample.numel()
     p = k / n
     half = SIGMAS * math.sqrt(m * p * (1 - p)) + 2
@@ -58,7 +59,7 @@ def _candidates(v: Tensor, lo: float, nonneg: bool) -> Tensor:
     for start, stop in chunk_spans(v.numel(), v.device):
         x, fc, mc = v[start:stop], f[:stop - start], m[:stop - start]
         values.append(compress(x, greater(_magnitude(x, fc, nonneg), lo, mc, equal=True)))
-    return torch.cat(values)
+    return cat(values)
 
 
 class Cut(NamedTuple):
@@ -77,10 +78,10 @@ def _keep(a: Tensor, k: int, hi: float) -> Tuple[Cut, Tensor]:
     if above > k:  # hi too low: the whole of a is the band
         above, band = 0, a
     else:
-        band = compress(a, out.logical_not_())
+        band = compress(a, invert(out))
     need = k - above
     if need == 0:
-        return Cut(hi, 0), out.logical_not_()
+        return Cut(hi, 0), invert(out)
     t = order_stats(band, [band.numel() - need])[0]
     keep = greater(a, t, out, equal=True)
     if count(keep) == k:
@@ -102,7 +103,7 @@ def topk_select(v: Tensor, k: int, nonneg: bool = False) -> Tuple[Cut, Tensor]:
     values = _candidates(v, lo, nonneg)
     if values.numel() < k:  # the sample put lo too high: everything is a candidate
         values = v
-    cut, keep = _keep(values.float().abs(), k, hi)
+    cut, keep = _keep(magnitude(values), k, hi)
     return cut, compress(values, keep)
 
 

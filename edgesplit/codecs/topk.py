@@ -11,7 +11,7 @@ from .base import select_support
 from .bitpack import pack_bits, unpack_bits
 from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, decode_header, encode_header
 from .header import new_payload
-from .masks import flatnonzero, zeros
+from .masks import copy_into, flatnonzero, minmax, put, zeros
 from .select import Cut, cut_masks, topk_select
 
 
@@ -70,8 +70,7 @@ def select(name: str, v: Tensor, ratio: float) -> Tuple[int, Cut, Tensor, bool]:
     """(k, cut, kept values, v >= 0) of the top-k |v| of the flat v; NonFiniteError on NaN/inf."""
     nonneg = False
     if v.numel():
-        lo, hi = torch.aminmax(v)
-        lo_f, hi_f = torch.stack([lo.float(), hi.float()]).tolist()
+        lo_f, hi_f = minmax(v)
         check_finite(name, lo_f, hi_f)
         nonneg = lo_f >= 0
     k = k_for(ratio, v.numel())
@@ -83,7 +82,7 @@ def place(values: Tensor, section: Tensor, fmt: int, n: int, dtype: torch.dtype)
     """A zero 1-D tensor of n entries with the values at the positions of an index section."""
     where = read_index(section, fmt, n)
     out = zeros(n, dtype, values.device)
-    return out.index_copy_(0, flatnonzero(where) if fmt == BITMAP else where, values.to(dtype))
+    return put(out, flatnonzero(where) if fmt == BITMAP else where, values.to(dtype))
 
 
 def support_mask(h: Header, section: Tensor, fmt: int) -> Tensor:
@@ -119,7 +118,7 @@ class TopK(Codec):
         payload = new_payload(header, index_bytes + k * v.element_size(), x.device)
         body = payload[len(header):]
         write_index(v, cut, nonneg, fmt, body[:index_bytes])
-        body[index_bytes:].copy_(kept.view(torch.uint8))
+        copy_into(body[index_bytes:], kept.view(torch.uint8))
         return payload
 
     def _parse(self, payload: Tensor) -> Tuple[Header, int, int, Tensor, Tensor]:
