@@ -128,6 +128,14 @@ def pack_mask(mask: Tensor) -> Tensor:
     return ((flags.view(torch.int64) * _GATHER_BITS) >> 56).to(torch.uint8)
 
 
+def pack_into(mask: Tensor, out: Tensor) -> None:
+    """The bitmap of the 1-D bool mask (as pack_mask) into the uint8 out."""
+    if _host(mask):
+        _np(out)[...] = np.packbits(_np(mask), bitorder="little")
+    else:
+        out.copy_(pack_mask(mask))
+
+
 def unpack_mask(bitmap: Tensor, n: int) -> Tensor:
     """The first n entries (bool) of a bitmap made by pack_mask."""
     if _host(bitmap):

@@ -8,10 +8,10 @@ from torch import Tensor
 
 from .base import Codec, check_finite, check_float, flat, scatter_support
 from .base import select_support
-from .bitpack import pack_bits, unpack_bits
+from .bitpack import unpack_bits
 from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, decode_header, encode_header
 from .header import new_payload
-from .masks import copy_into, flatnonzero, minmax, put, zeros
+from .masks import copy_into, flatnonzero, minmax, pack_into, put, zeros
 from .select import Cut, cut_masks, topk_select
 
 
@@ -44,7 +44,7 @@ def write_index(v: Tensor, cut: Cut, nonneg: bool, fmt: int, out: Tensor) -> Non
     where: List[Tensor] = []
     for start, stop, mask in cut_masks(v, cut, nonneg):
         if fmt == BITMAP:
-            out[start // 8:(stop + 7) // 8].copy_(pack_bits(mask))
+            pack_into(mask, out[start // 8:(stop + 7) // 8])
         else:
             where.append(flatnonzero(mask).add_(start).to(torch.int32))
     if fmt == INDICES:
