@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 import edgesplit.codecs.base as base
+import edgesplit.codecs.masks as masks
 import edgesplit.codecs.select as select
 from edgesplit.codecs import Codec, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
 from edgesplit.codecs.bitpack import code_dtype, pack, pack_bits, packed_size, unpack, unpack_bits
@@ -99,25 +100,43 @@ def test_stem_sized_tensor_matches_reference() -> None:
     assert wire(Quantize(8).encode(x)) == ref_encode("quantize", x, bits=8)
 
 
+@pytest.mark.parametrize("use_numpy", [True, False])
 @pytest.mark.parametrize("seed", range(6))
 def test_chunked_and_sampled_paths_match_reference(monkeypatch: pytest.MonkeyPatch,
-                                                   seed: int) -> None:
-    # small chunks and a small, deliberately too tight sample: every fallback branch runs
+                                                   seed: int, use_numpy: bool) -> None:
+    # small chunks and a small, deliberately too tight sample: every fallback branch runs, on the
+    # numpy (CPU) and the torch-only (other devices) mask primitives, on 1 and 2 threads
     monkeypatch.setattr(base, "CPU_CHUNK", 64)
     monkeypatch.setattr(select, "SMALL", 100)
     monkeypatch.setattr(select, "SAMPLE", 32)
     monkeypatch.setattr(select, "SIGMAS", 0.0 if seed % 2 else 3.0)
+    monkeypatch.setattr(masks, "USE_NUMPY", use_numpy)
     g = torch.Generator().manual_seed(seed)
-    for x in (torch.randn(1003, generator=g), torch.randint(0, 3, (517,), generator=g).float(),
-              torch.randn(20, 33, generator=g).relu().half()):
-        for ratio in (0.05, 0.3, 0.7):
-            assert wire(TopK(ratio).encode(x)) == ref_encode("topk", x, ratio=ratio)
-            assert wire(TopKQuantize(ratio, 11).encode(x)) == \
-                ref_encode("topk_quantize", x, ratio=ratio, bits=11)
-        for bits in (3, 8, 9, 16):
-            assert wire(Quantize(bits).encode(x)) == ref_encode("quantize", x, bits=bits)
-            p = Quantize(bits).encode(x)
-            assert torch.equal(Quantize(bits).decode(p), _ref_dequantize(x, p, bits))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 + seed % 2)
+    try:
+        for x in (torch.randn(1003, generator=g), torch.randint(0, 3, (517,), generator=g).float(),
+                  torch.randn(20, 33, generator=g).relu().half(),
+                  torch.randint(-2, 3, (9, 40), generator=g).bfloat16(),
+                  torch.randn(300, generator=g, dtype=torch.float64).relu()):
+            for ratio in (0.01, 0.05, 0.3, 0.7):
+                p = TopK(ratio).encode(x)
+                assert wire(p) == ref_encode("topk", x, ratio=ratio)
+                assert wire(TopKQuantize(ratio, 11).encode(x)) == \
+                    ref_encode("topk_quantize", x, ratio=ratio, bits=11)
+                keep = ref_topk_mask(x.reshape(-1))[:k_for(ratio, x.numel())]
+                ref = torch.zeros(x.numel(), dtype=x.dtype)
+                ref[keep] = x.reshape(-1)[keep]
+                assert torch.equal(TopK(ratio).decode(p), ref.view(x.shape))
+                support = torch.zeros(x.numel(), dtype=torch.bool)
+                support[keep] = True
+                assert torch.equal(TopK(ratio).support_of(p), support.view(x.shape))
+            for bits in (3, 8, 9, 16):
+                assert wire(Quantize(bits).encode(x)) == ref_encode("quantize", x, bits=bits)
+                p = Quantize(bits).encode(x)
+                assert torch.equal(Quantize(bits).decode(p), _ref_dequantize(x, p, bits))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _ref_dequantize(x: torch.Tensor, p: torch.Tensor, bits: int) -> torch.Tensor:
@@ -262,6 +281,17 @@ def test_non_finite_raises(bad: float) -> None:
         assert "\n" not in str(err.value)
     with pytest.raises(NonFiniteError):
         Quantize(8).encode(x.half())
+
+
+@pytest.mark.parametrize("where", [0, 500, 999])
+def test_non_finite_in_any_chunk_raises(monkeypatch: pytest.MonkeyPatch, where: int) -> None:
+    monkeypatch.setattr(base, "CPU_CHUNK", 64)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = torch.randn(1000)
+        x[where] = bad
+        for kind in ("topk", "topk_quantize"):
+            with pytest.raises(NonFiniteError):
+                make(kind).encode(x)
 
 
 def test_support_roundtrips() -> None:

@@ -4,6 +4,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .masks import pack_mask, unpack_mask
+
 # Layout of n codes of b bits (see docs/codecs.md):
 #   b in 1..7:  one little-endian bit stream, code i in bits [i*b, i*b+b) (LSB first).
 #   b == 8:     one byte per code.
@@ -126,24 +128,11 @@ def unpack(packed: Tensor, bits: int, n: int) -> Tensor:
     return unpack_from(packed, bits, n, 0, n).clone()
 
 
-# 8 bytes b_j in {0, 1} (little-endian int64) times this puts b_j at bit 56 + j, carry-free.
-_GATHER_BITS = 0x0102040810204080
-
-
 def pack_bits(mask: Tensor) -> Tensor:
     """A bool tensor as a bitmap of ceil(n/8) bytes, LSB first (same as pack(mask, 1))."""
-    flags = mask.reshape(-1).view(torch.uint8)
-    n = flags.numel()
-    if n % 8 or flags.storage_offset() % 8:
-        padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.uint8, device=mask.device)
-        padded[:n] = flags
-        flags = padded
-    words = flags.view(torch.int64)
-    return ((words * _GATHER_BITS) >> 56).to(torch.uint8)
+    return pack_mask(mask.reshape(-1))
 
 
 def unpack_bits(bitmap: Tensor, n: int) -> Tensor:
     """The first n bools of a bitmap made by pack_bits."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=bitmap.device)
-    bits = (bitmap.view(-1, 1) >> shifts) & 1
-    return bits.view(-1)[:n].view(torch.bool)
+    return unpack_mask(bitmap.reshape(-1), n)

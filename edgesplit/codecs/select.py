@@ -1,11 +1,13 @@
 """Exact top-k selection by |x| with the lowest-index tie rule, fast: sample, bracket, refine."""
 import math
-from typing import List, Tuple
+from typing import Iterator, List, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
 
 from .base import chunk_spans
+from .masks import abs_into, cat, compress, count, flatnonzero, greater, invert, magnitude
+from .masks import order_stats
 
 SAMPLE = 1 << 16  # sample size used to bracket the k-th largest |x|
 SMALL = 1 << 17  # below this many elements, skip the sample: the whole tensor is the band
@@ -19,7 +21,7 @@ def _bracket(v: Tensor, k: int) -> Tuple[float, float]:
         return 0.0, math.inf
     stride = n // SAMPLE
     stride -= 1 - stride % 2  # odd: does not alias power-of-two tensor dims
-    sample = v[::stride].float().abs()
+    sample = magnitude(v[::stride])
     m = sample.numel()
     p = k / n
     half = SIGMAS * math.sqrt(m * p * (1 - p)) + 2
@@ -27,62 +29,101 @@ def _bracket(v: Tensor, k: int) -> Tuple[float, float]:
     lo_rank = math.ceil(p * m + half)
     if hi_rank < 1 and lo_rank > m:
         return 0.0, math.inf
-    top = torch.topk(sample, min(m, lo_rank), sorted=True).values
-    hi = top[hi_rank - 1].item() if hi_rank >= 1 else math.inf
-    lo = top[lo_rank - 1].item() if lo_rank <= m else 0.0
+    ranks = [m - r for r in (hi_rank, lo_rank) if 1 <= r <= m]  # ascending, 0-based
+    stats = dict(zip(ranks, order_stats(sample, ranks)))
+    hi = stats[m - hi_rank] if hi_rank >= 1 else math.inf
+    lo = stats[m - lo_rank] if lo_rank <= m else 0.0
     return lo, hi
 
 
-def _pass(v: Tensor, mask: Tensor, lo: float, hi: float) -> Tuple[int, Tensor, Tensor]:
-    """Write |v| > hi into mask; return that count and the band lo <= |v| <= hi (values, index)."""
-    n = v.numel()
-    step = next(iter(chunk_spans(n, v.device)))[1]
-    a = torch.empty(step, dtype=torch.float32, device=v.device)
-    inband = torch.empty(step, dtype=torch.bool, device=v.device)
-    counts: List[Tensor] = []
+def _magnitude(x: Tensor, f: Tensor, nonneg: bool) -> Tensor:
+    """|x| in fp32: x itself when it is fp32 and known >= 0, else written into f."""
+    if x.dtype == torch.float32:
+        return x if nonneg else abs_into(x, f)
+    return f.copy_(x) if nonneg else f.copy_(x).abs_()
+
+
+def _scratch(v: Tensor) -> Tuple[Tensor, Tensor]:
+    """An fp32 and a bool buffer of one chunk's size."""
+    step = next(iter(chunk_spans(v.numel(), v.device)), (0, 0))[1]
+    return (torch.empty(step, dtype=torch.float32, device=v.device),
+            torch.empty(step, dtype=torch.bool, device=v.device))
+
+
+def _candidates(v: Tensor, lo: float, nonneg: bool) -> Tensor:
+    """The entries with |v| >= lo, in flat index order: one chunked pass."""
+    if lo <= 0:
+        return v
+    f, m = _scratch(v)
     values: List[Tensor] = []
-    index: List[Tensor] = []
-    for start, stop in chunk_spans(n, v.device):
-        f, b, m = a[:stop - start], inband[:stop - start], mask[start:stop]
-        if v.dtype == torch.float32:
-            torch.abs(v[start:stop], out=f)
-        else:
-            f.copy_(v[start:stop])
-            f.abs_()
-        torch.gt(f, hi, out=m)
-        counts.append(torch.count_nonzero(m))
-        torch.ge(f, lo, out=b)
-        b.logical_xor_(m)
-        idx = b.nonzero().view(-1)
-        values.append(f[idx])
-        index.append(idx + start)
-    return int(torch.stack(counts).sum()), torch.cat(values), torch.cat(index)
+    for start, stop in chunk_spans(v.numel(), v.device):
+        x, fc, mc = v[start:stop], f[:stop - start], m[:stop - start]
+        values.append(compress(x, greater(_magnitude(x, fc, nonneg), lo, mc, equal=True)))
+    return cat(values)
 
 
-def topk_mask(v: Tensor, k: int) -> Tensor:
-    """Bool mask of the k entries of the 1-D finite v with the largest |v|; among entries of equal
-    |v| the lowest indices win. Same set as a stable descending sort of |v| (in fp32)."""
-    n = v.numel()
-    mask = torch.empty(n, dtype=torch.bool, device=v.device)
-    if k >= n:
-        return mask.fill_(True)
-    if k <= 0:
-        return mask.fill_(False)
-    lo, hi = _bracket(v, k)
-    while True:
-        above, band, index = _pass(v, mask, lo, hi)
-        need = k - above
-        if need < 0:  # the sample put hi too low: everything from hi up is the band
-            lo, hi = hi, math.inf
-        elif need > band.numel():  # lo too high: everything up to lo is the band
-            lo, hi = 0.0, lo
-        else:
-            break
+class Cut(NamedTuple):
+    """The kept set: all entries with |v| > t, then the first `ties` (lowest flat index) of those
+    with |v| == t; ties == -1: all of those. t < 0: everything."""
+
+    t: float
+    ties: int
+
+
+def _keep(a: Tensor, k: int, hi: float) -> Tuple[Cut, Tensor]:
+    """(cut, bool mask) of the k largest of the non-negative fp32 a, lowest index first among
+    equals, given that, very likely, #(a > hi) <= k."""
+    out = torch.empty(a.shape, dtype=torch.bool, device=a.device)
+    above = count(greater(a, hi, out))
+    if above > k:  # hi too low: the whole of a is the band
+        above, band = 0, a
+    else:
+        band = compress(a, invert(out))
+    need = k - above
     if need == 0:
-        return mask
-    t = torch.kthvalue(band, band.numel() - need + 1).values
-    take = band > t
-    ties = (band == t).nonzero().view(-1)
-    take[ties[:need - int(torch.count_nonzero(take))]] = True
-    mask[index[take]] = True
-    return mask
+        return Cut(hi, 0), invert(out)
+    t = order_stats(band, [band.numel() - need])[0]
+    keep = greater(a, t, out, equal=True)
+    if count(keep) == k:
+        return Cut(t, -1), keep
+    ties = flatnonzero(a == t)  # more ties at t than places left: lowest index first
+    keep = greater(a, t, out)
+    ties = ties[:k - count(keep)]
+    keep[ties] = True
+    return Cut(t, ties.numel()), keep
+
+
+def topk_select(v: Tensor, k: int, nonneg: bool = False) -> Tuple[Cut, Tensor]:
+    """(cut, values) of the k entries of the 1-D finite v with the largest |v| (in fp32; among
+    equals the lowest indices win: a stable descending sort's first k); values in flat index
+    order. nonneg: v is known to be >= 0 (no abs needed)."""
+    if k >= v.numel():
+        return Cut(-1.0, -1), v
+    lo, hi = _bracket(v, k)
+    values = _candidates(v, lo, nonneg)
+    if values.numel() < k:  # the sample put lo too high: everything is a candidate
+        values = v
+    cut, keep = _keep(magnitude(values), k, hi)
+    return cut, compress(values, keep)
+
+
+def cut_masks(v: Tensor, cut: Cut, nonneg: bool = False) -> Iterator[Tuple[int, int, Tensor]]:
+    """(start, stop, bool mask of the kept entries in v[start:stop]) chunk by chunk; a mask is
+    scratch, overwritten by the next one."""
+    f, m = _scratch(v)
+    left = cut.ties
+    for start, stop in chunk_spans(v.numel(), v.device):
+        x, fc, mc = v[start:stop], f[:stop - start], m[:stop - start]
+        if cut.t < 0:
+            yield start, stop, mc.fill_(True)
+            continue
+        a = _magnitude(x, fc, nonneg)
+        if left < 0:
+            yield start, stop, greater(a, cut.t, mc, equal=True)
+            continue
+        ties = flatnonzero(a == cut.t)[:left] if left else None
+        greater(a, cut.t, mc)
+        if ties is not None:
+            mc[ties] = True
+            left -= ties.numel()
+        yield start, stop, mc

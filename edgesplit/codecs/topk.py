@@ -1,17 +1,18 @@
 """TopK: keep the ceil(ratio*n) entries of largest |x|: bitmap or int32 indices, then values."""
 import math
 from fractions import Fraction
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .base import Codec, check_finite, check_float, chunk_spans, flat, scatter_support
+from .base import Codec, check_finite, check_float, flat, scatter_support
 from .base import select_support
-from .bitpack import pack_bits, unpack_bits
+from .bitpack import unpack_bits
 from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, decode_header, encode_header
 from .header import new_payload
-from .select import topk_mask
+from .masks import copy_into, flatnonzero, minmax, pack_into, put, zeros
+from .select import Cut, cut_masks, topk_select
 
 
 def check_ratio(name: str, ratio: object) -> float:
@@ -37,21 +38,17 @@ def index_format(n: int, k: int) -> Tuple[int, int]:
     return (INDICES, 4 * k) if 4 * k < bitmap else (BITMAP, bitmap)
 
 
-def write_sparse(v: Tensor, mask: Tensor, fmt: int, index: Tensor, values: Tensor) -> None:
-    """The index section of the kept-positions mask (1-D bool) into `index` and the kept values
-    v[mask] (flat index order) as raw bytes into `values`, chunk by chunk."""
+def write_index(v: Tensor, cut: Cut, nonneg: bool, fmt: int, out: Tensor) -> None:
+    """The index section (bitmap or int32 indices) of the entries of the flat v that `cut` keeps
+    into out."""
+    where: List[Tensor] = []
+    for start, stop, mask in cut_masks(v, cut, nonneg):
+        if fmt == BITMAP:
+            pack_into(mask, out[start // 8:(stop + 7) // 8])
+        else:
+            where.append(flatnonzero(mask).add_(start).to(torch.int32))
     if fmt == INDICES:
-        where = mask.nonzero().view(-1)
-        index.copy_(where.to(torch.int32).view(torch.uint8))
-        values.copy_(v[where].view(torch.uint8))
-        return
-    item, done = v.element_size(), 0
-    for start, stop in chunk_spans(v.numel(), v.device):
-        m = mask[start:stop]
-        index[start // 8:(stop + 7) // 8].copy_(pack_bits(m))
-        kept = v[start:stop].index_select(0, m.nonzero().view(-1))
-        values[done * item:(done + kept.numel()) * item].copy_(kept.view(torch.uint8))
-        done += kept.numel()
+        out.copy_(torch.cat(where).view(torch.uint8))
 
 
 def _aligned(raw: Tensor, dtype: torch.dtype) -> Tensor:
@@ -69,32 +66,23 @@ def read_index(section: Tensor, fmt: int, n: int) -> Tensor:
     return _aligned(section, torch.int32).to(torch.int64)
 
 
-def select(name: str, v: Tensor, ratio: float) -> Tuple[int, Tensor]:
-    """(k, mask) of the top-k |v| of the flat v; NonFiniteError on NaN/inf."""
+def select(name: str, v: Tensor, ratio: float) -> Tuple[int, Cut, Tensor, bool]:
+    """(k, cut, kept values, v >= 0) of the top-k |v| of the flat v; NonFiniteError on NaN/inf."""
+    nonneg = False
     if v.numel():
-        lo, hi = torch.aminmax(v)
-        lo_f, hi_f = torch.stack([lo.float(), hi.float()]).tolist()
+        lo_f, hi_f = minmax(v)
         check_finite(name, lo_f, hi_f)
+        nonneg = lo_f >= 0
     k = k_for(ratio, v.numel())
-    return k, topk_mask(v, k)
+    cut, kept = topk_select(v, k, nonneg)
+    return k, cut, kept, nonneg
 
 
 def place(values: Tensor, section: Tensor, fmt: int, n: int, dtype: torch.dtype) -> Tensor:
     """A zero 1-D tensor of n entries with the values at the positions of an index section."""
-    values = values.to(dtype)
-    if fmt == INDICES:
-        out = torch.zeros(n, dtype=dtype, device=values.device)
-        out[read_index(section, fmt, n)] = values
-        return out
-    out = torch.empty(n, dtype=dtype, device=values.device)
-    done = 0
-    for start, stop in chunk_spans(n, values.device):
-        m = unpack_bits(section[start // 8:(stop + 7) // 8], stop - start)
-        where = m.nonzero().view(-1)
-        count = where.numel()
-        out[start:stop].zero_().index_copy_(0, where, values[done:done + count])
-        done += count
-    return out
+    where = read_index(section, fmt, n)
+    out = zeros(n, dtype, values.device)
+    return put(out, flatnonzero(where) if fmt == BITMAP else where, values.to(dtype))
 
 
 def support_mask(h: Header, section: Tensor, fmt: int) -> Tensor:
@@ -124,12 +112,13 @@ class TopK(Codec):
         x = select_support(self.name, x, support)
         v = flat(x)
         n = v.numel()
-        k, mask = select(self.name, v, self.ratio)
+        k, cut, kept, nonneg = select(self.name, v, self.ratio)
         fmt, index_bytes = index_format(n, k)
         header = encode_header(TOPK, x.dtype, tuple(x.shape), TOPK_FIELDS.pack(fmt, k))
         payload = new_payload(header, index_bytes + k * v.element_size(), x.device)
         body = payload[len(header):]
-        write_sparse(v, mask, fmt, body[:index_bytes], body[index_bytes:])
+        write_index(v, cut, nonneg, fmt, body[:index_bytes])
+        copy_into(body[index_bytes:], kept.view(torch.uint8))
         return payload
 
     def _parse(self, payload: Tensor) -> Tuple[Header, int, int, Tensor, Tensor]:

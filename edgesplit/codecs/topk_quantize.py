@@ -1,7 +1,6 @@
 """TopKQuantize: the TopK selection, then the kept values quantized min-max with b bits."""
 from typing import Optional, Tuple
 
-import torch
 from torch import Tensor
 
 from .base import Codec, check_float, flat, scatter_support, select_support
@@ -9,7 +8,7 @@ from .bitpack import packed_size
 from .header import TOPK_QUANTIZE, TOPKQ_FIELDS, Header, decode_header, encode_header
 from .header import new_payload
 from .quantize import check_bits, dequantize, minmax_params, quantize_into
-from .topk import check_ratio, index_format, place, select, support_mask, write_sparse
+from .topk import check_ratio, index_format, place, select, support_mask, write_index
 
 
 class TopKQuantize(Codec):
@@ -30,17 +29,14 @@ class TopKQuantize(Codec):
         x = select_support(self.name, x, support)
         v = flat(x)
         n = v.numel()
-        k, mask = select(self.name, v, self.ratio)
+        k, cut, kept, nonneg = select(self.name, v, self.ratio)
         fmt, index_bytes = index_format(n, k)
-        kept = torch.empty(k, dtype=v.dtype, device=v.device)
-        index = torch.empty(index_bytes, dtype=torch.uint8, device=v.device)
-        write_sparse(v, mask, fmt, index, kept.view(torch.uint8))
         offset, scale = minmax_params(self.name, kept, self.bits)
         header = encode_header(TOPK_QUANTIZE, x.dtype, tuple(x.shape),
                                TOPKQ_FIELDS.pack(fmt, k, self.bits, offset, scale))
         payload = new_payload(header, index_bytes + packed_size(k, self.bits), x.device)
         body = payload[len(header):]
-        body[:index_bytes].copy_(index)
+        write_index(v, cut, nonneg, fmt, body[:index_bytes])
         quantize_into(kept, self.bits, offset, scale, body[index_bytes:])
         return payload
 
