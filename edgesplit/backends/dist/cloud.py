@@ -114,7 +114,7 @@ class CloudStage:
             if train_step:
                 saved.append((x, y, payload, out))
         if train_step:
-            for i in range(n):
+            for i in reversed(range(n)):  # as torchgpipe (and the edge): the last one first
                 _, g = self.t.recv(self.down, Kind.BACKWARD, i)
                 t0 = time.perf_counter()
                 x, y, p_in, p_out = saved[i]

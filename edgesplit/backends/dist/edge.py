@@ -154,15 +154,19 @@ class DistBackend(Backend):
             self._record("back", "forward", q, z, training)
             backs.append((z, q, logits, loss))
         if train_step:
-            for i, (z, q, _, loss) in enumerate(backs):
+            # backwards in reverse micro-batch order, as torchgpipe: the last micro-batch (the one
+            # not checkpointed) frees its activations before any recompute adds more
+            for i in reversed(range(n)):
+                z, q, _, loss = backs[i]
                 (loss * (ys[i].numel() / batch)).backward()
                 g = self.back_wire.encode_gradient(z.grad, q)
                 sends[self.last].append(self.t.send(self.last, Header(Kind.BACKWARD, i, n), g))
                 self._record("back", "backward", g, z, training)
-                if i == 0 and self.back_wire.codecs is not None:
+                if i == n - 1 and self.back_wire.codecs is not None:
                     self._quality("back", "backward", self.back_wire, z.grad, g,
                                   self.back_wire.decode_gradient(g, q))
-            for i, (h, p) in enumerate(fronts):
+            for i in reversed(range(n)):
+                h, p = fronts[i]
                 wait0 = self.t.wait_s
                 _, r = self.t.recv(self.first, Kind.BACKWARD, i)
                 t0 += self.t.wait_s - wait0
