@@ -55,15 +55,17 @@ class DistBackend(Backend):
         self.compute_s, self.steps = 0.0, 0
         container = OmegaConf.to_container(cfg, resolve=True)
         local = b.get("role") is None and not launch.under_torchrun()
-        threads = launch.threads_per_rank(self.stages + 1 if local else 1, cfg.get("threads"))
-        torch.set_num_threads(threads)
+        # Local ranks share this host's cores: the cloud stages, which hold most of the compute,
+        # split all of them; the edge (a few units, mostly waiting on the link) takes its share.
+        torch.set_num_threads(launch.threads_per_rank(self.stages + 1 if local else 1, cfg.get("threads")))
+        cloud_threads = launch.threads_per_rank(self.stages, cfg.get("threads"))
         if local:
             specs = [launch.serialize(StageSpec(
                 s, self.stages, {i: split.units[i] for i in split.cloud_range(s)},
                 codecs["front"] if s == 0 else None,
                 codecs["back"] if s == self.stages - 1 else None,
                 container, str(devices[s + 1]))) for s in range(self.stages)]
-            self.world = launch.start_local(self.stages, specs, self.timeout_s, threads)
+            self.world = launch.start_local(self.stages, specs, self.timeout_s, cloud_threads)
         elif launch.under_torchrun():
             self.world = launch.start_torchrun("edge", self.stages, self.timeout_s)
         else:
