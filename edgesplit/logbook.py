@@ -41,11 +41,12 @@ class Logbook:
         for event in (exp, ssi, sei):
             self.writer.file_writer.add_summary(event)
 
-    def scalars(self, values: Dict[str, float], step: int) -> None:
+    def scalars(self, values: Dict[str, float], step: int, flush: bool = False) -> None:
         for tag, value in values.items():
             if value is not None:
                 self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
+        if flush:  # at epoch ends; SummaryWriter also flushes by itself every few seconds
+            self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -166,7 +166,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
             checkpoint.save(ckpt, backend.local_units(), optimizer, named, parts, epoch=epoch + 1,
                             summary=summary, config=OmegaConf.to_container(cfg, resolve=True))
             write_summary(run_dir, summary)
-            logbook.scalars(_epoch_scalars(summary, lr), epoch + 1)
+            logbook.scalars(_epoch_scalars(summary, lr), epoch + 1, flush=True)
             log.info(f"epoch {epoch + 1}/{cfg.schedule.epochs} lr {lr:.4g} "
                      f"train loss {metrics['train_loss']:.4f} acc1 {metrics['train_acc1']:.2f} | "
                      f"val loss {metrics['val_loss']:.4f} acc1 {metrics['val_acc1']:.2f} | "
