@@ -43,9 +43,10 @@ class CompressorConfig:
     name: str = MISSING
     activation: Any = MISSING
     gradient: Any = MISSING
-    # Per-boundary override: {activation: ..., gradient: ...} replaces the defaults above at 'up'/'down'.
-    up: Optional[Any] = None
-    down: Optional[Any] = None
+    # Per-boundary override: {activation: ..., gradient: ...} replaces the defaults above at the
+    # 'front' (edge-front -> cloud) or 'back' (cloud -> edge-back) boundary.
+    front: Optional[Any] = None
+    back: Optional[Any] = None
     # The gradient goes back only at the positions the forward payload kept (seed's pruning rule).
     gradient_reuses_support: bool = True
     eval_compressed: bool = True

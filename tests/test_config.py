@@ -83,3 +83,24 @@ def test_unknown_key_exits_nonzero_naming_it(tmp_path) -> None:
     assert proc.returncode == 1
     assert "Key 'foo' not in 'PartitionConfig'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_each_boundary_can_have_its_own_codec() -> None:
+    from edgesplit.codecs import Identity, Quantize
+    from edgesplit.compression import build_codecs
+    cfg = compose_config(["compressor=quantize", "compressor.bits=4",
+                          "compressor.front={activation: {_target_: edgesplit.codecs.Identity}}"])
+    codecs = build_codecs(cfg.compressor)
+    assert isinstance(codecs["front"].activation, Identity)
+    assert isinstance(codecs["front"].gradient, Quantize) and codecs["front"].gradient.bits == 4
+    assert isinstance(codecs["back"].activation, Quantize) and codecs["back"].activation.bits == 4
+
+
+def test_a_codec_target_that_is_not_a_codec_is_a_config_error() -> None:
+    from edgesplit.compression import build_codecs
+    cfg = compose_config(["compressor.activation={_target_: collections.OrderedDict}"])
+    with pytest.raises(ConfigError, match="compressor.activation: _target_ must build an edgesplit"):
+        build_codecs(cfg.compressor)
+    cfg = compose_config(["compressor.activation={_target_: edgesplit.codecs.Nope}"])
+    with pytest.raises(ConfigError, match="compressor.activation: cannot build the codec"):
+        build_codecs(cfg.compressor)
