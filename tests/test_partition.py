@@ -2,7 +2,7 @@
 import pytest
 
 from edgesplit.model import mobilenetv2_units
-from edgesplit.partition import split_units
+from edgesplit.partition import split_units, unit_costs
 
 
 def test_front_and_back_count_units_from_each_end() -> None:
@@ -12,14 +12,23 @@ def test_front_and_back_count_units_from_each_end() -> None:
     assert [list(split.cloud_range(0))] == [list(range(3, 18))]
 
 
-def test_cloud_stages_cover_the_cloud_in_order_and_balance_parameters() -> None:
+def test_cloud_stages_cover_the_cloud_in_order_and_balance_compute() -> None:
     units = mobilenetv2_units(1.0)
     split = split_units(units, front=1, back=1, cloud_stages=3)
     ranges = [list(split.cloud_range(s)) for s in range(3)]
     assert sum(ranges, []) == list(range(1, 19))
     assert all(ranges)
-    params = [sum(p.numel() for i in r for p in units[i].parameters()) for r in ranges]
-    assert max(params) < 0.6 * sum(params)
+    costs = unit_costs(units)
+    work = [sum(costs[i] for i in r) for r in ranges]
+    assert max(work) < 0.45 * sum(work)  # a third each, within one unit
+    assert all(u.training for unit in units for u in unit.modules())  # the probe left train mode
+
+
+def test_unit_costs_are_the_multiply_accumulates_of_one_sample() -> None:
+    costs = unit_costs(mobilenetv2_units(1.0))
+    assert costs[0] == 32 * 32 * 32 * 27  # stem: 3x3x3 conv to 32 channels at 32x32
+    assert costs[19] == 1280 * 10  # classifier
+    assert 85e6 < sum(costs) < 100e6  # MobileNetV2 for CIFAR: ~91M MACs per image
 
 
 def test_every_stage_gets_a_unit_when_stages_equal_units() -> None:
