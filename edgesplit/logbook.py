@@ -37,9 +37,13 @@ class Logbook:
     def __init__(self, run_dir: Path, cfg: DictConfig, overrides: List[str]) -> None:
         self.run_dir = run_dir
         self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        # The HParams plugin's experiment and session events, in this run's own event file (not
+        # add_hparams' sub-run): the view then shows the latest value of each metric's scalars.
         exp, ssi, sei = hparams(hparam_values(cfg, overrides), {m: 0.0 for m in HPARAM_METRICS})
+        events = self.writer.file_writer
+        assert events is not None
         for event in (exp, ssi, sei):
-            self.writer.file_writer.add_summary(event)
+            events.add_summary(event)
 
     def scalars(self, values: Dict[str, float], step: int, flush: bool = False) -> None:
         for tag, value in values.items():
