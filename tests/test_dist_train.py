@@ -148,3 +148,98 @@ def test_side_stats_and_eval():
     finally:
         backend.close()
     backend.close()  # idempotent
+
+
+def _run_programs(schedule, n, stages):
+    """Every rank's messages as the edge and cloud programs make them: sends never block, a recv
+    takes the oldest message of its stream (link, activations or gradients) and must be the one it
+    expects. Returns the most micro-batches in flight per stage; fails on a deadlock."""
+    from collections import deque
+    from edgesplit.backends.dist.schedule import edge_steps, stage_steps
+    ops = {0: []}  # rank -> [(recv stream or None, expected (kind, i), [(send stream, msg)])]
+    for part, op, i in edge_steps(schedule, n, stages):
+        if part == "front":
+            ops[0].append((None, None, [((0, 1, "F"), ("F", i))]) if op == "F"
+                          else ((1, 0, "B"), ("B", i), []))
+        else:
+            ops[0].append(((stages, 0, "F"), ("F", i), []) if op == "F"
+                          else (None, None, [((0, stages, "B"), ("B", i))]))
+    for s in range(stages):
+        r, down = s + 1, (s + 2 if s + 1 < stages else 0)
+        ops[r] = [((r - 1, r, "F"), ("F", i), [((r, down, "F"), ("F", i))]) if op == "F"
+                  else ((down, r, "B"), ("B", i), [((r, r - 1, "B"), ("B", i))])
+                  for op, i in stage_steps(schedule, n, stages - s)]
+    queues, pos = {}, {r: 0 for r in ops}
+    while any(pos[r] < len(ops[r]) for r in ops):
+        moved = False
+        for r in ops:
+            while pos[r] < len(ops[r]):
+                stream, expect, sends = ops[r][pos[r]]
+                if stream is not None:
+                    q = queues.setdefault(stream, deque())
+                    if not q:
+                        break
+                    assert q.popleft() == expect, (schedule, n, stages, r, expect)
+                for dst, msg in sends:
+                    queues.setdefault(dst, deque()).append(msg)
+                pos[r] += 1
+                moved = True
+        assert moved, f"deadlock: {schedule} chunks={n} stages={stages} at {pos}"
+    assert not any(queues.values())
+    peaks = {}
+    for r, prog in ops.items():
+        live, peak = 0, 0
+        for stream, expect, sends in prog:
+            if r and expect is not None:
+                live += 1 if expect[0] == "F" else -1
+                peak = max(peak, live)
+        peaks[r] = peak
+    return peaks
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_schedules_never_deadlock(schedule):
+    for stages in (1, 2, 3):
+        for n in range(1, 9):
+            peaks = _run_programs(schedule, n, stages)
+            for s in range(stages):  # cloud stage s holds at most (stages after it) + 1
+                bound = n if schedule == "gpipe" else min(n, stages - s + 1)
+                assert peaks[s + 1] == bound, (schedule, stages, n, peaks)
+
+
+def test_1f1b_edge_bounds_micro_batches_in_flight():
+    from edgesplit.backends.dist.schedule import edge_steps
+    for stages in (1, 2, 3):
+        for n in range(1, 9):
+            steps = edge_steps("1f1b", n, stages)
+            assert sorted(steps) == sorted((p, o, i) for p in ("front", "back")
+                                           for o in "FB" for i in range(n))
+            live = {"front": 0, "back": 0}
+            for part, op, i in steps:
+                live[part] += 1 if op == "F" else -1
+                assert live["front"] <= min(n, stages + 2) and live["back"] <= 1
+
+
+@pytest.mark.parametrize("stages,chunks,checkpoint", [
+    (1, 1, "never"), (1, 3, "never"), (1, 4, "except_last"),
+    (2, 1, "never"), (2, 3, "except_last"), (2, 4, "never"),
+])
+def test_1f1b_same_losses_as_gpipe(stages, chunks, checkpoint):
+    cfg = config(chunks=chunks, stages=stages, threads=1, checkpoint=checkpoint)
+    batches, units = data(4, batch=10), tiny_units()  # uneven micro-batches too
+    ref = run_backend("dist", units, cfg, "none", batches)
+    cfg.pipeline_backend.schedule = "1f1b"
+    got = run_backend("dist", units, cfg, "none", batches)
+    assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+def test_config_accepts_1f1b_and_rejects_others():
+    from edgesplit.backends.dist.edge import DistBackend
+    from edgesplit.config import compose_config
+    from edgesplit.errors import ConfigError
+    from edgesplit.partition import split_units
+    cfg = compose_config(["pipeline_backend=dist", "pipeline_backend.schedule=1f1b"])
+    assert cfg.pipeline_backend.schedule == "1f1b"
+    bad = config(schedule="zero-bubble")
+    with pytest.raises(ConfigError, match="allowed gpipe, 1f1b"):
+        DistBackend(bad, split_units(tiny_units(), 1, 1, 1), codecs("none"), CommMeter())

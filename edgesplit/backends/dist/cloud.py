@@ -21,6 +21,7 @@ from edgesplit import checkpoint
 from edgesplit.backends.dist import launch
 from edgesplit.backends.dist.link import LinkSpec
 from edgesplit.backends.dist.protocol import Header, Kind, pack_object, unpack_object
+from edgesplit.backends.dist.schedule import stage_steps
 from edgesplit.backends.dist.stage import StageRunner
 from edgesplit.backends.dist.transport import EDGE, SendHandle, Transport
 from edgesplit.backends.dist.wire import Wire
@@ -69,7 +70,8 @@ class CloudStage:
         self.in_wire = Wire(spec.front if spec.stage == 0 else None, eval_compressed)
         self.out_wire = Wire(spec.back if self.last else None, eval_compressed)
         self.params = [p for u in self.units.values() for p in u.parameters()]
-        self.schedule = OmegaConf.create(spec.cfg["schedule"])
+        self.schedule = OmegaConf.create(spec.cfg["schedule"])  # the LR schedule
+        self.schedule_name = b.get("schedule", "gpipe")  # the pipeline schedule
         self.optimizer = build_optimizer(self.params, self.schedule)
         self.scheduler: Optional[LRScheduler] = None
         self.epoch = 0
@@ -90,39 +92,41 @@ class CloudStage:
         return x.to(self.device) if x.device != self.device else x
 
     def forward_step(self, first: Header, first_payload: Tensor) -> None:
-        """All micro-batch forwards (and, for a train step, then all backwards: GPipe)."""
+        """One step, micro-batch by micro-batch in the order of the schedule (schedule.py): the
+        forwards, and for a train step the backwards, then the optimizer step."""
         n, train_step, training = first.count, first.kind == Kind.FORWARD, first.training
         self.runner.module.train(training)
         kind = first.kind
-        saved: List[Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]] = []
+        saved: Dict[int, Tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         header, payload = first, first_payload
         compute0 = self.compute_s
         if train_step:
             self.optimizer.zero_grad(set_to_none=True)
-        for i in range(n):
-            if i:
-                header, payload = self.t.recv(self.up, kind, i)
-            t0 = time.perf_counter()
-            with torch.set_grad_enabled(train_step):
-                x = self._to_device(self.in_wire.decode_activation(payload, training))
+        later = self.spec.stages - self.spec.stage  # the cloud stages after this one + the edge
+        for op, i in stage_steps(self.schedule_name, n, later, train_step):
+            if op == "F":
+                if i:
+                    header, payload = self.t.recv(self.up, kind, i)
+                t0 = time.perf_counter()
+                with torch.set_grad_enabled(train_step):
+                    x = self._to_device(self.in_wire.decode_activation(payload, training))
+                    if train_step:
+                        x.requires_grad_(True)
+                    y = self.runner(x, i)
+                    out = self.out_wire.encode_activation(y, training)
+                self.compute_s += time.perf_counter() - t0
+                self._send(self.down, Header(kind, i, n, training=training), out)
                 if train_step:
-                    x.requires_grad_(True)
-                y = self.runner(x, i)
-                out = self.out_wire.encode_activation(y, training)
-            self.compute_s += time.perf_counter() - t0
-            self._send(self.down, Header(kind, i, n, training=training), out)
-            if train_step:
-                saved.append((x, y, payload, out))
-        if train_step:
-            for i in reversed(range(n)):  # as torchgpipe (and the edge): the last one first
+                    saved[i] = (x, y, payload, out)
+            else:
                 _, g = self.t.recv(self.down, Kind.BACKWARD, i)
                 t0 = time.perf_counter()
-                x, y, p_in, p_out = saved[i]
-                saved[i] = None
+                x, y, p_in, p_out = saved.pop(i)
                 y.backward(self._to_device(self.out_wire.decode_gradient(g, p_out)))
                 gx = self.in_wire.encode_gradient(x.grad, p_in)
                 self.compute_s += time.perf_counter() - t0
                 self._send(self.up, Header(Kind.BACKWARD, i, n), gx)
+        if train_step:
             t0 = time.perf_counter()
             self.optimizer.step()
             self.compute_s += time.perf_counter() - t0

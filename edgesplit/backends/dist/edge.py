@@ -1,4 +1,4 @@
-"""The edge process of the dist backend: front and back units, loss, metrics, GPipe schedule."""
+"""The edge process of the dist backend: front and back units, loss, metrics, the schedule."""
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -14,6 +14,7 @@ from edgesplit.backends.dist.cloud import StageSpec, fingerprint, peak_memory_by
 from edgesplit.backends.dist.link import LinkSpec
 from edgesplit.backends.dist.protocol import (HEADER_BYTES, Header, Kind, command, pack_object,
                                               unpack_object)
+from edgesplit.backends.dist.schedule import SCHEDULES, edge_steps
 from edgesplit.backends.dist.stage import StageRunner
 from edgesplit.backends.dist.transport import EDGE, SendHandle, Transport
 from edgesplit.backends.dist.wire import Wire
@@ -32,9 +33,10 @@ class DistBackend(Backend):
     def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, Any],
                  meter: CommMeter) -> None:
         b = cfg.pipeline_backend
-        if b.get("schedule", "gpipe") != "gpipe":
-            raise ConfigError(f"pipeline_backend.schedule={b.schedule!r} is not implemented yet: "
-                              f"allowed: gpipe")
+        self.schedule = b.get("schedule", "gpipe")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"pipeline_backend.schedule={self.schedule!r}: allowed "
+                              f"{', '.join(SCHEDULES)}")
         if b.get("role") == "cloud":
             raise ConfigError("pipeline_backend.role=cloud runs edgesplit.backends.dist.run_cloud, "
                               "not the training loop (train.py does this by itself)")
@@ -127,39 +129,42 @@ class DistBackend(Backend):
         self.meter.record_quality(boundary, pass_, *_quality(x, decoded))
 
     def _step(self, x: Tensor, y: Tensor, train_step: bool) -> StepResult:
-        """GPipe: all micro-batch forwards, then all backwards; sends never block the edge."""
+        """One step in the order of the schedule (schedule.edge_steps); sends never block."""
         x, y = x.to(self.device), y.to(self.device)
         xs, ys, batch = x.chunk(self.chunks), y.chunk(self.chunks), x.shape[0]
         n, training = len(xs), self.front.module.training
         kind = Kind.FORWARD if train_step else Kind.EVAL
         sends: Dict[int, List[SendHandle]] = {self.first: [], self.last: []}
-        fronts, backs = [], []
+        fronts: Dict[int, Tuple[Tensor, Tensor]] = {}
+        backs: Dict[int, Tuple[Tensor, Tensor, Tensor]] = {}
+        logits: Dict[int, Tensor] = {}
+        losses: Dict[int, Tensor] = {}
         t0 = time.perf_counter()
-        for i, xi in enumerate(xs):
-            h = self.front(xi, i)
-            p = self.front_wire.encode_activation(h, training)
-            header = Header(kind, i, n, training=training)
-            sends[self.first].append(self.t.send(self.first, header, p))
-            self._record("front", "forward", p, h, training)
-            if train_step and i == 0 and self.front_wire.compressed(training):
-                self._quality("front", "forward", self.front_wire, h, p)
-            fronts.append((h, p))
-        for i in range(n):
-            wait0 = self.t.wait_s
-            _, q = self.t.recv(self.last, kind, i)
-            t0 += self.t.wait_s - wait0  # time blocked is not compute
-            z = self.back_wire.decode_activation(q, training).to(self.device)
-            if train_step:
-                z.requires_grad_(True)
-            logits = self.back(z, i)
-            loss = F.cross_entropy(logits, ys[i])
-            self._record("back", "forward", q, z, training)
-            backs.append((z, q, logits, loss))
-        if train_step:
-            # backwards in reverse micro-batch order, as torchgpipe: the last micro-batch (the one
-            # not checkpointed) frees its activations before any recompute adds more
-            for i in reversed(range(n)):
-                z, q, _, loss = backs[i]
+        for part, op, i in edge_steps(self.schedule, n, self.stages, train_step):
+            if part == "front" and op == "F":
+                h = self.front(xs[i], i)
+                p = self.front_wire.encode_activation(h, training)
+                header = Header(kind, i, n, training=training)
+                sends[self.first].append(self.t.send(self.first, header, p))
+                self._record("front", "forward", p, h, training)
+                if train_step and i == 0 and self.front_wire.compressed(training):
+                    self._quality("front", "forward", self.front_wire, h, p)
+                fronts[i] = (h, p)
+            elif part == "back" and op == "F":
+                wait0 = self.t.wait_s
+                _, q = self.t.recv(self.last, kind, i)
+                t0 += self.t.wait_s - wait0  # time blocked is not compute
+                z = self.back_wire.decode_activation(q, training).to(self.device)
+                if train_step:
+                    z.requires_grad_(True)
+                out = self.back(z, i)
+                loss = F.cross_entropy(out, ys[i])
+                self._record("back", "forward", q, z, training)
+                logits[i], losses[i] = out.detach(), loss.detach()
+                backs[i] = (z, q, loss)
+            elif part == "back":
+                # each micro-batch's loss scaled by its share of the batch: the whole batch's loss
+                z, q, loss = backs.pop(i)
                 (loss * (ys[i].numel() / batch)).backward()
                 g = self.back_wire.encode_gradient(z.grad, q)
                 sends[self.last].append(self.t.send(self.last, Header(Kind.BACKWARD, i, n), g))
@@ -167,8 +172,8 @@ class DistBackend(Backend):
                 if i == n - 1 and self.back_wire.codecs is not None:
                     self._quality("back", "backward", self.back_wire, z.grad, g,
                                   self.back_wire.decode_gradient(g, q))
-            for i in reversed(range(n)):
-                h, p = fronts[i]
+            else:
+                h, p = fronts.pop(i)
                 wait0 = self.t.wait_s
                 _, r = self.t.recv(self.first, Kind.BACKWARD, i)
                 t0 += self.t.wait_s - wait0
@@ -177,13 +182,12 @@ class DistBackend(Backend):
         compute = time.perf_counter() - t0
         for dst, handles in sends.items():
             self.t.wait_sent(handles, dst)
-        logits = torch.cat([b[2] for b in backs])
-        loss = sum(b[3].detach() * (yi.numel() / batch) for b, yi in zip(backs, ys))
+        loss_sum = sum(losses[i] * (yi.numel() / batch) for i, yi in enumerate(ys))
         if train_step:
             self.compute_s += compute
             self.steps += 1
             self.meter.end_batch()
-        return StepResult.of(logits, y, loss)
+        return StepResult.of(torch.cat([logits[i] for i in range(n)]), y, loss_sum)
 
     def reset_stats(self) -> None:
         """Start the per-batch compute averages afresh (the cloud's restart at each epoch)."""

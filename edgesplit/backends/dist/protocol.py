@@ -2,7 +2,7 @@
 import pickle
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -12,9 +12,13 @@ from torch import Tensor
 # So each payload on the link costs HEADER_BYTES more than the codec's payload.
 HEADER_FIELDS = 4
 HEADER_BYTES = HEADER_FIELDS * 8
-# Tags keep the two message streams of a pair apart: headers and payloads.
+# Tags keep the message streams of a pair apart: headers and payloads, and the pipeline's two
+# directions (gradients apart from activations and control), so each stream is matched in order
+# whatever the schedule interleaves (1F1B sends both ways on one link when there is one stage).
 HEADER_TAG = 1
 PAYLOAD_TAG = 2
+GRAD_HEADER_TAG = 3
+GRAD_PAYLOAD_TAG = 4
 
 
 class Kind(IntEnum):
@@ -49,6 +53,13 @@ class Header:
     @staticmethod
     def empty() -> Tensor:
         return torch.zeros(HEADER_FIELDS, dtype=torch.int64)
+
+
+def tags(kind: Optional[Kind]) -> Tuple[int, int]:
+    """(header tag, payload tag) of the stream that carries messages of `kind`."""
+    if kind == Kind.BACKWARD:
+        return GRAD_HEADER_TAG, GRAD_PAYLOAD_TAG
+    return HEADER_TAG, PAYLOAD_TAG
 
 
 def pack_object(obj: Any) -> Tensor:

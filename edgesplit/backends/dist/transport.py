@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from edgesplit.backends.dist.link import LinkSpec, ShapedLink
-from edgesplit.backends.dist.protocol import HEADER_BYTES, HEADER_TAG, PAYLOAD_TAG, Header, Kind
+from edgesplit.backends.dist.protocol import HEADER_BYTES, Header, Kind, tags
 from edgesplit.errors import PeerError
 
 EDGE = 0  # logical rank of the edge; cloud stage s (0-based) is logical rank s + 1
@@ -92,11 +92,12 @@ class Transport:
         head = Header(header.kind, header.index, header.count, payload.numel(),
                       header.training).to_tensor()
         peer = self.global_ranks[dst]
+        head_tag, payload_tag = tags(header.kind)
 
         def go() -> List[dist.Work]:
-            works = [dist.isend(head, peer, tag=HEADER_TAG)]
+            works = [dist.isend(head, peer, tag=head_tag)]
             if payload.numel():
-                works.append(dist.isend(payload, peer, tag=PAYLOAD_TAG))
+                works.append(dist.isend(payload, peer, tag=payload_tag))
             return works
 
         nbytes = HEADER_BYTES + payload.numel()
@@ -123,17 +124,19 @@ class Transport:
 
     def recv(self, src: int, expect: Optional[Kind] = None, index: Optional[int] = None,
              device: Optional[torch.device] = None) -> Tuple[Header, Tensor]:
-        """Block until the next message from `src`; check its kind and micro-batch index."""
+        """Block until the next message from `src` on the stream of `expect` (gradients or the
+        rest: see protocol.tags); check its kind and micro-batch index."""
         t0 = time.perf_counter()
+        head_tag, payload_tag = tags(expect)
         peer = self.global_ranks[src]
         head = Header.empty()
         what = f"waiting for {expect.name if expect else 'a message'}"
         try:
-            dist.irecv(head, peer, tag=HEADER_TAG).wait()
+            dist.irecv(head, peer, tag=head_tag).wait()
             header = Header.from_tensor(head)
             payload = torch.empty(header.nbytes, dtype=torch.uint8)
             if header.nbytes:
-                dist.irecv(payload, peer, tag=PAYLOAD_TAG).wait()
+                dist.irecv(payload, peer, tag=payload_tag).wait()
         except RuntimeError as e:
             raise self.peer_error(src, what, e) from None
         finally:
