@@ -111,12 +111,11 @@ def table(results: Dict[str, Dict[str, Any]], batch: int) -> str:
         t = statistics.median(r["times"])
         mem = max(s["peak_memory_bytes"] for s in r["sides"].values())
         edge, cloud = r["sides"]["edge"]["peak_memory_bytes"], r["sides"]["cloud"]["peak_memory_bytes"]
+        ratios = f"{t / base_time:.2f}x | {mem / base_mem:.2f}x" if base_time else "— | —"
         lines.append(
             f"| {name} | {t:.3f} | {min(r['times']):.3f}-{max(r['times']):.3f} | {batch / t:.1f} | "
-            f"{human_bytes(edge)} | {human_bytes(cloud)} | "
-            f"{t / base_time:.2f}x | {mem / base_mem:.2f}x | "
-            f"{r['comm']['up_bytes_per_batch']:.0f} | {r['comm']['down_bytes_per_batch']:.0f} |"
-            if base_time else f"| {name} | {t:.3f} | | | | | | | | |")
+            f"{human_bytes(edge)} | {human_bytes(cloud)} | {ratios} | "
+            f"{r['comm']['up_bytes_per_batch']:.0f} | {r['comm']['down_bytes_per_batch']:.0f} |")
     return "\n".join(lines)
 
 
