@@ -125,8 +125,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
         start = 0
         if state is not None:
             checkpoint.restore(state, backend.local_units(), optimizer, named)
-            if hasattr(backend, "load_remote"):  # dist: each cloud rank loads its own part
-                backend.load_remote(str(run_dir), state.get("parts", []))
+            backend.load_remote(str(run_dir), state.get("parts", []))  # dist: each cloud rank its part
             start = state["epoch"]
             summary.update(state["summary"])
             summary["status"] = "running"
@@ -143,8 +142,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
             lr = optimizer.param_groups[0]["lr"]
             backend.on_epoch_start(epoch)
             meter.reset()
-            if hasattr(backend, "reset_stats"):
-                backend.reset_stats()
+            backend.reset_stats()
             loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
                                   epoch=epoch, num_workers=cfg.data.num_workers)
             metrics = train_epoch(backend, loader, optimizer, epoch, cfg, logbook, last_good)

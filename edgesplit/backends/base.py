@@ -72,6 +72,12 @@ class Backend(ABC):
         """Have remote stages save their units; returns the part files written (relative names)."""
         return []
 
+    def load_remote(self, directory: str, parts: List[str]) -> None:
+        """Have remote stages load their units from a checkpoint's part files."""
+
+    def reset_stats(self) -> None:
+        """Start the per-batch time averages of side_stats() afresh."""
+
     def side_stats(self) -> Dict[str, Dict[str, float]]:
         """Per side ('edge', 'cloud'): parameters, peak_memory_bytes, compute_s_per_batch."""
         return {}

@@ -66,8 +66,7 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
         for step in range(warmup + steps):
             if step == warmup:
                 meter.reset()
-                if hasattr(backend, "reset_stats"):
-                    backend.reset_stats()
+                backend.reset_stats()
             _sync()
             tic = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
