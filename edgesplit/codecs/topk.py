@@ -1,7 +1,7 @@
 """TopK: keep the ceil(ratio*n) entries of largest |x|: bitmap or int32 indices, then values."""
 import math
 from fractions import Fraction
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -100,6 +100,7 @@ class TopK(Codec):
     flat index; the wire holds a bitmap or int32 indices (the smaller) and the kept values."""
 
     name = "TopK"
+    code, fields = TOPK, TOPK_FIELDS
 
     def __init__(self, ratio: float = 0.1) -> None:
         self.ratio = check_ratio(self.name, ratio)
@@ -111,15 +112,19 @@ class TopK(Codec):
         check_float(self.name, x)
         x = select_support(self.name, x, support)
         v = flat(x)
-        n = v.numel()
         k, cut, kept, nonneg = select(self.name, v, self.ratio)
-        fmt, index_bytes = index_format(n, k)
-        header = encode_header(TOPK, x.dtype, tuple(x.shape), TOPK_FIELDS.pack(fmt, k))
-        payload = new_payload(header, index_bytes + k * v.element_size(), x.device)
+        fmt, index_bytes = index_format(v.numel(), k)
+        extra, value_bytes, write_values = self._values(kept, k)
+        header = encode_header(self.code, x.dtype, tuple(x.shape), self.fields.pack(fmt, k, *extra))
+        payload = new_payload(header, index_bytes + value_bytes, x.device)
         body = payload[len(header):]
         write_index(v, cut, nonneg, fmt, body[:index_bytes])
-        copy_into(body[index_bytes:], kept.view(torch.uint8))
+        write_values(body[index_bytes:])
         return payload
+
+    def _values(self, kept: Tensor, k: int) -> Tuple[tuple, int, Callable[[Tensor], None]]:
+        """(extra header fields, bytes, writer) of the kept values' section: here, raw values."""
+        return (), k * kept.element_size(), lambda out: copy_into(out, kept.view(torch.uint8))
 
     def _parse(self, payload: Tensor) -> Tuple[Header, int, int, Tensor, Tensor]:
         h = decode_header(payload, TOPK, TOPK_FIELDS)

@@ -1,44 +1,33 @@
 """TopKQuantize: the TopK selection, then the kept values quantized min-max with b bits."""
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from torch import Tensor
 
-from .base import Codec, check_float, flat, scatter_support, select_support
+from .base import scatter_support
 from .bitpack import packed_size
-from .header import TOPK_QUANTIZE, TOPKQ_FIELDS, Header, decode_header, encode_header
-from .header import new_payload
+from .header import TOPK_QUANTIZE, TOPKQ_FIELDS, Header, decode_header
 from .quantize import check_bits, dequantize, minmax_params, quantize_into
-from .topk import check_ratio, index_format, place, select, support_mask, write_index
+from .topk import TopK, index_format, place, support_mask
 
 
-class TopKQuantize(Codec):
+class TopKQuantize(TopK):
     """Top-k by |x| (as TopK), the kept values quantized with `bits` bits (min-max over the kept
     values, as Quantize): bitmap or int32 indices, then the packed codes."""
 
     name = "TopKQuantize"
+    code, fields = TOPK_QUANTIZE, TOPKQ_FIELDS
 
     def __init__(self, ratio: float = 0.1, bits: int = 8) -> None:
-        self.ratio = check_ratio(self.name, ratio)
+        super().__init__(ratio)
         self.bits = check_bits(self.name, bits)
 
     def __repr__(self) -> str:
         return f"TopKQuantize(ratio={self.ratio}, bits={self.bits})"
 
-    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        check_float(self.name, x)
-        x = select_support(self.name, x, support)
-        v = flat(x)
-        n = v.numel()
-        k, cut, kept, nonneg = select(self.name, v, self.ratio)
-        fmt, index_bytes = index_format(n, k)
+    def _values(self, kept: Tensor, k: int) -> Tuple[tuple, int, Callable[[Tensor], None]]:
         offset, scale = minmax_params(self.name, kept, self.bits)
-        header = encode_header(TOPK_QUANTIZE, x.dtype, tuple(x.shape),
-                               TOPKQ_FIELDS.pack(fmt, k, self.bits, offset, scale))
-        payload = new_payload(header, index_bytes + packed_size(k, self.bits), x.device)
-        body = payload[len(header):]
-        write_index(v, cut, nonneg, fmt, body[:index_bytes])
-        quantize_into(kept, self.bits, offset, scale, body[index_bytes:])
-        return payload
+        return ((self.bits, offset, scale), packed_size(k, self.bits),
+                lambda out: quantize_into(kept, self.bits, offset, scale, out))
 
     def _parse(self, payload: Tensor) -> Tuple[Header, tuple, Tensor, Tensor]:
         h = decode_header(payload, TOPK_QUANTIZE, TOPKQ_FIELDS)
