@@ -34,7 +34,9 @@ class _Cross(torch.autograd.Function):
         if not is_recomputing():
             boundary.measure("forward", x, y)
         ctx.boundary = boundary
-        ctx.support = codecs.activation.support_of(payload) if codecs.reuses_support else None
+        # the support is needed only by a backward: not in eval nor in a checkpoint's first pass
+        ctx.support = (codecs.activation.support_of(payload)
+                       if codecs.reuses_support and ctx.needs_input_grad[0] else None)
         return y
 
     @staticmethod
