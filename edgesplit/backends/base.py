@@ -1,4 +1,5 @@
 """What every pipeline backend offers the training loop: a train step, an eval step, its units."""
+import resource
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Dict, Iterator, List
@@ -32,6 +33,14 @@ class StepResult:
     def __add__(self, other: "StepResult") -> "StepResult":
         return StepResult(self.loss_sum + other.loss_sum, self.correct1 + other.correct1,
                           self.correct5 + other.correct5, self.count + other.count)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process on `device`: CUDA allocations on a GPU, else the max resident
+    set size (Linux reports KiB)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class Backend(ABC):

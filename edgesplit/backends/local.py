@@ -1,22 +1,16 @@
 """What the single-process backends (naive, gpipe) share: partitions, devices, per-side statistics."""
-import resource
 from typing import Dict, List
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from edgesplit.backends.base import Backend, StepResult
+from edgesplit.backends.base import Backend, StepResult, peak_memory_bytes
 from edgesplit.backends.stages import boundaries, build_partitions, resolve_devices
 from edgesplit.backends.timing import SideClock
 from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs
 from edgesplit.partition import Split
-
-
-def process_peak_bytes() -> int:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class LocalBackend(Backend):
@@ -61,9 +55,7 @@ class LocalBackend(Backend):
         }
         out = {}
         for side, devices in self.side_devices().items():
-            cuda = [d for d in devices if d.type == "cuda"]
-            peak = (max(torch.cuda.max_memory_allocated(d) for d in cuda) if cuda
-                    else process_peak_bytes())
+            peak = max(peak_memory_bytes(d) for d in devices)
             out[side] = {
                 "parameters": params[side],
                 "peak_memory_bytes": peak,

@@ -1,6 +1,5 @@
 """A cloud stage process: its units, optimizer and LR schedule, and the loop serving the edge."""
 import os
-import resource
 import shutil
 import sys
 import time
@@ -18,6 +17,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from edgesplit import checkpoint
 
+from edgesplit.backends.base import peak_memory_bytes
 from edgesplit.backends.dist import launch
 from edgesplit.backends.dist.link import LinkSpec
 from edgesplit.backends.dist.protocol import Header, Kind, pack_object, unpack_object
@@ -27,13 +27,6 @@ from edgesplit.backends.dist.transport import EDGE, SendHandle, Transport
 from edgesplit.backends.dist.wire import Wire
 from edgesplit.errors import PeerError
 from edgesplit.schedule import build_optimizer, build_scheduler
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of this process: CUDA allocations on a GPU, else the max resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def part_name(stage: int, epoch: int) -> str:

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from edgesplit.backends.base import Backend, StepResult
 from edgesplit.backends.dist import launch
-from edgesplit.backends.dist.cloud import StageSpec, fingerprint, peak_memory_bytes
+from edgesplit.backends.base import peak_memory_bytes
+from edgesplit.backends.dist.cloud import StageSpec, fingerprint
 from edgesplit.backends.dist.link import LinkSpec
 from edgesplit.backends.dist.protocol import (HEADER_BYTES, Header, Kind, command, pack_object,
                                               unpack_object)
