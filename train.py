@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
     overrides = list(hydra_cfg.overrides.task)
     try:
         if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
-            from edgesplit.backends.dist import run_cloud  # serves the edge; writes no run dir
+            from edgesplit.backends.remote import run_cloud  # serves the edge; writes no run dir
             return run_cloud(cfg, hydra_cfg.runtime.output_dir)
         run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
     except UserError as e:

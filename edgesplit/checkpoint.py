@@ -1,14 +1,36 @@
-"""Checkpoints keyed by layer unit, written atomically, so any backend loads what any backend wrote."""
+"""Checkpoints keyed by layer unit and parameter name, so any backend loads what any backend wrote.
+
+A checkpoint is one dict (one file, loaded with `weights_only=True`):
+  units         {unit index: state_dict}                 every unit of the model
+  optimizer     {'units.<i>.<name>': optimizer state}    every parameter, whichever side holds it
+  lr_scheduler  {process: scheduler state}               'edge', 'cloud_stage1', ...
+  rng           {process: {'cpu': ..., 'cuda': [...]}}
+  boundaries    {process: {boundary: codec state}}
+  grad_scaler   None (room for mixed precision)
+plus what the trainer adds (epoch, summary, config). Each process of a run contributes a `part`
+with the same keys; a process that has no slot of its own in a checkpoint (written with another
+topology) takes the edge's.
+"""
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, Iterable, Mapping
 
 import torch
 from torch import nn
 from torchgpipe.batchnorm import DeferredBatchNorm
 
+from edgesplit.boundary import Boundary
+from edgesplit.errors import UserError
+from edgesplit.lr_schedule import Optimization
+
 # DeferredBatchNorm's per-batch accumulators: transient, and absent from a plain BatchNorm.
 _TRANSIENT = ("sum", "sum_squares")
+PER_PROCESS = ("lr_scheduler", "rng", "boundaries")
+EDGE = "edge"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def unit_state(unit: nn.Module) -> Dict[str, torch.Tensor]:
@@ -22,60 +44,82 @@ def load_unit(unit: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     missing, unexpected = unit.load_state_dict(state, strict=False)
     missing = [k for k in missing if k.rsplit(".", 1)[-1] not in _TRANSIENT]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(f"the checkpoint does not fit the model: missing {missing}, "
+                              f"unexpected {unexpected}")
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer, named: Mapping[str, nn.Parameter]) -> Dict[str, Any]:
-    """Per-parameter optimizer state by parameter name (`units.<i>.<name>`), on the CPU."""
-    out = {}
-    for name, p in named.items():
-        if p in optimizer.state:
-            out[name] = {k: v.detach().cpu().clone() if torch.is_tensor(v) else v
-                         for k, v in optimizer.state[p].items()}
+def rng_state() -> Dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def part(process: str, units: Mapping[int, nn.Module], optimization: Optimization,
+         boundaries: Iterable[Boundary]) -> Dict[str, Any]:
+    """What one process contributes to a checkpoint."""
+    opt = optimization.state_dict()
+    return {
+        "units": {i: unit_state(u) for i, u in units.items()},
+        "optimizer": opt["optimizer"],
+        "lr_scheduler": {process: opt["lr_scheduler"]},
+        "rng": {process: rng_state()},
+        "boundaries": {process: {b.name: b.state_dict() for b in boundaries}},
+        "grad_scaler": None,
+    }
+
+
+def merge(parts: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
+    """One checkpoint dict from the parts of every process."""
+    out: Dict[str, Any] = {"units": {}, "optimizer": {}, "lr_scheduler": {}, "rng": {},
+                           "boundaries": {}, "grad_scaler": None}
+    for p in parts:
+        for key in ("units", "optimizer", *PER_PROCESS):
+            out[key].update(p[key])
     return out
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, named: Mapping[str, nn.Parameter],
-                         state: Mapping[str, Any]) -> None:
-    for name, p in named.items():
-        if name in state:
-            optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v
-                                  for k, v in state[name].items()}
+def _own(state: Mapping[str, Any], key: str, process: str) -> Any:
+    slots = state.get(key) or {}
+    return slots.get(process, slots.get(EDGE))
+
+
+def load_part(state: Mapping[str, Any], process: str, units: Mapping[int, nn.Module],
+              optimization: Optimization, boundaries: Iterable[Boundary]) -> None:
+    """Load one process's units, optimizer, schedule, RNG and codec state from a checkpoint."""
+    for i, unit in units.items():
+        if i not in state["units"]:
+            raise CheckpointError(f"the checkpoint holds no state for layer unit {i}: it was "
+                                  f"written for another model")
+        load_unit(unit, state["units"][i])
+    optimization.load_state_dict(state["optimizer"], _own(state, "lr_scheduler", process))
+    rng = _own(state, "rng", process)
+    if rng is not None:
+        set_rng_state(rng)
+    codec_states = _own(state, "boundaries", process) or {}
+    for b in boundaries:
+        b.load_state_dict(codec_states.get(b.name, {}))
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """Write then rename: a crash mid-write leaves the previous file intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save(path: Path, units: Mapping[int, nn.Module], optimizer: torch.optim.Optimizer,
-         named: Mapping[str, nn.Parameter], parts: List[str], **extra: Any) -> None:
-    """`parts` name files beside `path` holding the units of other processes (dist's cloud ranks)."""
-    state = {
-        "units": {i: unit_state(u) for i, u in units.items()},
-        "optimizer": optimizer_state(optimizer, named),
-        "parts": list(parts),
-        **extra,
-    }
-    atomic_save(state, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def load(path: Path) -> Dict[str, Any]:
-    """The checkpoint with the units and optimizer state of its parts merged in."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    for part in state.get("parts", []):
-        extra = torch.load(path.parent / part, map_location="cpu", weights_only=False)
-        state["units"].update(extra["units"])
-        state["optimizer"].update(extra["optimizer"])
-    return state
-
-
-def restore(state: Mapping[str, Any], units: Mapping[int, nn.Module], optimizer: torch.optim.Optimizer,
-            named: Mapping[str, nn.Parameter]) -> None:
-    for i, unit in units.items():
-        if i not in state["units"]:
-            raise RuntimeError(f"checkpoint holds no state for layer unit {i}")
-        load_unit(unit, state["units"][i])
-    load_optimizer_state(optimizer, named, state["optimizer"])
+    """A checkpoint file, data only (no code runs from it)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CheckpointError(f"cannot read the checkpoint {path}: {reason}") from None

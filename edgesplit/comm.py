@@ -1,7 +1,7 @@
 """Counts the bytes that cross the edge link, per boundary and pass, and how much the codecs distort."""
 import threading
 from collections import defaultdict
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 BOUNDARIES = ("front", "back")  # front: edge-front -> cloud; back: cloud -> edge-back
 PASSES = ("forward", "backward")
@@ -28,7 +28,29 @@ class CommMeter:
             self.error_sum: Dict[Tuple[str, str], float] = defaultdict(float)
             self.sparsity_sum: Dict[Tuple[str, str], float] = defaultdict(float)
             self.samples: Dict[Tuple[str, str], int] = defaultdict(int)
+            self.overhead: Dict[str, int] = defaultdict(int)
             self.batches = 0
+
+    def record_overhead(self, direction: str, nbytes: int) -> None:
+        with self._lock:
+            self.overhead[direction] += int(nbytes)
+
+    def state(self) -> Dict[str, Any]:
+        with self._lock:
+            return {"pairs": [[b, p, self.bytes[b, p], self.raw_bytes[b, p], self.error_sum[b, p],
+                               self.sparsity_sum[b, p], self.samples[b, p]] for (b, p) in DIRECTION],
+                    "overhead": dict(self.overhead)}
+
+    def merge(self, state: Dict[str, Any]) -> None:
+        with self._lock:
+            for b, p, nbytes, raw, err, sparsity, samples in state["pairs"]:
+                self.bytes[b, p] += nbytes
+                self.raw_bytes[b, p] += raw
+                self.error_sum[b, p] += err
+                self.sparsity_sum[b, p] += sparsity
+                self.samples[b, p] += samples
+            for d, n in state["overhead"].items():
+                self.overhead[d] += n
 
     def record(self, boundary: str, pass_: str, payload_bytes: int, raw_bytes: int) -> None:
         """One message on the link: `payload_bytes` sent, `raw_bytes` had it been plain fp32."""
@@ -55,6 +77,7 @@ class CommMeter:
                 keys = [k for k, d in DIRECTION.items() if d == direction]
                 out[f"{direction}_bytes_per_batch"] = sum(self.bytes[k] for k in keys) / n
                 out[f"raw_{direction}_bytes_per_batch"] = sum(self.raw_bytes[k] for k in keys) / n
+                out[f"overhead_{direction}_bytes_per_batch"] = self.overhead[direction] / n
             for (boundary, pass_) in DIRECTION:
                 key = f"{boundary}_{pass_}"
                 out[f"{key}_bytes_per_batch"] = self.bytes[boundary, pass_] / n

@@ -96,6 +96,7 @@ class LinkConfig:
 
 @dataclass
 class BackendConfig:
+    _target_: str = MISSING  # a subclass of edgesplit.backends.Backend
     name: str = MISSING  # naive | gpipe | dist
     chunks: int = 4
     devices: Any = "auto"  # 'auto' or a list such as [cpu, cpu, cpu] / [0, 1, 0]
@@ -111,7 +112,7 @@ class DistConfig(BackendConfig):
     master_port: int = 29533
     timeout_s: float = 60.0
     role: Optional[str] = None  # edge | cloud (under torchrun); null = start every rank locally
-    schedule: str = "gpipe"  # gpipe | 1f1b
+    order: str = "gpipe"  # gpipe | 1f1b
 
 
 @dataclass
@@ -208,5 +209,5 @@ def validate(cfg: DictConfig, num_units: int) -> None:
         _check(b.timeout_s > 0, "pipeline_backend.timeout_s", b.timeout_s, "must be > 0")
         _check(b.role in (None, "edge", "cloud"), "pipeline_backend.role", b.role,
                "allowed: edge, cloud, null")
-        _check(b.schedule in ("gpipe", "1f1b"), "pipeline_backend.schedule", b.schedule,
+        _check(b.order in ("gpipe", "1f1b"), "pipeline_backend.order", b.order,
                "allowed: gpipe, 1f1b")

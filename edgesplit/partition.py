@@ -35,6 +35,10 @@ class Split:
         return range(self.cloud_bounds[stage], self.cloud_bounds[stage + 1])
 
     @property
+    def cloud_indices(self) -> List[int]:
+        return list(range(self.front, self.num_units - self.back))
+
+    @property
     def edge_indices(self) -> List[int]:
         return list(range(self.front)) + list(range(self.num_units - self.back, self.num_units))
 

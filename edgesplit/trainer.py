@@ -21,7 +21,6 @@ from edgesplit.errors import TrainingDiverged, UserError
 from edgesplit.logbook import Logbook, read_summary, write_summary
 from edgesplit.model import build_units
 from edgesplit.partition import split_units
-from edgesplit.schedule import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,8 @@ def _percent(hits: int, count: int) -> float:
     return 100.0 * hits / max(count, 1)
 
 
-def train_epoch(backend: Backend, loader: Any, optimizer: torch.optim.Optimizer, epoch: int,
-                cfg: DictConfig, logbook: Logbook, last_good: str) -> Dict[str, float]:
+def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logbook: Logbook,
+                last_good: str) -> Dict[str, float]:
     backend.train(True)
     total = StepResult(0.0, 0, 0, 0)
     step_times: List[float] = []
@@ -40,7 +39,6 @@ def train_epoch(backend: Backend, loader: Any, optimizer: torch.optim.Optimizer,
                dynamic_ncols=True, mininterval=1.0, disable=None)
     for step, (x, y) in enumerate(bar):
         tic = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
         try:
             result = backend.train_step(x, y)
         except NonFiniteError as e:
@@ -49,7 +47,6 @@ def train_epoch(backend: Backend, loader: Any, optimizer: torch.optim.Optimizer,
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1} step {step + 1} "
                                    f"(schedule.lr={cfg.schedule.lr}); {last_good}")
-        optimizer.step()
         step_times.append(time.perf_counter() - tic)
         total = total + result
         global_step = epoch * len(loader) + step
@@ -120,16 +117,12 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     logbook = Logbook(run_dir, cfg, overrides)
     ckpt = run_dir / "checkpoint.pt"
     try:
-        optimizer = build_optimizer(backend.parameters(), cfg.schedule)
-        named = dict(backend.named_parameters())
         start = 0
         if state is not None:
-            checkpoint.restore(state, backend.local_units(), optimizer, named)
-            backend.load_remote(str(run_dir), state.get("parts", []))  # dist: each cloud rank its part
+            backend.load_state_dict(state)
             start = state["epoch"]
             summary.update(state["summary"])
             summary["status"] = "running"
-        scheduler = build_scheduler(optimizer, cfg.schedule, start)
         val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
                                   train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
@@ -139,17 +132,15 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
             torch.manual_seed(cfg.seed + epoch)
             last_good = (f"the last good checkpoint ({ckpt}, epoch {epoch}) is kept" if epoch
                          else "no checkpoint was written yet")
-            lr = optimizer.param_groups[0]["lr"]
-            backend.on_epoch_start(epoch)
             meter.reset()
-            backend.reset_stats()
+            backend.start_epoch(epoch)
+            lr = backend.lr
             loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
                                   epoch=epoch, num_workers=cfg.data.num_workers)
-            metrics = train_epoch(backend, loader, optimizer, epoch, cfg, logbook, last_good)
-            comm = meter.summary()
+            metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good)
             metrics.update(evaluate(backend, val_loader))
-            scheduler.step()
-            sides = backend.side_stats()
+            sides = {side: vars(stats) for side, stats in backend.side_stats().items()}
+            comm = meter.summary()  # after side_stats: it merges the figures of other processes
             peak = max((s["peak_memory_bytes"] for s in sides.values()), default=0)
             summary["best_val_acc1"] = max(summary["best_val_acc1"], metrics["val_acc1"])
             summary["history"].append({"epoch": epoch + 1, "lr": lr, **metrics})
@@ -160,9 +151,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
             })
             if epoch + 1 == cfg.schedule.epochs:
                 summary["status"] = "finished"
-            parts = backend.save_remote(str(run_dir), epoch + 1)
-            checkpoint.save(ckpt, backend.local_units(), optimizer, named, parts, epoch=epoch + 1,
-                            summary=summary, config=OmegaConf.to_container(cfg, resolve=True))
+            checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1, "summary": summary,
+                                    "config": OmegaConf.to_container(cfg, resolve=True)}, ckpt)
             write_summary(run_dir, summary)
             logbook.scalars(_epoch_scalars(summary, lr), epoch + 1, flush=True)
             log.info(f"epoch {epoch + 1}/{cfg.schedule.epochs} lr {lr:.4g} "

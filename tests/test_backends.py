@@ -11,7 +11,6 @@ from edgesplit.compression import build_codecs
 from edgesplit.data import build_datasets, build_loader
 from edgesplit.model import build_units
 from edgesplit.partition import split_units
-from edgesplit.schedule import build_optimizer
 
 
 def train_losses(cfg: DictConfig, steps: int = 4) -> Tuple[List[float], CommMeter]:
@@ -20,16 +19,13 @@ def train_losses(cfg: DictConfig, steps: int = 4) -> Tuple[List[float], CommMete
     split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
-    optimizer = build_optimizer(backend.parameters(), cfg.schedule)
     loader = build_loader(build_datasets(cfg.data).train, cfg.data.batch_size, train=True,
                           seed=cfg.seed, epoch=0, num_workers=0)
     losses = []
     backend.train(True)
     x, y = next(iter(loader))
     for _ in range(steps):  # the same batch: the loss must fall
-        optimizer.zero_grad()
         result = backend.train_step(x, y)
-        optimizer.step()
         losses.append(result.loss_sum / result.count)
     backend.close()
     return losses, meter

@@ -1,6 +1,8 @@
-"""Pipeline backends: naive (whole batch in sequence), gpipe (torchgpipe), dist (one process per stage)."""
+"""Pipeline backends: naive (whole batch in sequence), gpipe (torchgpipe), dist (remote: one
+process per stage); `pipeline_backend._target_` names the class."""
 from typing import Dict
 
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from edgesplit.backends.base import Backend, StepResult
@@ -14,14 +16,13 @@ __all__ = ["Backend", "StepResult", "build_backend"]
 
 def build_backend(cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
                   meter: CommMeter) -> Backend:
-    name = cfg.pipeline_backend.name
-    if name == "naive":
-        from edgesplit.backends.naive import NaiveBackend
-        return NaiveBackend(cfg, split, codecs, meter)
-    if name == "gpipe":
-        from edgesplit.backends.gpipe import GPipeBackend
-        return GPipeBackend(cfg, split, codecs, meter)
-    if name == "dist":
-        from edgesplit.backends.dist import DistBackend
-        return DistBackend(cfg, split, codecs, meter)
-    raise ConfigError(f"pipeline_backend.name={name!r} is unknown: allowed: naive, gpipe, dist")
+    target = cfg.pipeline_backend._target_
+    try:
+        cls = get_class(target)
+    except Exception as e:
+        raise ConfigError(f"pipeline_backend._target_={target!r} cannot be imported: "
+                          f"{str(e).strip().splitlines()[-1]}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(f"pipeline_backend._target_={target!r} is not a subclass of "
+                          f"edgesplit.backends.Backend")
+    return cls(cfg, split, codecs, meter)

@@ -1,11 +1,13 @@
-"""What every pipeline backend offers the training loop: a train step, an eval step, its units."""
+"""What every pipeline backend offers the training loop: train/eval steps, epochs, state, stats."""
 import resource
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Dict, Iterator, List
+from typing import Any, Dict, Iterator, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from edgesplit.run_summary import SideStats
 
 
 @dataclass
@@ -43,53 +45,66 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def named_unit_parameters(units: Dict[int, nn.Module]) -> Dict[str, nn.Parameter]:
+    """Parameters named `units.<index>.<name>`: the same names in every backend."""
+    return {f"units.{i}.{name}": p for i, unit in sorted(units.items())
+            for name, p in unit.named_parameters()}
+
+
 class Backend(ABC):
-    """Runs the split model. The training loop owns the optimizer of `parameters()` and steps it."""
+    """Runs the split model and steps the optimizers of every side; knows nothing of files.
+
+    A train step is forward, backward and each side's optimizer step. `start_epoch` sets every
+    side's learning rate; `state_dict()` holds every side's state keyed by layer unit and
+    parameter name (see edgesplit.checkpoint), so one checkpoint goes through one path."""
 
     name: str = "base"
 
     @abstractmethod
     def local_units(self) -> Dict[int, nn.Module]:
-        """The layer units this process holds, by global unit index (all of them in one process)."""
+        """The layer units this process holds, by global unit index."""
 
     def parameters(self) -> Iterator[nn.Parameter]:
         for _, unit in sorted(self.local_units().items()):
             yield from unit.parameters()
 
-    def named_parameters(self) -> Iterator[tuple]:
-        """Parameters named `units.<index>.<name>`: the same names in every backend."""
-        for index, unit in sorted(self.local_units().items()):
-            for name, p in unit.named_parameters():
-                yield f"units.{index}.{name}", p
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        yield from named_unit_parameters(self.local_units()).items()
 
     @abstractmethod
     def train_step(self, x: Tensor, y: Tensor) -> StepResult:
-        """Forward and backward of one batch (gradients accumulate; the caller steps)."""
+        """Forward, backward and optimizer step of one batch on every side."""
 
     @abstractmethod
     def eval_step(self, x: Tensor, y: Tensor) -> StepResult:
         """Forward of one batch without gradients."""
 
+    @abstractmethod
     def train(self, mode: bool = True) -> None:
-        for unit in self.local_units().values():
-            unit.train(mode)
+        """Training or evaluation mode of every unit and boundary."""
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Hook for backends with remote stages (they follow the edge's schedule)."""
+    @abstractmethod
+    def start_epoch(self, epoch: int) -> None:
+        """Every side's learning rate for `epoch` (0-based); per-epoch statistics start afresh."""
 
-    def save_remote(self, directory: str, epoch: int) -> List[str]:
-        """Have remote stages save their units; returns the part files written (relative names)."""
-        return []
+    @property
+    @abstractmethod
+    def lr(self) -> float:
+        """The learning rate of the current epoch."""
 
-    def load_remote(self, directory: str, parts: List[str]) -> None:
-        """Have remote stages load their units from a checkpoint's part files."""
+    @abstractmethod
+    def side_stats(self) -> Dict[str, SideStats]:
+        """Per side ('edge', 'cloud', ...) since start_epoch: parameters, peak memory, compute
+        seconds per train step. Figures that other processes measured (their payload bytes and
+        codec quality) are merged into the run's CommMeter here."""
 
-    def reset_stats(self) -> None:
-        """Start the per-batch time averages of side_stats() afresh."""
+    @abstractmethod
+    def state_dict(self) -> Dict[str, Any]:
+        """Every side's units, optimizer, schedule, RNG and codec state (edgesplit.checkpoint)."""
 
-    def side_stats(self) -> Dict[str, Dict[str, float]]:
-        """Per side ('edge', 'cloud'): parameters, peak_memory_bytes, compute_s_per_batch."""
-        return {}
+    @abstractmethod
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Load a checkpoint written by any backend."""
 
     def close(self) -> None:
         """Release processes, threads and process groups."""

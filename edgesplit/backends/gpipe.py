@@ -1,13 +1,10 @@
 """The gpipe backend: torchgpipe's GPipe over [edge_front, cloud stage(s), edge_back] in micro-batches."""
 from typing import Dict
 
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchgpipe import GPipe
 
-from edgesplit.backends.base import StepResult
 from edgesplit.backends.local import LocalBackend
 from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs
@@ -26,21 +23,10 @@ class GPipeBackend(LocalBackend):
                           devices=self.devices, chunks=b.chunks, checkpoint=b.checkpoint,
                           deferred_batch_norm=b.deferred_batch_norm)
         # GPipe keeps the unit objects (deferred BatchNorm swaps only their BatchNorm children)
-        self.partitions = [p for p in self.pipe.partitions]  # type: ignore[misc]
+        self.partitions = list(self.pipe.partitions)  # type: ignore[arg-type]
 
     def train(self, mode: bool = True) -> None:
         self.pipe.train(mode)
 
-    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
-        self._begin()
-        logits = self.pipe(x.to(self.devices[0], non_blocking=True))
-        y = y.to(logits.device)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        return self._finish(logits, y, loss)
-
-    @torch.no_grad()
-    def eval_step(self, x: Tensor, y: Tensor) -> StepResult:
-        logits = self.pipe(x.to(self.devices[0], non_blocking=True))
-        y = y.to(logits.device)
-        return StepResult.of(logits, y, F.cross_entropy(logits, y))
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pipe(x.to(self.devices[0], non_blocking=True))

@@ -1,31 +1,42 @@
-"""What the single-process backends (naive, gpipe) share: partitions, devices, per-side statistics."""
-from typing import Dict, List
+"""What the single-process backends (naive, gpipe) share: partitions, optimizer, state, side stats."""
+from abc import abstractmethod
+from typing import Any, Dict
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from edgesplit.backends.base import Backend, StepResult, peak_memory_bytes
-from edgesplit.backends.stages import boundaries, build_partitions, resolve_devices
+from edgesplit import checkpoint
+from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, peak_memory_bytes
+from edgesplit.backends.stages import build_partitions, resolve_devices
 from edgesplit.backends.timing import SideClock
+from edgesplit.boundary import Boundary
 from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs
+from edgesplit.lr_schedule import Optimization
 from edgesplit.partition import Split
+from edgesplit.run_summary import SideStats
 
 
 class LocalBackend(Backend):
-    """All partitions in this process, each on its device."""
+    """All partitions in this process, each on its device; one optimizer over every unit."""
 
     def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
                  meter: CommMeter) -> None:
         self.split, self.meter, self.clock = split, meter, SideClock()
-        self.partitions = build_partitions(split, codecs, meter, self.clock,
-                                           cfg.compressor.eval_compressed)
+        self.boundaries = [Boundary(name, codecs[name], meter, cfg.compressor.eval_compressed)
+                           for name in ("front", "back")]
+        self.partitions = build_partitions(split, self.boundaries, self.clock)
         self.devices = resolve_devices(cfg.pipeline_backend.devices, len(self.partitions))
         for part, device in zip(self.partitions, self.devices):
             part.to(device)
-        self.boundaries = boundaries(self.partitions)
+        self.optimization = Optimization(named_unit_parameters(self.local_units()), cfg.schedule)
         self.steps = 0
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch through every partition."""
 
     def local_units(self) -> Dict[int, nn.Module]:
         return dict(enumerate(self.split.units))
@@ -34,35 +45,48 @@ class LocalBackend(Backend):
         for part in self.partitions:
             part.train(mode)
 
-    def _begin(self) -> None:
+    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
         for b in self.boundaries:
             b.new_step()
-
-    def _finish(self, logits: Tensor, y: Tensor, loss: Tensor) -> StepResult:
+        self.optimization.zero_grad()
+        logits = self.forward(x)
+        y = y.to(logits.device)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        self.optimization.step()
         self.meter.end_batch()
         self.steps += 1
         return StepResult.of(logits, y, loss)
 
-    def side_devices(self) -> Dict[str, List[torch.device]]:
-        return {"edge": [self.devices[0]], "cloud": self.devices[1:-1]}
+    @torch.no_grad()
+    def eval_step(self, x: Tensor, y: Tensor) -> StepResult:
+        logits = self.forward(x)
+        y = y.to(logits.device)
+        return StepResult.of(logits, y, F.cross_entropy(logits, y))
 
-    def side_stats(self) -> Dict[str, Dict[str, float]]:
-        units = self.split.units
-        params = {
-            "edge": sum(p.numel() for i in self.split.edge_indices for p in units[i].parameters()),
-            "cloud": sum(p.numel() for s in range(len(self.split.cloud_bounds) - 1)
-                         for i in self.split.cloud_range(s) for p in units[i].parameters()),
-        }
-        out = {}
-        for side, devices in self.side_devices().items():
-            peak = max(peak_memory_bytes(d) for d in devices)
-            out[side] = {
-                "parameters": params[side],
-                "peak_memory_bytes": peak,
-                "compute_s_per_batch": self.clock.seconds[side] / max(self.steps, 1),
-            }
-        return out
-
-    def reset_stats(self) -> None:
+    def start_epoch(self, epoch: int) -> None:
+        self.optimization.start_epoch(epoch)
         self.clock.reset()
         self.steps = 0
+
+    @property
+    def lr(self) -> float:
+        return self.optimization.lr
+
+    def side_stats(self) -> Dict[str, SideStats]:
+        units, split = self.split.units, self.split
+        params = {"edge": sum(p.numel() for i in split.edge_indices for p in units[i].parameters()),
+                  "cloud": sum(p.numel() for i in split.cloud_indices for p in units[i].parameters())}
+        devices = {"edge": [self.devices[0]], "cloud": self.devices[1:-1]}
+        return {side: SideStats(parameters=params[side],
+                                peak_memory_bytes=max(peak_memory_bytes(d) for d in devices[side]),
+                                compute_s_per_batch=self.clock.seconds[side] / max(self.steps, 1))
+                for side in ("edge", "cloud")}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return checkpoint.merge([checkpoint.part(checkpoint.EDGE, self.local_units(),
+                                                 self.optimization, self.boundaries)])
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        checkpoint.load_part(state, checkpoint.EDGE, self.local_units(), self.optimization,
+                             self.boundaries)

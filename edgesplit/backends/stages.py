@@ -1,13 +1,11 @@
-"""The partition list shared by the in-process backends: [edge_front, cloud stage(s), edge_back]."""
-from typing import Any, Dict, List
+"""Devices and the partition list of the in-process backends: [edge_front, cloud stage(s), edge_back]."""
+from typing import Any, List
 
 import torch
 from torch import nn
 
 from edgesplit.backends.timing import SideClock, Stamp
-from edgesplit.boundary import Boundary
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.boundary import Boundary, BoundaryLayer
 from edgesplit.errors import ConfigError
 from edgesplit.partition import Split
 
@@ -38,14 +36,13 @@ def resolve_devices(spec: Any, partitions: int) -> List[torch.device]:
     return devices
 
 
-def build_partitions(split: Split, codecs: Dict[str, BoundaryCodecs], meter: CommMeter,
-                     clock: SideClock, eval_compressed: bool) -> List[nn.Sequential]:
-    """Each boundary sits first in the partition that receives, so it sees that partition's input."""
+def build_partitions(split: Split, boundaries: List[Boundary], clock: SideClock) -> List[nn.Sequential]:
+    """[edge_front, cloud stage(s), edge_back]; each boundary sits first in the partition that
+    receives, so it sees that partition's input."""
     def stamped(side: str, *layers: nn.Module) -> nn.Sequential:
         return nn.Sequential(Stamp(clock, side, entry=True), *layers, Stamp(clock, side, entry=False))
 
-    front = Boundary("front", codecs["front"], meter, eval_compressed)
-    back = Boundary("back", codecs["back"], meter, eval_compressed)
+    front, back = (BoundaryLayer(b) for b in boundaries)
     clouds = [list(stage) for stage in split.cloud_stages]
     clouds[0].insert(0, front)
     return [
@@ -53,7 +50,3 @@ def build_partitions(split: Split, codecs: Dict[str, BoundaryCodecs], meter: Com
         *(stamped("cloud", *stage) for stage in clouds),
         stamped("edge", back, *split.edge_back),
     ]
-
-
-def boundaries(partitions: List[nn.Sequential]) -> List[Boundary]:
-    return [m for p in partitions for m in p if isinstance(m, Boundary)]

@@ -46,7 +46,6 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     from edgesplit.data import build_datasets
     from edgesplit.model import build_units
     from edgesplit.partition import split_units
-    from edgesplit.schedule import build_optimizer
 
     cfg = compose_config(overrides)
     if cfg.threads:
@@ -57,7 +56,6 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
     try:
-        optimizer = build_optimizer(backend.parameters(), cfg.schedule)
         data = build_datasets(cfg.data).train
         x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
         y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])
@@ -69,9 +67,7 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
                 backend.reset_stats()
             _sync()
             tic = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
             backend.train_step(x, y)
-            optimizer.step()
             _sync()
             if step >= warmup:
                 times.append(time.perf_counter() - tic)

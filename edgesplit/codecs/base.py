@@ -1,7 +1,7 @@
 """The codec interface: encode(tensor) -> payload (flat uint8 wire form), decode(payload)."""
 import math
 from abc import ABC, abstractmethod
-from typing import Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -31,6 +31,14 @@ class Codec(ABC):
     def support_of(self, payload: Tensor) -> Optional[Tensor]:
         """Bool mask of the positions the payload keeps; None when it keeps all (dense codecs)."""
         return None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What a stateful codec carries from one crossing to the next (tensors and numbers, so
+        a checkpoint holds it); nothing for a stateless one."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what state_dict() returned."""
 
 
 # Elements per chunk on CPU: fp32 scratch of a chunk stays in cache (and no large temporaries

@@ -1,4 +1,4 @@
-"""Pipeline schedules of the dist backend: the order of each stage's micro-batch steps.
+"""Pipeline orders of the remote backend (`pipeline_backend.order`): each stage's micro-batch steps.
 
 The pipeline has S + 2 stages: the edge's front (stage 0), the cloud stages 1..S and the edge's
 back (stage S + 1). A stage's program is a list of steps ('F', i) (forward of micro-batch i) and
@@ -7,7 +7,6 @@ programs: forwards always in increasing micro-batch order, backwards in the prog
 """
 from typing import Dict, List, Tuple
 
-SCHEDULES = ("gpipe", "1f1b")
 
 Step = Tuple[str, int]  # ('F', i) or ('B', i)
 EdgeStep = Tuple[str, str, int]  # ('front' | 'back', 'F' | 'B', i)
@@ -16,19 +15,17 @@ EdgeStep = Tuple[str, str, int]  # ('front' | 'back', 'F' | 'B', i)
 _COST = {"F": 1, "B": 2}
 
 
-def stage_steps(schedule: str, n: int, later: int, train: bool = True) -> List[Step]:
+def stage_steps(order: str, n: int, later: int, train: bool = True) -> List[Step]:
     """The program of a stage with `later` stages after it, for `n` micro-batches.
 
     gpipe: all forwards, then all backwards in reverse order (as torchgpipe).
     1f1b: `later` forwards (warm-up), then one forward and one backward alternately, then the
     remaining backwards; at most `later` + 1 micro-batches are in flight in the stage.
     An eval step (train=False) runs the forwards only."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}: allowed {', '.join(SCHEDULES)}")
     forwards = [("F", i) for i in range(n)]
     if not train:
         return forwards
-    if schedule == "gpipe":
+    if order == "gpipe":
         return forwards + [("B", i) for i in reversed(range(n))]
     warmup = min(later, n)
     steps = forwards[:warmup]
@@ -61,11 +58,11 @@ def start_times(programs: List[List[Step]]) -> Dict[Tuple[int, str, int], int]:
                 pos[k] += 1
                 progress = True
     if any(p < len(program) for p, program in zip(pos, programs)):
-        raise RuntimeError("the pipeline schedule deadlocks")
+        raise RuntimeError("the pipeline order deadlocks")
     return start
 
 
-def edge_steps(schedule: str, n: int, stages: int, train: bool = True) -> List[EdgeStep]:
+def edge_steps(order: str, n: int, stages: int, train: bool = True) -> List[EdgeStep]:
     """The edge's program: its front (stage 0) and back (stage `stages` + 1) merged.
 
     gpipe and eval: all front forwards, the back's forwards (and backwards), then the front's
@@ -73,13 +70,13 @@ def edge_steps(schedule: str, n: int, stages: int, train: bool = True) -> List[E
     which they run side by side, so the edge keeps sending front forwards, and computes losses
     and back gradients, while gradients travel through the cloud stages. Any such merge is a
     valid order: every step starts after the steps it waits for, so no rank waits forever."""
-    front = stage_steps(schedule, n, stages + 1, train)
-    back = stage_steps(schedule, n, 0, train)
-    if schedule == "gpipe" or not train:
+    front = stage_steps(order, n, stages + 1, train)
+    back = stage_steps(order, n, 0, train)
+    if order == "gpipe" or not train:
         return ([("front", op, i) for op, i in front if op == "F"]
                 + [("back", op, i) for op, i in back]
                 + [("front", op, i) for op, i in front if op == "B"])
-    programs = [front] + [stage_steps(schedule, n, stages - s, train)
+    programs = [front] + [stage_steps(order, n, stages - s, train)
                           for s in range(stages)] + [back]
     start = start_times(programs)
     order = sorted([(start[(0, op, i)], 1, "front", op, i) for op, i in front]

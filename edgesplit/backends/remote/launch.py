@@ -1,6 +1,5 @@
 """Start the ranks: cloud stages as local children, or across hosts under torchrun or by role."""
 import ctypes
-import io
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
-from edgesplit.backends.dist.transport import EDGE, rank_name
+from edgesplit.backends.remote.transport import EDGE, rank_name
 from edgesplit.errors import PeerError
 
 JOINED = "edgesplit/joined/"
@@ -108,9 +107,10 @@ def init_group(store: dist.Store, rank: int, world_size: int, timeout_s: float) 
                             timeout=timedelta(seconds=timeout_s))
 
 
-def start_local(stages: int, specs: List[bytes], timeout_s: float, threads: int) -> World:
+def start_local(stages: int, specs: List[str], timeout_s: float, threads: int) -> World:
     """Edge side of a one-machine run: a store on a free loopback port, one child per stage
-    (`python -m edgesplit.backends.dist`, its StageSpec on stdin, this process's sys.path)."""
+    (`python -m edgesplit.backends.remote`, its StageSpec as JSON on stdin, this process's
+    sys.path)."""
     world_size = stages + 1
     store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=timeout_s),
                           wait_for_workers=False)
@@ -119,13 +119,13 @@ def start_local(stages: int, specs: List[bytes], timeout_s: float, threads: int)
     world = World(EDGE, list(range(world_size)), store, timeout_s, children)
     try:
         for s in range(stages):
-            argv = [sys.executable, "-m", "edgesplit.backends.dist", str(s + 1), str(world_size),
+            argv = [sys.executable, "-m", "edgesplit.backends.remote", str(s + 1), str(world_size),
                     "127.0.0.1", str(store.port), str(timeout_s), str(threads)]
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env)
             children.append(proc)
             try:
                 assert proc.stdin is not None
-                proc.stdin.write(specs[s])
+                proc.stdin.write(specs[s].encode())
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # it died at start: _wait_joined names it
@@ -177,8 +177,10 @@ def start_torchrun(role: str, stages: int, timeout_s: float) -> World:
     """Under torchrun: ranks come from the rendezvous; the logical order comes from the roles
     (exactly one edge), not from the rendezvous order."""
     dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout_s))
-    roles: List[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(roles, role)
+    # a tensor, not all_gather_object: nothing a peer sends is unpickled
+    is_edge = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(is_edge, torch.tensor([int(role == "edge")]))
+    roles = ["edge" if int(flag) else "cloud" for flag in is_edge]
     edges = [r for r, x in enumerate(roles) if x == "edge"]
     if len(edges) != 1 or len(roles) != stages + 1:
         raise PeerError(f"torchrun started roles {roles}: need exactly one edge and "
@@ -201,17 +203,6 @@ def stop_children(children: List[Any], grace_s: float) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
-
-
-def serialize(obj: Any) -> bytes:
-    """Deep copy for a child process (not torch.multiprocessing's shared memory)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def deserialize(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), weights_only=False)
 
 
 def fail(world: Optional[World], rank: int, e: BaseException) -> None:

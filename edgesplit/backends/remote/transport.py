@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from edgesplit.backends.dist.link import LinkSpec, ShapedLink
-from edgesplit.backends.dist.protocol import HEADER_BYTES, Header, Kind, tags
+from edgesplit.backends.remote.link import LinkSpec, ShapedLink
+from edgesplit.backends.remote.protocol import HEADER_BYTES, Header, Kind, tags
 from edgesplit.errors import PeerError
 
 EDGE = 0  # logical rank of the edge; cloud stage s (0-based) is logical rank s + 1

@@ -8,8 +8,6 @@ from torch.utils.checkpoint import checkpoint
 from torchgpipe.batchnorm import DeferredBatchNorm
 from torchgpipe.checkpoint import enable_recomputing
 
-CHECKPOINT_MODES = ("always", "except_last", "never")
-
 
 def _recompute_context() -> Tuple[ContextManager, ContextManager]:
     # torchgpipe's DeferredBatchNorm skips statistics while torchgpipe.is_recomputing() is true
@@ -23,9 +21,6 @@ class StageRunner:
 
     def __init__(self, module: nn.Module, checkpoint_mode: str = "except_last",
                  chunks: int = 1, deferred_batch_norm: bool = False) -> None:
-        if checkpoint_mode not in CHECKPOINT_MODES:
-            raise ValueError(f"checkpoint={checkpoint_mode!r}: allowed "
-                             f"{', '.join(CHECKPOINT_MODES)}")
         if deferred_batch_norm:  # in place: the units keep their parameters and buffers
             module = DeferredBatchNorm.convert_deferred_batch_norm(module, chunks)
         self.module = module

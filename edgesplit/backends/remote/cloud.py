@@ -1,0 +1,119 @@
+"""A cloud stage process: its units and optimizer, serving the edge's steps and control messages."""
+from collections import OrderedDict
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from edgesplit import checkpoint
+from edgesplit.backends.base import named_unit_parameters, peak_memory_bytes
+from edgesplit.backends.remote.order import stage_steps
+from edgesplit.backends.remote.ports import LinkIn, LinkOut, StepInfo
+from edgesplit.backends.remote.protocol import (Command, Header, Kind, Op, Reply, pack_state,
+                                                unpack_state)
+from edgesplit.backends.remote.runner import StageRunner
+from edgesplit.backends.remote.spec import StageSpec
+from edgesplit.backends.remote.stage import Stage, run_steps
+from edgesplit.backends.remote.transport import EDGE, Transport
+from edgesplit.boundary import Boundary
+from edgesplit.comm import CommMeter
+from edgesplit.compression import build_codecs
+from edgesplit.errors import PeerError
+from edgesplit.lr_schedule import Optimization
+from edgesplit.run_summary import SideStats
+
+
+class CloudStage:
+    """Cloud stage `spec.stage`: between the stage before (or the edge) and the stage after (or
+    the edge); it counts and measures what it sends on the edge link in its own meter."""
+
+    def __init__(self, spec: StageSpec, transport: Transport) -> None:
+        cfg, b = spec.config, spec.config.pipeline_backend
+        self.spec, self.t, self.device = spec, transport, torch.device(spec.device)
+        self.process = f"cloud_stage{spec.rank}"
+        self.units = {i: u.to(self.device) for i, u in spec.build_units().items()}
+        self.meter = CommMeter()
+        codecs = build_codecs(cfg.compressor)
+        eval_compressed = cfg.compressor.eval_compressed
+        self.inbound = (Boundary("front", codecs["front"], self.meter, eval_compressed)
+                        if spec.stage == 0 else Boundary.raw(f"stage{spec.rank - 1}"))
+        self.outbound = (Boundary("back", codecs["back"], self.meter, eval_compressed)
+                         if spec.last else Boundary.raw(f"stage{spec.rank}"))
+        self.boundaries = [bd for bd in (self.inbound, self.outbound) if bd.meter is not None]
+        module = nn.Sequential(OrderedDict((str(i), u) for i, u in sorted(self.units.items())))
+        runner = StageRunner(module, b.checkpoint, b.chunks, b.deferred_batch_norm)
+        self.up, self.down = spec.rank - 1, (EDGE if spec.last else spec.rank + 1)
+        self.source = LinkIn(transport, self.up, self.inbound, self.device)
+        self.sink = LinkOut(transport, self.down, self.outbound, self.device)
+        self.stage = Stage(runner, self.source, self.sink)
+        self.order = b.order
+        self.optimization = Optimization(named_unit_parameters(self.units), cfg.schedule)
+        self.compute_s, self.steps = 0.0, 0
+
+    # -- steps ---------------------------------------------------------------------------------
+    def step(self, first: Header, payload: Tensor) -> None:
+        """One step whose first micro-batch arrived: the order's forwards (and backwards), then
+        the optimizer step."""
+        info = StepInfo(first.count, first.kind == Kind.FORWARD, first.training)
+        self.stage.module.train(info.training)
+        for b in (self.inbound, self.outbound):
+            b.training = info.training
+            b.new_step()
+        self.stage.begin(info)
+        self.source.prime(first, payload)
+        later = self.spec.stages - self.spec.stage  # the cloud stages after this one + the edge
+        steps = [(self.stage, op, i) for op, i in stage_steps(self.order, info.count, later, info.train)]
+        if info.train:
+            self.optimization.zero_grad()
+        compute = run_steps(steps, self.t)
+        if info.train:
+            self.optimization.step()
+            self.compute_s += compute
+            self.steps += 1
+        self.source.flush()
+        self.sink.flush()
+
+    # -- control -------------------------------------------------------------------------------
+    def control(self, command: Command, blobs: List[bytes]) -> Optional[bytes]:
+        """Carry out a command; returns the blob this stage adds (SAVE) and consumes its own
+        blob (LOAD: the first)."""
+        reply = Reply(stage=self.spec.rank)
+        out = None
+        if command.op == Op.EPOCH:
+            self.optimization.start_epoch(command.epoch)
+            self.meter.reset()
+            self.compute_s, self.steps = 0.0, 0
+        elif command.op == Op.STATS:
+            stats = SideStats(parameters=sum(p.numel() for u in self.units.values() for p in u.parameters()),
+                              peak_memory_bytes=peak_memory_bytes(self.device),
+                              compute_s_per_batch=self.compute_s / max(self.steps, 1))
+            reply.side, reply.meter = vars(stats), self.meter.state()
+        elif command.op == Op.SAVE:
+            out = pack_state(checkpoint.part(self.process, self.units, self.optimization,
+                                             self.boundaries))
+        elif command.op == Op.LOAD:
+            if not blobs:
+                raise PeerError(f"cloud rank {self.spec.rank}: a load command without its state")
+            checkpoint.load_part(unpack_state(blobs.pop(0)), self.process, self.units,
+                                 self.optimization, self.boundaries)
+        command.replies.append(reply)
+        return out
+
+    def serve(self) -> None:
+        """Run until the edge says stop; a lost peer raises PeerError."""
+        while True:
+            header, payload = self.t.recv(self.up)
+            if header.kind in (Kind.FORWARD, Kind.EVAL):
+                self.step(header, payload)
+                continue
+            if header.kind != Kind.CONTROL:
+                raise PeerError(f"cloud rank {self.spec.rank} got {header.kind.name} from "
+                                f"{self.t.name(self.up)} between steps: protocol out of sync")
+            command, blobs = Command.unpack(payload)
+            added = self.control(command, blobs)
+            if added is not None:
+                blobs.append(added)
+            kind = Kind.REPLY if self.spec.last else Kind.CONTROL
+            self.t.wait_sent([self.t.send(self.down, Header(kind), command.pack(blobs))], self.down)
+            if command.op == Op.STOP:
+                return

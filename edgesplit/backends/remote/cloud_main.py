@@ -1,0 +1,81 @@
+"""Entry points of a cloud process: a child the edge started on this machine, or a host's
+`pipeline_backend.role=cloud`."""
+import os
+import shutil
+import sys
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from edgesplit.backends.remote import launch
+from edgesplit.backends.remote.cloud import CloudStage
+from edgesplit.backends.remote.link import LinkSpec
+from edgesplit.backends.remote.protocol import Kind
+from edgesplit.backends.remote.spec import StageSpec
+from edgesplit.backends.remote.transport import EDGE, Transport
+
+
+def _serve(world: launch.World, spec: StageSpec) -> None:
+    link = LinkSpec.from_config(spec.config.pipeline_backend.link)
+    transport = Transport(world.rank, world.global_ranks, world.timeout_s, link, world.diagnose)
+    try:
+        CloudStage(spec, transport).serve()
+    finally:
+        transport.close()
+
+
+def child_main(rank: int, world_size: int, host: str, port: int, spec_json: str,
+               timeout_s: float, threads: int) -> None:
+    """A cloud rank that the edge started on this machine (see __main__.py)."""
+    launch.die_with_parent()
+    torch.set_num_threads(threads)
+    world = None
+    try:
+        spec = StageSpec.from_json(spec_json)
+        world = launch.connect_local(rank, world_size, host, port, timeout_s)
+        _serve(world, spec)
+    except BaseException as e:
+        launch.fail(world, rank, e)
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def drop_output_dir(path: Optional[str]) -> None:
+    """Remove the output dir that Hydra made for a cloud process, if it holds only Hydra's own
+    files (.hydra/, *.log): the edge writes the run dir."""
+    if not path or not os.path.isdir(path):
+        return
+    if all(name == ".hydra" or name.endswith(".log") for name in os.listdir(path)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_cloud(cfg: Any, hydra_output_dir: Optional[str] = None) -> None:
+    """The cloud role on its own host (pipeline_backend.role=cloud): join the edge, take its
+    stage spec (the edge's config), serve until it stops. Raises PeerError when the edge is lost."""
+    drop_output_dir(hydra_output_dir)
+    b = cfg.pipeline_backend
+    stages = int(cfg.partition.cloud_stages)
+    threads = launch.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                                      cfg.get("threads"))
+    torch.set_num_threads(threads)
+    world = None
+    try:
+        if launch.under_torchrun():
+            world = launch.start_torchrun("cloud", stages, float(b.timeout_s))
+        else:
+            world = launch.start_by_role("cloud", stages, b.master_addr, int(b.master_port),
+                                         float(b.timeout_s))
+        t = Transport(world.rank, world.global_ranks, world.timeout_s, LinkSpec(), world.diagnose)
+        _, payload = t.recv(EDGE, Kind.CONTROL)
+        t.close()
+        _serve(world, StageSpec.from_json(payload.numpy().tobytes().decode()))
+    except BaseException as e:
+        if world is not None:
+            world.report_error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,237 @@
+"""The edge process of the remote backend (`pipeline_backend=dist`): front and back units, loss,
+the order of steps, and the cloud stages' control (epochs, stats, state)."""
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from edgesplit import checkpoint
+from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, peak_memory_bytes
+from edgesplit.backends.remote import launch
+from edgesplit.backends.remote.link import LinkSpec
+from edgesplit.backends.remote.order import edge_steps
+from edgesplit.backends.remote.ports import Inputs, LinkIn, LinkOut, Loss, StepInfo
+from edgesplit.backends.remote.protocol import Command, Header, Kind, Op, pack_state, unpack_state
+from edgesplit.backends.remote.runner import StageRunner
+from edgesplit.backends.remote.spec import StageSpec
+from edgesplit.backends.remote.stage import Stage, run_steps
+from edgesplit.backends.remote.transport import EDGE, Transport
+from edgesplit.backends.stages import resolve_devices
+from edgesplit.boundary import Boundary
+from edgesplit.comm import CommMeter
+from edgesplit.compression import BoundaryCodecs
+from edgesplit.errors import ConfigError
+from edgesplit.lr_schedule import Optimization
+from edgesplit.partition import Split
+from edgesplit.run_summary import SideStats
+
+
+class RemoteBackend(Backend):
+    """The edge side; the cloud stages run in their own processes (cloud.py, launched by launch.py)."""
+
+    name = "dist"
+
+    def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
+                 meter: CommMeter) -> None:
+        b = cfg.pipeline_backend
+        if b.role == "cloud":
+            raise ConfigError("pipeline_backend.role=cloud serves an edge (train.py does so by "
+                              "itself); it does not run the training loop")
+        self.meter, self.split, self.order = meter, split, b.order
+        self.stages = len(split.cloud_bounds) - 1
+        self.chunks, self.timeout_s = int(b.chunks), float(b.timeout_s)
+        devices = resolve_devices(b.devices, self.stages + 2)
+        self.device = devices[0]
+        self._units = {i: split.units[i].to(self.device) for i in split.edge_indices}
+        eval_compressed = cfg.compressor.eval_compressed
+        self.boundaries = [Boundary(name, codecs[name], meter, eval_compressed)
+                           for name in ("front", "back")]
+        mode, dbn = b.checkpoint, b.deferred_batch_norm
+        self.front = StageRunner(split.edge_front, mode, self.chunks, dbn)
+        self.back = StageRunner(split.edge_back, mode, self.chunks, dbn)
+        self.optimization = Optimization(named_unit_parameters(self._units), cfg.schedule)
+        self.healthy, self.closed = False, False
+        self.compute_s, self.steps = 0.0, 0
+        self.world = self._launch(cfg, split, [str(d) for d in devices[1:-1]])
+        self.t = Transport(EDGE, self.world.global_ranks, self.timeout_s,
+                           LinkSpec.from_config(b.link), self.world.diagnose)
+        self.to_cloud = LinkOut(self.t, 1, self.boundaries[0], self.device)
+        self.from_cloud = LinkIn(self.t, self.stages, self.boundaries[1], self.device)
+        try:
+            if not self.world.children:  # across hosts: the cloud processes take the edge's config
+                for spec in self._specs(cfg, split, [str(d) for d in devices[1:-1]]):
+                    text = torch.frombuffer(bytearray(spec.to_json().encode()), dtype=torch.uint8)
+                    self.t.wait_sent([self.t.send(spec.rank, Header(Kind.CONTROL), text)], spec.rank)
+            self.healthy = True
+            # the cloud's units start from the edge's: one initialisation, wherever it came from
+            cloud = {i: split.units[i] for i in split.cloud_indices}
+            self._load_cloud({"units": {i: checkpoint.unit_state(u) for i, u in cloud.items()},
+                              "optimizer": {}})
+        except BaseException:
+            self.close()
+            raise
+
+    def _specs(self, cfg: DictConfig, split: Split, devices: List[str]) -> List[StageSpec]:
+        container = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(container, dict)
+        return [StageSpec(s, self.stages, list(split.cloud_range(s)), int(cfg.model.num_classes),
+                          devices[s], container) for s in range(self.stages)]
+
+    def _launch(self, cfg: DictConfig, split: Split, devices: List[str]) -> launch.World:
+        b = cfg.pipeline_backend
+        local = b.role is None and not launch.under_torchrun()
+        # Local ranks share this host's cores: the cloud stages, which hold most of the compute,
+        # split all of them; the edge (a few units, mostly waiting on the link) takes its share.
+        torch.set_num_threads(launch.threads_per_rank(self.stages + 1 if local else 1, cfg.threads))
+        if local:
+            specs = [spec.to_json() for spec in self._specs(cfg, split, devices)]
+            return launch.start_local(self.stages, specs, self.timeout_s,
+                                      launch.threads_per_rank(self.stages, cfg.threads))
+        if launch.under_torchrun():
+            return launch.start_torchrun("edge", self.stages, self.timeout_s)
+        return launch.start_by_role("edge", self.stages, b.master_addr, int(b.master_port),
+                                    self.timeout_s)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def local_units(self) -> Dict[int, nn.Module]:
+        return dict(self._units)
+
+    def train(self, mode: bool = True) -> None:
+        """The edge's units now; the cloud's with the next step (its headers carry the mode)."""
+        self.front.module.train(mode)
+        self.back.module.train(mode)
+        for b in self.boundaries:
+            b.training = mode
+
+    def _guard(self, fn: Any, *args: Any) -> Any:
+        if not self.healthy:
+            raise RuntimeError("the dist backend is closed or lost a peer")
+        try:
+            return fn(*args)
+        except BaseException:
+            self.healthy = False
+            raise
+
+    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
+        return self._guard(self._step, x, y, True)
+
+    def eval_step(self, x: Tensor, y: Tensor) -> StepResult:
+        with torch.no_grad():
+            return self._guard(self._step, x, y, False)
+
+    def _step(self, x: Tensor, y: Tensor, train: bool) -> StepResult:
+        """One step in the order of edge_steps; sends never block."""
+        x, y = x.to(self.device), y.to(self.device)
+        xs, ys = list(x.chunk(self.chunks)), list(y.chunk(self.chunks))
+        info = StepInfo(len(xs), train, self.front.module.training)
+        loss = Loss(ys)
+        stages = {"front": Stage(self.front, Inputs(xs), self.to_cloud),
+                  "back": Stage(self.back, self.from_cloud, loss)}
+        for stage in stages.values():
+            stage.begin(info)
+        if train:
+            for b in self.boundaries:
+                b.new_step()
+            self.optimization.zero_grad()
+        steps = [(stages[part], op, i) for part, op, i in edge_steps(self.order, info.count,
+                                                                     self.stages, train)]
+        compute = run_steps(steps, self.t)
+        self.to_cloud.flush()
+        self.from_cloud.flush()
+        if train:
+            self.optimization.step()
+            self.compute_s += compute
+            self.steps += 1
+            self.meter.end_batch()
+        return StepResult.of(torch.cat([loss.logits[i] for i in range(info.count)]), y, loss.mean())
+
+    # -- control -------------------------------------------------------------------------------
+    def _control(self, command: Command, blobs: Optional[List[bytes]] = None) -> Tuple[Command, List[bytes]]:
+        """Send a command through the cloud stages in order; the last one answers for all."""
+        def go() -> Tuple[Command, List[bytes]]:
+            self.t.wait_sent([self.t.send(1, Header(Kind.CONTROL), command.pack(blobs))], 1)
+            _, payload = self.t.recv(self.stages, Kind.REPLY)
+            return Command.unpack(payload)
+        return self._guard(go)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.optimization.start_epoch(epoch)
+        self.compute_s, self.steps = 0.0, 0
+        self._control(Command(Op.EPOCH, epoch))
+
+    @property
+    def lr(self) -> float:
+        return self.optimization.lr
+
+    def side_stats(self) -> Dict[str, SideStats]:
+        """The edge's stats, and each cloud stage's; the cloud's payload counts and codec
+        figures (of what it sent) join this run's meter."""
+        edge = SideStats(parameters=sum(p.numel() for p in self.parameters()),
+                         peak_memory_bytes=peak_memory_bytes(self.device),
+                         compute_s_per_batch=self.compute_s / max(self.steps, 1))
+        reply, _ = self._control(Command(Op.STATS))
+        out = {"edge": edge}
+        for r in reply.replies:
+            assert r.side is not None and r.meter is not None
+            out[f"cloud_stage{r.stage}"] = SideStats(**r.side)
+            self.meter.merge(r.meter)
+        stages = [out[f"cloud_stage{s + 1}"] for s in range(self.stages)]
+        out["cloud"] = SideStats(parameters=sum(s.parameters for s in stages),
+                                 peak_memory_bytes=max(s.peak_memory_bytes for s in stages),
+                                 compute_s_per_batch=sum(s.compute_s_per_batch for s in stages),
+                                 processes=len(stages))
+        return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The edge's part and every cloud stage's, which travel to the edge: one checkpoint
+        on the edge's disk, across hosts too."""
+        _, blobs = self._control(Command(Op.SAVE))
+        parts = [unpack_state(blob) for blob in blobs]
+        return checkpoint.merge([checkpoint.part(checkpoint.EDGE, self._units, self.optimization,
+                                                 self.boundaries), *parts])
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        missing = [i for i in range(self.split.num_units) if i not in state["units"]]
+        if missing:
+            raise checkpoint.CheckpointError(f"the checkpoint holds no state for layer units "
+                                             f"{missing}: it was written for another model")
+        checkpoint.load_part(state, checkpoint.EDGE, self._units, self.optimization,
+                             self.boundaries)
+        self._load_cloud(state)
+
+    def _load_cloud(self, state: Dict[str, Any]) -> None:
+        """Each cloud stage gets the state of its own units and parameters (and the per-process
+        slots, which are small)."""
+        blobs = []
+        for s in range(self.stages):
+            indices = list(self.split.cloud_range(s))
+            prefixes = tuple(f"units.{i}." for i in indices)
+            blobs.append(pack_state({
+                "units": {i: state["units"][i] for i in indices},
+                "optimizer": {k: v for k, v in state["optimizer"].items() if k.startswith(prefixes)},
+                **{k: state.get(k) or {} for k in checkpoint.PER_PROCESS},
+            }))
+        self._control(Command(Op.LOAD), blobs)
+
+    def close(self) -> None:
+        """Stop the cloud ranks (politely if healthy), reap the children, free the group."""
+        if self.closed:
+            return
+        self.closed = True
+        world = getattr(self, "world", None)
+        try:
+            if self.healthy:
+                try:
+                    self._control(Command(Op.STOP))
+                except Exception:
+                    pass
+            self.healthy = False
+        finally:
+            if world is not None:
+                launch.stop_children(world.children, grace_s=5.0 if world.children else 0)
+            if hasattr(self, "t"):
+                self.t.close()
+            if dist.is_initialized():
+                dist.destroy_process_group()

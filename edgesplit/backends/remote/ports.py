@@ -1,0 +1,147 @@
+"""Where a stage's micro-batches come from and go to: the batch, a link, the loss.
+
+A source hands a stage its input and takes the input's gradient back; a sink takes the stage's
+output and runs its backward. On a link both ends call the same Boundary (encode, count, measure
+at the sender; decode at the receiver); between cloud stages the boundary is a raw one."""
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from edgesplit.backends.remote.protocol import HEADER_BYTES, Header, Kind
+from edgesplit.backends.remote.transport import SendHandle, Transport
+from edgesplit.boundary import Boundary
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One step as every stage sees it: micro-batches, gradients or not, module mode."""
+    count: int
+    train: bool  # a train step (forward and backward) or an eval step (forward only)
+    training: bool  # the modules' mode (an eval step of a model in training mode is possible)
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.FORWARD if self.train else Kind.EVAL
+
+
+class Source(ABC):
+    def begin(self, step: StepInfo) -> None:
+        self.step = step
+
+    @abstractmethod
+    def receive(self, i: int) -> Tensor:
+        """Input of micro-batch i."""
+
+    def send_gradient(self, i: int, grad: Optional[Tensor]) -> None:
+        """The gradient of micro-batch i's input (nothing to do for the batch itself)."""
+
+
+class Sink(ABC):
+    def begin(self, step: StepInfo) -> None:
+        self.step = step
+
+    @abstractmethod
+    def send(self, i: int, y: Tensor) -> None:
+        """Output of micro-batch i."""
+
+    @abstractmethod
+    def backward(self, i: int, y: Tensor) -> None:
+        """Backward from micro-batch i's output."""
+
+
+class Inputs(Source):
+    """The edge's batch, cut into micro-batches."""
+
+    def __init__(self, chunks: List[Tensor]) -> None:
+        self.chunks = chunks
+
+    def receive(self, i: int) -> Tensor:
+        return self.chunks[i]
+
+
+class Loss(Sink):
+    """The edge's labels: each micro-batch's loss scaled by its share of the batch, so the
+    gradients are those of the whole batch's mean loss (as GPipe's)."""
+
+    def __init__(self, labels: List[Tensor]) -> None:
+        self.labels = labels
+        self.batch = sum(y.numel() for y in labels)
+        self.logits: Dict[int, Tensor] = {}
+        self.losses: Dict[int, Tensor] = {}
+
+    def send(self, i: int, y: Tensor) -> None:
+        self.losses[i] = F.cross_entropy(y, self.labels[i].to(y.device))
+        self.logits[i] = y.detach()
+
+    def backward(self, i: int, y: Tensor) -> None:
+        (self.losses[i] * (self.labels[i].numel() / self.batch)).backward()
+
+    def mean(self) -> Tensor:
+        return sum(self.losses[i].detach() * (y.numel() / self.batch)
+                   for i, y in enumerate(self.labels))  # type: ignore[return-value]
+
+
+class _Link:
+    """One end of a link to `peer`: sends go out without blocking and are awaited by flush()."""
+
+    def __init__(self, transport: Transport, peer: int, boundary: Boundary,
+                 device: torch.device) -> None:
+        self.t, self.peer, self.boundary, self.device = transport, peer, boundary, device
+        self.supports: Dict[int, Optional[Tensor]] = {}
+        self.pending: List[SendHandle] = []
+
+    def _send(self, pass_: str, header: Header, payload: Tensor) -> None:
+        self.boundary.add_overhead(pass_, HEADER_BYTES)
+        self.pending.append(self.t.send(self.peer, header, payload))
+
+    def flush(self) -> None:
+        self.t.wait_sent(self.pending, self.peer)
+
+
+class LinkIn(_Link, Source):
+    """Activations from the stage before; their gradients go back to it."""
+
+    def __init__(self, transport: Transport, peer: int, boundary: Boundary,
+                 device: torch.device) -> None:
+        super().__init__(transport, peer, boundary, device)
+        self.first: Optional[Tuple[Header, Tensor]] = None
+
+    def prime(self, header: Header, payload: Tensor) -> None:
+        """Micro-batch 0, already received by the loop that waits for the next step."""
+        self.first = (header, payload)
+
+    def receive(self, i: int) -> Tensor:
+        if i == 0 and self.first is not None:
+            _, payload = self.first
+            self.first = None
+        else:
+            _, payload = self.t.recv(self.peer, self.step.kind, i)
+        x = self.boundary.receive("forward", payload).to(self.device)
+        if self.step.train:
+            self.supports[i] = self.boundary.support(payload)
+            x.requires_grad_(True)
+        return x
+
+    def send_gradient(self, i: int, grad: Optional[Tensor]) -> None:
+        assert grad is not None, "the input of a cloud stage requires a gradient"
+        payload = self.boundary.send("backward", grad, self.supports.pop(i))
+        self._send("backward", Header(Kind.BACKWARD, i, self.step.count), payload)
+
+
+class LinkOut(_Link, Sink):
+    """Activations to the stage after; their gradients come back from it."""
+
+    def send(self, i: int, y: Tensor) -> None:
+        payload = self.boundary.send("forward", y)
+        if self.step.train:
+            self.supports[i] = self.boundary.support(payload)
+        self._send("forward", Header(self.step.kind, i, self.step.count,
+                                     training=self.step.training), payload)
+
+    def backward(self, i: int, y: Tensor) -> None:
+        _, payload = self.t.recv(self.peer, Kind.BACKWARD, i)
+        y.backward(self.boundary.receive("backward", payload, self.supports.pop(i)).to(y.device))

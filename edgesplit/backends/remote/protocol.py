@@ -1,0 +1,154 @@
+"""The wire protocol of the remote backend: message headers, typed control messages, state blobs.
+
+Data only: headers are int64 fields, control messages JSON, unit state `torch.save` bytes read back
+with `weights_only=True`. Nothing that arrives is unpickled."""
+import io
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from enum import Enum, IntEnum
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+# Every payload is preceded by one header message of HEADER_FIELDS int64 values:
+# [kind | training << 8, micro-batch index, micro-batch count, payload bytes].
+# So each payload on the link costs HEADER_BYTES of transport overhead.
+HEADER_FIELDS = 4
+HEADER_BYTES = HEADER_FIELDS * 8
+MAX_PAYLOAD_BYTES = 1 << 34  # 16 GiB: a header declaring more is corrupt or hostile
+# Tags keep the message streams of a pair apart: headers and payloads, and the pipeline's two
+# directions (gradients apart from activations and control), so each stream is matched in order
+# whatever the order of steps interleaves (1F1B sends both ways on one link when there is one stage).
+HEADER_TAG = 1
+PAYLOAD_TAG = 2
+GRAD_HEADER_TAG = 3
+GRAD_PAYLOAD_TAG = 4
+
+
+class Kind(IntEnum):
+    FORWARD = 1  # activation of a train step (the receiver keeps the graph)
+    EVAL = 2  # activation of an eval step (no gradients)
+    BACKWARD = 3  # gradient of a train step
+    CONTROL = 4  # a Command, edge -> cloud stages in order
+    REPLY = 5  # the last cloud stage's Command with every stage's reply, back to the edge
+
+
+@dataclass(frozen=True)
+class Header:
+    kind: Kind
+    index: int = 0
+    count: int = 1
+    nbytes: int = 0
+    training: bool = True
+
+    def to_tensor(self) -> Tensor:
+        word = int(self.kind) | (int(self.training) << 8)
+        return torch.tensor([word, self.index, self.count, self.nbytes], dtype=torch.int64)
+
+    @staticmethod
+    def from_tensor(t: Tensor) -> "Header":
+        word, index, count, nbytes = (int(v) for v in t.tolist())
+        try:
+            kind = Kind(word & 0xFF)
+        except ValueError:
+            raise ValueError(f"corrupt header {t.tolist()}: unknown message kind {word & 0xFF}") from None
+        if not (0 <= index < count and 0 <= nbytes <= MAX_PAYLOAD_BYTES and word >> 9 == 0):
+            raise ValueError(f"corrupt header {t.tolist()}: need 0 <= index < count, "
+                             f"0 <= bytes <= {MAX_PAYLOAD_BYTES}")
+        return Header(kind, index, count, nbytes, bool(word >> 8 & 1))
+
+    @staticmethod
+    def empty() -> Tensor:
+        return torch.zeros(HEADER_FIELDS, dtype=torch.int64)
+
+
+def tags(kind: Optional[Kind]) -> Tuple[int, int]:
+    """(header tag, payload tag) of the stream that carries messages of `kind`."""
+    if kind == Kind.BACKWARD:
+        return GRAD_HEADER_TAG, GRAD_PAYLOAD_TAG
+    return HEADER_TAG, PAYLOAD_TAG
+
+
+class Op(str, Enum):
+    """What a control message asks of every cloud stage, in pipeline order."""
+    EPOCH = "epoch"  # start epoch `epoch`: learning rate, statistics afresh
+    STATS = "stats"  # reply with side stats and the meter's figures
+    SAVE = "save"  # reply with this stage's checkpoint part (a blob)
+    LOAD = "load"  # load the first blob (this stage's part), pass the rest on
+    STOP = "stop"
+
+
+@dataclass
+class Reply:
+    """One cloud stage's answer to a command."""
+    stage: int  # 1-based
+    side: Optional[Dict[str, Any]] = None  # SideStats fields (STATS)
+    meter: Optional[Dict[str, Any]] = None  # CommMeter.state() (STATS)
+
+
+@dataclass
+class Command:
+    op: Op
+    epoch: int = 0
+    replies: List[Reply] = field(default_factory=list)
+
+    def pack(self, blobs: Optional[List[bytes]] = None) -> Tensor:
+        body = {"op": self.op.value, "epoch": self.epoch, "replies": [asdict(r) for r in self.replies]}
+        return pack_message(body, blobs or [])
+
+    @staticmethod
+    def unpack(payload: Tensor) -> Tuple["Command", List[bytes]]:
+        body, blobs = unpack_message(payload)
+        try:
+            command = Command(Op(body["op"]), int(body["epoch"]),
+                              [Reply(**r) for r in body["replies"]])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed control message: {type(e).__name__}: {e}") from None
+        return command, blobs
+
+
+_MAGIC = b"ESM1"
+_U64 = struct.Struct("<Q")
+
+
+def pack_message(body: Dict[str, Any], blobs: List[bytes]) -> Tensor:
+    """[magic][u64 length, JSON body][u64 count][u64 length, blob]... as a uint8 tensor."""
+    text = json.dumps(body, allow_nan=False).encode()
+    parts = [_MAGIC, _U64.pack(len(text)), text, _U64.pack(len(blobs))]
+    for blob in blobs:
+        parts += [_U64.pack(len(blob)), blob]
+    return torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)
+
+
+def unpack_message(payload: Tensor) -> Tuple[Dict[str, Any], List[bytes]]:
+    data = payload.numpy().tobytes()
+    if data[:4] != _MAGIC:
+        raise ValueError("malformed control message: bad magic")
+    pos = 4
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if n > len(data) - pos:
+            raise ValueError(f"malformed control message: a field declares {n} bytes, "
+                             f"{len(data) - pos} follow")
+        pos += n
+        return data[pos - n:pos]
+
+    body = json.loads(take(_U64.unpack(take(8))[0]))
+    if not isinstance(body, dict):
+        raise ValueError("malformed control message: the body is not a JSON object")
+    blobs = [take(_U64.unpack(take(8))[0]) for _ in range(_U64.unpack(take(8))[0])]
+    return body, blobs
+
+
+def pack_state(state: Dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def unpack_state(blob: bytes) -> Dict[str, Any]:
+    """Tensors, numbers, strings and containers only: `weights_only=True` runs no code."""
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)

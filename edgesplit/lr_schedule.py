@@ -1,0 +1,74 @@
+"""The optimizer and the seed's per-epoch LR schedule of one side's parameters, the same on every side."""
+import warnings
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.optim.lr_scheduler import ChainedScheduler, CosineAnnealingLR, LinearLR, LRScheduler
+
+
+def build_optimizer(params: Any, cfg: DictConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig) -> LRScheduler:
+    """lr(e) = lr * (1 + cos(pi e / epochs)) / 2 * min(1, (e + 1) / warmup); stepped once per epoch."""
+    schedulers: list = []
+    if cfg.warmup_epochs > 1:
+        schedulers.append(LinearLR(optimizer, start_factor=1 / cfg.warmup_epochs, end_factor=1.0,
+                                   total_iters=cfg.warmup_epochs - 1))
+    schedulers.append(CosineAnnealingLR(optimizer, T_max=cfg.epochs))
+    return ChainedScheduler(schedulers, optimizer=optimizer)
+
+
+class Optimization:
+    """SGD over named parameters (`units.<i>.<name>`) and its LR schedule, followed by epoch.
+
+    Every process of a run (the trainer's backend, each cloud stage) holds one; `start_epoch`
+    steps the schedule to the epoch, so a resumed run's rates equal an uninterrupted run's."""
+
+    def __init__(self, named: Mapping[str, nn.Parameter], cfg: DictConfig) -> None:
+        self.named = dict(named)
+        self.optimizer = build_optimizer(list(self.named.values()), cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.epoch = 0
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def start_epoch(self, epoch: int) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for _ in range(epoch - self.epoch):
+                self.scheduler.step()
+        self.epoch = max(self.epoch, epoch)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Per-parameter state by parameter name (any backend's split loads it), on the CPU."""
+        params: Dict[str, Any] = {}
+        for name, p in self.named.items():
+            if p in self.optimizer.state:
+                params[name] = {k: v.detach().cpu().clone() if torch.is_tensor(v) else v
+                                for k, v in self.optimizer.state[p].items()}
+        # the schedule is a function of the config and the epoch: its state is where it is
+        return {"optimizer": params,
+                "lr_scheduler": {"epoch": self.epoch, "last_lr": self.scheduler.get_last_lr()}}
+
+    def load_state_dict(self, params: Mapping[str, Any], scheduler: Optional[Mapping[str, Any]]) -> None:
+        """Load the state of this side's parameters from `params` (which may hold other sides'),
+        and replay the schedule to its epoch (from this run's config, so a schedule changed on
+        purpose at resume takes effect)."""
+        for name, p in self.named.items():
+            if name in params:
+                self.optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v
+                                           for k, v in params[name].items()}
+        if scheduler is not None:
+            self.start_epoch(int(scheduler["epoch"]))
