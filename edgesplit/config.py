@@ -123,10 +123,12 @@ class BackendConfig:
 
 @dataclass
 class DistConfig(BackendConfig):
+    name: str = "dist"
     link: LinkConfig = field(default_factory=LinkConfig)
+    # where the edge listens for role=edge/cloud without torchrun (torchrun brings its own rendezvous)
     master_addr: str = "127.0.0.1"
     master_port: int = 29533
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # the longest silence tolerated from a peer (and the time one gets to connect)
     role: Optional[str] = None  # edge | cloud (under torchrun); null = start every rank locally
     order: str = "gpipe"  # gpipe | 1f1b: the order of micro-batch forwards and backwards
 

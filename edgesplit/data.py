@@ -143,7 +143,8 @@ class SyntheticImages(Dataset):
 
 
 def synthetic(train_size: Optional[int] = None, val_size: Optional[int] = None) -> Datasets:
-    """Generated at exactly train_size/val_size samples (null = 4096/1024); sample i is the same at any size."""
+    """Generated at exactly train_size/val_size samples (null = 4096/1024); sample i is the same at
+    any size."""
     g = torch.Generator().manual_seed(SYNTHETIC_SEED)
     coarse = torch.randn(NUM_CLASSES, 3, 4, 4, generator=g)
     patterns = F.interpolate(coarse, size=IMAGE_SHAPE[1:], mode="bilinear", align_corners=False)

@@ -98,5 +98,6 @@ def check_num_classes(units: List[nn.Module], num_classes: int, input_shape: Tup
         raise ConfigError(f"model._target_: one sample of the dataset's shape {tuple(input_shape)} does not "
                           f"pass through the units: {' '.join(str(e).split())}") from None
     if tuple(x.shape) != (1, num_classes):
-        raise ConfigError(f"model._target_: the model outputs shape {tuple(x.shape[1:])} per sample but the "
-                          f"dataset has {num_classes} classes: its last unit must output {num_classes} logits")
+        raise ConfigError(f"model._target_: the model outputs shape {tuple(x.shape[1:])} per sample but "
+                          f"the dataset has {num_classes} classes: its last unit must output {num_classes} "
+                          "logits")
