@@ -1,32 +1,49 @@
 """Structured-config schema of every config group, registered in Hydra's ConfigStore, and range checks."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, UserError
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mobilenetv2"
+    """`_target_` returns the list of layer units; it is called with num_classes and the other keys."""
+    _target_: str = MISSING
     width: float = 1.0
-    num_classes: int = 10
+    num_classes: Optional[int] = None  # null = the dataset's
 
 
 @dataclass
-class DataConfig:
-    name: str = MISSING  # cifar10 | digits | synthetic
-    root: str = "data"
-    download: bool = True
+class LoaderConfig:
+    """The data keys the trainer reads; `_target_` is called with every other key of `data`."""
+    name: str = MISSING  # the option's label in logs, HParams and reports
     batch_size: int = 1024
     eval_batch_size: Optional[int] = None  # null = batch_size
+    num_workers: int = 2
+
+
+LOADER_KEYS = frozenset(f.name for f in fields(LoaderConfig))
+
+
+@dataclass
+class DataConfig(LoaderConfig):
+    """`_target_` returns edgesplit.data.Datasets, cut to the first train_size/val_size samples."""
+    _target_: str = MISSING
     train_size: Optional[int] = None  # null = whole split
     val_size: Optional[int] = None
-    num_workers: int = 2
+
+
+@dataclass
+class CifarConfig(DataConfig):
+    root: str = "data"
+    download: bool = True
     augment: bool = True
 
 
@@ -96,8 +113,8 @@ class LinkConfig:
 
 @dataclass
 class BackendConfig:
-    _target_: str = MISSING  # a subclass of edgesplit.backends.Backend
-    name: str = MISSING  # naive | gpipe | dist
+    _target_: str = MISSING  # the Backend class
+    name: str = MISSING  # naive | gpipe | dist: the label in summary.json and reports
     chunks: int = 4
     devices: Any = "auto"  # 'auto' or a list such as [cpu, cpu, cpu] / [0, 1, 0]
     checkpoint: str = "except_last"  # always | except_last | never
@@ -108,11 +125,12 @@ class BackendConfig:
 class DistConfig(BackendConfig):
     name: str = "dist"
     link: LinkConfig = field(default_factory=LinkConfig)
+    # where the edge listens for role=edge/cloud without torchrun (torchrun brings its own rendezvous)
     master_addr: str = "127.0.0.1"
     master_port: int = 29533
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # the longest silence tolerated from a peer (and the time one gets to connect)
     role: Optional[str] = None  # edge | cloud (under torchrun); null = start every rank locally
-    order: str = "gpipe"  # gpipe | 1f1b
+    order: str = "gpipe"  # gpipe | 1f1b: the order of micro-batch forwards and backwards
 
 
 @dataclass
@@ -127,7 +145,6 @@ class Config:
     resume: bool = False
     threads: Optional[int] = None  # torch threads; null = torch's default
     log_every: int = 10  # steps between console log lines
-    experiment_name: str = "default"
     hparam_keys: List[str] = field(default_factory=list)  # extra keys shown in TensorBoard's HParams
 
 
@@ -137,6 +154,7 @@ def register_configs() -> None:
     cs.store(name="schema", node=Config)
     cs.store(group="model", name="schema", node=ModelConfig)
     cs.store(group="data", name="schema", node=DataConfig)
+    cs.store(group="data", name="schema_cifar10", node=CifarConfig)
     cs.store(group="partition", name="schema", node=PartitionConfig)
     cs.store(group="schedule", name="schema", node=ScheduleConfig)
     cs.store(group="compressor", name="schema_none", node=NoCompressorConfig)
@@ -157,9 +175,22 @@ def compose_config(overrides: List[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
-BACKENDS = ("naive", "gpipe", "dist")
-DATASETS = ("cifar10", "digits", "synthetic")
+def instantiate_target(spec: Any, key: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate(spec, **kwargs); a UserError of the target passes through, any other
+    failure (import, arguments, the call) is a one-line ConfigError naming `key`."""
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        cause = e.__cause__ if e.__cause__ is not None else e
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        raise ConfigError(f"{key}={spec['_target_']!r} cannot be built: {reason}") from None
+
+
 CHECKPOINT_MODES = ("always", "except_last", "never")
+ORDERS = ("gpipe", "1f1b")
+_ABSENT = object()
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -167,11 +198,13 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
-def validate(cfg: DictConfig, num_units: int) -> None:
-    """Range checks that a schema cannot express; raise ConfigError naming the key."""
+def validate(cfg: DictConfig) -> None:
+    """Range checks that a schema cannot express; raise ConfigError naming the key. The checks that
+    need the model's unit count are in validate_partition."""
     p, s, d, b = cfg.partition, cfg.schedule, cfg.data, cfg.pipeline_backend
     _check(cfg.model.width > 0, "model.width", cfg.model.width, "must be > 0")
-    _check(d.name in DATASETS, "data.name", d.name, f"allowed: {', '.join(DATASETS)}")
+    n = cfg.model.num_classes
+    _check(n is None or n >= 1, "model.num_classes", n, "must be >= 1 or null (= the dataset's)")
     _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
     for key in ("train_size", "val_size", "eval_batch_size"):
         v = d[key]
@@ -179,11 +212,7 @@ def validate(cfg: DictConfig, num_units: int) -> None:
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     _check(p.front >= 1, "partition.front", p.front, "must be >= 1 (the edge keeps the input)")
     _check(p.back >= 1, "partition.back", p.back, "must be >= 1 (the edge keeps the labels)")
-    cloud = num_units - p.front - p.back
-    _check(cloud >= 1, "partition.front+partition.back", p.front + p.back,
-           f"must be < {num_units} (the model has {num_units} units; the cloud needs at least one)")
-    _check(1 <= p.cloud_stages <= max(cloud, 1), "partition.cloud_stages", p.cloud_stages,
-           f"must be in 1..{cloud} (the cloud holds {cloud} units)")
+    _check(p.cloud_stages >= 1, "partition.cloud_stages", p.cloud_stages, "must be >= 1")
     c = cfg.compressor
     if "ratio" in c:
         _check(0 < c.ratio <= 1, "compressor.ratio", c.ratio, "must be in (0, 1]")
@@ -194,20 +223,29 @@ def validate(cfg: DictConfig, num_units: int) -> None:
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
     _check(0 <= s.momentum < 1, "schedule.momentum", s.momentum, "must be in [0, 1)")
     _check(s.weight_decay >= 0, "schedule.weight_decay", s.weight_decay, "must be >= 0")
-    _check(b.name in BACKENDS, "pipeline_backend.name", b.name, f"allowed: {', '.join(BACKENDS)}")
     _check(1 <= b.chunks <= d.batch_size, "pipeline_backend.chunks", b.chunks,
            f"must be in 1..data.batch_size ({d.batch_size})")
     _check(b.checkpoint in CHECKPOINT_MODES, "pipeline_backend.checkpoint", b.checkpoint,
            f"allowed: {', '.join(CHECKPOINT_MODES)}")
     _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
-    if b.name == "dist":
-        link = b.link
+    for key in cfg.hparam_keys:
+        _check(OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT, "hparam_keys", key,
+               "not a key of this config")
+    if "link" in b:  # the dist backend's keys
         for key in ("bandwidth_mbps", "uplink_mbps", "downlink_mbps"):
-            v = link[key]
+            v = b.link[key]
             _check(v is None or v > 0, f"pipeline_backend.link.{key}", v, "must be > 0 or null")
-        _check(link.latency_ms >= 0, "pipeline_backend.link.latency_ms", link.latency_ms, "must be >= 0")
+        _check(b.link.latency_ms >= 0, "pipeline_backend.link.latency_ms", b.link.latency_ms, "must be >= 0")
         _check(b.timeout_s > 0, "pipeline_backend.timeout_s", b.timeout_s, "must be > 0")
         _check(b.role in (None, "edge", "cloud"), "pipeline_backend.role", b.role,
                "allowed: edge, cloud, null")
-        _check(b.order in ("gpipe", "1f1b"), "pipeline_backend.order", b.order,
-               "allowed: gpipe, 1f1b")
+        _check(b.order in ORDERS, "pipeline_backend.order", b.order, f"allowed: {', '.join(ORDERS)}")
+
+
+def validate_partition(p: DictConfig, num_units: int) -> None:
+    """The partition checks that need the model: the cloud keeps at least one unit per stage."""
+    cloud = num_units - p.front - p.back
+    _check(cloud >= 1, "partition.front+partition.back", p.front + p.back,
+           f"must be < {num_units} (the model has {num_units} units; the cloud needs at least one)")
+    _check(p.cloud_stages <= cloud, "partition.cloud_stages", p.cloud_stages,
+           f"must be in 1..{cloud} (the cloud holds {cloud} units)")

@@ -1,16 +1,19 @@
-"""Datasets (CIFAR-10, bundled digits, synthetic) and reproducible per-epoch data loaders."""
+"""Datasets (CIFAR-10, bundled digits, synthetic, any other by `data._target_`) and per-epoch loaders."""
 import os
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from edgesplit.errors import DataError
+from edgesplit.config import LOADER_KEYS, instantiate_target
+from edgesplit.errors import ConfigError, DataError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -19,23 +22,22 @@ DIGITS_SPLIT_SEED = 0  # fixed: the digits split never depends on cfg.seed
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 4096, 1024
 SYNTHETIC_SEED = 1234
 NUM_CLASSES = 10
+IMAGE_SHAPE = (3, 32, 32)
 _WAYS_OUT = "data.root=DIR to point at a copy, or data=digits to train on bundled data"
 
 
 @dataclass
 class Datasets:
+    """What a `data._target_` returns: the splits, the class count and one sample's input shape."""
     train: Dataset
     val: Dataset
     num_classes: int
+    input_shape: Tuple[int, ...]  # (C, H, W) of one sample, for the model probe and stage balancing
 
 
 def _absolute_root(root: str) -> Path:
     """data.root relative to where the user started the program (Hydra may have changed the cwd)."""
-    try:
-        from hydra.utils import to_absolute_path
-        return Path(to_absolute_path(os.path.expanduser(root)))
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return Path(os.path.expanduser(root)).resolve()
+    return Path(to_absolute_path(os.path.expanduser(root)))
 
 
 # --------------------------------------------------------------------------------------- CIFAR-10
@@ -59,48 +61,51 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _cifar10(cfg: Any) -> Datasets:
+def cifar10(root: str, download: bool, augment: bool, train_size: Optional[int] = None,
+            val_size: Optional[int] = None) -> Datasets:
+    """torchvision's CIFAR-10 under `root`, the seed's augmentation (crop 32 pad 4, flip) when `augment`."""
     import torchvision.transforms as T
     from torchvision.datasets import CIFAR10
 
-    root = _absolute_root(str(cfg.root))
-    problem = _cifar_problem(root)
-    if problem is not None and not cfg.download:
+    path = _absolute_root(root)
+    problem = _cifar_problem(path)
+    if problem is not None and not download:
         fix = "delete it and set data.download=true to fetch it again" if "corrupt" in problem \
             else "set data.download=true to fetch it"
         raise DataError(f"CIFAR-10 {problem}; {fix}, {_WAYS_OUT}")
     if problem is not None:
         # the test split is the smaller one; loading it downloads, extracts and checks all files
         try:
-            CIFAR10(str(root), train=False, download=True)
+            CIFAR10(str(path), train=False, download=True)
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
             raise DataError(
-                f"CIFAR-10 download into {root} (data.root) failed ({_one_line(exc)}); "
+                f"CIFAR-10 download into {path} (data.root) failed ({_one_line(exc)}); "
                 f"check the network, or copy cifar-10-batches-py into it and set "
                 f"data.download=false, {_WAYS_OUT}") from exc
-        problem = _cifar_problem(root)
+        problem = _cifar_problem(path)
         if problem is not None:
             raise DataError(
                 f"CIFAR-10 {problem} after downloading; delete it and retry, {_WAYS_OUT}")
 
     normalize = [T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)]
-    augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if cfg.augment else []
+    crop_flip = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
     try:
-        train = CIFAR10(str(root), train=True, download=False,
-                        transform=T.Compose(augment + normalize))
-        val = CIFAR10(str(root), train=False, download=False, transform=T.Compose(normalize))
+        train = CIFAR10(str(path), train=True, download=False,
+                        transform=T.Compose(crop_flip + normalize))
+        val = CIFAR10(str(path), train=False, download=False, transform=T.Compose(normalize))
     except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
-        raise DataError(f"CIFAR-10 under {root} (data.root) cannot be read ({_one_line(exc)}); "
+        raise DataError(f"CIFAR-10 under {path} (data.root) cannot be read ({_one_line(exc)}); "
                         f"set data.download=true to fetch it again, {_WAYS_OUT}") from exc
-    return Datasets(train, val, NUM_CLASSES)
+    return Datasets(first_n(train, train_size, "data.train_size", "cifar10 train"),
+                    first_n(val, val_size, "data.val_size", "cifar10 val"), NUM_CLASSES, IMAGE_SHAPE)
 
 
 # ----------------------------------------------------------------------------------------- digits
-def _digits() -> Datasets:
+def digits(train_size: Optional[int] = None, val_size: Optional[int] = None) -> Datasets:
     """sklearn's 1797 8x8 digits in [0, 1], bilinear to 32x32, 3 channels, train-normalized.
 
-    `data.augment` is ignored: flips turn digits into other shapes and the set is small enough
-    that the bundled data trains to >95% without augmentation.
+    No augmentation: flips turn digits into other shapes and the set is small enough that the
+    bundled data trains to >95% without it.
     """
     from sklearn.datasets import load_digits
 
@@ -112,8 +117,10 @@ def _digits() -> Datasets:
     train_idx, val_idx = perm[:DIGITS_TRAIN], perm[DIGITS_TRAIN:]
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
-    return Datasets(TensorDataset(x[train_idx], y[train_idx]),
-                    TensorDataset(x[val_idx], y[val_idx]), NUM_CLASSES)
+    return Datasets(first_n(TensorDataset(x[train_idx], y[train_idx]), train_size, "data.train_size",
+                            "digits train"),
+                    first_n(TensorDataset(x[val_idx], y[val_idx]), val_size, "data.val_size", "digits val"),
+                    NUM_CLASSES, IMAGE_SHAPE)
 
 
 # -------------------------------------------------------------------------------------- synthetic
@@ -131,45 +138,42 @@ class SyntheticImages(Dataset):
             raise IndexError(f"index {index} out of range for {self.size} synthetic samples")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         label = int(torch.randint(NUM_CLASSES, (), generator=g))
-        image = torch.randn(3, 32, 32, generator=g) + self.patterns[label]
+        image = torch.randn(*IMAGE_SHAPE, generator=g) + self.patterns[label]
         return image, label
 
 
-def _synthetic(cfg: Any) -> Datasets:
+def synthetic(train_size: Optional[int] = None, val_size: Optional[int] = None) -> Datasets:
+    """Generated at exactly train_size/val_size samples (null = 4096/1024); sample i is the same at
+    any size."""
     g = torch.Generator().manual_seed(SYNTHETIC_SEED)
     coarse = torch.randn(NUM_CLASSES, 3, 4, 4, generator=g)
-    patterns = F.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
-    train_n = SYNTHETIC_TRAIN if cfg.train_size is None else int(cfg.train_size)
-    val_n = SYNTHETIC_VAL if cfg.val_size is None else int(cfg.val_size)
+    patterns = F.interpolate(coarse, size=IMAGE_SHAPE[1:], mode="bilinear", align_corners=False)
+    train_n = SYNTHETIC_TRAIN if train_size is None else train_size
+    val_n = SYNTHETIC_VAL if val_size is None else val_size
     return Datasets(SyntheticImages(train_n, SYNTHETIC_SEED + 1, patterns),
-                    SyntheticImages(val_n, SYNTHETIC_SEED + 2, patterns), NUM_CLASSES)
+                    SyntheticImages(val_n, SYNTHETIC_SEED + 2, patterns), NUM_CLASSES, IMAGE_SHAPE)
 
 
 # ------------------------------------------------------------------------------------------ build
-def _first(dataset: Dataset, n: Optional[int], key: str, what: str) -> Dataset:
+def first_n(dataset: Dataset, n: Optional[int], key: str, what: str) -> Dataset:
+    """The first `n` samples of `dataset` (null = all of them), for data.train_size / data.val_size."""
     if n is None:
         return dataset
     size = len(dataset)  # type: ignore[arg-type]
-    if not 1 <= n <= size:
+    if n > size:
         raise DataError(f"{key}={n} is out of range: the {what} split has {size} samples; "
                         f"use 1..{size}, or null for the whole split")
     return dataset if n == size else Subset(dataset, range(n))
 
 
-def build_datasets(cfg: Any) -> Datasets:
-    """The train/val datasets of `cfg` (the `data` DictConfig or a DataConfig)."""
-    name = str(cfg.name)
-    if name == "cifar10":
-        ds = _cifar10(cfg)
-    elif name == "digits":
-        ds = _digits()
-    elif name == "synthetic":
-        return _synthetic(cfg)  # generated at exactly train_size/val_size samples
-    else:
-        raise DataError(f"data.name={name!r} is unknown; allowed: cifar10, digits, synthetic")
-    train = _first(ds.train, cfg.train_size, "data.train_size", f"{name} train")
-    val = _first(ds.val, cfg.val_size, "data.val_size", f"{name} val")
-    return Datasets(train, val, ds.num_classes)
+def build_datasets(cfg: DictConfig) -> Datasets:
+    """The Datasets of `data._target_`, called with the `data` keys but the trainer's (LOADER_KEYS)."""
+    spec = {key: value for key, value in cfg.items() if key not in LOADER_KEYS}
+    datasets = instantiate_target(spec, "data._target_")
+    if not isinstance(datasets, Datasets):
+        raise ConfigError(f"data._target_={cfg._target_!r} must return edgesplit.data.Datasets, "
+                          f"got {type(datasets).__name__}")
+    return datasets
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -203,12 +207,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, e
                  num_workers: int, collate_fn: Optional[Callable[[Sequence[Any]], Any]] = None
                  ) -> DataLoader:
     """Train: shuffled, augmented and batched as a function of (seed, epoch) only; last partial
-    batch dropped. Val: in order, every sample."""
-    if batch_size < 1:
-        raise DataError(f"batch size {batch_size} is invalid "
-                        "(data.batch_size / data.eval_batch_size): must be >= 1")
-    if num_workers < 0:
-        raise DataError(f"data.num_workers={num_workers} is invalid: must be >= 0")
+    batch dropped. Val: in order, every sample. The sizes are range-checked by config.validate."""
     size = len(dataset)  # type: ignore[arg-type]
     if train and size < batch_size:
         raise DataError(f"data.batch_size={batch_size} is larger than the training set "

@@ -18,10 +18,11 @@ HPARAM_KEYS = ["model.width", "data.name", "data.batch_size", "partition.front",
 
 
 def hparam_values(cfg: DictConfig, overrides: List[str]) -> Dict[str, Any]:
-    """Flat key -> int/float/str/bool for the HParams view (lists and None stringified)."""
+    """Flat key -> int/float/str/bool for the HParams view: HPARAM_KEYS, the config's `hparam_keys`
+    and the overrides (lists stringified, None left out)."""
     given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
     out: Dict[str, Any] = {}
-    for key in dict.fromkeys(list(HPARAM_KEYS) + list(given)):
+    for key in dict.fromkeys(HPARAM_KEYS + list(cfg.hparam_keys) + list(given)):
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig):  # a config group: its chosen option, e.g. compressor=quantize4
             value = given.get(key)

@@ -1,9 +1,12 @@
-"""MobileNetV2 for CIFAR (the seed's: stem stride 1, second stage stride 1) as a flat list of layer units."""
-from typing import List
+"""Models as flat lists of layer units: MobileNetV2 for CIFAR (the seed's), any other by `model._target_`."""
+from contextlib import contextmanager
+from typing import Iterator, List, Tuple
 
+import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from edgesplit.config import instantiate_target
 from edgesplit.errors import ConfigError
 
 # (expansion, out channels, blocks, stride) of each stage; stage 2's stride is 1 for 32x32 input.
@@ -57,11 +60,44 @@ def mobilenetv2_units(width: float = 1.0, num_classes: int = 10) -> List[nn.Modu
     return units
 
 
-MODELS = {"mobilenetv2": mobilenetv2_units}
+def build_units(cfg: DictConfig, num_classes: int) -> List[nn.Module]:
+    """The layer units `model._target_` returns, called with `num_classes` (the dataset's) and the
+    other `model` keys."""
+    if cfg.num_classes is not None and cfg.num_classes != num_classes:
+        raise ConfigError(f"model.num_classes={cfg.num_classes} differs from the dataset's {num_classes} "
+                          f"classes: set it to {num_classes} or null (= the dataset's)")
+    units = instantiate_target(cfg, "model._target_", num_classes=num_classes)
+    if not isinstance(units, (list, tuple)) or not units or not all(isinstance(u, nn.Module) for u in units):
+        raise ConfigError(f"model._target_={cfg._target_!r} must return a list of torch.nn.Module layer "
+                          f"units, got {type(units).__name__}")
+    return list(units)
 
 
-def build_units(cfg: DictConfig) -> List[nn.Module]:
-    """The model named by `model.name` as its flat list of layer units."""
-    if cfg.name not in MODELS:
-        raise ConfigError(f"model.name={cfg.name!r} is unknown: allowed: {', '.join(MODELS)}")
-    return MODELS[cfg.name](width=cfg.width, num_classes=cfg.num_classes)
+@contextmanager
+def eval_mode(units: List[nn.Module]) -> Iterator[None]:
+    """Every module in eval mode inside, its own mode restored after (for probe forwards)."""
+    modules = [m for u in units for m in u.modules()]
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
+def check_num_classes(units: List[nn.Module], num_classes: int, input_shape: Tuple[int, ...]) -> None:
+    """A probe forward of one zero sample in eval mode: the model must output `num_classes` logits."""
+    x = torch.zeros(1, *input_shape)
+    try:
+        with torch.no_grad(), eval_mode(units):
+            for unit in units:
+                x = unit(x)
+    except RuntimeError as e:
+        raise ConfigError(f"model._target_: one sample of the dataset's shape {tuple(input_shape)} does not "
+                          f"pass through the units: {' '.join(str(e).split())}") from None
+    if tuple(x.shape) != (1, num_classes):
+        raise ConfigError(f"model._target_: the model outputs shape {tuple(x.shape[1:])} per sample but "
+                          f"the dataset has {num_classes} classes: its last unit must output {num_classes} "
+                          "logits")

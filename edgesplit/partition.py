@@ -5,6 +5,8 @@ from typing import Any, Callable, List, Tuple
 import torch
 from torch import nn
 
+from edgesplit.model import eval_mode
+
 
 @dataclass
 class Split:
@@ -58,24 +60,23 @@ def unit_costs(units: List[nn.Module], input_shape: Tuple[int, ...] = (3, 32, 32
                 macs[index] += out.numel() * m.in_features
         return hook
 
-    modes = [m.training for u in units for m in u.modules()]
     handles = [m.register_forward_hook(count(i)) for i, u in enumerate(units)
                for m in u.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         x = torch.zeros(1, *input_shape)
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(units):
             for unit in units:
-                x = unit.eval()(x)
+                x = unit(x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in zip((m for u in units for m in u.modules()), modes):
-            m.training = mode
     return macs
 
 
-def split_units(units: List[nn.Module], front: int, back: int, cloud_stages: int = 1) -> Split:
-    """Cut units; the cloud part is cut into `cloud_stages` stages of near-equal compute."""
+def split_units(units: List[nn.Module], front: int, back: int, cloud_stages: int = 1,
+                input_shape: Tuple[int, ...] = (3, 32, 32)) -> Split:
+    """Cut units; the cloud part is cut into `cloud_stages` stages of near-equal compute for one
+    sample of `input_shape` (the dataset's)."""
     n = len(units)
     if front < 1 or back < 1 or front + back >= n:
         raise ValueError(f"front={front}, back={back} leave no cloud unit of {n}")
@@ -84,7 +85,7 @@ def split_units(units: List[nn.Module], front: int, back: int, cloud_stages: int
         raise ValueError(f"cloud_stages={cloud_stages} must be in 1..{len(cloud)}")
     bounds = [front]
     if cloud_stages > 1:
-        costs = unit_costs(units)
+        costs = unit_costs(units, input_shape)
         sizes = [costs[i] + 1 for i in cloud]
         total, acc, stage = sum(sizes), 0.0, 1
         for j, size in enumerate(sizes):

@@ -15,11 +15,11 @@ from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.codecs import NonFiniteError
 from edgesplit.comm import DIRECTION, CommMeter
 from edgesplit.compression import build_codecs
-from edgesplit.config import validate
+from edgesplit.config import validate, validate_partition
 from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import TrainingDiverged, UserError
 from edgesplit.logbook import Logbook, read_summary, write_summary
-from edgesplit.model import build_units
+from edgesplit.model import build_units, check_num_classes
 from edgesplit.partition import split_units
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,7 @@ def _resume_state(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
 
 def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir."""
-    units = build_units(cfg.model)
-    validate(cfg, len(units))
+    validate(cfg)
     previous = read_summary(run_dir) if cfg.resume else None
     if previous and previous.get("status") == "finished":
         log.info(f"{run_dir} finished all {previous['epochs']} epochs already: nothing to resume")
@@ -103,10 +102,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state = _resume_state(cfg, run_dir)
-    torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model)  # initialised from the seed
     datasets = build_datasets(cfg.data)
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
+    torch.manual_seed(cfg.seed)
+    units = build_units(cfg.model, datasets.num_classes)  # initialised from the seed
+    cfg.model.num_classes = datasets.num_classes  # the resolved config: a cloud host has no dataset
+    check_num_classes(units, datasets.num_classes, datasets.input_shape)
+    validate_partition(cfg.partition, len(units))
+    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
+                        datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
     summary: Dict[str, Any] = {

@@ -6,15 +6,17 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from edgesplit.config import compose_config, validate
+from edgesplit.config import compose_config, validate, validate_partition
 from edgesplit.errors import ConfigError
 from tests.conftest import ROOT
 
 
 def test_defaults_are_the_seeds_first_study() -> None:
     cfg = compose_config([])
-    assert cfg.model.name == "mobilenetv2" and cfg.model.width == 1.0
-    assert cfg.data.name == "cifar10" and cfg.data.batch_size == 1024 and cfg.data.augment
+    assert cfg.model._target_ == "edgesplit.model.mobilenetv2_units" and cfg.model.width == 1.0
+    assert cfg.model.num_classes is None  # the dataset's
+    assert cfg.data.name == "cifar10" and cfg.data._target_ == "edgesplit.data.cifar10"
+    assert cfg.data.batch_size == 1024 and cfg.data.augment and cfg.data.download and cfg.data.root == "data"
     assert (cfg.partition.front, cfg.partition.back) == (1, 1)
     assert cfg.compressor.name == "prune" and cfg.compressor.ratio == 0.1
     assert cfg.compressor.activation.ratio == 0.1  # follows compressor.ratio
@@ -22,7 +24,34 @@ def test_defaults_are_the_seeds_first_study() -> None:
     assert (s.lr, s.epochs, s.warmup_epochs, s.momentum, s.weight_decay) == (0.4, 200, 20, 0.9, 1e-4)
     assert cfg.pipeline_backend.name == "gpipe" and cfg.pipeline_backend.chunks == 4
     assert cfg.pipeline_backend.deferred_batch_norm is False
-    validate(cfg, 20)
+    assert cfg.pipeline_backend._target_ == "edgesplit.backends.gpipe.GPipeBackend"
+    assert (cfg.seed, cfg.resume, cfg.hparam_keys) == (0, False, [])
+    assert "experiment_name" not in cfg
+    validate(cfg)
+    validate_partition(cfg.partition, 20)
+
+
+@pytest.mark.parametrize("option, target, batch_size", [
+    ("cifar10", "edgesplit.data.cifar10", 1024),
+    ("digits", "edgesplit.data.digits", 128),
+    ("synthetic", "edgesplit.data.synthetic", 256),
+])
+def test_data_options_are_targets_with_their_own_defaults(option: str, target: str, batch_size: int) -> None:
+    d = compose_config([f"data={option}"]).data
+    assert (d.name, d._target_, d.batch_size) == (option, target, batch_size)
+    assert d.train_size is None and d.val_size is None  # the whole split
+    assert ("root" in d) == (option == "cifar10")  # only CIFAR-10 has files, a download and augmentation
+
+
+@pytest.mark.parametrize("option, target, chunks", [
+    ("naive", "edgesplit.backends.naive.NaiveBackend", 1),
+    ("gpipe", "edgesplit.backends.gpipe.GPipeBackend", 4),
+    ("dist", "edgesplit.backends.remote.RemoteBackend", 4),
+])
+def test_backend_options_are_targets_and_keep_their_name(option: str, target: str, chunks: int) -> None:
+    b = compose_config([f"pipeline_backend={option}"]).pipeline_backend
+    assert (b.name, b._target_, b.chunks, b.checkpoint) == (option, target, chunks, "except_last")
+    assert ("order" in b) == (option == "dist")
 
 
 def test_simple_keys_drive_the_codec_specs() -> None:
@@ -35,6 +64,7 @@ def test_simple_keys_drive_the_codec_specs() -> None:
     (["partition.back=0"], "partition.back=0 is invalid: must be >= 1"),
     (["partition.front=15", "partition.back=5"], "must be < 20 (the model has 20 units"),
     (["partition.cloud_stages=19"], "partition.cloud_stages=19 is invalid: must be in 1..18"),
+    (["partition.cloud_stages=0"], "partition.cloud_stages=0 is invalid: must be >= 1"),
     (["compressor.ratio=0"], "compressor.ratio=0.0 is invalid: must be in (0, 1]"),
     (["compressor.ratio=1.5"], "compressor.ratio=1.5 is invalid"),
     (["compressor=quantize", "compressor.bits=17"], "compressor.bits=17 is invalid: must be in 1..16"),
@@ -44,11 +74,23 @@ def test_simple_keys_drive_the_codec_specs() -> None:
     (["schedule.lr=-1"], "schedule.lr=-1.0 is invalid: must be > 0"),
     (["schedule.epochs=0"], "schedule.epochs=0 is invalid: must be >= 1"),
     (["data.train_size=0"], "data.train_size=0 is invalid"),
+    (["data.batch_size=0"], "data.batch_size=0 is invalid: must be >= 1"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size=0 is invalid: must be >= 1 or null"),
+    (["data.num_workers=-1"], "data.num_workers=-1 is invalid: must be >= 0"),
+    (["model.num_classes=0"], "model.num_classes=0 is invalid: must be >= 1 or null"),
+    (["hparam_keys=[seed,schedule.nope]"],
+     "hparam_keys='schedule.nope' is invalid: not a key of this config"),
+    (["pipeline_backend=dist", "pipeline_backend.order=zero-bubble"],
+     "pipeline_backend.order='zero-bubble' is invalid: allowed: gpipe, 1f1b"),
+    (["pipeline_backend=dist", "pipeline_backend.role=server"], "pipeline_backend.role='server' is invalid"),
+    (["pipeline_backend=dist", "pipeline_backend.link.latency_ms=-1"],
+     "pipeline_backend.link.latency_ms=-1.0 is invalid: must be >= 0"),
 ])
 def test_range_checks_name_the_key(overrides: list, message: str) -> None:
     cfg = compose_config(overrides)
     with pytest.raises(ConfigError) as info:
-        validate(cfg, 20)
+        validate(cfg)
+        validate_partition(cfg.partition, 20)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -58,6 +100,9 @@ def test_range_checks_name_the_key(overrides: list, message: str) -> None:
     (["schedule.lr=abc"], ConfigCompositionException),  # wrong type
     (["compressor=none", "compressor.bits=4"], ConfigCompositionException),  # none has no bits
     (["compressor=bogus"], ConfigCompositionException),
+    (["data=digits", "data.root=x"], ConfigCompositionException),  # digits reads no files
+    (["pipeline_backend.schedule=1f1b"], ConfigCompositionException),  # renamed: pipeline_backend.order
+    (["experiment_name=x"], ConfigCompositionException),  # removed: nothing read it
 ])
 def test_schema_rejects_unknown_keys_and_types_at_compose_time(overrides: list, exc: type) -> None:
     with pytest.raises((exc, ConfigKeyError, ValidationError)):
@@ -104,3 +149,44 @@ def test_a_codec_target_that_is_not_a_codec_is_a_config_error() -> None:
     cfg = compose_config(["compressor.activation={_target_: edgesplit.codecs.Nope}"])
     with pytest.raises(ConfigError, match="compressor.activation: cannot build the codec"):
         build_codecs(cfg.compressor)
+
+
+def test_hparam_keys_add_to_the_hparams_view() -> None:
+    from edgesplit.logbook import hparam_values
+    cfg = compose_config(["hparam_keys=[schedule.momentum,data.num_workers]"])
+    validate(cfg)
+    values = hparam_values(cfg, ["compressor=prune"])
+    assert values["schedule.momentum"] == 0.9 and values["data.num_workers"] == 2
+    assert values["compressor"] == "prune" and values["schedule.lr"] == 0.4
+    assert "schedule.momentum" not in hparam_values(compose_config([]), [])
+
+
+def test_a_model_or_data_target_that_cannot_be_built_is_one_line_naming_the_key() -> None:
+    from edgesplit.data import build_datasets
+    from edgesplit.model import build_units
+    cases = [
+        (lambda: build_units(compose_config(["model._target_=edgesplit.model.nope"]).model, 10),
+         "model._target_='edgesplit.model.nope' cannot be built: "),
+        (lambda: build_units(compose_config(["+model.depth=3"]).model, 10),
+         "unexpected keyword argument 'depth'"),
+        (lambda: build_units(compose_config(["model._target_=collections.OrderedDict"]).model, 10),
+         "model._target_='collections.OrderedDict' must return a list of torch.nn.Module layer units"),
+        (lambda: build_datasets(compose_config(["data=digits", "data._target_=nopkg.data"]).data),
+         "data._target_='nopkg.data' cannot be built: "),
+        (lambda: build_datasets(compose_config(["data=digits", "data._target_=edgesplit.data.first_n"]).data),
+         "data._target_='edgesplit.data.first_n' cannot be built: "),
+        (lambda: build_datasets(compose_config(["data=digits", "data._target_=builtins.dict"]).data),
+         "data._target_='builtins.dict' must return edgesplit.data.Datasets, got dict"),
+    ]
+    for build, message in cases:
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_data_error_of_the_target_passes_through(tmp_path) -> None:
+    from edgesplit.data import build_datasets
+    from edgesplit.errors import DataError
+    cfg = compose_config([f"data.root={tmp_path}", "data.download=false"])
+    with pytest.raises(DataError, match=f"CIFAR-10 not found under {tmp_path} \\(data.root\\)"):
+        build_datasets(cfg.data)

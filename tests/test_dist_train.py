@@ -234,12 +234,11 @@ def test_1f1b_same_losses_as_gpipe(stages, chunks, checkpoint):
 
 
 def test_config_accepts_1f1b_and_rejects_others():
-    from edgesplit.backends.dist.edge import DistBackend
-    from edgesplit.config import compose_config
+    from edgesplit.config import compose_config, validate
     from edgesplit.errors import ConfigError
-    from edgesplit.partition import split_units
-    cfg = compose_config(["pipeline_backend=dist", "pipeline_backend.schedule=1f1b"])
-    assert cfg.pipeline_backend.schedule == "1f1b"
-    bad = config(schedule="zero-bubble")
-    with pytest.raises(ConfigError, match="allowed gpipe, 1f1b"):
-        DistBackend(bad, split_units(tiny_units(), 1, 1, 1), codecs("none"), CommMeter())
+    cfg = compose_config(["pipeline_backend=dist", "pipeline_backend.order=1f1b"])
+    assert cfg.pipeline_backend.order == "1f1b"
+    validate(cfg)
+    cfg.pipeline_backend.order = "zero-bubble"
+    with pytest.raises(ConfigError, match=r"order='zero-bubble' is invalid: allowed: gpipe, 1f1b"):
+        validate(cfg)

@@ -1,7 +1,10 @@
-"""MobileNetV2 for CIFAR as 20 layer units, as the seed's."""
+"""MobileNetV2 for CIFAR as 20 layer units, as the seed's; models built by `model._target_`."""
+import pytest
 import torch
 
-from edgesplit.model import mobilenetv2_units
+from edgesplit.config import compose_config
+from edgesplit.errors import ConfigError
+from edgesplit.model import build_units, check_num_classes, mobilenetv2_units
 
 
 def test_twenty_units_and_the_seeds_parameter_count() -> None:
@@ -26,3 +29,24 @@ def test_width_shrinks_every_unit() -> None:
     assert len(small) == 20
     assert sum(p.numel() for u in small for p in u.parameters()) < 250_000
     assert small[0](torch.randn(1, 3, 32, 32)).shape == (1, 8, 32, 32)
+
+
+def test_build_units_passes_the_datasets_num_classes_and_the_model_keys() -> None:
+    cfg = compose_config(["model.width=0.25"])
+    units = build_units(cfg.model, 7)
+    assert len(units) == 20 and units[0][0].out_channels == 8  # width 0.25 of 32
+    with torch.no_grad():
+        assert units[-1](torch.zeros(1, 320, 4, 4)).shape == (1, 7)
+    assert len(build_units(compose_config(["model.width=0.25", "model.num_classes=7"]).model, 7)) == 20
+
+
+def test_check_num_classes_probes_in_eval_mode_and_restores_the_modes() -> None:
+    units = mobilenetv2_units(width=0.125, num_classes=10)
+    units[3].eval()  # a unit the user keeps in eval mode stays so
+    modes = [m.training for u in units for m in u.modules()]
+    running_mean = units[0][1].running_mean.clone()
+    check_num_classes(units, 10, (3, 32, 32))
+    assert [m.training for u in units for m in u.modules()] == modes
+    assert torch.equal(units[0][1].running_mean, running_mean)  # eval: no BatchNorm statistics update
+    with pytest.raises(ConfigError, match=r"outputs shape \(10,\) per sample but the dataset has 100 "):
+        check_num_classes(units, 100, (3, 32, 32))
