@@ -68,7 +68,8 @@ class Optimization:
         purpose at resume takes effect)."""
         for name, p in self.named.items():
             if name in params:
-                self.optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v
+                # copies: the optimizer updates its state in place, the caller's dict stays as it was
+                self.optimizer.state[p] = {k: v.to(p.device, copy=True) if torch.is_tensor(v) else v
                                            for k, v in params[name].items()}
         if scheduler is not None:
             self.start_epoch(int(scheduler["epoch"]))

@@ -4,11 +4,13 @@ import os
 from typing import Any, Dict, List, Optional
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from edgesplit.backends import Backend
+from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs, build_codecs
-from edgesplit.config import DistConfig, ScheduleConfig, compose_config
+from edgesplit.config import compose_config
 
 
 def codecs(name: str) -> Dict[str, BoundaryCodecs]:
@@ -26,24 +28,27 @@ class Block(nn.Module):
         return torch.relu(self.bn(self.conv(x)))
 
 
-def tiny_units(seed: int = 0, n: int = 5, width: int = 8, classes: int = 4) -> List[nn.Module]:
+def tiny_units(num_classes: int = 4, width: float = 1.0, n: int = 5, seed: int = 0) -> List[nn.Module]:
+    """A model of `n` units; `model._target_=tests.dist_helpers.tiny_units` in config()."""
     torch.manual_seed(seed)
-    units: List[nn.Module] = [Block(3, width)]
-    units += [Block(width, width) for _ in range(n - 2)]
-    units.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes)))
+    c = max(1, round(8 * width))
+    units: List[nn.Module] = [Block(3, c)]
+    units += [Block(c, c) for _ in range(n - 2)]
+    units.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)))
     return units
 
 
 def config(chunks: int = 2, stages: int = 1, compressor: str = "none", timeout_s: float = 10.0,
-           threads: Optional[int] = 1, **backend: Any) -> Any:
-    b = OmegaConf.structured(DistConfig(chunks=chunks, timeout_s=timeout_s))
-    b = OmegaConf.merge(b, backend)
-    return OmegaConf.create({
-        "pipeline_backend": b, "seed": 0, "threads": threads,
-        "compressor": {"name": compressor, "eval_compressed": True},
-        "schedule": OmegaConf.structured(ScheduleConfig(lr=0.05, epochs=10, warmup_epochs=0)),
-        "partition": {"front": 1, "back": 1, "cloud_stages": stages},
-    })
+           threads: Optional[int] = 1, **backend: Any) -> DictConfig:
+    """The real dist config with tiny_units (4 classes), lr 0.05 and the given backend keys."""
+    cfg = compose_config(["pipeline_backend=dist", f"compressor={compressor}",
+                          f"partition.cloud_stages={stages}", f"pipeline_backend.chunks={chunks}",
+                          f"pipeline_backend.timeout_s={timeout_s}", f"threads={threads}",
+                          "model._target_=tests.dist_helpers.tiny_units", "model.num_classes=4",
+                          "schedule.lr=0.05", "schedule.epochs=10", "schedule.warmup_epochs=0"])
+    for key, value in backend.items():
+        OmegaConf.update(cfg, f"pipeline_backend.{key}", value, merge=True)
+    return cfg
 
 
 def data(batches: int = 4, batch: int = 8, classes: int = 4, seed: int = 1) -> List[tuple]:
@@ -56,30 +61,37 @@ def data(batches: int = 4, batch: int = 8, classes: int = 4, seed: int = 1) -> L
     return out
 
 
-def run_backend(name: str, units: List[nn.Module], cfg: Any, codec: str, batches: List[tuple],
-                meter: Any = None, epochs: int = 1) -> List[float]:
-    """Training losses of backend `name` ('gpipe' or 'dist') as the training loop drives it."""
+def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
+          units: Optional[List[nn.Module]] = None) -> Backend:
+    """Backend `name` ('naive', 'gpipe' or 'dist') on tiny_units as cfg says."""
     from edgesplit.backends import build_backend
-    from edgesplit.comm import CommMeter
     from edgesplit.partition import split_units
-    from edgesplit.schedule import build_optimizer, build_scheduler
     cfg = copy.deepcopy(cfg)
-    cfg.pipeline_backend.name = name
-    split = split_units(copy.deepcopy(units), 1, 1, cfg.partition.cloud_stages)
-    backend = build_backend(cfg, split, codecs(codec), meter if meter is not None else CommMeter())
+    target = {"naive": "edgesplit.backends.naive.NaiveBackend",
+              "gpipe": "edgesplit.backends.gpipe.GPipeBackend",
+              "dist": "edgesplit.backends.remote.RemoteBackend"}[name]
+    OmegaConf.update(cfg, "pipeline_backend._target_", target)
+    OmegaConf.update(cfg, "pipeline_backend.name", name)
+    units = copy.deepcopy(units) if units is not None else tiny_units()
+    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
+                        (3, 8, 8))
+    return build_backend(cfg, split, build_codecs(cfg.compressor),
+                         meter if meter is not None else CommMeter())
+
+
+def run_backend(name: str, cfg: DictConfig, batches: List[tuple],
+                meter: Optional[CommMeter] = None, epochs: int = 1) -> List[float]:
+    """Training losses of backend `name` as the training loop drives it."""
+    backend = build(name, cfg, meter)
     losses = []
     try:
-        opt = build_optimizer(backend.parameters(), cfg.schedule)
-        scheduler = build_scheduler(opt, cfg.schedule, 0)
         for epoch in range(epochs):
-            backend.on_epoch_start(epoch)
+            backend.start_epoch(epoch)
             backend.train(True)
             for x, y in batches:
-                opt.zero_grad(set_to_none=True)
                 r = backend.train_step(x, y)
-                opt.step()
                 losses.append(r.loss_sum / r.count)
-            scheduler.step()
+            backend.side_stats()  # as the trainer at each epoch's end: other processes' figures join the meter
         return losses
     finally:
         backend.close()
@@ -96,7 +108,7 @@ def dist_process_count() -> int:
     n = 0
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "edgesplit.backends.dist" not in cmd or p.pid == os.getpid():
+        if "edgesplit.backends.remote" not in cmd or p.pid == os.getpid():
             continue
         try:
             n += p.environ().get("EDGESPLIT_TEST_TAG") == TAG

@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from dist_helpers import dist_process_count, free_port, train_argv, train_env
+from tests.dist_helpers import dist_process_count, free_port, train_argv, train_env
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 10

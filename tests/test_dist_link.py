@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from dist_helpers import codecs, config, data, dist_process_count, tiny_units
+from tests.dist_helpers import codecs, config, data, dist_process_count, tiny_units
 from edgesplit.comm import CommMeter
 
 pytestmark = pytest.mark.slow

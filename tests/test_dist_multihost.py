@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dist_helpers import REPO, dist_process_count, free_port, train_argv, train_env
+from tests.dist_helpers import REPO, dist_process_count, free_port, train_argv, train_env
 
 pytestmark = pytest.mark.slow
 NS = f"es{os.getpid()}"

@@ -1,12 +1,11 @@
-"""The dist backend trains like torchgpipe's GPipe: same losses, same bytes plus headers, resume."""
-import copy
-
+"""The dist backend trains like torchgpipe's GPipe: same losses, same payload bytes, resume."""
 import pytest
 import torch
 
-from dist_helpers import codecs, config, data, dist_process_count, run_backend, tiny_units
-from edgesplit.backends.dist.protocol import HEADER_BYTES
-from edgesplit.comm import CommMeter
+from edgesplit import checkpoint
+from edgesplit.backends.remote.protocol import HEADER_BYTES
+from edgesplit.comm import DIRECTION, CommMeter
+from tests.dist_helpers import build, config, data, dist_process_count, run_backend
 
 pytestmark = pytest.mark.slow
 
@@ -24,115 +23,133 @@ def one_thread():
 def test_loss_falls(stages):
     cfg = config(chunks=2, stages=stages, threads=1)
     batches = data(1) * 12  # one batch, again and again
-    losses = run_backend("dist", tiny_units(), cfg, "none", batches)
+    losses = run_backend("dist", cfg, batches)
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _same_as_gpipe(cfg, batches, epochs=2):
+    """Losses and meters of gpipe and dist on the same config; asserts equal losses, equal payload
+    bytes and codec figures on all four boundary x pass pairs, and the headers apart."""
+    m_gpipe, m_dist = CommMeter(), CommMeter()
+    ref = run_backend("gpipe", cfg, batches, m_gpipe, epochs=epochs)
+    got = run_backend("dist", cfg, batches, m_dist, epochs=epochs)
+    assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert dict(m_dist.bytes) == dict(m_gpipe.bytes) and set(m_gpipe.bytes) == set(DIRECTION)
+    assert dict(m_dist.raw_bytes) == dict(m_gpipe.raw_bytes)
+    assert m_dist.batches == m_gpipe.batches == len(got)
+    return m_gpipe, m_dist
 
 
 @pytest.mark.parametrize("codec,stages,chunks,checkpoint", [
     ("none", 1, 2, "except_last"), ("quantize", 1, 3, "except_last"),
-    ("quantize", 2, 2, "always"), ("none", 2, 4, "never"),
+    ("quantize", 2, 2, "always"), ("none", 2, 4, "never"), ("prune", 1, 2, "except_last"),
 ])
-def test_same_losses_and_bytes_as_gpipe(codec, stages, chunks, checkpoint):
+def test_same_losses_and_payload_bytes_as_gpipe(codec, stages, chunks, checkpoint):
     cfg = config(chunks=chunks, stages=stages, compressor=codec, threads=1, checkpoint=checkpoint)
     batches = data(5, batch=10)  # 10 samples in `chunks` micro-batches: uneven ones too
-    units = tiny_units()
-    m_gpipe, m_dist = CommMeter(), CommMeter()
-    ref = run_backend("gpipe", units, cfg, codec, batches, m_gpipe, epochs=2)
-    got = run_backend("dist", units, cfg, codec, batches, m_dist, epochs=2)
-    assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    m_gpipe, m_dist = _same_as_gpipe(cfg, batches)
     micro = len(torch.arange(10).chunk(chunks))
-    for key in m_gpipe.bytes:  # one header per message, 'micro' messages per pass and step
-        assert m_dist.bytes[key] == m_gpipe.bytes[key] + HEADER_BYTES * micro * len(got), key
-        assert m_dist.raw_bytes[key] == m_gpipe.raw_bytes[key], key
-    assert m_dist.batches == m_gpipe.batches == len(got)
+    figures = m_dist.summary()
+    for direction in ("up", "down"):  # one header per message, 2 messages a direction per micro-batch
+        assert figures[f"overhead_{direction}_bytes_per_batch"] == 2 * HEADER_BYTES * micro
+        assert m_gpipe.summary()[f"overhead_{direction}_bytes_per_batch"] == 0
+    for boundary, pass_ in DIRECTION:  # measured by the sender of each payload, in every backend
+        key = f"{boundary}_{pass_}_rel_error"
+        assert figures[key] == pytest.approx(m_gpipe.summary()[key], rel=1e-4, abs=1e-7), key
 
 
-def test_deferred_batch_norm_and_eval_match_gpipe():
-    from edgesplit.backends import build_backend
-    from edgesplit.partition import split_units
-    from edgesplit.schedule import build_optimizer
+def test_prune_sends_the_gradient_at_the_forward_support_only():
+    """prune: each gradient payload holds just the kept values (k of them), as gpipe's; a dense
+    gradient would send all n."""
+    cfg = config(chunks=2, stages=1, compressor="prune", threads=1)
+    m_gpipe, m_dist = _same_as_gpipe(cfg, data(3), epochs=1)
+    for boundary in ("front", "back"):
+        raw = m_dist.raw_bytes[boundary, "backward"]
+        assert m_dist.bytes[boundary, "backward"] < 0.2 * raw, boundary  # ratio 0.1 of fp32 values
+
+
+def test_per_boundary_codecs_and_dense_gradients_match_gpipe():
+    """compressor.back overrides the back boundary; gradient_reuses_support=false sends the
+    gradients dense (Identity: all values)."""
+    cfg = config(chunks=2, stages=1, compressor="prune", threads=1)
+    cfg.compressor.gradient_reuses_support = False
+    cfg.compressor.back = {"activation": {"_target_": "edgesplit.codecs.Quantize", "bits": 4},
+                           "gradient": {"_target_": "edgesplit.codecs.Quantize", "bits": 8}}
+    m_gpipe, m_dist = _same_as_gpipe(cfg, data(3), epochs=1)
+    n_front = m_dist.raw_bytes["front", "backward"] // 4
+    assert m_dist.bytes["front", "backward"] > n_front * 4  # dense fp32 gradient + header
+    raw_back = m_dist.raw_bytes["back", "forward"]
+    assert m_dist.bytes["back", "forward"] == pytest.approx(raw_back / 8, rel=0.05)  # 4 bits
+    assert m_dist.bytes["back", "backward"] == pytest.approx(raw_back / 4, rel=0.05)  # 8 bits
+
+
+@pytest.mark.parametrize("eval_compressed", [True, False])
+def test_deferred_batch_norm_and_eval_match_gpipe(eval_compressed):
     cfg = config(chunks=2, stages=1, compressor="quantize", threads=1, deferred_batch_norm=True)
-    batches, units = data(3), tiny_units()
+    cfg.compressor.eval_compressed = eval_compressed
+    batches = data(3)
     results = {}
     for name in ("gpipe", "dist"):
-        c = copy.deepcopy(cfg)
-        c.pipeline_backend.name = name
-        backend = build_backend(c, split_units(copy.deepcopy(units), 1, 1, 1), codecs("quantize"),
-                                CommMeter())
+        backend = build(name, cfg)
         try:
-            opt = build_optimizer(backend.parameters(), c.schedule)  # what the cloud ranks use
-            backend.on_epoch_start(0)
+            backend.start_epoch(0)
             backend.train(True)
             for x, y in batches:
-                opt.zero_grad()
                 backend.train_step(x, y)
-                opt.step()
             backend.train(False)
             results[name] = [backend.eval_step(x, y) for x, y in batches]
         finally:
             backend.close()
     for a, b in zip(results["gpipe"], results["dist"]):
         assert b.loss_sum == pytest.approx(a.loss_sum, rel=1e-4) and b.correct1 == a.correct1
+    return results
 
 
-def test_checkpoint_parts_resume(tmp_path):
-    """Save after 2 steps (edge units here, cloud parts on their ranks), resume in a new backend:
-    the next steps' losses equal an uninterrupted run's."""
-    from edgesplit import checkpoint
-    from edgesplit.backends import build_backend
-    from edgesplit.partition import split_units
-    from edgesplit.schedule import build_optimizer
+def test_eval_compressed_switch_changes_the_eval_loss():
+    on = test_deferred_batch_norm_and_eval_match_gpipe(True)["dist"]
+    off = test_deferred_batch_norm_and_eval_match_gpipe(False)["dist"]
+    assert all(a.loss_sum != b.loss_sum for a, b in zip(on, off))
+
+
+def test_state_dict_travels_to_the_edge_and_resumes_anywhere(tmp_path):
+    """Save after 2 steps (the cloud stages' parts travel to the edge: one file), resume in a
+    new dist backend and in gpipe: the next steps' losses equal an uninterrupted run's."""
     cfg = config(chunks=2, stages=2, compressor="quantize", threads=1)
-    cfg.pipeline_backend.name = "dist"
-    batches, units = data(4), tiny_units()
+    batches = data(4)
 
-    def start(state=None):
-        backend = build_backend(cfg, split_units(copy.deepcopy(units), 1, 1, 2), codecs("quantize"),
-                                CommMeter())
-        opt = build_optimizer(backend.parameters(), cfg.schedule)
-        if state is not None:
-            checkpoint.restore(state, backend.local_units(), opt, dict(backend.named_parameters()))
-            backend.load_remote(str(tmp_path), state["parts"])
-        backend.on_epoch_start(0)
+    def steps(backend, some):
+        return [(r.loss_sum / r.count) for r in (backend.train_step(x, y) for x, y in some)]
+
+    backend = build("dist", cfg)
+    try:
+        backend.start_epoch(0)
         backend.train(True)
-        return backend, opt
-
-    def steps(backend, opt, some):
-        out = []
-        for x, y in some:
-            opt.zero_grad()
-            r = backend.train_step(x, y)
-            opt.step()
-            out.append(r.loss_sum / r.count)
-        return out
-
-    backend, opt = start()
-    try:
-        steps(backend, opt, batches[:2])
-        parts = backend.save_remote(str(tmp_path), 1)
-        assert sorted(parts) == ["cloud_stage1_epoch1.pt", "cloud_stage2_epoch1.pt"]
-        checkpoint.save(tmp_path / "checkpoint.pt", backend.local_units(), opt,
-                        dict(backend.named_parameters()), parts, epoch=1)
-        expected = steps(backend, opt, batches[2:])
+        steps(backend, batches[:2])
+        checkpoint.atomic_save({**backend.state_dict(), "epoch": 1}, tmp_path / "checkpoint.pt")
+        expected = steps(backend, batches[2:])
     finally:
         backend.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     state = checkpoint.load(tmp_path / "checkpoint.pt")
-    assert set(state["units"]) == set(range(len(units)))  # the parts hold the cloud's units
-    backend, opt = start(state)
-    try:
-        assert steps(backend, opt, batches[2:]) == pytest.approx(expected, rel=1e-6)
-    finally:
-        backend.close()
+    assert set(state["units"]) == set(range(5))
+    assert set(state["lr_scheduler"]) == {"edge", "cloud_stage1", "cloud_stage2"}
+    assert any(k.startswith("units.2.") for k in state["optimizer"])  # a cloud parameter's momentum
+    for name in ("dist", "gpipe"):
+        backend = build(name, cfg)
+        try:
+            backend.load_state_dict(state)
+            backend.start_epoch(0)
+            backend.train(True)
+            assert steps(backend, batches[2:]) == pytest.approx(expected, rel=1e-5), name
+        finally:
+            backend.close()
 
 
 def test_side_stats_and_eval():
-    from edgesplit.backends import build_backend
-    from edgesplit.partition import split_units
     cfg = config(chunks=2, stages=2, threads=1)
-    cfg.pipeline_backend.name = "dist"
-    backend = build_backend(cfg, split_units(tiny_units(), 1, 1, 2), codecs("none"), CommMeter())
+    backend = build("dist", cfg)
     try:
-        backend.on_epoch_start(0)
+        backend.start_epoch(0)
         x, y = data(1)[0]
         backend.train(True)
         backend.train_step(x, y)
@@ -141,10 +158,11 @@ def test_side_stats_and_eval():
             r = backend.eval_step(x, y)
         assert r.count == len(y)
         stats = backend.side_stats()
-        assert set(stats) >= {"edge", "cloud", "cloud_stage1", "cloud_stage2"}
+        assert set(stats) == {"edge", "cloud", "cloud_stage1", "cloud_stage2"}
         for side in ("edge", "cloud"):
-            assert stats[side]["parameters"] > 0 and stats[side]["peak_memory_bytes"] > 0
-            assert stats[side]["compute_s_per_batch"] > 0
+            assert stats[side].parameters > 0 and stats[side].peak_memory_bytes > 0
+            assert stats[side].compute_s_per_batch > 0
+        assert stats["cloud"].processes == 2
     finally:
         backend.close()
     backend.close()  # idempotent
@@ -155,7 +173,7 @@ def _run_programs(schedule, n, stages):
     takes the oldest message of its stream (link, activations or gradients) and must be the one it
     expects. Returns the most micro-batches in flight per stage; fails on a deadlock."""
     from collections import deque
-    from edgesplit.backends.dist.schedule import edge_steps, stage_steps
+    from edgesplit.backends.remote.order import edge_steps, stage_steps
     ops = {0: []}  # rank -> [(recv stream or None, expected (kind, i), [(send stream, msg)])]
     for part, op, i in edge_steps(schedule, n, stages):
         if part == "front":
@@ -208,7 +226,7 @@ def test_schedules_never_deadlock(schedule):
 
 
 def test_1f1b_edge_bounds_micro_batches_in_flight():
-    from edgesplit.backends.dist.schedule import edge_steps
+    from edgesplit.backends.remote.order import edge_steps
     for stages in (1, 2, 3):
         for n in range(1, 9):
             steps = edge_steps("1f1b", n, stages)
@@ -226,10 +244,10 @@ def test_1f1b_edge_bounds_micro_batches_in_flight():
 ])
 def test_1f1b_same_losses_as_gpipe(stages, chunks, checkpoint):
     cfg = config(chunks=chunks, stages=stages, threads=1, checkpoint=checkpoint)
-    batches, units = data(4, batch=10), tiny_units()  # uneven micro-batches too
-    ref = run_backend("dist", units, cfg, "none", batches)
-    cfg.pipeline_backend.schedule = "1f1b"
-    got = run_backend("dist", units, cfg, "none", batches)
+    batches = data(4, batch=10)  # uneven micro-batches too
+    ref = run_backend("dist", cfg, batches)
+    cfg.pipeline_backend.order = "1f1b"
+    got = run_backend("dist", cfg, batches)
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
 
