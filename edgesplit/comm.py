@@ -67,7 +67,8 @@ class CommFigures:
             rel_error, sparsity = data.get(f"{key}_rel_error"), data.get(f"{key}_sparsity")
             crossings[boundary, pass_] = CrossingFigures(
                 float(data[f"{key}_bytes_per_batch"]), float(data[f"raw_{key}_bytes_per_batch"]),
-                None if rel_error is None else float(rel_error), None if sparsity is None else float(sparsity))
+                None if rel_error is None else float(rel_error),
+                None if sparsity is None else float(sparsity))
         return cls(
             up_bytes_per_batch=float(data["up_bytes_per_batch"]),
             down_bytes_per_batch=float(data["down_bytes_per_batch"]),

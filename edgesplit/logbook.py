@@ -52,4 +52,3 @@ class Logbook:
 
     def close(self) -> None:
         self.writer.close()
-

@@ -55,7 +55,8 @@ class EpochRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EpochRecord":
-        return cls(int(data["epoch"]), **{f.name: float(data[f.name]) for f in fields(cls) if f.name != "epoch"})
+        metrics = {f.name: float(data[f.name]) for f in fields(cls) if f.name != "epoch"}
+        return cls(int(data["epoch"]), **metrics)
 
 
 @dataclass
@@ -110,7 +111,8 @@ class RunSummary:
         }
         if self.comm is not None:
             values.update({
-                "comm/up_bytes": self.comm.up_bytes_per_batch, "comm/down_bytes": self.comm.down_bytes_per_batch,
+                "comm/up_bytes": self.comm.up_bytes_per_batch,
+                "comm/down_bytes": self.comm.down_bytes_per_batch,
                 "comm/raw_up_bytes": self.comm.raw_up_bytes_per_batch,
                 "comm/raw_down_bytes": self.comm.raw_down_bytes_per_batch,
                 "comm/overhead_up_bytes": self.comm.overhead_up_bytes_per_batch,
