@@ -183,14 +183,13 @@ def _scalar(value: Optional[str]) -> Optional[float]:
         return None
 
 
-def _summary_cells(s: Optional[RunSummary], overhead: bool) -> list[Any]:
-    """The runs table's cells from `epochs` on; dashes for what the run has not reported."""
-    if s is None:
-        return [DASH] * (9 + overhead)
+def _summary_cells(s: RunSummary, overhead: bool) -> list[Any]:
+    """A run's cells of the runs table from `epochs` on; dashes for what it has not reported yet."""
     comm = s.comm
     cells = [s.epochs, _fmt(s.best_val_acc1), _fmt(s.val_acc1), _fmt(s.time_per_batch_s, 3),
              _fmt(s.samples_per_s, 0), human_bytes(s.peak_memory_bytes),
-             human_bytes(comm and comm.up_bytes_per_batch), human_bytes(comm and comm.down_bytes_per_batch)]
+             human_bytes(comm.up_bytes_per_batch if comm else None),
+             human_bytes(comm.down_bytes_per_batch if comm else None)]
     if overhead:
         cells.append(DASH if comm is None else f"{human_bytes(comm.overhead_up_bytes_per_batch)} / "
                                                f"{human_bytes(comm.overhead_down_bytes_per_batch)}")
@@ -208,8 +207,9 @@ def runs_table(runs: Sequence[Run], keys: Sequence[str]) -> str:
     header = ["run", *keys, "status", "epochs", "best val acc1", "final val acc1", "time/batch (s)",
               "samples/s", "peak memory", "up/batch", "down/batch",
               *(["overhead up / down"] if overhead else []), "compression"]
+    no_summary = [DASH] * (len(header) - len(keys) - 2)
     rows = [[r.name, *(_label(r.overrides.get(k)) for k in keys), r.status,
-             *_summary_cells(r.summary, overhead)] for r in runs]
+             *(_summary_cells(r.summary, overhead) if r.summary else no_summary)] for r in runs]
     return markdown_table(header, rows)
 
 
@@ -246,8 +246,8 @@ def backends_table(runs: Sequence[Run], key: str) -> str:
 
     return markdown_table(["", *(_label(b) for b in cols)], [
         row("Val_acc1%", _pivot_value),
-        row("Time per batch (s)", lambda r: _fmt(r.summary and r.summary.time_per_batch_s, 3)),
-        row("Memory (peak)", lambda r: human_bytes(r.summary and r.summary.peak_memory_bytes)),
+        row("Time per batch (s)", lambda r: _fmt(r.summary.time_per_batch_s if r.summary else None, 3)),
+        row("Memory (peak)", lambda r: human_bytes(r.summary.peak_memory_bytes if r.summary else None)),
     ])
 
 
