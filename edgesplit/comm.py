@@ -1,7 +1,8 @@
 """Counts the bytes that cross the edge link, per boundary and pass, and how much the codecs distort."""
 import threading
 from collections import defaultdict
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 BOUNDARIES = ("front", "back")  # front: edge-front -> cloud; back: cloud -> edge-back
 PASSES = ("forward", "backward")
@@ -12,10 +13,77 @@ DIRECTION = {
     ("back", "forward"): "down",
     ("front", "backward"): "down",
 }
+DIRECTIONS = ("up", "down")
+
+
+@dataclass
+class CrossingFigures:
+    """One boundary x pass per batch: payload and raw fp32 bytes, and the codec's mean distortion."""
+    bytes_per_batch: float
+    raw_bytes_per_batch: float
+    rel_error: Optional[float] = None  # None: not measured
+    sparsity: Optional[float] = None
+
+
+@dataclass
+class CommFigures:
+    """summary.json's `comm`: payload bytes (headers of the codecs included, transport excluded) per
+    batch each way, raw fp32 sizes, the four boundary x pass crossings, and the transport's overhead."""
+    up_bytes_per_batch: float
+    down_bytes_per_batch: float
+    raw_up_bytes_per_batch: float
+    raw_down_bytes_per_batch: float
+    compression_ratio: float  # raw / payload bytes, both ways together
+    crossings: Dict[Tuple[str, str], CrossingFigures] = field(default_factory=dict)  # (boundary, pass)
+    # what a transport sends beside the payloads (dist's message headers); 0 in one process
+    overhead_up_bytes_per_batch: float = 0.0
+    overhead_down_bytes_per_batch: float = 0.0
+
+    def to_dict(self) -> Dict[str, float]:
+        """The JSON keys: `<boundary>_<pass>_...` for each crossing; quality only where measured."""
+        out = {"up_bytes_per_batch": self.up_bytes_per_batch,
+               "raw_up_bytes_per_batch": self.raw_up_bytes_per_batch,
+               "down_bytes_per_batch": self.down_bytes_per_batch,
+               "raw_down_bytes_per_batch": self.raw_down_bytes_per_batch}
+        for (boundary, pass_), crossing in self.crossings.items():
+            key = f"{boundary}_{pass_}"
+            out[f"{key}_bytes_per_batch"] = crossing.bytes_per_batch
+            out[f"raw_{key}_bytes_per_batch"] = crossing.raw_bytes_per_batch
+            if crossing.rel_error is not None:
+                out[f"{key}_rel_error"] = crossing.rel_error
+            if crossing.sparsity is not None:
+                out[f"{key}_sparsity"] = crossing.sparsity
+        out["compression_ratio"] = self.compression_ratio
+        out["overhead_up_bytes_per_batch"] = self.overhead_up_bytes_per_batch
+        out["overhead_down_bytes_per_batch"] = self.overhead_down_bytes_per_batch
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CommFigures":
+        """Inverse of to_dict; KeyError names a missing key (summaries before the overhead keys read 0)."""
+        crossings = {}
+        for boundary, pass_ in DIRECTION:
+            key = f"{boundary}_{pass_}"
+            rel_error, sparsity = data.get(f"{key}_rel_error"), data.get(f"{key}_sparsity")
+            crossings[boundary, pass_] = CrossingFigures(
+                float(data[f"{key}_bytes_per_batch"]), float(data[f"raw_{key}_bytes_per_batch"]),
+                None if rel_error is None else float(rel_error),
+                None if sparsity is None else float(sparsity))
+        return cls(
+            up_bytes_per_batch=float(data["up_bytes_per_batch"]),
+            down_bytes_per_batch=float(data["down_bytes_per_batch"]),
+            raw_up_bytes_per_batch=float(data["raw_up_bytes_per_batch"]),
+            raw_down_bytes_per_batch=float(data["raw_down_bytes_per_batch"]),
+            compression_ratio=float(data["compression_ratio"]),
+            crossings=crossings,
+            overhead_up_bytes_per_batch=float(data.get("overhead_up_bytes_per_batch", 0.0)),
+            overhead_down_bytes_per_batch=float(data.get("overhead_down_bytes_per_batch", 0.0)),
+        )
 
 
 class CommMeter:
-    """Accumulates payload and raw (fp32) bytes and codec quality over the batches since reset()."""
+    """Accumulates payload and raw (fp32) bytes, transport overhead and codec quality over the batches
+    since reset(). Thread-safe: torchgpipe runs partitions on worker threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -28,32 +96,11 @@ class CommMeter:
             self.error_sum: Dict[Tuple[str, str], float] = defaultdict(float)
             self.sparsity_sum: Dict[Tuple[str, str], float] = defaultdict(float)
             self.samples: Dict[Tuple[str, str], int] = defaultdict(int)
-            self.overhead: Dict[str, int] = defaultdict(int)
+            self.overhead_bytes: Dict[str, int] = defaultdict(int)
             self.batches = 0
 
-    def record_overhead(self, direction: str, nbytes: int) -> None:
-        with self._lock:
-            self.overhead[direction] += int(nbytes)
-
-    def state(self) -> Dict[str, Any]:
-        with self._lock:
-            return {"pairs": [[b, p, self.bytes[b, p], self.raw_bytes[b, p], self.error_sum[b, p],
-                               self.sparsity_sum[b, p], self.samples[b, p]] for (b, p) in DIRECTION],
-                    "overhead": dict(self.overhead)}
-
-    def merge(self, state: Dict[str, Any]) -> None:
-        with self._lock:
-            for b, p, nbytes, raw, err, sparsity, samples in state["pairs"]:
-                self.bytes[b, p] += nbytes
-                self.raw_bytes[b, p] += raw
-                self.error_sum[b, p] += err
-                self.sparsity_sum[b, p] += sparsity
-                self.samples[b, p] += samples
-            for d, n in state["overhead"].items():
-                self.overhead[d] += n
-
     def record(self, boundary: str, pass_: str, payload_bytes: int, raw_bytes: int) -> None:
-        """One message on the link: `payload_bytes` sent, `raw_bytes` had it been plain fp32."""
+        """One payload on the link: `payload_bytes` sent, `raw_bytes` had it been plain fp32."""
         with self._lock:
             self.bytes[boundary, pass_] += int(payload_bytes)
             self.raw_bytes[boundary, pass_] += int(raw_bytes)
@@ -64,29 +111,65 @@ class CommMeter:
             self.sparsity_sum[boundary, pass_] += sparsity
             self.samples[boundary, pass_] += 1
 
+    def record_overhead(self, direction: str, nbytes: int) -> None:
+        """Transport bytes beside the payloads (message headers, ...) sent `direction` ('up' or 'down')."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction={direction!r}: expected one of {DIRECTIONS}")
+        with self._lock:
+            self.overhead_bytes[direction] += int(nbytes)
+
     def end_batch(self) -> None:
         with self._lock:
             self.batches += 1
 
-    def summary(self) -> Dict[str, float]:
-        """Per-batch means: up/down totals, the four underlying counts, raw sizes and quality."""
+    def state(self) -> Dict[str, Any]:
+        """The sums (not the batch count) as JSON-able data, for merge() into another process's meter."""
+        with self._lock:
+            return {
+                "crossings": [{"boundary": b, "pass": p, "bytes": self.bytes[b, p],
+                               "raw_bytes": self.raw_bytes[b, p], "error_sum": self.error_sum[b, p],
+                               "sparsity_sum": self.sparsity_sum[b, p], "samples": self.samples[b, p]}
+                              for b, p in DIRECTION],
+                "overhead_bytes": {d: self.overhead_bytes[d] for d in DIRECTIONS},
+            }
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        """Add another meter's state(): each process counts what it sends; the edge merges the rest.
+        The batch count stays this meter's (every process sees the same batches)."""
+        with self._lock:
+            for crossing in state["crossings"]:
+                key = (crossing["boundary"], crossing["pass"])
+                if key not in DIRECTION:
+                    raise ValueError(f"unknown boundary/pass {key} in a meter state")
+                self.bytes[key] += int(crossing["bytes"])
+                self.raw_bytes[key] += int(crossing["raw_bytes"])
+                self.error_sum[key] += float(crossing["error_sum"])
+                self.sparsity_sum[key] += float(crossing["sparsity_sum"])
+                self.samples[key] += int(crossing["samples"])
+            for direction, nbytes in state["overhead_bytes"].items():
+                if direction not in DIRECTIONS:
+                    raise ValueError(f"unknown direction {direction!r} in a meter state")
+                self.overhead_bytes[direction] += int(nbytes)
+
+    def summary(self) -> CommFigures:
+        """Per-batch means: up/down totals, the four crossings, raw sizes, quality and overhead."""
         with self._lock:
             n = max(self.batches, 1)
-            out: Dict[str, float] = {}
-            for direction in ("up", "down"):
-                keys = [k for k, d in DIRECTION.items() if d == direction]
-                out[f"{direction}_bytes_per_batch"] = sum(self.bytes[k] for k in keys) / n
-                out[f"raw_{direction}_bytes_per_batch"] = sum(self.raw_bytes[k] for k in keys) / n
-                out[f"overhead_{direction}_bytes_per_batch"] = self.overhead[direction] / n
-            for (boundary, pass_) in DIRECTION:
-                key = f"{boundary}_{pass_}"
-                out[f"{key}_bytes_per_batch"] = self.bytes[boundary, pass_] / n
-                out[f"raw_{key}_bytes_per_batch"] = self.raw_bytes[boundary, pass_] / n
-                if self.samples[boundary, pass_]:
-                    m = self.samples[boundary, pass_]
-                    out[f"{key}_rel_error"] = self.error_sum[boundary, pass_] / m
-                    out[f"{key}_sparsity"] = self.sparsity_sum[boundary, pass_] / m
-            raw = out["raw_up_bytes_per_batch"] + out["raw_down_bytes_per_batch"]
-            sent = out["up_bytes_per_batch"] + out["down_bytes_per_batch"]
-            out["compression_ratio"] = raw / sent if sent else 1.0
-            return out
+            crossings = {}
+            for key in DIRECTION:
+                m = self.samples[key]
+                crossings[key] = CrossingFigures(
+                    self.bytes[key] / n, self.raw_bytes[key] / n,
+                    self.error_sum[key] / m if m else None, self.sparsity_sum[key] / m if m else None)
+            sent = {d: sum(self.bytes[k] for k, kd in DIRECTION.items() if kd == d) / n for d in DIRECTIONS}
+            raw = {d: sum(self.raw_bytes[k] for k, kd in DIRECTION.items() if kd == d) / n
+                   for d in DIRECTIONS}
+            total_sent = sent["up"] + sent["down"]
+            return CommFigures(
+                up_bytes_per_batch=sent["up"], down_bytes_per_batch=sent["down"],
+                raw_up_bytes_per_batch=raw["up"], raw_down_bytes_per_batch=raw["down"],
+                compression_ratio=(raw["up"] + raw["down"]) / total_sent if total_sent else 1.0,
+                crossings=crossings,
+                overhead_up_bytes_per_batch=self.overhead_bytes["up"] / n,
+                overhead_down_bytes_per_batch=self.overhead_bytes["down"] / n,
+            )

@@ -1,14 +1,12 @@
-"""The validation curves of a report: one line per run, saved as a PNG that names its lines."""
+"""The validation curves of a report: one line per run, saved as a PNG."""
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-# PNG text chunk that lists the plotted runs' labels, one a line, in plot order.
-LINES_KEY = "edgesplit-lines"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from edgesplit.run_summary import EpochRecord
 
 
 def number(value: Any) -> Optional[float]:
@@ -28,22 +26,14 @@ def run_label(run: Any, keys: Sequence[str]) -> str:
     return ", ".join(parts) if parts else str(run.name)
 
 
-def curve_points(history: Sequence[Mapping[str, Any]],
-                 metric: str = "val_acc1") -> list[tuple[float, float]]:
-    """(epoch, metric) of every history entry that holds both as numbers."""
-    return [(h["epoch"], h[metric]) for h in history
-            if number(h.get("epoch")) is not None and number(h.get(metric)) is not None]
-
-
-def plot_validation(series: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> Figure:
+def plot_validation(series: Sequence[tuple[str, Sequence[EpochRecord]]]) -> Figure:
     """Validation acc1 per epoch, one line per (label, history) that has a finished epoch."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    for label, history in series:
-        points = curve_points(history)
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label)
+    for name, history in series:
+        if history:
+            ax.plot([h.epoch for h in history], [h.val_acc1 for h in history],
+                    marker="." if len(history) < 30 else None, label=name)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("val acc1 (%)")
@@ -58,18 +48,4 @@ def plot_validation(series: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -
 
 
 def save_png(fig: Figure, path: Path) -> None:
-    """Write the figure; the PNG's `edgesplit-lines` text chunk lists its lines' labels."""
-    labels = [str(line.get_label()) for ax in fig.axes for line in ax.get_lines()]
-    fig.savefig(path, dpi=100, bbox_inches="tight",
-                metadata={"Title": "validation accuracy", LINES_KEY: "\n".join(labels)})
-
-
-def png_lines(path: Path) -> list[str]:
-    """The labels `save_png` wrote into a PNG (ValueError if it is no PNG)."""
-    from PIL import Image  # matplotlib's own dependency
-
-    if path.read_bytes()[:8] != PNG_SIGNATURE:
-        raise ValueError(f"{path} is not a PNG")
-    with Image.open(path) as image:
-        text = image.info.get(LINES_KEY, "")
-    return text.split("\n") if text else []
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Title": "validation accuracy"})

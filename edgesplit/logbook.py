@@ -1,8 +1,6 @@
-"""Where a run's results land: TensorBoard scalars and hparams under tb/, and summary.json."""
-import json
-import os
+"""TensorBoard under a run's tb/: the scalars and the HParams view (summary.json: run_summary.py)."""
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
@@ -55,16 +53,3 @@ class Logbook:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def write_summary(run_dir: Path, summary: Dict[str, Any]) -> None:
-    """Rewritten at every epoch end and on failure, atomically, so a killed run keeps its numbers."""
-    path = run_dir / "summary.json"
-    tmp = path.with_name("summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-
-
-def read_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None

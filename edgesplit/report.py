@@ -1,19 +1,19 @@
 """`python -m edgesplit.report DIR...`: seed-style markdown tables and validation curves of runs."""
 import argparse
-import json
 import math
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import yaml
 from matplotlib.figure import Figure
 
 from edgesplit.curves import label as _label, number as _num, plot_validation, run_label, save_png
 from edgesplit.errors import UserError
+from edgesplit.run_summary import EpochRecord, RunSummary, SummaryFormatError, read_summary
 
 BACKEND_ORDER = ("naive", "gpipe", "dist")
 BACKEND_KEYS = ("pipeline_backend", "pipeline_backend.name")
@@ -33,31 +33,23 @@ class Run:
     path: Path
     name: str
     overrides: dict[str, str] = field(default_factory=dict)
-    summary: Optional[dict[str, Any]] = None
+    summary: Optional[RunSummary] = None
     problem: Optional[str] = None  # why there is no summary: unreadable, or the job failed first
-
-    def get(self, key: str) -> Any:
-        """A summary value by dotted key (e.g. `comm.up_bytes_per_batch`); None when absent."""
-        value: Any = self.summary
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
 
     @property
     def status(self) -> str:
         s = self.summary
         if s is None:
             return self.problem or "no summary"
-        if s.get("status") == "running":
-            return f"running {s.get('epochs') or 0}/{s.get('epochs_planned') or '?'}"
-        if s.get("status") == "failed":
-            return f"failed: {s['error']}" if s.get("error") else "failed"
-        return str(s["status"]) if s.get("status") else "unknown status"
+        if s.status == "running":
+            return f"running {s.epochs}/{s.epochs_planned}"
+        if s.status == "failed":
+            return f"failed: {s.error}" if s.error else "failed"
+        return s.status
 
     @property
-    def history(self) -> list[dict[str, Any]]:
-        hist = self.get("history")
-        return [h for h in hist if isinstance(h, dict)] if isinstance(hist, list) else []
+    def history(self) -> list[EpochRecord]:
+        return self.summary.history if self.summary else []
 
 
 def _parse_overrides(path: Path) -> dict[str, str]:
@@ -87,16 +79,14 @@ def _logged_error(run_dir: Path) -> Optional[str]:
     return None
 
 
-def _read_summary(run_dir: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return None, _logged_error(run_dir)
+def _read_summary(run_dir: Path) -> tuple[Optional[RunSummary], Optional[str]]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        summary = read_summary(run_dir)
+    except SummaryFormatError as exc:
+        return None, f"unreadable summary.json ({exc})"
+    except (OSError, ValueError) as exc:  # e.g. caught mid-write by a copy that is not atomic
         return None, f"unreadable summary.json ({type(exc).__name__})"
-    return (data, None) if isinstance(data, dict) else (
-        None, "unreadable summary.json (not an object)")
+    return (summary, None) if summary is not None else (None, _logged_error(run_dir))
 
 
 _JOB = re.compile(r"(\d+)(_|$)")  # Hydra's job subdir: `N` or `N_key=value,...`
@@ -193,27 +183,40 @@ def _scalar(value: Optional[str]) -> Optional[float]:
         return None
 
 
+def _summary_cells(s: RunSummary, overhead: bool) -> list[Any]:
+    """A run's cells of the runs table from `epochs` on; dashes for what it has not reported yet."""
+    comm = s.comm
+    cells = [s.epochs, _fmt(s.best_val_acc1), _fmt(s.val_acc1), _fmt(s.time_per_batch_s, 3),
+             _fmt(s.samples_per_s, 0), human_bytes(s.peak_memory_bytes),
+             human_bytes(comm.up_bytes_per_batch if comm else None),
+             human_bytes(comm.down_bytes_per_batch if comm else None)]
+    if overhead:
+        cells.append(DASH if comm is None else f"{human_bytes(comm.overhead_up_bytes_per_batch)} / "
+                                               f"{human_bytes(comm.overhead_down_bytes_per_batch)}")
+    return cells + [DASH if comm is None else f"{comm.compression_ratio:.2f}x"]
+
+
+def _has_overhead(run: Run) -> bool:
+    comm = run.summary.comm if run.summary else None
+    return comm is not None and comm.overhead_up_bytes_per_batch + comm.overhead_down_bytes_per_batch > 0
+
+
 def runs_table(runs: Sequence[Run], keys: Sequence[str]) -> str:
+    """One row per run; an `overhead up / down` column (transport bytes per batch) where a run has any."""
+    overhead = any(_has_overhead(r) for r in runs)
     header = ["run", *keys, "status", "epochs", "best val acc1", "final val acc1", "time/batch (s)",
-              "samples/s", "peak memory", "up/batch", "down/batch", "compression"]
-    rows = []
-    for r in runs:
-        ratio = _num(r.get("comm.compression_ratio"))
-        rows.append([r.name, *(_label(r.overrides.get(k)) for k in keys), r.status,
-                     DASH if r.get("epochs") is None else r.get("epochs"),
-                     _fmt(r.get("best_val_acc1")), _fmt(r.get("val_acc1")),
-                     _fmt(r.get("time_per_batch_s"), 3), _fmt(r.get("samples_per_s"), 0),
-                     human_bytes(r.get("peak_memory_bytes")),
-                     human_bytes(r.get("comm.up_bytes_per_batch")),
-                     human_bytes(r.get("comm.down_bytes_per_batch")),
-                     DASH if ratio is None else f"{ratio:.2f}x"])
+              "samples/s", "peak memory", "up/batch", "down/batch",
+              *(["overhead up / down"] if overhead else []), "compression"]
+    no_summary = [DASH] * (len(header) - len(keys) - 2)
+    rows = [[r.name, *(_label(r.overrides.get(k)) for k in keys), r.status,
+             *(_summary_cells(r.summary, overhead) if r.summary else no_summary)] for r in runs]
     return markdown_table(header, rows)
 
 
 def _pivot_value(run: Run) -> str:
     if run.summary is None:  # no summary.json: failed before the first epoch, or not started
         return "failed" if (run.problem or "").startswith("failed") else DASH
-    best, status = _fmt(run.get("best_val_acc1")), run.summary.get("status")
+    best, status = _fmt(run.summary.best_val_acc1), run.summary.status
     if status == "failed":
         return "failed" if best == DASH else f"{best} (failed)"
     return f"{best} (running)" if status == "running" else best
@@ -237,14 +240,14 @@ def backends_table(runs: Sequence[Run], key: str) -> str:
     cols: list[Optional[str]] = [b for b in BACKEND_ORDER if b in present]
     cols += [b for b in present if b not in BACKEND_ORDER]
 
-    def row(title: str, fmt: Any) -> list[str]:
+    def row(title: str, fmt: Callable[[Run], str]) -> list[str]:
         return [title, *(" / ".join(fmt(r) for r in runs if r.overrides.get(key) == b) or DASH
                          for b in cols)]
 
     return markdown_table(["", *(_label(b) for b in cols)], [
         row("Val_acc1%", _pivot_value),
-        row("Time per batch (s)", lambda r: _fmt(r.get("time_per_batch_s"), 3)),
-        row("Memory (peak)", lambda r: human_bytes(r.get("peak_memory_bytes"))),
+        row("Time per batch (s)", lambda r: _fmt(r.summary.time_per_batch_s if r.summary else None, 3)),
+        row("Memory (peak)", lambda r: human_bytes(r.summary.peak_memory_bytes if r.summary else None)),
     ])
 
 

@@ -1,10 +1,179 @@
-"""TEMP stub until the contracts branch lands."""
-from dataclasses import dataclass
+"""What a run reports: summary.json (the run, its sides, its link figures) and its TensorBoard scalars."""
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, TypeVar
+
+from edgesplit.comm import CommFigures
+
+STATUSES = ("running", "finished", "failed")
+T = TypeVar("T")
+
+
+class SummaryFormatError(ValueError):
+    """A summary.json that holds no run summary: not an object, a key missing, a value of the wrong type."""
 
 
 @dataclass
 class SideStats:
+    """One side (`edge`, `cloud`; dist also `cloud_stage<i>`): its share of the model and of the work."""
     parameters: int
     peak_memory_bytes: int
     compute_s_per_batch: float
     processes: int = 1
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SideStats":
+        """Other keys (the link byte counts older dist runs wrote here) are ignored."""
+        return cls(int(data["parameters"]), int(data["peak_memory_bytes"]),
+                   float(data["compute_s_per_batch"]), int(data.get("processes", 1)))
+
+
+@dataclass
+class EpochRecord:
+    """One entry of the history: an epoch's learning rate and metrics."""
+    epoch: int  # 1-based: the number of epochs finished
+    lr: float
+    train_loss: float
+    train_acc1: float
+    val_loss: float
+    val_acc1: float
+    val_acc5: float
+    time_per_batch_s: float  # median over the epoch's steps
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EpochRecord":
+        metrics = {f.name: float(data[f.name]) for f in fields(cls) if f.name != "epoch"}
+        return cls(int(data["epoch"]), **metrics)
+
+
+@dataclass
+class RunSummary:
+    """summary.json. The metrics are the last epoch's; they, comm and sides are unset (None, empty)
+    until an epoch ends: a run that is running or failed early has fewer figures, not other keys."""
+    backend: str
+    epochs_planned: int
+    eval_compressed: bool
+    overrides: List[str]
+    status: str = "running"  # one of STATUSES
+    error: Optional[str] = None  # why the run failed
+    epochs: int = 0  # finished
+    best_val_acc1: Optional[float] = None
+    val_acc1: Optional[float] = None
+    val_acc5: Optional[float] = None
+    val_loss: Optional[float] = None
+    train_loss: Optional[float] = None
+    train_acc1: Optional[float] = None
+    time_per_batch_s: Optional[float] = None
+    samples_per_s: Optional[float] = None
+    peak_memory_bytes: Optional[int] = None  # the largest process or device
+    comm: Optional[CommFigures] = None
+    sides: Dict[str, SideStats] = field(default_factory=dict)
+    history: List[EpochRecord] = field(default_factory=list)
+
+    def record_epoch(self, record: EpochRecord, batch_size: int, comm: CommFigures,
+                     sides: Mapping[str, SideStats]) -> None:
+        """A finished epoch: its metrics become the run's, the best is kept, the last planned one ends it."""
+        self.history.append(record)
+        self.epochs = record.epoch
+        self.best_val_acc1 = max(h.val_acc1 for h in self.history)
+        self.val_acc1, self.val_acc5, self.val_loss = record.val_acc1, record.val_acc5, record.val_loss
+        self.train_loss, self.train_acc1 = record.train_loss, record.train_acc1
+        self.time_per_batch_s = record.time_per_batch_s
+        self.samples_per_s = batch_size / record.time_per_batch_s
+        self.peak_memory_bytes = max((s.peak_memory_bytes for s in sides.values()), default=0)
+        self.comm, self.sides = comm, dict(sides)
+        if record.epoch == self.epochs_planned:
+            self.status = "finished"
+
+    def fail(self, error: str) -> None:
+        self.status, self.error = "failed", error
+
+    def epoch_scalars(self) -> Dict[str, float]:
+        """The TensorBoard scalars of the last recorded epoch by tag (figures not known yet left out)."""
+        values: Dict[str, Optional[float]] = {
+            "train/loss": self.train_loss, "train/acc1": self.train_acc1,
+            "val/loss": self.val_loss, "val/acc1": self.val_acc1, "val/acc5": self.val_acc5,
+            "val/best_acc1": self.best_val_acc1, "lr": self.history[-1].lr if self.history else None,
+            "time/batch_s": self.time_per_batch_s, "memory/peak_bytes": self.peak_memory_bytes,
+        }
+        if self.comm is not None:
+            values.update({
+                "comm/up_bytes": self.comm.up_bytes_per_batch,
+                "comm/down_bytes": self.comm.down_bytes_per_batch,
+                "comm/raw_up_bytes": self.comm.raw_up_bytes_per_batch,
+                "comm/raw_down_bytes": self.comm.raw_down_bytes_per_batch,
+                "comm/overhead_up_bytes": self.comm.overhead_up_bytes_per_batch,
+                "comm/overhead_down_bytes": self.comm.overhead_down_bytes_per_batch,
+            })
+            for (boundary, pass_), crossing in self.comm.crossings.items():
+                values[f"boundary/{boundary}_{pass_}/rel_error"] = crossing.rel_error
+                values[f"boundary/{boundary}_{pass_}/sparsity"] = crossing.sparsity
+        for side, stats in self.sides.items():
+            values[f"time/{side}_compute_s"] = stats.compute_s_per_batch
+            values[f"memory/{side}_peak_bytes"] = stats.peak_memory_bytes
+        return {tag: float(value) for tag, value in values.items() if value is not None}
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON object: every key always present (null where unknown), comm's as CommFigures writes."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["comm"] = None if self.comm is None else self.comm.to_dict()
+        out["sides"] = {side: stats.to_dict() for side, stats in self.sides.items()}
+        out["history"] = [record.to_dict() for record in self.history]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RunSummary":
+        """Inverse of to_dict; absent metrics read as None. SummaryFormatError says what does not fit."""
+        if not isinstance(data, Mapping):
+            raise SummaryFormatError("not an object")
+        try:
+            comm = data.get("comm")
+            summary = cls(
+                backend=str(data["backend"]), epochs_planned=int(data["epochs_planned"]),
+                eval_compressed=bool(data["eval_compressed"]), overrides=[str(o) for o in data["overrides"]],
+                status=str(data["status"]), error=_optional(data, "error", str), epochs=int(data["epochs"]),
+                best_val_acc1=_optional(data, "best_val_acc1", float),
+                val_acc1=_optional(data, "val_acc1", float), val_acc5=_optional(data, "val_acc5", float),
+                val_loss=_optional(data, "val_loss", float), train_loss=_optional(data, "train_loss", float),
+                train_acc1=_optional(data, "train_acc1", float),
+                time_per_batch_s=_optional(data, "time_per_batch_s", float),
+                samples_per_s=_optional(data, "samples_per_s", float),
+                peak_memory_bytes=_optional(data, "peak_memory_bytes", int),
+                comm=None if comm is None else CommFigures.from_dict(comm),
+                sides={side: SideStats.from_dict(s) for side, s in (data.get("sides") or {}).items()},
+                history=[EpochRecord.from_dict(h) for h in data.get("history") or []],
+            )
+        except KeyError as exc:
+            raise SummaryFormatError(f"no {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type
+            raise SummaryFormatError(f"{type(exc).__name__}: {exc}") from None
+        if summary.status not in STATUSES:
+            raise SummaryFormatError(f"status {summary.status!r} is not one of {', '.join(STATUSES)}")
+        return summary
+
+
+def _optional(data: Mapping[str, Any], key: str, convert: Callable[[Any], T]) -> Optional[T]:
+    value = data.get(key)
+    return None if value is None else convert(value)
+
+
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    """Rewritten at every epoch end and on failure, atomically, so a killed run keeps its numbers."""
+    path = run_dir / "summary.json"
+    tmp = path.with_name("summary.json.tmp")
+    tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_summary(run_dir: Path) -> Optional[RunSummary]:
+    """None when the run wrote none yet; ValueError (JSON, SummaryFormatError) when it is no summary."""
+    path = run_dir / "summary.json"
+    return RunSummary.from_dict(json.loads(path.read_text())) if path.exists() else None

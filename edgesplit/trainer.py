@@ -13,14 +13,15 @@ from tqdm import tqdm
 from edgesplit import checkpoint
 from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.codecs import NonFiniteError
-from edgesplit.comm import DIRECTION, CommMeter
+from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
 from edgesplit.config import validate, validate_partition
 from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import TrainingDiverged, UserError
-from edgesplit.logbook import Logbook, read_summary, write_summary
+from edgesplit.logbook import Logbook
 from edgesplit.model import build_units, check_num_classes
 from edgesplit.partition import split_units
+from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir."""
     validate(cfg)
     previous = read_summary(run_dir) if cfg.resume else None
-    if previous and previous.get("status") == "finished":
-        log.info(f"{run_dir} finished all {previous['epochs']} epochs already: nothing to resume")
-        return previous
+    if previous is not None and previous.status == "finished":
+        log.info(f"{run_dir} finished all {previous.epochs} epochs already: nothing to resume")
+        return previous.to_dict()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state = _resume_state(cfg, run_dir)
@@ -112,11 +113,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
                         datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
-    summary: Dict[str, Any] = {
-        "status": "running", "error": None, "backend": cfg.pipeline_backend.name,
-        "epochs": 0, "epochs_planned": cfg.schedule.epochs, "best_val_acc1": 0.0,
-        "eval_compressed": cfg.compressor.eval_compressed, "overrides": overrides, "history": [],
-    }
+    summary = RunSummary(backend=cfg.pipeline_backend.name, epochs_planned=cfg.schedule.epochs,
+                         eval_compressed=cfg.compressor.eval_compressed, overrides=overrides)
     logbook = Logbook(run_dir, cfg, overrides)
     ckpt = run_dir / "checkpoint.pt"
     try:
@@ -124,8 +122,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
         if state is not None:
             backend.load_state_dict(state)
             start = state["epoch"]
-            summary.update(state["summary"])
-            summary["status"] = "running"
+            summary = RunSummary.from_dict(state["summary"])
+            summary.status = "running"
         val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
                                   train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
@@ -142,54 +140,25 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
                                   epoch=epoch, num_workers=cfg.data.num_workers)
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good)
             metrics.update(evaluate(backend, val_loader))
-            sides = {side: vars(stats) for side, stats in backend.side_stats().items()}
+            sides = backend.side_stats()
             comm = meter.summary()  # after side_stats: it merges the figures of other processes
-            peak = max((s["peak_memory_bytes"] for s in sides.values()), default=0)
-            summary["best_val_acc1"] = max(summary["best_val_acc1"], metrics["val_acc1"])
-            summary["history"].append({"epoch": epoch + 1, "lr": lr, **metrics})
-            summary.update(metrics)
-            summary.update({
-                "epochs": epoch + 1, "samples_per_s": cfg.data.batch_size / metrics["time_per_batch_s"],
-                "peak_memory_bytes": peak, "comm": comm, "sides": sides,
-            })
-            if epoch + 1 == cfg.schedule.epochs:
-                summary["status"] = "finished"
-            checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1, "summary": summary,
+            summary.record_epoch(EpochRecord(epoch=epoch + 1, lr=lr, **metrics), cfg.data.batch_size,
+                                 comm, sides)
+            checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1,
+                                    "summary": summary.to_dict(),
                                     "config": OmegaConf.to_container(cfg, resolve=True)}, ckpt)
             write_summary(run_dir, summary)
-            logbook.scalars(_epoch_scalars(summary, lr), epoch + 1, flush=True)
+            logbook.scalars(summary.epoch_scalars(), epoch + 1, flush=True)
             log.info(f"epoch {epoch + 1}/{cfg.schedule.epochs} lr {lr:.4g} "
                      f"train loss {metrics['train_loss']:.4f} acc1 {metrics['train_acc1']:.2f} | "
                      f"val loss {metrics['val_loss']:.4f} acc1 {metrics['val_acc1']:.2f} | "
-                     f"{metrics['time_per_batch_s']:.3f} s/batch | up {comm['up_bytes_per_batch']:.0f} "
-                     f"down {comm['down_bytes_per_batch']:.0f} B/batch")
+                     f"{metrics['time_per_batch_s']:.3f} s/batch | up {comm.up_bytes_per_batch:.0f} "
+                     f"down {comm.down_bytes_per_batch:.0f} B/batch")
     except UserError as e:
-        summary.update(status="failed", error=str(e))
+        summary.fail(str(e))
         write_summary(run_dir, summary)
         raise
     finally:
         logbook.close()
         backend.close()
-    return summary
-
-
-def _epoch_scalars(summary: Dict[str, Any], lr: float) -> Dict[str, float]:
-    comm, sides = summary["comm"], summary["sides"]
-    out = {
-        "train/loss": summary["train_loss"], "train/acc1": summary["train_acc1"],
-        "val/loss": summary["val_loss"], "val/acc1": summary["val_acc1"],
-        "val/acc5": summary["val_acc5"], "val/best_acc1": summary["best_val_acc1"], "lr": lr,
-        "time/batch_s": summary["time_per_batch_s"], "memory/peak_bytes": summary["peak_memory_bytes"],
-        "comm/up_bytes": comm["up_bytes_per_batch"], "comm/down_bytes": comm["down_bytes_per_batch"],
-        "comm/raw_up_bytes": comm["raw_up_bytes_per_batch"],
-        "comm/raw_down_bytes": comm["raw_down_bytes_per_batch"],
-    }
-    for boundary, pass_ in DIRECTION:
-        for stat in ("rel_error", "sparsity"):
-            key = f"{boundary}_{pass_}_{stat}"
-            if key in comm:
-                out[f"boundary/{boundary}_{pass_}/{stat}"] = comm[key]
-    for side, stats in sides.items():
-        out[f"time/{side}_compute_s"] = stats["compute_s_per_batch"]
-        out[f"memory/{side}_peak_bytes"] = stats["peak_memory_bytes"]
-    return out
+    return summary.to_dict()

@@ -2,6 +2,7 @@
 import pytest
 
 from edgesplit.bench import backends, link
+from edgesplit.comm import CommMeter
 
 
 def _rows(out: str) -> list:
@@ -40,5 +41,10 @@ def test_bench_link_bytes_follow_the_codecs(capsys: pytest.CaptureFixture) -> No
 
 
 def test_predicted_transfer_is_bytes_over_bandwidth_plus_latency() -> None:
-    comm = {"up_bytes_per_batch": 1e6, "down_bytes_per_batch": 5e5}
+    meter = CommMeter()
+    meter.record("front", "forward", 600_000, 2_400_000)  # up: 0.6 MB of payload, 0.4 MB of overhead
+    meter.record_overhead("up", 400_000)
+    meter.record("back", "forward", 500_000, 2_000_000)  # down: 0.5 MB
+    meter.end_batch()
+    comm = meter.summary()
     assert link.predict(comm, 0.5, up_mbps=8, down_mbps=4, latency_ms=10) == pytest.approx(0.5 + 1 + 1 + 0.04)

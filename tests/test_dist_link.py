@@ -33,7 +33,7 @@ def step_times(codec: str, steps: int = 4, **link):
             backend.train_step(x, y)
             times.append(time.perf_counter() - t0)
         after = dict(backend.t.link_bytes)
-        comm = meter.summary()
+        comm = meter.summary().to_dict()
     finally:
         backend.close()
     handed = {d: (after[d] - before[d]) / steps for d in after}

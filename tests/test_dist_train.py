@@ -49,13 +49,13 @@ def test_same_losses_and_payload_bytes_as_gpipe(codec, stages, chunks, checkpoin
     batches = data(5, batch=10)  # 10 samples in `chunks` micro-batches: uneven ones too
     m_gpipe, m_dist = _same_as_gpipe(cfg, batches)
     micro = len(torch.arange(10).chunk(chunks))
-    figures = m_dist.summary()
+    figures = m_dist.summary().to_dict()
     for direction in ("up", "down"):  # one header per message, 2 messages a direction per micro-batch
         assert figures[f"overhead_{direction}_bytes_per_batch"] == 2 * HEADER_BYTES * micro
-        assert m_gpipe.summary()[f"overhead_{direction}_bytes_per_batch"] == 0
+        assert m_gpipe.summary().to_dict()[f"overhead_{direction}_bytes_per_batch"] == 0
     for boundary, pass_ in DIRECTION:  # measured by the sender of each payload, in every backend
         key = f"{boundary}_{pass_}_rel_error"
-        assert figures[key] == pytest.approx(m_gpipe.summary()[key], rel=1e-4, abs=1e-7), key
+        assert figures[key] == pytest.approx(m_gpipe.summary().to_dict()[key], rel=1e-4, abs=1e-7), key
 
 
 def test_prune_sends_the_gradient_at_the_forward_support_only():

@@ -1,4 +1,5 @@
 """Tests of edgesplit.report on fake Hydra run dirs: tables, pivots, backends, curves, CLI."""
+import dataclasses
 import json
 import os
 import re
@@ -10,8 +11,14 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 
+from matplotlib.figure import Figure
+
+from edgesplit import report
+from edgesplit.comm import CommFigures, CommMeter
+from edgesplit.curves import run_label
 from edgesplit.report import (ReportError, build_report, find_runs, human_bytes, main,
                               plot_curves, swept_keys, write_report)
+from edgesplit.run_summary import EpochRecord, RunSummary, SideStats, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 # The seed's first study (front x back -> val_acc1 %).
@@ -20,27 +27,34 @@ SEED_GRID = {(1, 1): 92.14, (2, 1): 92.22, (3, 1): 92.63, (1, 2): 90.84, (2, 2):
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _summary(best: float, **kw: Any) -> dict[str, Any]:
-    s: dict[str, Any] = {
-        "status": "finished", "error": None, "backend": "gpipe", "epochs": 3, "epochs_planned": 3,
-        "eval_compressed": True, "val_acc1": best - 0.5, "val_acc5": 99.0, "best_val_acc1": best,
-        "val_loss": 0.3, "train_loss": 0.25, "train_acc1": 93.0, "time_per_batch_s": 0.12,
-        "samples_per_s": 1066.0, "peak_memory_bytes": 123_456_789,
-        "comm": {"up_bytes_per_batch": 1.0e6, "down_bytes_per_batch": 2.0e5,
-                 "raw_up_bytes_per_batch": 1.0e7, "raw_down_bytes_per_batch": 2.0e6,
-                 "compression_ratio": 9.5},
-        "sides": {"edge": {"parameters": 1234}, "cloud": {"parameters": 99999}},
-        "history": [{"epoch": e, "val_acc1": best - 3 + e, "train_loss": 1.0} for e in (1, 2, 3)]}
-    s.update(kw)
-    return s
+def _comm(overhead: int = 0) -> CommFigures:
+    """One batch: 1 MB up of 10 MB raw at the front boundary, 200 kB down of 1.4 MB raw at the back."""
+    meter = CommMeter()
+    meter.record("front", "forward", 1_000_000, 10_000_000)
+    meter.record("back", "forward", 200_000, 1_400_000)
+    meter.record_overhead("up", overhead)
+    meter.record_overhead("down", overhead)
+    meter.end_batch()
+    return meter.summary()
 
 
-def _run_dir(path: Path, overrides: list[str], summary: Optional[dict[str, Any]]) -> Path:
+def _summary(best: float, done: int = 3, comm: Optional[CommFigures] = None, **changes: Any) -> RunSummary:
+    """A 3-epoch gpipe run after `done` epochs, val acc1 best-1.5, best, best-0.5; `changes` last."""
+    summary = RunSummary(backend="gpipe", epochs_planned=3, eval_compressed=True, overrides=[])
+    sides = {"edge": SideStats(1234, 123_456_789, 0.05), "cloud": SideStats(99999, 100_000_000, 0.07)}
+    for epoch, acc in enumerate([best - 1.5, best, best - 0.5][:done], 1):
+        record = EpochRecord(epoch, lr=0.4, train_loss=0.25, train_acc1=93.0, val_loss=0.3, val_acc1=acc,
+                             val_acc5=99.0, time_per_batch_s=0.12)
+        summary.record_epoch(record, batch_size=128, comm=comm or _comm(), sides=sides)
+    return dataclasses.replace(summary, **changes)
+
+
+def _run_dir(path: Path, overrides: list[str], summary: Optional[RunSummary]) -> Path:
     (path / ".hydra").mkdir(parents=True)
     (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (path / ".hydra" / "config.yaml").write_text("seed: 0\nmodel:\n  name: mobilenetv2\n")
     if summary is not None:
-        (path / "summary.json").write_text(json.dumps(summary))
+        write_summary(path, summary)
     return path
 
 
@@ -54,11 +68,10 @@ def report_grid(tmp_path: Path) -> Path:
     for front in (1, 2, 3):
         for back in (1, 2, 3):
             ov = [f"partition.front={front}", f"partition.back={back}", "experiment=edge_grid"]
-            summary: Optional[dict[str, Any]] = _summary(SEED_GRID[front, back])
+            summary: Optional[RunSummary] = _summary(SEED_GRID[front, back])
             if (front, back) == (2, 2):
-                summary = _summary(50.0, status="failed", epochs=2,
+                summary = _summary(50.0, done=2, status="failed",
                                    error="training diverged: loss is nan at epoch 3")
-                summary["history"] = summary["history"][:2]
             if (front, back) == (3, 3):
                 summary = None
             _run_dir(root / f"{job}_partition.front={front},partition.back={back}", ov, summary)
@@ -103,13 +116,14 @@ def test_grid_runs_table_lists_failed_and_summaryless_runs(report_grid: Path) ->
     header, rows = table[0], table[1:]
     assert header[:6] == ["run", "partition.front", "partition.back", "status", "epochs",
                           "best val acc1"]
+    assert "overhead up / down" not in header  # no run has transport overhead
     assert len(rows) == 9
     by_run = {r[0]: dict(zip(header, r)) for r in rows}
     assert by_run["0"]["status"] == "finished"
     assert by_run["0"]["best val acc1"] == "92.14" and by_run["0"]["final val acc1"] == "91.64"
     assert by_run["0"]["peak memory"] == "123 MB" and by_run["0"]["up/batch"] == "1 MB"
     assert by_run["0"]["down/batch"] == "200 kB" and by_run["0"]["compression"] == "9.50x"
-    assert by_run["0"]["time/batch (s)"] == "0.120" and by_run["0"]["samples/s"] == "1066"
+    assert by_run["0"]["time/batch (s)"] == "0.120" and by_run["0"]["samples/s"] == "1067"
     assert by_run["4"]["status"] == "failed: training diverged: loss is nan at epoch 3"
     assert by_run["4"]["epochs"] == "2"
     assert by_run["8"]["status"] == "no summary"
@@ -117,9 +131,7 @@ def test_grid_runs_table_lists_failed_and_summaryless_runs(report_grid: Path) ->
 
 
 def test_running_sweep_shows_progress_and_partial_curves(tmp_path: Path) -> None:
-    _run_dir(tmp_path / "0_schedule.lr=0.1", ["schedule.lr=0.1"], _summary(
-        60.0, status="running", epochs=2, epochs_planned=200,
-        history=[{"epoch": 1, "val_acc1": 40.0}, {"epoch": 2, "val_acc1": 60.0}]))
+    _run_dir(tmp_path / "0_schedule.lr=0.1", ["schedule.lr=0.1"], _summary(60.0, done=2, epochs_planned=200))
     _run_dir(tmp_path / "1_schedule.lr=0.2", ["schedule.lr=0.2"], None)
     (tmp_path / "1_schedule.lr=0.2" / "summary.json").write_text('{"status": "runn')  # mid-write
     runs = find_runs([tmp_path])
@@ -127,7 +139,7 @@ def test_running_sweep_shows_progress_and_partial_curves(tmp_path: Path) -> None
                                         "unreadable summary.json (JSONDecodeError)"]
     fig = plot_curves(runs)
     (line,) = fig.axes[0].get_lines()
-    assert _data(line, "x") == [1, 2] and _data(line, "y") == [40.0, 60.0]
+    assert _data(line, "x") == [1, 2] and _data(line, "y") == [58.5, 60.0]
     assert line.get_label() == "schedule.lr=0.1"
 
 
@@ -136,9 +148,13 @@ def test_backends_layout_orders_naive_gpipe_dist(tmp_path: Path) -> None:
     for job, (backend, acc, t, mem) in enumerate([("gpipe", 92.85, 1.03, 9.32e9),
                                                   ("dist", 93.11, 2.09, 13.44e9),
                                                   ("naive", 93.24, 2.53, 13.27e9)]):
+        comm = _comm(overhead=320 if backend == "dist" else 0)  # dist's message headers
         _run_dir(tmp_path / f"{job}_pipeline_backend={backend}", [f"pipeline_backend={backend}"],
-                 _summary(acc, backend=backend, time_per_batch_s=t, peak_memory_bytes=mem))
+                 _summary(acc, comm=comm, backend=backend, time_per_batch_s=t, peak_memory_bytes=int(mem)))
     text = build_report(find_runs([tmp_path]))
+    runs = _table(text, "## Runs")
+    overhead = {row[1]: row[runs[0].index("overhead up / down")] for row in runs[1:]}
+    assert overhead == {"gpipe": "0 B / 0 B", "dist": "320 B / 320 B", "naive": "0 B / 0 B"}
     assert _table(text, "## Pipeline backends") == [
         ["", "naive", "gpipe", "dist"],
         ["Val_acc1%", "93.24", "92.85", "93.11"],
@@ -171,7 +187,7 @@ def test_curves_one_line_per_run_with_history(report_grid: Path) -> None:
     lines = fig.axes[0].get_lines()
     assert len(lines) == 8  # the summary-less run has no curve
     assert lines[0].get_label() == "partition.front=1, partition.back=1"
-    assert _data(lines[0], "y") == pytest.approx([90.14, 91.14, 92.14])
+    assert _data(lines[0], "y") == pytest.approx([90.64, 92.14, 91.64])
     assert len(_data(lines[4], "x")) == 2  # the failed job stopped after two epochs
     text = write_report(runs, report_grid)
     png = (report_grid / "curves.png").read_bytes()
@@ -264,12 +280,34 @@ def test_job_that_failed_before_its_summary_is_listed_as_failed(tmp_path: Path) 
     assert "| 1 | 30 | failed: partition.front+partition.back=31 is invalid" in text
 
 
-def test_curves_png_names_one_line_per_run(report_grid: Path) -> None:
-    from edgesplit.curves import png_lines
+def test_curves_png_is_the_figure_of_one_line_per_run(
+        report_grid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved: list[tuple[Figure, Path]] = []
+    real_save = report.save_png
 
+    def save_and_keep(fig: Figure, path: Path) -> None:
+        saved.append((fig, path))
+        real_save(fig, path)
+
+    monkeypatch.setattr(report, "save_png", save_and_keep)
     runs = find_runs([report_grid])
     write_report(runs, report_grid)
-    lines = png_lines(report_grid / "curves.png")
-    with_history = [r for r in runs if r.history]
-    assert len(lines) == len(with_history) == 8  # (3,3) has no summary, so no curve
-    assert lines[0] == "partition.front=1, partition.back=1"
+    ((fig, path),) = saved
+    assert path == report_grid / "curves.png" and path.read_bytes().startswith(PNG_SIGNATURE)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    keys = swept_keys(runs)
+    assert labels == [run_label(r, keys) for r in runs if r.history]
+    assert len(labels) == 8  # (3,3) has no summary, so no curve
+    assert labels[0] == "partition.front=1, partition.back=1"
+
+
+def test_a_summary_that_does_not_fit_is_named_unreadable(tmp_path: Path) -> None:
+    data = _summary(90.0).to_dict()
+    del data["backend"]
+    (_run_dir(tmp_path / "0_seed=1", ["seed=1"], None) / "summary.json").write_text(json.dumps(data))
+    _run_dir(tmp_path / "1_seed=2", ["seed=2"], _summary(91.0, status="paused"))
+    (_run_dir(tmp_path / "2_seed=3", ["seed=3"], None) / "summary.json").write_text("[]")
+    assert [r.status for r in find_runs([tmp_path])] == [
+        "unreadable summary.json (no 'backend')",
+        "unreadable summary.json (status 'paused' is not one of running, finished, failed)",
+        "unreadable summary.json (not an object)"]

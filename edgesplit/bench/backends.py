@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from edgesplit.bench.machine import header_lines, human_bytes
+from edgesplit.comm import CommFigures, CommMeter
+from edgesplit.run_summary import SideStats
 
 # dist+link: dist under the emulated link of --link-mbps / --latency-ms
 BACKENDS = ("naive", "gpipe", "dist", "dist+link")
@@ -40,7 +42,6 @@ def overrides_of(args: argparse.Namespace, name: str) -> List[str]:
 def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     """Build the backend in this process, time `steps` train steps after `warmup` ones."""
     from edgesplit.backends import build_backend
-    from edgesplit.comm import CommMeter
     from edgesplit.compression import build_codecs
     from edgesplit.config import compose_config
     from edgesplit.data import build_datasets
@@ -71,7 +72,8 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
             _sync()
             if step >= warmup:
                 times.append(time.perf_counter() - tic)
-        return {"times": times, "sides": backend.side_stats(), "comm": meter.summary()}
+        sides = {side: stats.to_dict() for side, stats in backend.side_stats().items()}
+        return {"times": times, "sides": sides, "comm": meter.summary().to_dict()}
     finally:
         backend.close()
 
@@ -92,25 +94,33 @@ def run_cell(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _peak(cell: Dict[str, Any]) -> int:
+    """The largest process's or device's peak memory of a measured cell."""
+    return max(SideStats.from_dict(s).peak_memory_bytes for s in cell["sides"].values())
+
+
 def table(results: Dict[str, Dict[str, Any]], batch: int) -> str:
+    """One row per backend; payload bytes each way and, beside them, the transport's overhead."""
     base = results.get("gpipe", {})
     base_time = statistics.median(base["times"]) if "times" in base else None
-    base_mem = max(s["peak_memory_bytes"] for s in base["sides"].values()) if "sides" in base else None
+    base_mem = _peak(base) if "sides" in base else None
     lines = ["| backend | median step (s) | min-max (s) | samples/s | peak edge | peak cloud | "
-             "time / gpipe | memory / gpipe | up B/step | down B/step |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "time / gpipe | memory / gpipe | up B/step | down B/step | overhead up+down B/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 8)
+            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 9)
             continue
         t = statistics.median(r["times"])
-        mem = max(s["peak_memory_bytes"] for s in r["sides"].values())
-        edge, cloud = r["sides"]["edge"]["peak_memory_bytes"], r["sides"]["cloud"]["peak_memory_bytes"]
-        ratios = f"{t / base_time:.2f}x | {mem / base_mem:.2f}x" if base_time else "— | —"
+        sides = {side: SideStats.from_dict(s) for side, s in r["sides"].items()}
+        comm = CommFigures.from_dict(r["comm"])
+        ratios = f"{t / base_time:.2f}x | {_peak(r) / base_mem:.2f}x" if base_time and base_mem else "— | —"
+        overhead = comm.overhead_up_bytes_per_batch + comm.overhead_down_bytes_per_batch
         lines.append(
             f"| {name} | {t:.3f} | {min(r['times']):.3f}-{max(r['times']):.3f} | {batch / t:.1f} | "
-            f"{human_bytes(edge)} | {human_bytes(cloud)} | {ratios} | "
-            f"{r['comm']['up_bytes_per_batch']:.0f} | {r['comm']['down_bytes_per_batch']:.0f} |")
+            f"{human_bytes(sides['edge'].peak_memory_bytes)} | "
+            f"{human_bytes(sides['cloud'].peak_memory_bytes)} | {ratios} | {comm.up_bytes_per_batch:.0f} | "
+            f"{comm.down_bytes_per_batch:.0f} | {overhead:.0f} |")
     return "\n".join(lines)
 
 

@@ -4,13 +4,13 @@ import argparse
 import math
 import statistics
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 
 from edgesplit.bench.backends import run_cell
 from edgesplit.bench.machine import header_lines, human_bytes
-from edgesplit.comm import CommMeter
+from edgesplit.comm import CommFigures, CommMeter
 from edgesplit.compression import build_codecs
 from edgesplit.config import compose_config
 from edgesplit.model import build_units
@@ -34,7 +34,7 @@ def unit_outputs(width: float, micro: int) -> List[torch.Tensor]:
 
 
 def payload_bytes(outs: List[torch.Tensor], front: int, back: int, codec: str,
-                  chunks: int) -> Dict[str, float]:
+                  chunks: int) -> CommFigures:
     """Bytes per step of each (boundary, pass) from the codecs on the real boundary tensors."""
     codecs = build_codecs(compose_config(CODECS[codec]).compressor)
     meter = CommMeter()
@@ -50,11 +50,13 @@ def payload_bytes(outs: List[torch.Tensor], front: int, back: int, codec: str,
     return meter.summary()
 
 
-def predict(comm: Dict[str, float], compute_s: float, up_mbps: float, down_mbps: float,
+def predict(comm: CommFigures, compute_s: float, up_mbps: float, down_mbps: float,
             latency_ms: float) -> float:
-    """Compute plus serial transfer: each pass crosses the link up and down once (no overlap)."""
-    transfer = (comm["up_bytes_per_batch"] * 8 / (up_mbps * 1e6)
-                + comm["down_bytes_per_batch"] * 8 / (down_mbps * 1e6))
+    """Compute plus serial transfer of payloads and overhead: each pass crosses the link up and down
+    once (no overlap)."""
+    up = comm.up_bytes_per_batch + comm.overhead_up_bytes_per_batch
+    down = comm.down_bytes_per_batch + comm.overhead_down_bytes_per_batch
+    transfer = up * 8 / (up_mbps * 1e6) + down * 8 / (down_mbps * 1e6)
     return compute_s + transfer + 4 * latency_ms / 1000
 
 
@@ -123,10 +125,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 with_link = _measured(args, front, back, codec, link=True)
             pred = f"{base + transfer:.3f}" if base is not None else "—"
             rows.append(
-                f"| {front}x{back} | {codec} | {human_bytes(comm['up_bytes_per_batch'])} | "
-                f"{human_bytes(comm['down_bytes_per_batch'])} | "
-                f"{human_bytes(comm['raw_up_bytes_per_batch'])} | "
-                f"{human_bytes(comm['raw_down_bytes_per_batch'])} | {comm['compression_ratio']:.1f}x | "
+                f"| {front}x{back} | {codec} | {human_bytes(comm.up_bytes_per_batch)} | "
+                f"{human_bytes(comm.down_bytes_per_batch)} | "
+                f"{human_bytes(comm.raw_up_bytes_per_batch)} | "
+                f"{human_bytes(comm.raw_down_bytes_per_batch)} | {comm.compression_ratio:.1f}x | "
                 f"{transfer:.3f} | {f'{base:.3f}' if base is not None else '—'} | {pred} | "
                 f"{f'{with_link:.3f}' if with_link is not None else '—'} |")
     print("\n".join(header_lines("link", argv)))

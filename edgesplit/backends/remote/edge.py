@@ -175,7 +175,7 @@ class RemoteBackend(Backend):
         out = {"edge": edge}
         for r in reply.replies:
             assert r.side is not None and r.meter is not None
-            out[f"cloud_stage{r.stage}"] = SideStats(**r.side)
+            out[f"cloud_stage{r.stage}"] = SideStats.from_dict(r.side)
             self.meter.merge(r.meter)
         stages = [out[f"cloud_stage{s + 1}"] for s in range(self.stages)]
         out["cloud"] = SideStats(parameters=sum(s.parameters for s in stages),
