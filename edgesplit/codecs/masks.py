@@ -5,19 +5,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import chunk_spans
+from .base import chunk_spans, on_host
 
 # torch's CPU compaction (nonzero, masked_select; the latter very slow on several threads) and
 # bool-valued compares are not vectorised; numpy's are, several times faster. numpy also runs
 # on one thread: torch's parallel ops stall for whole time slices when the other core is busy.
-# False: torch only (as on other devices; the tests use it to cover that path).
-USE_NUMPY = True
+# So the host path (base.on_host) runs numpy here, the device path torch.
 
 _RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _host(t: Tensor) -> bool:
-    return USE_NUMPY and t.device.type == "cpu"
+    return on_host(t.device)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -128,7 +127,7 @@ def pack_mask(mask: Tensor) -> Tensor:
     return ((flags.view(torch.int64) * _GATHER_BITS) >> 56).to(torch.uint8)
 
 
-def pack_into(mask: Tensor, out: Tensor) -> None:
+def pack_mask_into(mask: Tensor, out: Tensor) -> None:
     """The bitmap of the 1-D bool mask (as pack_mask) into the uint8 out."""
     if _host(mask):
         _np(out)[...] = np.packbits(_np(mask), bitorder="little")
@@ -157,7 +156,7 @@ def order_stats(x: Tensor, ranks: List[int]) -> List[float]:
 def zeros(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A zero 1-D tensor. On CPU its memory comes from numpy, which asks for huge pages for large
     arrays: first writes to a fresh 32 MiB cost about a fifth of torch.zeros' page faults."""
-    if USE_NUMPY and device.type == "cpu" and n:
+    if on_host(device) and n:
         size = torch.empty((), dtype=dtype).element_size()
         return torch.from_numpy(np.zeros(n * size, dtype=np.uint8)).view(dtype)
     return torch.zeros(n, dtype=dtype, device=device)
