@@ -11,7 +11,7 @@ import edgesplit.codecs.select as select
 from codec_reference import ref_encode, ref_pack, ref_topk_mask
 from edgesplit.codecs import Codec, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
 from edgesplit.codecs.bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
-from edgesplit.codecs.masks import pack_mask, unpack_mask
+from edgesplit.codecs.masks import pack_mask_into, unpack_mask
 from edgesplit.codecs.topk import k_for
 
 KINDS = {"identity": Identity, "quantize": Quantize, "topk": TopK, "topk_quantize": TopKQuantize}
@@ -88,8 +88,10 @@ def test_pack_known_bytes() -> None:
         [0xAB, 0xCD, 0b1001]
     assert pack(torch.tensor([0x1234], dtype=torch.int32), 16).tolist() == [0x34, 0x12]
     mask = torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
-    assert pack_mask(mask).tolist() == [0x81, 0x01]
-    assert unpack_mask(pack_mask(mask), 9).tolist() == mask.tolist()
+    bitmap = torch.zeros(2, dtype=torch.uint8)
+    pack_mask_into(mask, bitmap)
+    assert bitmap.tolist() == [0x81, 0x01]
+    assert unpack_mask(bitmap, 9).tolist() == mask.tolist()
 
 
 # --- byte-identical to the reference -----------------------------------------------------------

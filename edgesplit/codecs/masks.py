@@ -114,29 +114,23 @@ def compress(x: Tensor, keep: Tensor) -> Tensor:
     return torch.masked_select(x, keep)
 
 
-def pack_mask(mask: Tensor) -> Tensor:
-    """The 1-D bool mask as a bitmap, ceil(n/8) uint8, bit i = entry i, LSB first."""
+def pack_mask_into(mask: Tensor, out: Tensor) -> None:
+    """The 1-D bool mask as a bitmap into the uint8 out: ceil(n/8) bytes, bit i = entry i, LSB
+    first."""
     if _host(mask):
-        return torch.from_numpy(np.packbits(_np(mask), bitorder="little"))
+        _np(out)[...] = np.packbits(_np(mask), bitorder="little")
+        return
     flags = mask.view(torch.uint8)
     n = flags.numel()
     if n % 8 or flags.storage_offset() % 8:
         padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.uint8, device=mask.device)
         padded[:n] = flags
         flags = padded
-    return ((flags.view(torch.int64) * _GATHER_BITS) >> 56).to(torch.uint8)
-
-
-def pack_mask_into(mask: Tensor, out: Tensor) -> None:
-    """The bitmap of the 1-D bool mask (as pack_mask) into the uint8 out."""
-    if _host(mask):
-        _np(out)[...] = np.packbits(_np(mask), bitorder="little")
-    else:
-        out.copy_(pack_mask(mask))
+    out.copy_(((flags.view(torch.int64) * _GATHER_BITS) >> 56).to(torch.uint8))
 
 
 def unpack_mask(bitmap: Tensor, n: int) -> Tensor:
-    """The first n entries (bool) of a bitmap made by pack_mask."""
+    """The first n entries (bool) of a bitmap made by pack_mask_into."""
     if _host(bitmap):
         return torch.from_numpy(np.unpackbits(_np(bitmap), count=n, bitorder="little")) \
             .view(torch.bool)
