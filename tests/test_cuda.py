@@ -11,6 +11,7 @@ from torch import Tensor
 from codec_reference import ref_encode
 from edgesplit import trainer
 from edgesplit.backends import build_backend
+from edgesplit.backends.stages import resolve_devices
 from edgesplit.codecs import Codec, Quantize, TopK, TopKQuantize
 from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.cuda
 
 CUDA3 = "pipeline_backend.devices=[cuda:0,cuda:0,cuda:0]"
 CPU3 = "pipeline_backend.devices=[cpu,cpu,cpu]"
+GPU_CLOUD = "pipeline_backend.devices=[cpu,cuda:0,cpu]"
 
 
 @pytest.fixture(autouse=True)
@@ -112,6 +114,22 @@ def test_gpipe_step_on_cuda_gives_the_cpu_losses(make_cfg: Callable, compressor:
 
 def sizes(meter: CommMeter) -> Dict[str, float]:
     return {k: v for k, v in meter.summary().items() if k.endswith("bytes_per_batch")}
+
+
+def test_dist_with_a_gpu_cloud_stage_gives_the_cpu_losses(make_cfg: Callable) -> None:
+    # the edge on the CPU (gloo link), the cloud stage on the GPU: payloads go through host memory
+    common = ["pipeline_backend=dist", "pipeline_backend.chunks=2", "pipeline_backend.timeout_s=30",
+              "partition.front=2", "partition.back=2", "compressor=prune"]
+    gpu, gpu_meter = train_losses(make_cfg(*common, GPU_CLOUD))
+    cpu, cpu_meter = train_losses(make_cfg(*common, CPU3))
+    assert gpu == pytest.approx(cpu, rel=2e-3)
+    assert sizes(gpu_meter) == sizes(cpu_meter)
+
+
+def test_auto_devices_put_the_edge_on_gpu_0() -> None:
+    devices = resolve_devices("auto", 4)
+    assert devices[0] == devices[-1] == torch.device("cuda", 0)
+    assert all(d.type == "cuda" and d.index < torch.cuda.device_count() for d in devices)
 
 
 def test_peak_memory_comes_from_torch_cuda(make_cfg: Callable, tmp_path: Path) -> None:
