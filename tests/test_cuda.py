@@ -1,24 +1,19 @@
 """On a GPU (marker `cuda`, skipped without one): codec bytes, a gpipe step and peak memory."""
 import json
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import pytest
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 from codec_reference import ref_encode
 from edgesplit import trainer
-from edgesplit.backends import build_backend
 from edgesplit.backends.stages import resolve_devices
 from edgesplit.codecs import Codec, Quantize, TopK, TopKQuantize
 from edgesplit.comm import CommMeter
-from edgesplit.compression import build_codecs
-from edgesplit.data import build_datasets, build_loader
 from edgesplit.model import build_units
-from edgesplit.partition import split_units
-from edgesplit.schedule import build_optimizer
+from test_backends import train_losses
 from test_codec_paths import codecs, inputs, ref_kind, wire
 
 pytestmark = pytest.mark.cuda
@@ -76,36 +71,12 @@ def test_codec_payloads_on_cuda_with_support_and_large_tensors() -> None:
         assert torch.equal(c.decode(p.cuda()).cpu(), c.decode(p))
 
 
-def train_losses(cfg: DictConfig, steps: int = 3) -> Tuple[List[float], CommMeter]:
-    """Losses of `steps` SGD steps on one batch of the tiny digits set, and the byte counts."""
-    torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model)
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
-    meter = CommMeter()
-    backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
-    optimizer = build_optimizer(backend.parameters(), cfg.schedule)
-    loader = build_loader(build_datasets(cfg.data).train, cfg.data.batch_size, train=True,
-                          seed=cfg.seed, epoch=0, num_workers=0)
-    x, y = next(iter(loader))
-    backend.train(True)
-    losses = []
-    try:
-        for _ in range(steps):
-            optimizer.zero_grad()
-            result = backend.train_step(x, y)
-            optimizer.step()
-            losses.append(result.loss_sum / result.count)
-    finally:
-        backend.close()
-    return losses, meter
-
-
 @pytest.mark.parametrize("compressor", ["quantize", "prune"])
 def test_gpipe_step_on_cuda_gives_the_cpu_losses(make_cfg: Callable, compressor: str) -> None:
     common = ["pipeline_backend=gpipe", "pipeline_backend.chunks=2", "partition.front=2",
               "partition.back=2", f"compressor={compressor}"]
-    gpu, gpu_meter = train_losses(make_cfg(*common, CUDA3))
-    cpu, cpu_meter = train_losses(make_cfg(*common, CPU3))
+    gpu, gpu_meter = train_losses(make_cfg(*common, CUDA3), steps=3)
+    cpu, cpu_meter = train_losses(make_cfg(*common, CPU3), steps=3)
     assert gpu[-1] < gpu[0]
     assert gpu[0] == pytest.approx(cpu[0], rel=1e-4)  # before any update: reduction order only
     assert gpu == pytest.approx(cpu, rel=2e-3)
@@ -120,8 +91,8 @@ def test_dist_with_a_gpu_cloud_stage_gives_the_cpu_losses(make_cfg: Callable) ->
     # the edge on the CPU (gloo link), the cloud stage on the GPU: payloads go through host memory
     common = ["pipeline_backend=dist", "pipeline_backend.chunks=2", "pipeline_backend.timeout_s=30",
               "partition.front=2", "partition.back=2", "compressor=prune"]
-    gpu, gpu_meter = train_losses(make_cfg(*common, GPU_CLOUD))
-    cpu, cpu_meter = train_losses(make_cfg(*common, CPU3))
+    gpu, gpu_meter = train_losses(make_cfg(*common, GPU_CLOUD), steps=3)
+    cpu, cpu_meter = train_losses(make_cfg(*common, CPU3), steps=3)
     assert gpu == pytest.approx(cpu, rel=2e-3)
     assert sizes(gpu_meter) == sizes(cpu_meter)
 
