@@ -1,6 +1,6 @@
 """Shared fixtures: compose the real Hydra config with overrides, tiny sizes for CPU tests."""
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List
 
 import pytest
 import torch
@@ -27,3 +27,14 @@ def make_cfg() -> Callable[..., DictConfig]:
 def _pinned_threads() -> None:
     # Float reduction order depends on the thread count: equality tests need it fixed.
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Tests marked `cuda` need a GPU: where torch sees none they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here); "
+                                   "`python -m pytest -m cuda` runs them on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

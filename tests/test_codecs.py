@@ -7,11 +7,11 @@ import torch
 from hydra.utils import instantiate
 
 import edgesplit.codecs.base as base
-import edgesplit.codecs.masks as masks
 import edgesplit.codecs.select as select
+from codec_reference import ref_encode, ref_pack, ref_topk_mask
 from edgesplit.codecs import Codec, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
-from edgesplit.codecs.bitpack import code_dtype, pack, pack_bits, packed_size, unpack, unpack_bits
-from edgesplit.codecs.reference import ref_encode, ref_pack, ref_topk_mask
+from edgesplit.codecs.bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
+from edgesplit.codecs.masks import pack_mask_into, unpack_mask
 from edgesplit.codecs.topk import k_for
 
 KINDS = {"identity": Identity, "quantize": Quantize, "topk": TopK, "topk_quantize": TopKQuantize}
@@ -25,6 +25,18 @@ def make(kind: str, ratio: float = 0.1, bits: int = 8) -> Codec:
     if kind == "topk":
         return TopK(ratio)
     return TopKQuantize(ratio, bits)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """All codes packed into a new buffer of ceil(n*bits/8) bytes."""
+    out = torch.empty(packed_size(codes.numel(), bits), dtype=torch.uint8)
+    pack_codes_into(codes.reshape(-1), bits, out, 0, codes.numel())
+    return out
+
+
+def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """All n codes of a packed stream."""
+    return unpack_codes_from(packed, bits, n, 0, n).clone()
 
 
 def wire(p: torch.Tensor) -> bytes:
@@ -76,8 +88,10 @@ def test_pack_known_bytes() -> None:
         [0xAB, 0xCD, 0b1001]
     assert pack(torch.tensor([0x1234], dtype=torch.int32), 16).tolist() == [0x34, 0x12]
     mask = torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
-    assert pack_bits(mask).tolist() == [0x81, 0x01]
-    assert unpack_bits(pack_bits(mask), 9).tolist() == mask.tolist()
+    bitmap = torch.zeros(2, dtype=torch.uint8)
+    pack_mask_into(mask, bitmap)
+    assert bitmap.tolist() == [0x81, 0x01]
+    assert unpack_mask(bitmap, 9).tolist() == mask.tolist()
 
 
 # --- byte-identical to the reference -----------------------------------------------------------
@@ -100,17 +114,17 @@ def test_stem_sized_tensor_matches_reference() -> None:
     assert wire(Quantize(8).encode(x)) == ref_encode("quantize", x, bits=8)
 
 
-@pytest.mark.parametrize("use_numpy", [True, False])
+@pytest.mark.parametrize("host_path", [True, False])
 @pytest.mark.parametrize("seed", range(6))
 def test_chunked_and_sampled_paths_match_reference(monkeypatch: pytest.MonkeyPatch,
-                                                   seed: int, use_numpy: bool) -> None:
+                                                   seed: int, host_path: bool) -> None:
     # small chunks and a small, deliberately too tight sample: every fallback branch runs, on the
-    # numpy (CPU) and the torch-only (other devices) mask primitives, on 1 and 2 threads
+    # host (CPU: numpy, chunks) and the device (GPU: torch, one piece) paths, on 1 and 2 threads
     monkeypatch.setattr(base, "CPU_CHUNK", 64)
     monkeypatch.setattr(select, "SMALL", 100)
     monkeypatch.setattr(select, "SAMPLE", 32)
     monkeypatch.setattr(select, "SIGMAS", 0.0 if seed % 2 else 3.0)
-    monkeypatch.setattr(masks, "USE_NUMPY", use_numpy)
+    monkeypatch.setattr(base, "HOST_PATH", host_path)
     g = torch.Generator().manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1 + seed % 2)

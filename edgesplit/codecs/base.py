@@ -41,14 +41,30 @@ class Codec(ABC):
         """Restore what state_dict() returned."""
 
 
+# The codecs take one of two paths, by the tensor's device: the host path on CPU (numpy
+# primitives, cache-sized chunks, uint16 views) and the device path elsewhere (torch ops only,
+# the whole tensor in one piece). Both write the same bytes. False sends CPU tensors down the
+# device path too: the tests run the code a GPU runs that way, on machines without one.
+HOST_PATH = True
+
 # Elements per chunk on CPU: fp32 scratch of a chunk stays in cache (and no large temporaries
 # are allocated, whose page faults cost as much as the arithmetic).
 CPU_CHUNK = 1 << 20
 
 
+def on_host(device: torch.device) -> bool:
+    """Whether tensors on `device` take the host path (see HOST_PATH)."""
+    return HOST_PATH and device.type == "cpu"
+
+
+def chunk_len(n: int, device: torch.device) -> int:
+    """Elements of the largest chunk chunk_spans gives (0 when n is 0): the scratch size."""
+    return min(n, CPU_CHUNK) if on_host(device) else n
+
+
 def chunk_spans(n: int, device: torch.device) -> Iterator[Tuple[int, int]]:
     """(start, stop) ranges covering [0, n); starts are multiples of 8 (bit-packing groups)."""
-    step = CPU_CHUNK if device.type == "cpu" else max(n, 1)
+    step = max(chunk_len(n, device), 1)
     for start in range(0, n, step):
         yield start, min(n, start + step)
 
@@ -72,14 +88,16 @@ def check_finite(name: str, lo: float, hi: float) -> None:
                              f"(min {lo}, max {hi})")
 
 
-def select_support(name: str, x: Tensor, support: Optional[Tensor]) -> Tensor:
-    """x itself, or x[support] (1-D) when a support mask is given."""
-    if support is None:
-        return x
-    if support.dtype != torch.bool or tuple(support.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: support must be a bool tensor of shape {tuple(x.shape)}, "
-                         f"got {support.dtype} of shape {tuple(support.shape)}")
-    return x[support]
+def encode_input(name: str, x: Tensor, support: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """(x or x[support], the same as a contiguous 1-D tensor): what an encode works on, after
+    checking the dtype and the support mask."""
+    check_float(name, x)
+    if support is not None:
+        if support.dtype != torch.bool or tuple(support.shape) != tuple(x.shape):
+            raise ValueError(f"{name}: support must be a bool tensor of shape {tuple(x.shape)}, "
+                             f"got {support.dtype} of shape {tuple(support.shape)}")
+        x = x[support]
+    return x, flat(x)
 
 
 def scatter_support(name: str, values: Tensor, support: Optional[Tensor]) -> Tensor:

@@ -4,7 +4,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .masks import pack_mask, unpack_mask
+from .base import on_host
 
 # Layout of n codes of b bits (see docs/codecs.md):
 #   b in 1..7:  one little-endian bit stream, code i in bits [i*b, i*b+b) (LSB first).
@@ -67,7 +67,7 @@ def _unpack_small(packed: Tensor, bits: int, n: int) -> Tensor:
     return t.view(torch.uint8)[:n]
 
 
-def pack_into(codes: Tensor, bits: int, out: Tensor, start: int, n: int) -> None:
+def pack_codes_into(codes: Tensor, bits: int, out: Tensor, start: int, n: int) -> None:
     """Pack the codes of elements [start, start+len) of an n-code stream into `out` (its bytes).
 
     `start` must be a multiple of 8; codes are uint8 for bits <= 8, int32 otherwise.
@@ -76,7 +76,7 @@ def pack_into(codes: Tensor, bits: int, out: Tensor, start: int, n: int) -> None
     if bits == 8:
         out[start:start + m].copy_(codes)
     elif bits == 16:
-        if codes.device.type == "cpu":
+        if on_host(codes.device):
             raw = codes.to(torch.uint16).view(torch.uint8)
         else:  # uint16 casts are CPU-only in some torch builds: interleave the bytes
             raw = torch.stack([codes & 0xFF, codes >> 8], dim=1).to(torch.uint8).view(-1)
@@ -91,8 +91,8 @@ def pack_into(codes: Tensor, bits: int, out: Tensor, start: int, n: int) -> None
         out[b0:b0 + packed_size(m, bits - 8)].copy_(_pack_small(hi, bits - 8))
 
 
-def unpack_from(packed: Tensor, bits: int, n: int, start: int, m: int) -> Tensor:
-    """The codes [start, start+m) (start a multiple of 8) of an n-code stream packed by pack_into.
+def unpack_codes_from(packed: Tensor, bits: int, n: int, start: int, m: int) -> Tensor:
+    """The codes [start, start+m) (start a multiple of 8) of an n-code stream (pack_codes_into).
 
     Returns uint8 codes for bits <= 8, int32 otherwise (a view of `packed` where possible).
     """
@@ -100,7 +100,7 @@ def unpack_from(packed: Tensor, bits: int, n: int, start: int, m: int) -> Tensor
         return packed[start:start + m]
     if bits == 16:
         raw = packed[2 * start:2 * (start + m)]
-        if raw.device.type != "cpu":
+        if not on_host(raw.device):
             pairs = raw.view(-1, 2).to(torch.int32)
             return pairs[:, 0] | (pairs[:, 1] << 8)
         if raw.storage_offset() % 2:
@@ -113,26 +113,3 @@ def unpack_from(packed: Tensor, bits: int, n: int, start: int, m: int) -> Tensor
     b0 = n + start * (bits - 8) // 8
     hi = _unpack_small(packed[b0:b0 + packed_size(m, bits - 8)], bits - 8, m)
     return lo | (hi.to(torch.int32) << 8)
-
-
-def pack(codes: Tensor, bits: int) -> Tensor:
-    """All codes packed: a new uint8 tensor of ceil(n*bits/8) bytes."""
-    n = codes.numel()
-    out = torch.empty(packed_size(n, bits), dtype=torch.uint8, device=codes.device)
-    pack_into(codes.reshape(-1), bits, out, 0, n)
-    return out
-
-
-def unpack(packed: Tensor, bits: int, n: int) -> Tensor:
-    """All n codes of a packed stream (uint8 for bits <= 8, int32 otherwise)."""
-    return unpack_from(packed, bits, n, 0, n).clone()
-
-
-def pack_bits(mask: Tensor) -> Tensor:
-    """A bool tensor as a bitmap of ceil(n/8) bytes, LSB first (same as pack(mask, 1))."""
-    return pack_mask(mask.reshape(-1))
-
-
-def unpack_bits(bitmap: Tensor, n: int) -> Tensor:
-    """The first n bools of a bitmap made by pack_bits."""
-    return unpack_mask(bitmap.reshape(-1), n)

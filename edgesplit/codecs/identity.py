@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Codec, check_float, flat, scatter_support, select_support
+from .base import Codec, encode_input, scatter_support
 from .header import IDENTITY, decode_header, encode_header, new_payload
 
 _NO_FIELDS = _struct.Struct("<")
@@ -20,9 +20,7 @@ class Identity(Codec):
         return "Identity()"
 
     def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        check_float(self.name, x)
-        x = select_support(self.name, x, support)
-        v = flat(x)
+        x, v = encode_input(self.name, x, support)
         header = encode_header(IDENTITY, x.dtype, tuple(x.shape), b"")
         payload = new_payload(header, v.numel() * v.element_size(), x.device)
         payload[len(header):].copy_(v.view(torch.uint8))

@@ -5,19 +5,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import chunk_spans
+from .base import chunk_spans, on_host
 
 # torch's CPU compaction (nonzero, masked_select; the latter very slow on several threads) and
 # bool-valued compares are not vectorised; numpy's are, several times faster. numpy also runs
 # on one thread: torch's parallel ops stall for whole time slices when the other core is busy.
-# False: torch only (as on other devices; the tests use it to cover that path).
-USE_NUMPY = True
+# So the host path (base.on_host) runs numpy here, the device path torch.
 
 _RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _host(t: Tensor) -> bool:
-    return USE_NUMPY and t.device.type == "cpu"
+    return on_host(t.device)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -115,29 +114,23 @@ def compress(x: Tensor, keep: Tensor) -> Tensor:
     return torch.masked_select(x, keep)
 
 
-def pack_mask(mask: Tensor) -> Tensor:
-    """The 1-D bool mask as a bitmap, ceil(n/8) uint8, bit i = entry i, LSB first."""
+def pack_mask_into(mask: Tensor, out: Tensor) -> None:
+    """The 1-D bool mask as a bitmap into the uint8 out: ceil(n/8) bytes, bit i = entry i, LSB
+    first."""
     if _host(mask):
-        return torch.from_numpy(np.packbits(_np(mask), bitorder="little"))
+        _np(out)[...] = np.packbits(_np(mask), bitorder="little")
+        return
     flags = mask.view(torch.uint8)
     n = flags.numel()
     if n % 8 or flags.storage_offset() % 8:
         padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.uint8, device=mask.device)
         padded[:n] = flags
         flags = padded
-    return ((flags.view(torch.int64) * _GATHER_BITS) >> 56).to(torch.uint8)
-
-
-def pack_into(mask: Tensor, out: Tensor) -> None:
-    """The bitmap of the 1-D bool mask (as pack_mask) into the uint8 out."""
-    if _host(mask):
-        _np(out)[...] = np.packbits(_np(mask), bitorder="little")
-    else:
-        out.copy_(pack_mask(mask))
+    out.copy_(((flags.view(torch.int64) * _GATHER_BITS) >> 56).to(torch.uint8))
 
 
 def unpack_mask(bitmap: Tensor, n: int) -> Tensor:
-    """The first n entries (bool) of a bitmap made by pack_mask."""
+    """The first n entries (bool) of a bitmap made by pack_mask_into."""
     if _host(bitmap):
         return torch.from_numpy(np.unpackbits(_np(bitmap), count=n, bitorder="little")) \
             .view(torch.bool)
@@ -157,7 +150,7 @@ def order_stats(x: Tensor, ranks: List[int]) -> List[float]:
 def zeros(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A zero 1-D tensor. On CPU its memory comes from numpy, which asks for huge pages for large
     arrays: first writes to a fresh 32 MiB cost about a fifth of torch.zeros' page faults."""
-    if USE_NUMPY and device.type == "cpu" and n:
+    if on_host(device) and n:
         size = torch.empty((), dtype=dtype).element_size()
         return torch.from_numpy(np.zeros(n * size, dtype=np.uint8)).view(dtype)
     return torch.zeros(n, dtype=dtype, device=device)

@@ -5,9 +5,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Codec, check_finite, check_float, chunk_spans, flat, scatter_support
-from .base import select_support
-from .bitpack import code_dtype, pack_into, packed_size, unpack_from
+from .base import Codec, check_finite, chunk_len, chunk_spans, encode_input, on_host
+from .base import scatter_support
+from .bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
 from .header import QUANT_FIELDS, QUANTIZE, decode_header, encode_header, new_payload
 
 
@@ -41,11 +41,11 @@ def quantize_into(v: Tensor, bits: int, offset: float, scale: float, out: Tensor
     """
     n = v.numel()
     top = float(2 ** bits - 1)
-    step = min(n, next(iter(chunk_spans(n, v.device)), (0, 0))[1])
+    step = chunk_len(n, v.device)
     scratch = torch.empty(step, dtype=torch.float32, device=v.device)
     # CUDA divides by a Python scalar as a multiply by its reciprocal; a device tensor divisor
     # gives true division, so CPU and GPU payloads are the same bytes.
-    divisor = scale if v.device.type == "cpu" else torch.tensor(scale, device=v.device)
+    divisor = scale if on_host(v.device) else torch.tensor(scale, device=v.device)
     codes = torch.empty(step, dtype=code_dtype(bits), device=v.device)
     for start, stop in chunk_spans(n, v.device):
         f = scratch[:stop - start]
@@ -63,7 +63,7 @@ def quantize_into(v: Tensor, bits: int, offset: float, scale: float, out: Tensor
         else:
             c = codes[:stop - start]
             c.copy_(f)
-            pack_into(c, bits, out, start, n)
+            pack_codes_into(c, bits, out, start, n)
 
 
 def dequantize(packed: Tensor, bits: int, n: int, offset: float, scale: float,
@@ -71,10 +71,9 @@ def dequantize(packed: Tensor, bits: int, n: int, offset: float, scale: float,
     """The 1-D tensor offset + code * scale (computed in fp32) of n packed codes, in `dtype`."""
     out = torch.empty(n, dtype=dtype, device=packed.device)
     scratch = None if dtype == torch.float32 else torch.empty(
-        min(n, next(iter(chunk_spans(n, packed.device)), (0, 0))[1]),
-        dtype=torch.float32, device=packed.device)
+        chunk_len(n, packed.device), dtype=torch.float32, device=packed.device)
     for start, stop in chunk_spans(n, packed.device):
-        codes = unpack_from(packed, bits, n, start, stop - start)
+        codes = unpack_codes_from(packed, bits, n, start, stop - start)
         f = out[start:stop] if scratch is None else scratch[:stop - start]
         torch.mul(codes, scale, out=f)
         f.add_(offset)
@@ -99,9 +98,7 @@ class Quantize(Codec):
         return f"Quantize(bits={self.bits})"
 
     def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        check_float(self.name, x)
-        x = select_support(self.name, x, support)
-        v = flat(x)
+        x, v = encode_input(self.name, x, support)
         offset, scale = minmax_params(self.name, v, self.bits)
         header = encode_header(QUANTIZE, x.dtype, tuple(x.shape),
                                QUANT_FIELDS.pack(self.bits, offset, scale))

@@ -5,7 +5,7 @@ from typing import Iterator, List, NamedTuple, Tuple
 import torch
 from torch import Tensor
 
-from .base import chunk_spans
+from .base import chunk_len, chunk_spans
 from .masks import abs_into, cat, compress, count, flatnonzero, greater, invert, magnitude
 from .masks import order_stats
 
@@ -45,7 +45,7 @@ def _magnitude(x: Tensor, f: Tensor, nonneg: bool) -> Tensor:
 
 def _scratch(v: Tensor) -> Tuple[Tensor, Tensor]:
     """An fp32 and a bool buffer of one chunk's size."""
-    step = next(iter(chunk_spans(v.numel(), v.device)), (0, 0))[1]
+    step = chunk_len(v.numel(), v.device)
     return (torch.empty(step, dtype=torch.float32, device=v.device),
             torch.empty(step, dtype=torch.bool, device=v.device))
 

@@ -6,12 +6,10 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Codec, check_finite, check_float, flat, scatter_support
-from .base import select_support
-from .bitpack import unpack_bits
+from .base import Codec, check_finite, encode_input, scatter_support
 from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, decode_header, encode_header
 from .header import new_payload
-from .masks import copy_into, flatnonzero, minmax, pack_into, put, zeros
+from .masks import copy_into, flatnonzero, minmax, pack_mask_into, put, unpack_mask, zeros
 from .select import Cut, cut_masks, topk_select
 
 
@@ -44,7 +42,7 @@ def write_index(v: Tensor, cut: Cut, nonneg: bool, fmt: int, out: Tensor) -> Non
     where: List[Tensor] = []
     for start, stop, mask in cut_masks(v, cut, nonneg):
         if fmt == BITMAP:
-            pack_into(mask, out[start // 8:(stop + 7) // 8])
+            pack_mask_into(mask, out[start // 8:(stop + 7) // 8])
         else:
             where.append(flatnonzero(mask).add_(start).to(torch.int32))
     if fmt == INDICES:
@@ -62,7 +60,7 @@ def _aligned(raw: Tensor, dtype: torch.dtype) -> Tensor:
 def read_index(section: Tensor, fmt: int, n: int) -> Tensor:
     """The kept positions of an index section: a bool mask (bitmap) or int64 indices."""
     if fmt == BITMAP:
-        return unpack_bits(section, n)
+        return unpack_mask(section, n)
     return _aligned(section, torch.int32).to(torch.int64)
 
 
@@ -109,9 +107,7 @@ class TopK(Codec):
         return f"TopK(ratio={self.ratio})"
 
     def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        check_float(self.name, x)
-        x = select_support(self.name, x, support)
-        v = flat(x)
+        x, v = encode_input(self.name, x, support)
         k, cut, kept, nonneg = select(self.name, v, self.ratio)
         fmt, index_bytes = index_format(v.numel(), k)
         extra, value_bytes, write_values = self._values(kept, k)
@@ -126,22 +122,30 @@ class TopK(Codec):
         """(extra header fields, bytes, writer) of the kept values' section: here, raw values."""
         return (), k * kept.element_size(), lambda out: copy_into(out, kept.view(torch.uint8))
 
-    def _parse(self, payload: Tensor) -> Tuple[Header, int, int, Tensor, Tensor]:
-        h = decode_header(payload, TOPK, TOPK_FIELDS)
-        fmt, k = h.fields
-        _, index_bytes = index_format(h.numel, k)
+    def _value_bytes(self, h: Header) -> int:
+        """Bytes of the values section of a payload with header h: here, k raw values."""
+        return h.fields[1] * torch.empty((), dtype=h.dtype).element_size()
+
+    def _decode_values(self, h: Header, section: Tensor) -> Tensor:
+        """The k kept values (1-D, in the encoded dtype) of a values section."""
+        return _aligned(section, h.dtype)
+
+    def _parse(self, payload: Tensor) -> Tuple[Header, Tensor, Tensor]:
+        """(header, index section, values section) of a payload, its size checked."""
+        h = decode_header(payload, self.code, self.fields)
+        _, index_bytes = index_format(h.numel, h.fields[1])
         body = payload[h.size:]
-        item = torch.empty((), dtype=h.dtype).element_size()
-        if body.numel() != index_bytes + k * item:
+        expected = index_bytes + self._value_bytes(h)
+        if body.numel() != expected:
             raise ValueError(f"{self.name}: payload body has {body.numel()} bytes, expected "
-                             f"{index_bytes + k * item}")
-        return h, fmt, k, body[:index_bytes], body[index_bytes:]
+                             f"{expected}")
+        return h, body[:index_bytes], body[index_bytes:]
 
     def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        h, fmt, k, section, values = self._parse(payload)
-        out = place(_aligned(values, h.dtype), section, fmt, h.numel, h.dtype).view(h.shape)
-        return scatter_support(self.name, out, support)
+        h, section, values = self._parse(payload)
+        out = place(self._decode_values(h, values), section, h.fields[0], h.numel, h.dtype)
+        return scatter_support(self.name, out.view(h.shape), support)
 
     def support_of(self, payload: Tensor) -> Optional[Tensor]:
-        h, fmt, _, section, _ = self._parse(payload)
-        return support_mask(h, section, fmt)
+        h, section, _ = self._parse(payload)
+        return support_mask(h, section, h.fields[0])

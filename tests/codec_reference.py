@@ -1,4 +1,4 @@
-"""Straightforward reference codecs (torch.sort, plain ops, Python bit loops) for the tests."""
+"""The tests' oracle: the codecs' payloads by straightforward means (torch.sort, plain ops)."""
 import math
 from fractions import Fraction
 from typing import Optional
@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .header import BITMAP, INDICES, QUANT_FIELDS, TOPK_FIELDS, TOPKQ_FIELDS, encode_header
-from .header import IDENTITY, QUANTIZE, TOPK, TOPK_QUANTIZE
+from edgesplit.codecs.header import BITMAP, INDICES, QUANT_FIELDS, TOPK_FIELDS, TOPKQ_FIELDS
+from edgesplit.codecs.header import IDENTITY, QUANTIZE, TOPK, TOPK_QUANTIZE, encode_header
 
 
 def _raw(v: Tensor) -> bytes:
@@ -80,8 +80,3 @@ def ref_encode(kind: str, x: Tensor, ratio: float = 0.1, bits: int = 8,
     return (encode_header(TOPK_QUANTIZE, x.dtype, shape,
                           TOPKQ_FIELDS.pack(fmt, k, qbits, lo, scale))
             + index + q[QUANT_FIELDS.size:])
-
-
-def ref_decode_quantized(codes: Tensor, offset: float, scale: float) -> Tensor:
-    """offset + code * scale in fp32."""
-    return codes.to(torch.float32) * scale + offset
