@@ -3,9 +3,10 @@ from typing import Callable, List, Tuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from edgesplit.backends import build_backend
+from edgesplit.backends import Backend, build_backend
 from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
 from edgesplit.data import build_datasets, build_loader
@@ -14,20 +15,28 @@ from edgesplit.partition import split_units
 
 
 def train_losses(cfg: DictConfig, steps: int = 4) -> Tuple[List[float], CommMeter]:
+    """Losses of `steps` train steps on one batch, as the trainer drives a backend; the meter
+    holds every process's counts (side_stats merges them)."""
+    datasets = build_datasets(cfg.data)
     torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model)
+    units = build_units(cfg.model, datasets.num_classes)
+    cfg.model.num_classes = datasets.num_classes
     split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
-    loader = build_loader(build_datasets(cfg.data).train, cfg.data.batch_size, train=True,
+    loader = build_loader(datasets.train, cfg.data.batch_size, train=True,
                           seed=cfg.seed, epoch=0, num_workers=0)
     losses = []
-    backend.train(True)
-    x, y = next(iter(loader))
-    for _ in range(steps):  # the same batch: the loss must fall
-        result = backend.train_step(x, y)
-        losses.append(result.loss_sum / result.count)
-    backend.close()
+    try:
+        backend.start_epoch(0)
+        backend.train(True)
+        x, y = next(iter(loader))
+        for _ in range(steps):  # the same batch: the loss must fall
+            result = backend.train_step(x, y)
+            losses.append(result.loss_sum / result.count)
+        backend.side_stats()
+    finally:
+        backend.close()
     return losses, meter
 
 
@@ -76,3 +85,52 @@ def test_explicit_devices_must_list_every_partition(make_cfg: Callable) -> None:
     cfg = make_cfg("pipeline_backend=gpipe", "pipeline_backend.devices=[cpu,cpu]")
     with pytest.raises(ConfigError, match="pipeline_backend.devices has 2 entries"):
         train_losses(cfg, steps=1)
+
+
+def _trained(cfg: DictConfig) -> Tuple[Backend, List[torch.nn.Module], Tuple[torch.Tensor, torch.Tensor]]:
+    """A backend after one train step, its units and the batch."""
+    datasets = build_datasets(cfg.data)
+    units = build_units(cfg.model, datasets.num_classes)
+    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
+    backend = build_backend(cfg, split, build_codecs(cfg.compressor), CommMeter())
+    x, y = next(iter(build_loader(datasets.train, cfg.data.batch_size, train=True, seed=0, epoch=0,
+                                  num_workers=0)))
+    backend.start_epoch(0)
+    backend.train(True)
+    backend.train_step(x, y)
+    return backend, units, (x, y)
+
+
+@pytest.mark.parametrize("name", ["naive", "gpipe"])
+def test_eval_compressed_false_evaluates_the_uncompressed_model(make_cfg: Callable, name: str) -> None:
+    losses = {}
+    for on in (True, False):
+        cfg = make_cfg("compressor=quantize", "compressor.bits=2", f"pipeline_backend={name}",
+                       f"compressor.eval_compressed={on}")
+        backend, units, (x, y) = _trained(cfg)
+        backend.train(False)
+        r = backend.eval_step(x, y)
+        with torch.no_grad():
+            plain = float(F.cross_entropy(torch.nn.Sequential(*units)(x), y))
+        losses[on] = (r.loss_sum / r.count, plain)
+    assert losses[False][0] == pytest.approx(losses[False][1], rel=1e-6)
+    assert abs(losses[True][0] - losses[True][1]) > 1e-5  # 2-bit codes at eval
+
+
+def test_each_boundary_and_pass_follows_its_own_codec_in_process(make_cfg: Callable) -> None:
+    """compressor.back overrides the back boundary; gradient_reuses_support=false sends the front
+    gradient dense; the codecs are measured on all four boundary x pass pairs."""
+    cfg = make_cfg("compressor=prune", "pipeline_backend=naive", "compressor.gradient_reuses_support=false",
+                   "+compressor.back.activation._target_=edgesplit.codecs.Quantize",
+                   "+compressor.back.activation.bits=4",
+                   "+compressor.back.gradient._target_=edgesplit.codecs.Quantize",
+                   "+compressor.back.gradient.bits=8")
+    meter = _trained(cfg)[0].boundaries[0].meter
+    s = meter.summary().to_dict()
+    assert s["front_backward_bytes_per_batch"] > s["raw_front_backward_bytes_per_batch"]  # dense fp32
+    assert s["front_forward_bytes_per_batch"] < 0.2 * s["raw_front_forward_bytes_per_batch"]
+    assert s["back_forward_bytes_per_batch"] == pytest.approx(s["raw_back_forward_bytes_per_batch"] / 8, rel=0.05)
+    assert s["back_backward_bytes_per_batch"] == pytest.approx(s["raw_back_backward_bytes_per_batch"] / 4,
+                                                               rel=0.05)
+    for pair in ("front_forward", "front_backward", "back_forward", "back_backward"):
+        assert f"{pair}_rel_error" in s, pair

@@ -8,7 +8,7 @@ from torch import Tensor
 import edgesplit.codecs.base as base
 import edgesplit.codecs.masks as masks
 import edgesplit.codecs.select as select
-from codec_reference import ref_encode, ref_pack
+from tests.codec_reference import ref_encode, ref_pack
 from edgesplit.codecs import Codec, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
 from edgesplit.codecs.bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
 from edgesplit.codecs.header import BITMAP, INDICES

@@ -1,6 +1,7 @@
 """Codecs: exact payload bytes against the reference, round trips, edge cases, gradient rules."""
 import math
 import struct
+from typing import Callable
 
 import pytest
 import torch
@@ -8,7 +9,10 @@ from hydra.utils import instantiate
 
 import edgesplit.codecs.base as base
 import edgesplit.codecs.select as select
-from codec_reference import ref_encode, ref_pack, ref_topk_mask
+from tests.codec_reference import ref_encode, ref_pack, ref_topk_mask
+from edgesplit.boundary import Boundary, BoundaryLayer
+from edgesplit.comm import CommMeter
+from edgesplit.compression import BoundaryCodecs
 from edgesplit.codecs import Codec, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
 from edgesplit.codecs.bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
 from edgesplit.codecs.masks import pack_mask_into, unpack_mask
@@ -366,34 +370,24 @@ def test_wrong_payload_rejected() -> None:
 
 # --- gradient rules ----------------------------------------------------------------------------
 
-class Boundary(torch.autograd.Function):
-    """A compression boundary: forward encode/decode, backward the gradient codec restricted to
-    the forward payload's support (dense forward codecs: all positions)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, fwd: Codec, grad_codec: Codec) -> torch.Tensor:
-        payload = fwd.encode(x)
-        ctx.support, ctx.grad_codec = fwd.support_of(payload), grad_codec
-        return fwd.decode(payload)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        c = ctx.grad_codec
-        return c.decode(c.encode(grad, support=ctx.support), support=ctx.support), None, None
+def crossing(fwd: Codec, grad_codec: Codec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The real in-process boundary (edgesplit.boundary) with these codecs, as a function."""
+    return BoundaryLayer(Boundary("front", BoundaryCodecs(fwd, grad_codec, reuses_support=True),
+                                  CommMeter()))
 
 
 def test_gradient_identity_is_identity() -> None:
     x = torch.randn(12, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: Boundary.apply(t, Identity(), Identity()), (x,))
+    assert torch.autograd.gradcheck(lambda t: crossing(Identity(), Identity())(t), (x,))
 
 
 def test_gradient_prune_is_masked() -> None:
     x = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     x.requires_grad_(True)
     # locally f(x) = x * mask: the numerical Jacobian is diag(mask), as the backward
-    assert torch.autograd.gradcheck(lambda t: Boundary.apply(t, TopK(0.3), Identity()), (x,))
+    assert torch.autograd.gradcheck(lambda t: crossing(TopK(0.3), Identity())(t), (x,))
     g = torch.randn(5, 8, dtype=torch.float64)
-    Boundary.apply(x, TopK(0.3), Identity()).backward(g)
+    crossing(TopK(0.3), Identity())(x).backward(g)
     mask = TopK(0.3).support_of(TopK(0.3).encode(x.detach()))
     assert int(mask.sum()) == 12 and torch.equal(x.grad, g * mask)
 
@@ -401,7 +395,7 @@ def test_gradient_prune_is_masked() -> None:
 def test_gradient_prune_quantize_is_masked_then_quantized() -> None:
     x = torch.randn(40, generator=torch.Generator().manual_seed(9), requires_grad=True)
     g = torch.randn(40, generator=torch.Generator().manual_seed(10))
-    Boundary.apply(x, TopKQuantize(0.25, 8), Quantize(8)).backward(g)
+    crossing(TopKQuantize(0.25, 8), Quantize(8))(x).backward(g)
     mask = TopK(0.25).support_of(TopK(0.25).encode(x.detach()))
     kept = g[mask]
     scale = (kept.max() - kept.min()).item() / 255

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from codec_reference import ref_encode
+from tests.codec_reference import ref_encode
 from edgesplit import trainer
 from edgesplit.backends.stages import resolve_devices
 from edgesplit.codecs import Codec, Quantize, TopK, TopKQuantize
 from edgesplit.comm import CommMeter
 from edgesplit.model import build_units
-from test_backends import train_losses
-from test_codec_paths import codecs, inputs, ref_kind, wire
+from tests.test_backends import train_losses
+from tests.test_codec_paths import codecs, inputs, ref_kind, wire
 
 pytestmark = pytest.mark.cuda
 
@@ -84,7 +84,7 @@ def test_gpipe_step_on_cuda_gives_the_cpu_losses(make_cfg: Callable, compressor:
 
 
 def sizes(meter: CommMeter) -> Dict[str, float]:
-    return {k: v for k, v in meter.summary().items() if k.endswith("bytes_per_batch")}
+    return {k: v for k, v in meter.summary().to_dict().items() if k.endswith("bytes_per_batch")}
 
 
 def test_dist_with_a_gpu_cloud_stage_gives_the_cpu_losses(make_cfg: Callable) -> None:
@@ -110,7 +110,7 @@ def test_peak_memory_comes_from_torch_cuda(make_cfg: Callable, tmp_path: Path) -
     trainer.run(cfg, tmp_path, [])
     summary = json.loads((tmp_path / "summary.json").read_text())
     peak = summary["peak_memory_bytes"]
-    params = sum(p.numel() * 4 for unit in build_units(cfg.model) for p in unit.parameters())
+    params = sum(p.numel() * 4 for unit in build_units(cfg.model, 10) for p in unit.parameters())
     # torch.cuda's figure (the CPU's would be the process's resident set, hundreds of MB)
     assert 0 < params < peak <= torch.cuda.max_memory_allocated(torch.device("cuda", 0))
     assert summary["status"] == "finished" and summary["backend"] == "gpipe"
