@@ -19,7 +19,7 @@ def _dist_children(pid):
         kids = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return [k for k in kids if "edgesplit.backends.dist" in " ".join(k.cmdline())]
+    return [k for k in kids if "edgesplit.backends.remote" in " ".join(k.cmdline())]
 
 
 def test_killed_cloud_rank_mid_epoch(tmp_path):

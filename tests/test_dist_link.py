@@ -1,31 +1,29 @@
 """Link emulation: a slow link costs what its bytes and latency predict; compression shrinks it."""
-import copy
 import statistics
 import time
 
 import pytest
 
-from tests.dist_helpers import codecs, config, data, dist_process_count, tiny_units
+from edgesplit.backends.remote.protocol import HEADER_BYTES
 from edgesplit.comm import CommMeter
+from tests.dist_helpers import build, config, data, dist_process_count
 
 pytestmark = pytest.mark.slow
 
 
 def step_times(codec: str, steps: int = 4, **link):
-    """Median seconds per train step, bytes per step each way, and the edge's link counters."""
-    from edgesplit.backends import build_backend
-    from edgesplit.partition import split_units
+    """Median seconds per train step, payload figures per step, and the bytes (payloads and
+    headers) the edge handed to or took from torch.distributed per step each way."""
     cfg = config(chunks=2, stages=1, compressor=codec, link=link)
-    cfg.pipeline_backend.name = "dist"
     meter = CommMeter()
-    backend = build_backend(cfg, split_units(copy.deepcopy(tiny_units()), 1, 1, 1), codecs(codec),
-                            meter)
+    backend = build("dist", cfg, meter)
     try:
-        backend.on_epoch_start(0)
+        backend.start_epoch(0)
         backend.train(True)
         x, y = data(1, batch=16)[0]
         backend.train_step(x, y)  # warm-up
         meter.reset()
+        backend.start_epoch(0)  # the cloud's figures afresh too
         before = dict(backend.t.link_bytes)
         times = []
         for _ in range(steps):
@@ -33,6 +31,7 @@ def step_times(codec: str, steps: int = 4, **link):
             backend.train_step(x, y)
             times.append(time.perf_counter() - t0)
         after = dict(backend.t.link_bytes)
+        backend.side_stats()  # the cloud's counts of what it sent join the meter
         comm = meter.summary().to_dict()
     finally:
         backend.close()
@@ -41,9 +40,11 @@ def step_times(codec: str, steps: int = 4, **link):
 
 
 def test_bytes_recorded_are_the_bytes_handed_to_torch_distributed():
+    """Payloads (counted by each sender) plus transport overhead (headers) are what crossed."""
     _, comm, handed = step_times("quantize", steps=2)
-    assert comm["up_bytes_per_batch"] == handed["up"]
-    assert comm["down_bytes_per_batch"] == handed["down"]
+    for d in ("up", "down"):
+        assert comm[f"{d}_bytes_per_batch"] + comm[f"overhead_{d}_bytes_per_batch"] == handed[d]
+        assert comm[f"overhead_{d}_bytes_per_batch"] == 2 * 2 * HEADER_BYTES  # 2 micro-batches x 2 passes
 
 
 def test_slow_link_costs_its_bytes_and_compression_shrinks_it():

@@ -1,4 +1,5 @@
-"""The dist backend's pieces in one process: headers, raw wire form, link shaper, stage runner."""
+"""The remote backend's pieces in one process: headers, control messages, specs, link, runner."""
+import pickle
 import time
 
 import pytest
@@ -6,29 +7,56 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from edgesplit.backends.dist.link import LinkSpec, ShapedLink
-from edgesplit.backends.dist.protocol import (HEADER_BYTES, Header, Kind, pack_object,
-                                              pack_tensor, unpack_object, unpack_tensor)
-from edgesplit.backends.dist.stage import StageRunner
+from edgesplit.backends.remote.link import LinkSpec, ShapedLink
+from edgesplit.backends.remote.protocol import (HEADER_BYTES, MAX_PAYLOAD_BYTES, Command, Header, Kind,
+                                                Op, Reply, pack_state, unpack_state)
+from edgesplit.backends.remote.runner import StageRunner
+from edgesplit.backends.remote.spec import StageSpec
 
 
-def test_header_roundtrip():
+def test_header_roundtrip_and_bounds():
     h = Header(Kind.BACKWARD, 3, 4, 12345, training=False)
     t = h.to_tensor()
     assert t.numel() * t.element_size() == HEADER_BYTES
     assert Header.from_tensor(t) == h
     with pytest.raises(ValueError, match="unknown message kind"):
-        Header.from_tensor(torch.tensor([99, 0, 0, 0]))
+        Header.from_tensor(torch.tensor([99, 0, 1, 0]))
+    for bad in ([1, 4, 4, 0], [1, -1, 4, 0], [1, 0, 1, MAX_PAYLOAD_BYTES + 1], [1, 0, 1, -5]):
+        with pytest.raises(ValueError, match="corrupt header"):
+            Header.from_tensor(torch.tensor(bad))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_pack_tensor_roundtrip(dtype):
-    x = torch.randn(2, 3, 5).to(dtype)[:, ::2]  # non-contiguous too
-    p = pack_tensor(x)
-    assert p.dtype == torch.uint8 and p.dim() == 1
-    assert torch.equal(unpack_tensor(p), x)
-    msg = {"op": "stop", "replies": []}
-    assert unpack_object(pack_object(msg)) == msg
+def test_control_messages_are_json_with_blobs():
+    command = Command(Op.STATS, epoch=3, replies=[Reply(stage=1, side={"parameters": 5}, meter=None)])
+    got, blobs = Command.unpack(command.pack([b"abc", b""]))
+    assert got == command and blobs == [b"abc", b""]
+    payload = command.pack()
+    for broken in (payload[:-1], payload[4:], torch.frombuffer(bytearray(pickle.dumps(command)),
+                                                                dtype=torch.uint8)):
+        with pytest.raises(ValueError, match="malformed control message"):
+            Command.unpack(broken)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
+
+
+def test_state_blobs_load_data_only(tmp_path, monkeypatch):
+    state = {"units": {1: {"w": torch.ones(2)}}, "optimizer": {}, "rng": {"edge": {"cpu": torch.get_rng_state()}}}
+    assert torch.equal(unpack_state(pack_state(state))["units"][1]["w"], torch.ones(2))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(pickle.UnpicklingError):
+        unpack_state(pack_state({"x": _Exploit()}))  # torch.save pickles it; loading refuses
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_stage_spec_roundtrips_as_json():
+    spec = StageSpec(stage=1, stages=2, units=[3, 4], num_classes=10, device="cpu",
+                     cfg={"seed": 0, "model": {"width": 0.5}})
+    assert StageSpec.from_json(spec.to_json()) == spec and spec.rank == 2 and spec.last
+    with pytest.raises(ValueError, match="malformed stage spec"):
+        StageSpec.from_json('{"stage": 1}')
 
 
 def test_link_spec_from_config():
