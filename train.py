@@ -1,6 +1,7 @@
 """Train a network split between the edge and the cloud: `python train.py [overrides]`, `-m` for sweeps."""
 import logging
 import sys
+from typing import List
 from pathlib import Path
 
 import hydra
@@ -13,7 +14,7 @@ from edgesplit.trainer import run
 
 log = logging.getLogger("edgesplit")
 register_configs()
-failed_jobs = []
+failed_jobs: List[List[str]] = []
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -108,7 +108,7 @@ class _Cross(torch.autograd.Function):
     """The in-process crossing: forward sends the activation, backward sends the gradient."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, boundary: Boundary) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, boundary: Boundary) -> Tensor:
         payload = boundary.forward_payload(x)
         ctx.boundary = boundary
         # the support is needed only by a backward: not in eval nor in a checkpoint's first pass
@@ -116,7 +116,7 @@ class _Cross(torch.autograd.Function):
         return boundary.receive("forward", payload)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None]:
         boundary, support = ctx.boundary, ctx.support
         return boundary.receive("backward", boundary.send("backward", grad, support), support), None
 

@@ -91,7 +91,7 @@ def run_backend(name: str, cfg: DictConfig, batches: List[tuple],
             for x, y in batches:
                 r = backend.train_step(x, y)
                 losses.append(r.loss_sum / r.count)
-            backend.side_stats()  # as the trainer at each epoch's end: other processes' figures join the meter
+            backend.side_stats()  # as the trainer at an epoch's end: the cloud's figures join the meter
         return losses
     finally:
         backend.close()

@@ -5,8 +5,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Tuple
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from edgesplit.comm import CommMeter
+from edgesplit.compression import BoundaryCodecs
+from edgesplit.partition import Split
 from edgesplit.run_summary import SideStats
 
 
@@ -59,6 +63,12 @@ class Backend(ABC):
     parameter name (see edgesplit.checkpoint), so one checkpoint goes through one path."""
 
     name: str = "base"
+
+    @abstractmethod
+    def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
+                 meter: CommMeter) -> None:
+        """How build_backend makes every backend (`pipeline_backend._target_`): the run's config,
+        the split units, each boundary's codecs and the meter its boundaries count into."""
 
     @abstractmethod
     def local_units(self) -> Dict[int, nn.Module]:

@@ -23,7 +23,7 @@ class GPipeBackend(LocalBackend):
                           devices=self.devices, chunks=b.chunks, checkpoint=b.checkpoint,
                           deferred_batch_norm=b.deferred_batch_norm)
         # GPipe keeps the unit objects (deferred BatchNorm swaps only their BatchNorm children)
-        self.partitions = list(self.pipe.partitions)  # type: ignore[arg-type]
+        self.partitions = list(self.pipe.partitions)
 
     def train(self, mode: bool = True) -> None:
         self.pipe.train(mode)

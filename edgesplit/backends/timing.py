@@ -32,13 +32,13 @@ class SideClock:
 
 class _StampFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, stamp: "Stamp") -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, stamp: "Stamp") -> Tensor:
         ctx.stamp = stamp
         (stamp.clock.start if stamp.entry else stamp.clock.stop)(stamp.side)
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
         stamp = ctx.stamp
         # backward walks the partition from its exit to its entry
         (stamp.clock.stop if stamp.entry else stamp.clock.start)(stamp.side)

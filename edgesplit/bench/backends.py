@@ -51,21 +51,25 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     cfg = compose_config(overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    datasets = build_datasets(cfg.data)
     torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model)
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
+    units = build_units(cfg.model, datasets.num_classes)
+    cfg.model.num_classes = datasets.num_classes
+    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
+                        datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
     try:
-        data = build_datasets(cfg.data).train
+        data = datasets.train
         x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
         y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])
+        backend.start_epoch(0)
         backend.train(True)
         times = []
         for step in range(warmup + steps):
             if step == warmup:
                 meter.reset()
-                backend.reset_stats()
+                backend.start_epoch(0)  # statistics afresh on every side
             _sync()
             tic = time.perf_counter()
             backend.train_step(x, y)

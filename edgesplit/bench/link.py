@@ -26,7 +26,7 @@ def unit_outputs(width: float, micro: int) -> List[torch.Tensor]:
     torch.manual_seed(0)
     x, outs = torch.randn(micro, 3, 32, 32), []
     with torch.no_grad():
-        for unit in build_units(compose_config([f"model.width={width}"]).model):
+        for unit in build_units(compose_config([f"model.width={width}"]).model, 10):
             unit.train()
             x = unit(x)
             outs.append(x)

@@ -1,6 +1,6 @@
 """The edge process of the remote backend (`pipeline_backend=dist`): front and back units, loss,
 the order of steps, and the cloud stages' control (epochs, stats, state)."""
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import torch
 import torch.distributed as dist
@@ -74,8 +74,7 @@ class RemoteBackend(Backend):
             raise
 
     def _specs(self, cfg: DictConfig, split: Split, devices: List[str]) -> List[StageSpec]:
-        container = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(container, dict)
+        container = cast(Dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
         return [StageSpec(s, self.stages, list(split.cloud_range(s)), int(cfg.model.num_classes),
                           devices[s], container) for s in range(self.stages)]
 

@@ -79,6 +79,6 @@ def edge_steps(order: str, n: int, stages: int, train: bool = True) -> List[Edge
     programs = [front] + [stage_steps(order, n, stages - s, train)
                           for s in range(stages)] + [back]
     start = start_times(programs)
-    order = sorted([(start[(0, op, i)], 1, "front", op, i) for op, i in front]
-                   + [(start[(stages + 1, op, i)], 0, "back", op, i) for op, i in back])
-    return [(part, op, i) for _, _, part, op, i in order]
+    timeline = sorted([(start[(0, op, i)], 1, "front", op, i) for op, i in front]
+                      + [(start[(stages + 1, op, i)], 0, "back", op, i) for op, i in back])
+    return [(part, op, i) for _, _, part, op, i in timeline]

@@ -30,6 +30,11 @@ def _reason(e: BaseException, timeout_s: float) -> str:
     return text.split("] ")[-1][:200]
 
 
+def _wait(work: Optional[dist.Work]) -> None:
+    if work is not None:  # None only when this rank is not in the group
+        work.wait()
+
+
 class SendHandle:
     """A message on its way: `wait()` returns once torch.distributed has sent it."""
 
@@ -98,7 +103,7 @@ class Transport:
             works = [dist.isend(head, peer, tag=head_tag)]
             if payload.numel():
                 works.append(dist.isend(payload, peer, tag=payload_tag))
-            return works
+            return [w for w in works if w is not None]  # None only when this rank is not in the group
 
         nbytes = HEADER_BYTES + payload.numel()
         if direction is not None:
@@ -132,11 +137,11 @@ class Transport:
         head = Header.empty()
         what = f"waiting for {expect.name if expect else 'a message'}"
         try:
-            dist.irecv(head, peer, tag=head_tag).wait()
+            _wait(dist.irecv(head, peer, tag=head_tag))
             header = Header.from_tensor(head)
             payload = torch.empty(header.nbytes, dtype=torch.uint8)
             if header.nbytes:
-                dist.irecv(payload, peer, tag=payload_tag).wait()
+                _wait(dist.irecv(payload, peer, tag=payload_tag))
         except RuntimeError as e:
             raise self.peer_error(src, what, e) from None
         finally:
