@@ -1,4 +1,6 @@
 """MobileNetV2 for CIFAR as 20 layer units, as the seed's; models built by `model._target_`."""
+from typing import List
+
 import pytest
 import torch
 
@@ -50,3 +52,15 @@ def test_check_num_classes_probes_in_eval_mode_and_restores_the_modes() -> None:
     assert torch.equal(units[0][1].running_mean, running_mean)  # eval: no BatchNorm statistics update
     with pytest.raises(ConfigError, match=r"outputs shape \(10,\) per sample but the dataset has 100 "):
         check_num_classes(units, 100, (3, 32, 32))
+
+
+def names(num_classes: int, width: float) -> List[str]:
+    """A `model._target_` that returns the units' names instead of the units."""
+    return ["stem", "classifier"]
+
+
+def test_a_target_that_returns_no_modules_is_a_config_error() -> None:
+    cfg = compose_config(["model._target_=tests.test_model.names"])
+    with pytest.raises(ConfigError, match="model._target_='tests.test_model.names' must return a list of "
+                                          "torch.nn.Module layer units, got list"):
+        build_units(cfg.model, 10)
