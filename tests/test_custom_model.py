@@ -8,6 +8,7 @@ from typing import Dict, Tuple
 
 import pytest
 import torch
+from torch import nn
 
 from edgesplit.codecs import Quantize
 from edgesplit.config import compose_config
@@ -113,3 +114,11 @@ def test_num_classes_mismatch_ends_train_py_with_one_line(tmp_path: Path) -> Non
     assert proc.returncode == 1 and "Traceback" not in out
     errors = [line for line in out.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "model.num_classes=5 differs from the dataset's 10 classes" in errors[0]
+
+
+def test_cloud_stages_are_balanced_on_the_datasets_input_shape() -> None:
+    # one-channel 8x8 input: the MobileNet-sized 3x32x32 probe would not even pass the first unit
+    units = [nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+             nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 64)), nn.Linear(64, 4)]
+    split = split_units(units, 1, 1, cloud_stages=2, input_shape=(1, 8, 8))
+    assert [list(split.cloud_range(s)) for s in range(2)] == [[1, 2], [3]]  # 36864 + 36864 | 32768 MACs
