@@ -52,7 +52,7 @@ def test_own_model_trains_through_train_py_with_the_bytes_its_split_sends(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs"] == 2
-    assert summary["val_acc1"] > 50  # chance is 10%; it reaches ~70% in these 16 steps
+    assert summary["val_acc1"] > 50  # chance is 10%; it reaches 76.6% in these 16 steps (1 thread)
     assert "edge units [0, 1, 4], cloud stages [[2, 3]]" in proc.stderr + proc.stdout
 
     # every micro-batch crosses each boundary once per pass, quantized to 8 bits both ways
