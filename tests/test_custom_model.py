@@ -80,7 +80,7 @@ def test_own_model_and_dataset_build_by_target() -> None:
     assert (len(datasets.train), len(datasets.val)) == (40, 20)  # type: ignore[arg-type]
     assert (datasets.num_classes, datasets.input_shape) == (4, (3, 16, 16))
     units = build_units(cfg.model, datasets.num_classes)
-    assert len(units) == 5 and units[0][0].out_channels == 4  # width 0.25 of 16 channels
+    assert len(units) == 5 and units[0].get_submodule("0").out_channels == 4  # width 0.25 of 16 channels
     check_num_classes(units, datasets.num_classes, datasets.input_shape)
     x = torch.stack([datasets.train[i][0] for i in range(3)])
     for unit in units:

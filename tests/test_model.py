@@ -36,7 +36,7 @@ def test_width_shrinks_every_unit() -> None:
 def test_build_units_passes_the_datasets_num_classes_and_the_model_keys() -> None:
     cfg = compose_config(["model.width=0.25"])
     units = build_units(cfg.model, 7)
-    assert len(units) == 20 and units[0][0].out_channels == 8  # width 0.25 of 32
+    assert len(units) == 20 and units[0].get_submodule("0").out_channels == 8  # width 0.25 of 32
     with torch.no_grad():
         assert units[-1](torch.zeros(1, 320, 4, 4)).shape == (1, 7)
     assert len(build_units(compose_config(["model.width=0.25", "model.num_classes=7"]).model, 7)) == 20
@@ -48,7 +48,8 @@ def test_check_num_classes_probes_in_eval_mode_and_restores_the_modes() -> None:
     modes = [m.training for u in units for m in u.modules()]
     check_num_classes(units, 10, (3, 32, 32))
     assert [m.training for u in units for m in u.modules()] == modes
-    assert int(units[0][1].num_batches_tracked) == 0  # eval: no BatchNorm statistics update
+    stem_bn = units[0].get_submodule("1").state_dict()
+    assert int(stem_bn["num_batches_tracked"]) == 0  # eval: no BatchNorm statistics update
     with pytest.raises(ConfigError, match=r"outputs shape \(10,\) per sample but the dataset has 100 "):
         check_num_classes(units, 100, (3, 32, 32))
 
