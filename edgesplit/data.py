@@ -168,7 +168,7 @@ def first_n(dataset: Dataset, n: Optional[int], key: str, what: str) -> Dataset:
 
 def build_datasets(cfg: DictConfig) -> Datasets:
     """The Datasets of `data._target_`, called with the `data` keys but the trainer's (LOADER_KEYS)."""
-    spec = {key: value for key, value in cfg.items() if key not in LOADER_KEYS}
+    spec = {key: cfg[key] for key in cfg if key not in LOADER_KEYS}  # a missing `name` is no error here
     datasets = instantiate_target(spec, "data._target_")
     if not isinstance(datasets, Datasets):
         raise ConfigError(f"data._target_={cfg._target_!r} must return edgesplit.data.Datasets, "

@@ -67,7 +67,7 @@ def build_units(cfg: DictConfig, num_classes: int) -> List[nn.Module]:
         raise ConfigError(f"model.num_classes={cfg.num_classes} differs from the dataset's {num_classes} "
                           f"classes: set it to {num_classes} or null (= the dataset's)")
     units = instantiate_target(cfg, "model._target_", num_classes=num_classes)
-    if not isinstance(units, (list, tuple)) or not units or not all(isinstance(u, nn.Module) for u in units):
+    if not isinstance(units, (list, tuple)) or not all(isinstance(u, nn.Module) for u in units):
         raise ConfigError(f"model._target_={cfg._target_!r} must return a list of torch.nn.Module layer "
                           f"units, got {type(units).__name__}")
     return list(units)

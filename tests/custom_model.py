@@ -35,4 +35,4 @@ def blobs(train_size: Optional[int] = None, val_size: Optional[int] = None) -> D
         y = torch.randint(BLOBS_CLASSES, (n,), generator=g)
         return TensorDataset(centers[y] + torch.randn(n, *BLOBS_SHAPE, generator=g), y)
 
-    return Datasets(split(train_size or 200), split(val_size or 100), BLOBS_CLASSES, BLOBS_SHAPE)
+    return Datasets(split(train_size or 512), split(val_size or 128), BLOBS_CLASSES, BLOBS_SHAPE)

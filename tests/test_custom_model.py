@@ -8,6 +8,7 @@ from typing import Dict, Tuple
 
 import pytest
 import torch
+from torch import nn
 
 from edgesplit.codecs import Quantize
 from edgesplit.config import compose_config
@@ -51,7 +52,7 @@ def test_own_model_trains_through_train_py_with_the_bytes_its_split_sends(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs"] == 2
-    assert summary["val_acc1"] > 50  # chance is 10%; it reaches ~70% in these 16 steps
+    assert summary["val_acc1"] > 50  # chance is 10%; it reaches 76.6% in these 16 steps (1 thread)
     assert "edge units [0, 1, 4], cloud stages [[2, 3]]" in proc.stderr + proc.stdout
 
     # every micro-batch crosses each boundary once per pass, quantized to 8 bits both ways
@@ -79,7 +80,7 @@ def test_own_model_and_dataset_build_by_target() -> None:
     assert (len(datasets.train), len(datasets.val)) == (40, 20)  # type: ignore[arg-type]
     assert (datasets.num_classes, datasets.input_shape) == (4, (3, 16, 16))
     units = build_units(cfg.model, datasets.num_classes)
-    assert len(units) == 5 and units[0][0].out_channels == 4  # width 0.25 of 16 channels
+    assert len(units) == 5 and units[0].get_submodule("0").out_channels == 4  # width 0.25 of 16 channels
     check_num_classes(units, datasets.num_classes, datasets.input_shape)
     x = torch.stack([datasets.train[i][0] for i in range(3)])
     for unit in units:
@@ -113,3 +114,11 @@ def test_num_classes_mismatch_ends_train_py_with_one_line(tmp_path: Path) -> Non
     assert proc.returncode == 1 and "Traceback" not in out
     errors = [line for line in out.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "model.num_classes=5 differs from the dataset's 10 classes" in errors[0]
+
+
+def test_cloud_stages_are_balanced_on_the_datasets_input_shape() -> None:
+    # one-channel 8x8 input: the MobileNet-sized 3x32x32 probe would not even pass the first unit
+    units = [nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+             nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 64)), nn.Linear(64, 4)]
+    split = split_units(units, 1, 1, cloud_stages=2, input_shape=(1, 8, 8))
+    assert [list(split.cloud_range(s)) for s in range(2)] == [[1, 2], [3]]  # 36864 + 36864 | 32768 MACs

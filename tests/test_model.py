@@ -1,4 +1,6 @@
 """MobileNetV2 for CIFAR as 20 layer units, as the seed's; models built by `model._target_`."""
+from typing import List
+
 import pytest
 import torch
 
@@ -34,7 +36,7 @@ def test_width_shrinks_every_unit() -> None:
 def test_build_units_passes_the_datasets_num_classes_and_the_model_keys() -> None:
     cfg = compose_config(["model.width=0.25"])
     units = build_units(cfg.model, 7)
-    assert len(units) == 20 and units[0][0].out_channels == 8  # width 0.25 of 32
+    assert len(units) == 20 and units[0].get_submodule("0").out_channels == 8  # width 0.25 of 32
     with torch.no_grad():
         assert units[-1](torch.zeros(1, 320, 4, 4)).shape == (1, 7)
     assert len(build_units(compose_config(["model.width=0.25", "model.num_classes=7"]).model, 7)) == 20
@@ -44,9 +46,21 @@ def test_check_num_classes_probes_in_eval_mode_and_restores_the_modes() -> None:
     units = mobilenetv2_units(width=0.125, num_classes=10)
     units[3].eval()  # a unit the user keeps in eval mode stays so
     modes = [m.training for u in units for m in u.modules()]
-    running_mean = units[0][1].running_mean.clone()
     check_num_classes(units, 10, (3, 32, 32))
     assert [m.training for u in units for m in u.modules()] == modes
-    assert torch.equal(units[0][1].running_mean, running_mean)  # eval: no BatchNorm statistics update
+    stem_bn = units[0].get_submodule("1").state_dict()
+    assert int(stem_bn["num_batches_tracked"]) == 0  # eval: no BatchNorm statistics update
     with pytest.raises(ConfigError, match=r"outputs shape \(10,\) per sample but the dataset has 100 "):
         check_num_classes(units, 100, (3, 32, 32))
+
+
+def names(num_classes: int, width: float) -> List[str]:
+    """A `model._target_` that returns the units' names instead of the units."""
+    return ["stem", "classifier"]
+
+
+def test_a_target_that_returns_no_modules_is_a_config_error() -> None:
+    cfg = compose_config(["model._target_=tests.test_model.names"])
+    with pytest.raises(ConfigError, match="model._target_='tests.test_model.names' must return a list of "
+                                          "torch.nn.Module layer units, got list"):
+        build_units(cfg.model, 10)
