@@ -166,7 +166,6 @@ def test_edge_grid_preset_is_the_seeds_first_study() -> None:
     cfg = _compose("experiment=edge_grid")
     assert _sweep_params(cfg) == {"partition.front": ["1", "2", "3"],
                                   "partition.back": ["1", "2", "3"]}
-    assert cfg.experiment_name == "edge_grid"
     assert cfg.compressor.name == "prune" and cfg.compressor.ratio == 0.1
     assert (cfg.schedule.lr, cfg.schedule.epochs, cfg.schedule.warmup_epochs) == (0.4, 200, 20)
     assert (cfg.data.name, cfg.data.batch_size, cfg.pipeline_backend.name,
@@ -196,7 +195,6 @@ def test_backends_preset_and_command_line_wins() -> None:
     cfg = _compose("experiment=backends")
     assert _sweep_params(cfg) == {"pipeline_backend": ["naive", "gpipe", "dist"]}
     assert cfg.compressor.name == "none" and cfg.schedule.epochs == 100
-    assert cfg.experiment_name == "backends"
     # ordinary overrides shrink a preset, also of groups the preset overrides itself
     cfg = _compose("experiment=backends", "compressor=prune", "data=digits", "schedule.epochs=2")
     assert (cfg.compressor.name, cfg.data.name, cfg.schedule.epochs) == ("prune", "digits", 2)

@@ -1,7 +1,7 @@
 """The training loop end to end on digits: results, files, resume, divergence, TensorBoard."""
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -63,7 +63,7 @@ def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable
         interrupt_after_first_epoch(m)
         with pytest.raises(Interrupt):
             trainer.run(cfg, tmp_path / "resumed", [])
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
     cfg.resume = True
     resumed = trainer.run(cfg, tmp_path / "resumed", [])
     for key in ("train_loss", "val_loss", "val_acc1", "best_val_acc1"):
@@ -84,7 +84,9 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_skipped(
     assert (tmp_path / "checkpoint.pt").stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize("writer, reader", [("gpipe", "naive"), ("naive", "gpipe")])
+@pytest.mark.parametrize("writer, reader", [("gpipe", "naive"), ("naive", "gpipe"),
+                                            pytest.param("gpipe", "dist", marks=pytest.mark.slow),
+                                            pytest.param("dist", "naive", marks=pytest.mark.slow)])
 def test_a_checkpoint_of_one_backend_resumes_in_the_other(make_cfg: Callable, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           writer: str, reader: str) -> None:
@@ -96,7 +98,7 @@ def test_a_checkpoint_of_one_backend_resumes_in_the_other(make_cfg: Callable, tm
             trainer.run(cfg, tmp_path, [])
     saved = checkpoint.load(tmp_path / "checkpoint.pt")
     assert sorted(saved["units"]) == list(range(20))
-    units = build_units(cfg.model)
+    units = build_units(cfg.model, 10)
     for i, unit in enumerate(units):  # loads into a plain model, no key left over
         checkpoint.load_unit(unit, saved["units"][i])
     resumed = trainer.run(make_cfg(f"pipeline_backend={reader}", "resume=true"), tmp_path, [])
@@ -126,3 +128,17 @@ def test_smoke_experiment_reaches_90_percent_on_digits(tmp_path: Path) -> None:
     from edgesplit.config import compose_config
     summary = trainer.run(compose_config(["experiment=smoke"]), tmp_path, ["experiment=smoke"])
     assert summary["best_val_acc1"] > 90
+
+
+class _Exploit:
+    def __reduce__(self) -> Any:
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
+
+
+def test_a_planted_checkpoint_runs_no_code_on_resume(make_cfg: Callable, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save({"epoch": 1, "units": _Exploit()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot read the checkpoint .*checkpoint.pt"):
+        trainer.run(make_cfg("pipeline_backend=naive", "resume=true"), tmp_path, [])
+    assert not (tmp_path / "PWNED").exists()
