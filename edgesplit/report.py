@@ -15,7 +15,6 @@ from edgesplit.curves import label as _label, number as _num, plot_validation, r
 from edgesplit.errors import UserError
 from edgesplit.run_summary import EpochRecord, RunSummary, SummaryFormatError, read_summary
 
-BACKEND_ORDER = ("naive", "gpipe", "dist")
 BACKEND_KEYS = ("pipeline_backend", "pipeline_backend.name")
 IGNORED_KEYS = ("resume",)  # overrides that do not change what a run computes
 DASH = "—"
@@ -235,10 +234,9 @@ def pivot_table(runs: Sequence[Run], row_key: str, col_key: str) -> str:
 
 
 def backends_table(runs: Sequence[Run], key: str) -> str:
-    """The seed's layout: columns = backends, rows = accuracy, time per batch, peak memory."""
-    present = _value_order(runs, key)
-    cols: list[Optional[str]] = [b for b in BACKEND_ORDER if b in present]
-    cols += [b for b in present if b not in BACKEND_ORDER]
+    """The seed's layout: columns = backends in the sweep's order, rows = accuracy, time per
+    batch, peak memory."""
+    cols = _value_order(runs, key)
 
     def row(title: str, fmt: Callable[[Run], str]) -> list[str]:
         return [title, *(" / ".join(fmt(r) for r in runs if r.overrides.get(key) == b) or DASH

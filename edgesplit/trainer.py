@@ -128,7 +128,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
                                   train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
                  f"{[list(split.cloud_range(s)) for s in range(cfg.partition.cloud_stages)]}, "
-                 f"{len(cast(Sized, datasets.train))} train / {len(cast(Sized, datasets.val))} val samples, run dir {run_dir}")
+                 f"{len(cast(Sized, datasets.train))} train / {len(cast(Sized, datasets.val))} val "
+                 f"samples, run dir {run_dir}")
         for epoch in range(start, cfg.schedule.epochs):
             torch.manual_seed(cfg.seed + epoch)
             last_good = (f"the last good checkpoint ({ckpt}, epoch {epoch}) is kept" if epoch

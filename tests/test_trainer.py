@@ -136,7 +136,7 @@ class _Exploit:
 
 
 def test_a_planted_checkpoint_runs_no_code_on_resume(make_cfg: Callable, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     torch.save({"epoch": 1, "units": _Exploit()}, tmp_path / "checkpoint.pt")
     with pytest.raises(checkpoint.CheckpointError, match="cannot read the checkpoint .*checkpoint.pt"):

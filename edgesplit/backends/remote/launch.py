@@ -177,7 +177,7 @@ def start_torchrun(role: str, stages: int, timeout_s: float) -> World:
     """Under torchrun: ranks come from the rendezvous; the logical order comes from the roles
     (exactly one edge), not from the rendezvous order."""
     dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout_s))
-    # a tensor, not all_gather_object: nothing a peer sends is unpickled
+    # the roles as a tensor (the object collectives would unpickle what peers send)
     is_edge = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
     dist.all_gather(is_edge, torch.tensor([int(role == "edge")]))
     roles = ["edge" if int(flag) else "cloud" for flag in is_edge]
