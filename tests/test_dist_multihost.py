@@ -63,37 +63,63 @@ def _tx_bytes(ns: str, dev: str) -> int:
     return int(out.stdout)
 
 
-def test_edge_and_cloud_in_two_network_namespaces(namespaces, tmp_path):
+def _edge_and_cloud(namespaces, tmp_path, cloud_dir, *overrides, kill_at_checkpoint=False):
+    """One run with the edge and the cloud in their own network namespaces: (edge output, edge
+    exit code, cloud exit code). kill_at_checkpoint: SIGKILL the edge once checkpoint.pt exists."""
     edge_ns, cloud_ns = namespaces
-    port = 29611
-    common = ["data.train_size=256", "data.val_size=64", "schedule.epochs=1",
-              f"pipeline_backend.master_addr={EDGE_IP}", f"pipeline_backend.master_port={port}"]
+    common = ["data.train_size=256", "data.val_size=64", f"pipeline_backend.master_addr={EDGE_IP}",
+              "pipeline_backend.master_port=29611",
+              "pipeline_backend.timeout_s=60",  # the edge may take a while to start under load
+              *overrides]
     env = dict(train_env())
-    before = _tx_bytes(edge_ns, f"{NS}v0")
+    run = tmp_path / "run"
     cloud = subprocess.Popen(
         ["ip", "netns", "exec", cloud_ns, *train_argv(*common, "pipeline_backend.role=cloud",
-                                                      f"hydra.run.dir={tmp_path / 'cloud_out'}")],
+                                                      f"hydra.run.dir={tmp_path / cloud_dir}")],
         env=dict(env, GLOO_SOCKET_IFNAME=f"{NS}v1"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
+    edge = subprocess.Popen(
+        ["ip", "netns", "exec", edge_ns, *train_argv(*common, "pipeline_backend.role=edge",
+                                                     f"hydra.run.dir={run}")],
+        env=dict(env, GLOO_SOCKET_IFNAME=f"{NS}v0"), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
     try:
-        edge = subprocess.run(
-            ["ip", "netns", "exec", edge_ns, *train_argv(*common, "pipeline_backend.role=edge",
-                                                         f"hydra.run.dir={tmp_path / 'run'}")],
-            env=dict(env, GLOO_SOCKET_IFNAME=f"{NS}v0"), capture_output=True, text=True,
-            timeout=240)
-        cloud_out, _ = cloud.communicate(timeout=60)
+        if kill_at_checkpoint:
+            deadline = time.monotonic() + 240
+            while not (run / "checkpoint.pt").exists() and edge.poll() is None:
+                assert time.monotonic() < deadline, "no checkpoint after 240 s"
+                time.sleep(0.2)
+            edge.kill()
+        edge_out, _ = edge.communicate(timeout=240)
+        cloud_out, _ = cloud.communicate(timeout=90)
     finally:
-        if cloud.poll() is None:
-            cloud.kill()
-            cloud.wait()
-    assert edge.returncode == 0, (edge.stdout + edge.stderr)[-3000:]
-    assert cloud.returncode == 0, cloud_out[-3000:]
+        for proc in (edge, cloud):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not (tmp_path / cloud_dir).exists()  # only the edge writes a run dir
+    return edge_out + cloud_out, edge.returncode, cloud.returncode
+
+
+def test_edge_and_cloud_in_two_network_namespaces(namespaces, tmp_path):
+    """Train across two network namespaces; kill the edge after its first checkpoint and resume
+    with new processes: the cloud's state travelled to the edge's one checkpoint (the cloud host
+    keeps no file) and the run ends as if uninterrupted."""
+    before = _tx_bytes(namespaces[0], f"{NS}v0")
+    out, edge_rc, _ = _edge_and_cloud(namespaces, tmp_path, "cloud_out", "schedule.epochs=3",
+                                      kill_at_checkpoint=True)
+    assert edge_rc != 0, out[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    sent = _tx_bytes(edge_ns, f"{NS}v0") - before
+    sent = _tx_bytes(namespaces[0], f"{NS}v0") - before
     steps = 256 // 64
     assert sent > steps * summary["comm"]["up_bytes_per_batch"]  # it really went over the veth
-    assert not (tmp_path / "cloud_out").exists()  # only the edge writes a run dir
-    assert (tmp_path / "run" / "cloud_stage1_epoch1.pt").exists()  # the cloud's part
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint.pt"]
+    out, edge_rc, cloud_rc = _edge_and_cloud(namespaces, tmp_path, "cloud_out2", "schedule.epochs=3",
+                                             "resume=true")
+    assert edge_rc == 0 and cloud_rc == 0, out[-3000:]
+    assert "resuming from" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
 
 
 def test_two_torchrun_invocations(tmp_path):
