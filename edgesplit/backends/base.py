@@ -2,7 +2,7 @@
 import resource
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict
 
 import torch
 from omegaconf import DictConfig
@@ -73,13 +73,6 @@ class Backend(ABC):
     @abstractmethod
     def local_units(self) -> Dict[int, nn.Module]:
         """The layer units this process holds, by global unit index."""
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        for _, unit in sorted(self.local_units().items()):
-            yield from unit.parameters()
-
-    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
-        yield from named_unit_parameters(self.local_units()).items()
 
     @abstractmethod
     def train_step(self, x: Tensor, y: Tensor) -> StepResult:

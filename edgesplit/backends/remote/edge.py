@@ -75,6 +75,9 @@ class RemoteBackend(Backend):
 
     def _specs(self, cfg: DictConfig, split: Split, devices: List[str]) -> List[StageSpec]:
         container = cast(Dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+        if cfg.model.num_classes is None:
+            raise ConfigError("model.num_classes is null: the trainer resolves it from the dataset "
+                              "before it builds the dist backend (a cloud host has no dataset)")
         return [StageSpec(s, self.stages, list(split.cloud_range(s)), int(cfg.model.num_classes),
                           devices[s], container) for s in range(self.stages)]
 
@@ -167,7 +170,7 @@ class RemoteBackend(Backend):
     def side_stats(self) -> Dict[str, SideStats]:
         """The edge's stats, and each cloud stage's; the cloud's payload counts and codec
         figures (of what it sent) join this run's meter."""
-        edge = SideStats(parameters=sum(p.numel() for p in self.parameters()),
+        edge = SideStats(parameters=sum(p.numel() for u in self._units.values() for p in u.parameters()),
                          peak_memory_bytes=peak_memory_bytes(self.device),
                          compute_s_per_batch=self.compute_s / max(self.steps, 1))
         reply, _ = self._control(Command(Op.STATS))
