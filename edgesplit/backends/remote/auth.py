@@ -141,7 +141,7 @@ class Gate:
         free = self.missing()
         want = hello.get("want")
         if want in free:
-            return int(want)  # type: ignore[arg-type]
+            return int(want)
         return free[0] if want == 0 and free else None
 
     def wait(self, timeout_s: float, check: Callable[[List[int]], None] = lambda missing: None) -> None:

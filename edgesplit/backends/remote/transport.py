@@ -144,12 +144,12 @@ class Transport:
         try:
             _wait(dist.irecv(head, peer, tag=head_tag))
             # checked before the declared size is allocated, and the payload before it is decoded
-            fields, payload_tag, context = self.sealer.open(src, self.rank, head_tag, head)
+            fields, mac, context = self.sealer.open(src, self.rank, head_tag, head)
             header = Header.from_tensor(fields)
             payload = torch.empty(header.nbytes, dtype=torch.uint8)
             if header.nbytes:
                 _wait(dist.irecv(payload, peer, tag=payload_tag))
-            self.sealer.check(payload, payload_tag, context)
+            self.sealer.check(payload, mac, context)
         except IntegrityError as e:
             raise PeerError(f"{self.name(self.rank)} refused a message from {self.name(src)} while "
                             f"{what}: {e}: not sent by a holder of the shared secret, or modified "
