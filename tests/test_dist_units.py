@@ -21,7 +21,7 @@ from edgesplit.backends.remote.seal import TAG_BYTES, Sealer
 from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.codecs.quantize import Quantize
 from edgesplit.errors import ConfigError, PeerError
-from tests.dist_helpers import SECRET, free_port
+from tests.dist_helpers import SECRET
 
 
 def test_header_roundtrip_and_bounds():
