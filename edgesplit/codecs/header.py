@@ -108,11 +108,18 @@ def check_body(name: str, body: int, expected: int) -> None:
         raise ValueError(f"{name}: payload body has {body} bytes, expected {expected}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_quant_fields(name: str, bits: int, offset: float, scale: float) -> None:
-    """ValueError naming the field unless bits is 1..16 and offset, scale finite, scale >= 0."""
+    """ValueError naming the field unless bits is 1..16, offset and scale are finite, scale >= 0,
+    and every code decodes to a finite float32 (as every encoder's fields do)."""
     if not 1 <= bits <= 16:
         raise ValueError(f"{name}: payload field bits is {bits}, allowed 1..16")
     if not math.isfinite(offset):
         raise ValueError(f"{name}: payload field offset is {offset}, must be finite")
     if not (math.isfinite(scale) and scale >= 0):
         raise ValueError(f"{name}: payload field scale is {scale}, must be finite and >= 0")
+    if abs(offset) + scale * (2 ** bits - 1) > FLOAT32_MAX:
+        raise ValueError(f"{name}: payload fields offset {offset} and scale {scale} overflow "
+                         f"float32 for {bits}-bit codes")
