@@ -108,18 +108,24 @@ def check_body(name: str, body: int, expected: int) -> None:
         raise ValueError(f"{name}: payload body has {body} bytes, expected {expected}")
 
 
-FLOAT32_MAX = 3.4028234663852886e38
+def _finite_limit(dtype: torch.dtype) -> float:
+    """The largest value that decodes (in float32, then cast to dtype) to a finite one: the max
+    plus a little under half an ulp, which rounds down to the max (so a legit payload whose
+    rounded scale overshoots the max by a hair still passes)."""
+    return min(torch.finfo(d).max * (1 + torch.finfo(d).eps / 8) for d in (torch.float32, dtype))
 
 
-def check_quant_fields(name: str, bits: int, offset: float, scale: float) -> None:
+def check_quant_fields(name: str, dtype: torch.dtype, bits: int, offset: float,
+                       scale: float) -> None:
     """ValueError naming the field unless bits is 1..16, offset and scale are finite, scale >= 0,
-    and every code decodes to a finite float32 (as every encoder's fields do)."""
+    and every code decodes to a finite value (computed in float32, then in `dtype`), as every
+    encoder's fields do."""
     if not 1 <= bits <= 16:
         raise ValueError(f"{name}: payload field bits is {bits}, allowed 1..16")
     if not math.isfinite(offset):
         raise ValueError(f"{name}: payload field offset is {offset}, must be finite")
     if not (math.isfinite(scale) and scale >= 0):
         raise ValueError(f"{name}: payload field scale is {scale}, must be finite and >= 0")
-    if abs(offset) + scale * (2 ** bits - 1) > FLOAT32_MAX:
+    if abs(offset) + scale * (2 ** bits - 1) > _finite_limit(dtype):
         raise ValueError(f"{name}: payload fields offset {offset} and scale {scale} overflow "
-                         f"float32 for {bits}-bit codes")
+                         f"{dtype} for {bits}-bit codes")

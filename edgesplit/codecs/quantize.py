@@ -110,7 +110,7 @@ class Quantize(Codec):
     def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
         h = decode_header(payload, QUANTIZE, QUANT_FIELDS)
         bits, offset, scale = h.fields
-        check_quant_fields(self.name, bits, offset, scale)
+        check_quant_fields(self.name, h.dtype, bits, offset, scale)
         body = payload[h.size:]
         check_body(self.name, body.numel(), packed_size(h.numel, bits))
         out = dequantize(body, bits, h.numel, offset, scale, h.dtype).view(h.shape)

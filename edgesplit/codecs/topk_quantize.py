@@ -30,7 +30,7 @@ class TopKQuantize(TopK):
 
     def _value_bytes(self, h: Header) -> int:
         _, k, bits, offset, scale = h.fields
-        check_quant_fields(self.name, bits, offset, scale)
+        check_quant_fields(self.name, h.dtype, bits, offset, scale)
         return packed_size(k, bits)
 
     def _decode_values(self, h: Header, section: Tensor) -> Tensor:
