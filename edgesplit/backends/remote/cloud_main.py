@@ -40,10 +40,11 @@ def child_main(rank: int, world_size: int, host: str, port: int, stdin: str,
         _serve(world, spec)
     except BaseException as e:
         launch.fail(world, rank, e)
-        sys.exit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        # no clean-up: tearing down the group waits on a peer that may be frozen or gone
+        sys.stderr.flush()
+        os._exit(1)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def drop_output_dir(path: Optional[str]) -> None:

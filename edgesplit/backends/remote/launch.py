@@ -5,10 +5,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -64,20 +65,12 @@ class World:
 
     def report_error(self, message: str) -> None:
         """Leave a one-line reason in the store for the other ranks' messages (best effort)."""
-        try:
-            self.store.set_timeout(timedelta(seconds=LAST_WORDS_S))
-            self.store.set(f"{ERROR}{self.rank}", message[:500])
-        except Exception:
-            pass
+        _bounded(lambda: self.store.set(f"{ERROR}{self.rank}", message[:500]))
 
     def diagnose(self, peer: int) -> Optional[str]:
         """Why `peer` (or any rank) went away: a dead child's exit status or a rank's message."""
         notes = []
         deadline = time.monotonic() + 1.0
-        try:
-            self.store.set_timeout(timedelta(seconds=LAST_WORDS_S))
-        except Exception:
-            pass
         for rank, proc in enumerate(self.children, start=1):
             while rank == peer and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -85,15 +78,26 @@ class World:
             if code:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 notes.append(f"{rank_name(rank, self.size)} (pid {proc.pid}) {how}")
-        for rank in range(self.size):
-            if rank == self.rank:
-                continue
-            try:
-                if self.store.check([f"{ERROR}{rank}"]):
+
+        def messages() -> None:
+            for rank in range(self.size):
+                if rank != self.rank and self.store.check([f"{ERROR}{rank}"]):
                     notes.append(self.store.get(f"{ERROR}{rank}").decode())
-            except Exception:
-                break  # the store went away with its host
+        _bounded(messages)
         return "; ".join(notes) or None
+
+
+def _bounded(call: Callable[[], None]) -> None:
+    """Run a store call on an error path for at most LAST_WORDS_S: the store's host may be the
+    peer that froze or died, and a store call waits as long as the store's own timeout."""
+    def run() -> None:
+        try:
+            call()
+        except Exception:
+            pass  # best effort: the store went away with its host
+    thread = threading.Thread(target=run, name="edgesplit-last-words", daemon=True)
+    thread.start()
+    thread.join(LAST_WORDS_S)
 
 
 def init_group(store: dist.Store, rank: int, world_size: int, timeout_s: float) -> None:

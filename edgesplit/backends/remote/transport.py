@@ -32,9 +32,9 @@ def _reason(e: BaseException, timeout_s: float) -> str:
     return text.split("] ")[-1][:200]
 
 
-def _wait(work: Optional[dist.Work]) -> None:
+def _wait(work: Optional[dist.Work], timeout_s: float) -> None:
     if work is not None:  # None only when this rank is not in the group
-        work.wait()
+        work.wait(timedelta(seconds=timeout_s))  # gloo's own default may wait for ever
 
 
 class SendHandle:
@@ -142,13 +142,13 @@ class Transport:
         head = torch.empty(HEADER_BYTES, dtype=torch.uint8)
         what = f"waiting for {expect.name if expect else 'a message'}"
         try:
-            _wait(dist.irecv(head, peer, tag=head_tag))
+            _wait(dist.irecv(head, peer, tag=head_tag), self.timeout_s)
             # checked before the declared size is allocated, and the payload before it is decoded
             fields, mac, context = self.sealer.open(src, self.rank, head_tag, head)
             header = Header.from_tensor(fields)
             payload = torch.empty(header.nbytes, dtype=torch.uint8)
             if header.nbytes:
-                _wait(dist.irecv(payload, peer, tag=payload_tag))
+                _wait(dist.irecv(payload, peer, tag=payload_tag), self.timeout_s)
             self.sealer.check(payload, mac, context)
         except IntegrityError as e:
             raise PeerError(f"{self.name(self.rank)} refused a message from {self.name(src)} while "
