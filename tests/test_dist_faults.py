@@ -78,6 +78,8 @@ def test_peer_that_never_connects(tmp_path, role):
     assert "Traceback" not in out
 
 
+@pytest.mark.xfail(reason="open (issue 11 item 7): the local cloud child of a SIGSTOPped edge still "
+                          "outlives timeout_s + 15 s; where it blocks is not found yet", strict=True)
 def test_frozen_edge_ends_the_cloud_within_the_timeout(tmp_path):
     """SIGSTOP the edge mid-run: its cloud child gives up after timeout_s with a line naming the
     edge (its store calls on the way out are short: the store lives in the frozen edge)."""
