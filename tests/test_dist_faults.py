@@ -78,8 +78,14 @@ def test_peer_that_never_connects(tmp_path, role):
     assert "Traceback" not in out
 
 
-@pytest.mark.xfail(reason="open (issue 11 item 7): the local cloud child of a SIGSTOPped edge still "
-                          "outlives timeout_s + 15 s; where it blocks is not found yet", strict=True)
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie: the stopped edge cannot reap its exited child."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_frozen_edge_ends_the_cloud_within_the_timeout(tmp_path):
     """SIGSTOP the edge mid-run: its cloud child gives up after timeout_s with a line naming the
     edge (its store calls on the way out are short: the store lives in the frozen edge)."""
@@ -97,7 +103,8 @@ def test_frozen_edge_ends_the_cloud_within_the_timeout(tmp_path):
         (cloud,) = _dist_children(proc.pid)
         os.kill(proc.pid, signal.SIGSTOP)
         stopped = time.monotonic()
-        cloud.wait(timeout=TIMEOUT_S + 15)  # psutil.TimeoutExpired fails the test
+        while _alive(cloud) and time.monotonic() - stopped < TIMEOUT_S + 15:
+            time.sleep(0.2)
         took = time.monotonic() - stopped
         os.kill(proc.pid, signal.SIGCONT)
         out, _ = proc.communicate(timeout=TIMEOUT_S + 30)
@@ -114,8 +121,9 @@ def test_frozen_edge_ends_the_cloud_within_the_timeout(tmp_path):
 def test_wrong_secret_is_refused_and_the_real_cloud_trains(tmp_path):
     port = free_port()
     run = tmp_path / "run"
+    tiny = ["data.train_size=256", "data.val_size=64", "schedule.epochs=1"]
     edge = subprocess.Popen(train_argv("pipeline_backend.role=edge", f"pipeline_backend.master_port={port}",
-                                       "pipeline_backend.timeout_s=60", f"hydra.run.dir={run}"),
+                                       "pipeline_backend.timeout_s=60", f"hydra.run.dir={run}", *tiny),
                             env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     intruder = ("import datetime, sys, torch.distributed as dist\n"
                 "from edgesplit.backends.remote import auth\n"
@@ -133,7 +141,7 @@ def test_wrong_secret_is_refused_and_the_real_cloud_trains(tmp_path):
         cloud = subprocess.run(train_argv("pipeline_backend.role=cloud",
                                           f"pipeline_backend.master_port={port}",
                                           "pipeline_backend.timeout_s=60",
-                                          f"hydra.run.dir={tmp_path / 'cloud'}"),
+                                          f"hydra.run.dir={tmp_path / 'cloud'}", *tiny),
                                env=train_env(), capture_output=True, text=True, timeout=240)
         out, _ = edge.communicate(timeout=60)
     finally:

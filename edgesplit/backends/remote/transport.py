@@ -48,7 +48,7 @@ class SendHandle:
     def wait(self, timeout_s: float) -> None:
         works = self._works if self._future is None else self._future.result(timeout=timeout_s)
         for w in works or []:
-            w.wait()
+            _wait(w, timeout_s)  # a frozen receiver stops draining its socket: sends block too
         self._keep = ()
 
 
