@@ -148,3 +148,23 @@ def test_a_planted_checkpoint_runs_no_code_on_resume(make_cfg: Callable, tmp_pat
     with pytest.raises(checkpoint.CheckpointError, match="cannot read the checkpoint .*checkpoint.pt"):
         trainer.run(make_cfg("pipeline_backend=naive", "resume=true"), tmp_path, [])
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("key", ["val_loss", "val_acc1"])
+def test_a_non_finite_evaluation_stops_like_a_diverged_step(
+        make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    real_evaluate = trainer.evaluate
+    calls = []
+
+    def nan_in_the_second_epoch(backend: Any, loader: Any) -> dict:
+        calls.append(1)
+        metrics = real_evaluate(backend, loader)
+        return {**metrics, key: float("nan")} if len(calls) == 2 else metrics
+    monkeypatch.setattr(trainer, "evaluate", nan_in_the_second_epoch)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.run(make_cfg("pipeline_backend=naive"), tmp_path, [])
+    assert str(info.value).startswith(f"{key} is nan after epoch 2 (schedule.lr=0.05); the last good "
+                                      f"checkpoint ({tmp_path / 'checkpoint.pt'}, epoch 1) is kept")
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["epoch"] == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"], summary["error"]) == ("failed", 1, str(info.value))
