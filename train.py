@@ -22,8 +22,10 @@ SIGINT_EXIT = 130  # the shell's code for a run ended by Ctrl-C
 
 
 def check_single_run_is_no_sweep(hydra_cfg: HydraConf) -> None:
-    """A sweep preset (hydra.sweeper.params) run without -m would train one default job silently."""
-    params = hydra_cfg.sweeper.get("params") or {}
+    """A sweep preset (hydra.sweeper.params) run without -m would train one default job silently;
+    one whose swept keys are all given on the command line is one job (as with -m) and runs."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task}
+    params = {k: v for k, v in (hydra_cfg.sweeper.get("params") or {}).items() if k not in given}
     if hydra_cfg.mode == RunMode.MULTIRUN or not params:
         return
     jobs = math.prod(len(str(v).split(",")) for v in params.values())

@@ -22,7 +22,7 @@ from edgesplit.logbook import Logbook
 from edgesplit.model import build_units, check_num_classes
 from edgesplit.partition import split_units
 from edgesplit.resume import check_config, load_state
-from edgesplit.run_summary import EpochRecord, RunSummary, write_summary
+from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.rundir import RunDirLock
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,17 @@ def _resumed_summary(state: Dict[str, Any], cfg: DictConfig, changes: List[str])
     return summary
 
 
+def _repair_summary(run_dir: Path, summary: RunSummary) -> None:
+    """Rewrite summary.json where it is not the checkpoint's (a kill between the two writes)."""
+    try:
+        on_disk = read_summary(run_dir)
+    except ValueError:  # not JSON, or no run summary
+        on_disk = None
+    if on_disk is None or on_disk.to_dict() != summary.to_dict():
+        write_summary(run_dir, summary)
+        log.info(f"{run_dir / 'summary.json'} rewritten from the checkpoint's summary")
+
+
 def _kept(ckpt: Path, epochs: int) -> str:
     if not epochs:
         return "no checkpoint was written yet"
@@ -130,7 +141,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
         summary = _resumed_summary(state, cfg, check_config(cfg, state, ckpt))
         if state["epoch"] >= cfg.schedule.epochs:
             summary.status = "finished"
-            write_summary(run_dir, summary)  # repairs one that a kill after the checkpoint left behind
+            _repair_summary(run_dir, summary)
             log.info(f"{run_dir} finished all {state['epoch']} epochs already: nothing to resume")
             return summary.to_dict()
     split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,

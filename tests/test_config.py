@@ -186,6 +186,18 @@ def test_user_mistakes_are_one_line_and_exit_1(tmp_path, args: list, message: st
     assert not (tmp_path / "run" / "summary.json").exists()  # nothing trained
 
 
+def test_a_sweep_preset_with_each_swept_key_given_is_one_job(tmp_path) -> None:
+    proc = _train("experiment=quant_lr", "compressor=quantize8", "schedule.lr=0.1", "log_every=0",
+                  f"hydra.run.dir={tmp_path}/run", cwd=str(tmp_path))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "add -m" not in out  # it went on, to the next check
+    assert "error: log_every=0 is invalid" in out
+    proc = _train("experiment=quant_lr", "schedule.lr=0.1", "log_every=0", f"hydra.run.dir={tmp_path}/run",
+                  cwd=str(tmp_path))
+    out = proc.stdout + proc.stderr
+    assert "error: experiment=quant_lr is a sweep of 3 jobs over compressor: add -m" in out
+
+
 def test_each_boundary_can_have_its_own_codec() -> None:
     from edgesplit.codecs import Identity, Quantize
     from edgesplit.compression import build_codecs

@@ -87,6 +87,7 @@ def test_resume_repairs_a_summary_killed_between_the_two_writes(make_cfg: Callab
                            f"hydra.run.dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stderr
+    assert "summary.json rewritten from the checkpoint's summary" in proc.stdout + proc.stderr
     assert "finished all 2 epochs already: nothing to resume" in proc.stdout + proc.stderr
     repaired = json.loads((tmp_path / "summary.json").read_text())
     assert (repaired["status"], repaired["epochs"]) == ("finished", 2)
