@@ -132,6 +132,8 @@ class DistConfig(BackendConfig):
     timeout_s: float = 60.0  # the longest silence tolerated from a peer (and the time one gets to connect)
     role: Optional[str] = None  # edge | cloud (under torchrun); null = start every rank locally
     order: str = "gpipe"  # gpipe | 1f1b: the order of micro-batch forwards and backwards
+    # shared secret of the edge and the cloud hosts (else $EDGESPLIT_SECRET; a local run makes one)
+    secret: Optional[str] = None
 
 
 @dataclass

@@ -128,8 +128,15 @@ def train_argv(*overrides: str) -> List[str]:
     return [sys.executable, os.path.join(REPO, "train.py"), *SMOKE, *overrides]
 
 
-def train_env() -> Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=REPO, HYDRA_FULL_ERROR="0")
+SECRET = "test-secret-0123456789abcdef"  # what the multi-host tests share
+
+
+def train_env(secret: Optional[str] = SECRET) -> Dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=REPO, HYDRA_FULL_ERROR="0")
+    env.pop("EDGESPLIT_SECRET", None)
+    if secret is not None:
+        env["EDGESPLIT_SECRET"] = secret
+    return env
 
 
 def free_port() -> int:

@@ -1,8 +1,11 @@
-"""Faults: a killed cloud rank or a peer that never connects ends every rank within the timeout,
-with a one-line message naming the missing rank, no process left and the checkpoint intact."""
+"""Faults: a killed cloud rank, a frozen edge or a peer that never connects ends every rank within
+the timeout, with a one-line message naming the missing rank, no process left and the checkpoint
+intact; a peer without the secret is refused and the run goes on."""
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
@@ -72,4 +75,81 @@ def test_peer_that_never_connects(tmp_path, role):
     errors = [line for line in out.splitlines() if "error:" in line]
     assert errors and missing in errors[-1] and "10 s" in errors[-1], out[-2000:]
     assert took < TIMEOUT_S + 30  # python, torch and hydra start in the rest
+    assert "Traceback" not in out
+
+
+@pytest.mark.xfail(reason="open (issue 11 item 7): the local cloud child of a SIGSTOPped edge still "
+                          "outlives timeout_s + 15 s; where it blocks is not found yet", strict=True)
+def test_frozen_edge_ends_the_cloud_within_the_timeout(tmp_path):
+    """SIGSTOP the edge mid-run: its cloud child gives up after timeout_s with a line naming the
+    edge (its store calls on the way out are short: the store lives in the frozen edge)."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_argv("data.train_size=1024", "data.val_size=64",
+                                       "schedule.epochs=30", f"hydra.run.dir={run}"),
+                            env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.2)
+        (cloud,) = _dist_children(proc.pid)
+        os.kill(proc.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        cloud.wait(timeout=TIMEOUT_S + 15)  # psutil.TimeoutExpired fails the test
+        took = time.monotonic() - stopped
+        os.kill(proc.pid, signal.SIGCONT)
+        out, _ = proc.communicate(timeout=TIMEOUT_S + 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert took < TIMEOUT_S + 15, f"the cloud took {took:.1f} s to give up"
+    lines = [line for line in out.splitlines() if line.startswith("edgesplit: cloud rank 1")]
+    assert lines and "lost edge rank 0" in lines[0], out[-2000:]
+    assert dist_process_count() == 0
+
+
+def test_wrong_secret_is_refused_and_the_real_cloud_trains(tmp_path):
+    port = free_port()
+    run = tmp_path / "run"
+    edge = subprocess.Popen(train_argv("pipeline_backend.role=edge", f"pipeline_backend.master_port={port}",
+                                       "pipeline_backend.timeout_s=60", f"hydra.run.dir={run}"),
+                            env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    intruder = ("import datetime, sys, torch.distributed as dist\n"
+                "from edgesplit.backends.remote import auth\n"
+                "from edgesplit.errors import PeerError\n"
+                "port = int(sys.argv[1])\n"
+                "store = dist.TCPStore('127.0.0.1', port, None, False, datetime.timedelta(seconds=60))\n"
+                "try:\n"
+                "    auth.join(store, 'not-the-secret-0123456789', 0, '127.0.0.1', port, 60)\n"
+                "except PeerError as e:\n"
+                "    print(e)\n")
+    try:
+        refused = subprocess.run([sys.executable, "-c", intruder, str(port)], env=train_env(),
+                                 capture_output=True, text=True, timeout=90)
+        assert "refused this cloud process" in refused.stdout, refused.stdout + refused.stderr
+        cloud = subprocess.run(train_argv("pipeline_backend.role=cloud",
+                                          f"pipeline_backend.master_port={port}",
+                                          "pipeline_backend.timeout_s=60",
+                                          f"hydra.run.dir={tmp_path / 'cloud'}"),
+                               env=train_env(), capture_output=True, text=True, timeout=240)
+        out, _ = edge.communicate(timeout=60)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+            edge.wait()
+    assert cloud.returncode == 0, cloud.stderr[-2000:]
+    assert edge.returncode == 0 and "edgesplit: refused cloud process 127.0.0.1" in out, out[-2000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+def test_role_without_a_secret_is_refused(tmp_path):
+    res = subprocess.run(train_argv("pipeline_backend.role=edge", f"hydra.run.dir={tmp_path / 'run'}"),
+                         env=train_env(secret=None), capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert res.returncode != 0 and errors, out[-2000:]
+    assert "EDGESPLIT_SECRET" in errors[-1] and "pipeline_backend.secret" in errors[-1]
     assert "Traceback" not in out

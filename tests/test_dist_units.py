@@ -1,23 +1,34 @@
-"""The remote backend's pieces in one process: headers, control messages, specs, link, runner."""
+"""The remote backend's pieces in one process: headers, control messages, specs, link, runner,
+the secret's handshake and the message seals."""
 import pickle
+import threading
 import time
+from collections import defaultdict, deque
+from datetime import timedelta
 
 import pytest
 import torch
+import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch import nn
 
+from edgesplit.backends.remote import auth, transport
 from edgesplit.backends.remote.link import LinkSpec, ShapedLink
-from edgesplit.backends.remote.protocol import (HEADER_BYTES, MAX_PAYLOAD_BYTES, Command, Header, Kind,
-                                                Op, Reply, pack_state, unpack_state)
+from edgesplit.backends.remote.protocol import (HEADER_BYTES, HEADER_FIELDS, MAX_PAYLOAD_BYTES, Command,
+                                                Header, Kind, Op, Reply, pack_state, unpack_state)
 from edgesplit.backends.remote.runner import StageRunner
+from edgesplit.backends.remote.seal import TAG_BYTES, Sealer
 from edgesplit.backends.remote.spec import StageSpec
+from edgesplit.codecs.quantize import Quantize
+from edgesplit.errors import ConfigError, PeerError
+from tests.dist_helpers import SECRET
 
 
 def test_header_roundtrip_and_bounds():
     h = Header(Kind.BACKWARD, 3, 4, 12345, training=False)
     t = h.to_tensor()
-    assert t.numel() * t.element_size() == HEADER_BYTES
+    assert t.numel() * t.element_size() + 2 * TAG_BYTES == HEADER_BYTES == 64
+    assert HEADER_FIELDS * 8 == t.numel() * t.element_size()
     assert Header.from_tensor(t) == h
     with pytest.raises(ValueError, match="unknown message kind"):
         Header.from_tensor(torch.tensor([99, 0, 1, 0]))
@@ -106,3 +117,141 @@ def test_stage_runner_checkpointing_keeps_gradients(mode):
         grads[m] = [p.grad.clone() for p in module.parameters()]
     for a, b in zip(grads[mode], grads["never"]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+class _Wire:
+    """torch.distributed's isend/irecv between logical ranks in this process: queues per tag."""
+
+    def __init__(self):
+        self.queues = defaultdict(deque)
+        self.me = 0
+
+    def isend(self, tensor, peer, tag):
+        self.queues[(self.me, peer, tag)].append(tensor.clone())
+
+    def irecv(self, tensor, peer, tag):
+        tensor.copy_(self.queues[(peer, self.me, tag)].popleft())
+
+
+@pytest.fixture
+def wire(monkeypatch):
+    w = _Wire()
+    monkeypatch.setattr(transport.dist, "isend", w.isend)
+    monkeypatch.setattr(transport.dist, "irecv", w.irecv)
+    return w
+
+
+def _pair(edge_secret=SECRET, cloud_secret=SECRET):
+    edge = transport.Transport(0, [0, 1], 5.0, Sealer(auth.derive(edge_secret, "message")))
+    cloud = transport.Transport(1, [0, 1], 5.0, Sealer(auth.derive(cloud_secret, "message")))
+    return edge, cloud
+
+
+def _send(wire, t, dst, payload):
+    wire.me = t.rank
+    t.send(dst, Header(Kind.FORWARD, 0, 1), payload)
+    wire.me = dst
+
+
+def test_sealed_messages_arrive_and_forgeries_are_refused(wire, monkeypatch):
+    codec = Quantize(8)
+    decoded = []
+    monkeypatch.setattr(Quantize, "decode", lambda self, p, s=None: decoded.append(p))
+    x = torch.randn(4, 6)
+    edge, cloud = _pair()
+    _send(wire, edge, 1, codec.encode(x))
+    header, payload = cloud.recv(0, Kind.FORWARD, 0)
+    assert header.nbytes == payload.numel() and torch.equal(payload, codec.encode(x))
+
+    def refused(tamper, receiver=cloud, match="refused a message from edge rank 0"):
+        _send(wire, edge, 1, codec.encode(x))
+        tamper(wire.queues)
+        with pytest.raises(PeerError, match=match):
+            receiver.recv(0, Kind.FORWARD, 0)
+        wire.queues.clear()
+
+    def flip_payload(q):
+        q[(0, 1, 2)][0][9] ^= 1  # a code byte of the payload
+
+    def flip_header(q):
+        q[(0, 1, 1)][0][1] ^= 1  # the micro-batch index field
+
+    refused(flip_payload, match="its payload fails the integrity check")
+    edge, cloud = _pair()  # a failed check leaves a stream unusable: fresh ones per case
+    refused(flip_header, match="its header fails the integrity check")
+    edge, cloud = _pair(cloud_secret="another-secret-0123456789")
+    refused(lambda q: None)
+    edge, cloud = _pair()
+    _send(wire, edge, 1, codec.encode(x))
+    replay = [t.clone() for t in wire.queues[(0, 1, 1)]] + [t.clone() for t in wire.queues[(0, 1, 2)]]
+    cloud.recv(0, Kind.FORWARD, 0)
+    wire.queues[(0, 1, 1)].append(replay[0])
+    wire.queues[(0, 1, 2)].append(replay[1])
+    with pytest.raises(PeerError, match="header fails the integrity check"):
+        cloud.recv(0, Kind.FORWARD, 0)  # the same message again: its sequence number is old
+    assert decoded == []  # nothing that failed reached a decoder
+
+
+def _store(port=0):
+    listener = auth.listening_socket("127.0.0.1", port)
+    port = listener.getsockname()[1]
+    return dist.TCPStore("127.0.0.1", port, None, True, timedelta(seconds=10),
+                         wait_for_workers=False, master_listen_fd=listener.detach()), port
+
+
+def test_a_wrong_secret_gets_no_stage_and_the_real_peer_still_joins():
+    store, port = _store()
+    lines, results = [], {}
+    gate = auth.Gate(store, SECRET, world_size=2, log=lines.append)
+
+    def cloud(name, secret):
+        client = dist.TCPStore("127.0.0.1", port, None, False, timedelta(seconds=10))
+        try:
+            results[name] = auth.join(client, secret, 0, "127.0.0.1", port, 10)
+        except PeerError as e:
+            results[name] = str(e)
+
+    intruder = threading.Thread(target=cloud, args=("intruder", "wrong-secret-0123456789"))
+    intruder.start()
+    while "intruder" not in results:
+        gate.poll()
+        time.sleep(0.01)
+    assert "refused this cloud process" in results["intruder"]
+    assert gate.missing() == [1]  # the stage is still free
+    assert len(lines) == 1 and "refused cloud process 127.0.0.1 pid" in lines[0], lines
+    real = threading.Thread(target=cloud, args=("real", SECRET))
+    real.start()
+    gate.wait(10)
+    real.join(10)
+    intruder.join(10)
+    assert results["real"] == 1
+
+
+def test_a_fake_edge_is_refused_by_the_cloud():
+    store, port = _store()
+    fake = auth.Gate(store, "not-the-real-secret-0123", world_size=2, log=lambda line: None)
+    threading.Thread(target=fake.wait, args=(10,), daemon=True).start()
+    client = dist.TCPStore("127.0.0.1", port, None, False, timedelta(seconds=10))
+    with pytest.raises(PeerError, match="refused this cloud process|not the edge"):
+        auth.join(client, SECRET, 0, "127.0.0.1", port, 10)
+
+
+def test_secret_sources(monkeypatch):
+    monkeypatch.delenv(auth.ENV, raising=False)
+    with pytest.raises(ConfigError, match=f"{auth.ENV}.*pipeline_backend.secret"):
+        auth.resolve_secret(None, local=False)
+    assert len(auth.resolve_secret(None, local=True)) == 64
+    assert auth.resolve_secret(None, local=True) != auth.resolve_secret(None, local=True)
+    monkeypatch.setenv(auth.ENV, SECRET)
+    assert auth.resolve_secret(None, local=False) == SECRET
+    assert auth.resolve_secret("x" * 20, local=False) == "x" * 20
+    with pytest.raises(ConfigError, match="pipeline_backend.secret is too short"):
+        auth.resolve_secret("short", local=False)
+
+
+def test_the_store_listens_on_its_address_only():
+    import psutil
+    store, port = _store()
+    bound = {c.laddr.ip for c in psutil.net_connections("tcp")
+             if c.status == "LISTEN" and c.laddr.port == port}
+    assert bound == {"127.0.0.1"}

@@ -1,4 +1,5 @@
 """The payload header: codec id, dtype, shape and codec fields, packed little-endian in front."""
+import math
 import struct
 from dataclasses import dataclass
 from typing import Tuple
@@ -19,6 +20,11 @@ TOPK_FIELDS = struct.Struct("<BI")  # index format (0 bitmap, 1 int32 indices), 
 TOPKQ_FIELDS = struct.Struct("<BIBff")  # index format, k, bits, offset, scale
 BITMAP, INDICES = 0, 1
 MAX_DIM = 2 ** 32 - 1
+# Caps a decoder checks before it allocates anything: a header declaring more is corrupt or
+# hostile. Boundary tensors are activations and gradients (4-D for images): 16 dimensions and
+# 2**31 elements leave room.
+MAX_NDIM = 16
+MAX_NUMEL = 2 ** 31
 
 
 @dataclass
@@ -49,7 +55,7 @@ def encode_header(codec: int, dtype: torch.dtype, shape: Tuple[int, ...],
     if dtype not in DTYPE_CODES:
         raise TypeError(f"{CODEC_NAMES[codec]}: unsupported dtype {dtype}, "
                         f"expected one of {sorted(str(d) for d in DTYPE_CODES)}")
-    if len(shape) > 255 or any(d > MAX_DIM for d in shape):
+    if len(shape) > MAX_NDIM or any(d > MAX_DIM for d in shape) or math.prod(shape) > MAX_NUMEL:
         raise ValueError(f"{CODEC_NAMES[codec]}: shape {tuple(shape)} too large for the header")
     return struct.pack(f"<BBB{len(shape)}I", codec, DTYPE_CODES[dtype], len(shape),
                        *shape) + fields
@@ -81,9 +87,45 @@ def decode_header(payload: Tensor, codec: int, fields: struct.Struct) -> Header:
         raise ValueError(f"{CODEC_NAMES[codec]}: payload was made by codec id {got} "
                          f"({CODEC_NAMES.get(got, 'unknown')})")
     if dcode not in CODE_DTYPES:
-        raise ValueError(f"{CODEC_NAMES[codec]}: unknown dtype code {dcode} in payload")
+        raise ValueError(f"{CODEC_NAMES[codec]}: unknown dtype code {dcode} in payload (allowed: "
+                         f"{', '.join(f'{c} {d}' for c, d in sorted(CODE_DTYPES.items()))})")
+    if ndim > MAX_NDIM:
+        raise ValueError(f"{CODEC_NAMES[codec]}: payload declares ndim {ndim}, at most {MAX_NDIM}")
     size = common_size(ndim) + fields.size
     raw = _read(payload, 3, size - 3)
     shape = struct.unpack_from(f"<{ndim}I", raw, 0)
+    if math.prod(shape) > MAX_NUMEL:
+        raise ValueError(f"{CODEC_NAMES[codec]}: payload declares shape {shape} of "
+                         f"{math.prod(shape)} elements, at most {MAX_NUMEL}")
     values = fields.unpack_from(raw, 4 * ndim)
     return Header(codec, CODE_DTYPES[dcode], tuple(shape), values, size)
+
+
+def check_body(name: str, body: int, expected: int) -> None:
+    """ValueError unless the body after the header is exactly `expected` bytes (no trailing
+    bytes, nothing missing)."""
+    if body != expected:
+        raise ValueError(f"{name}: payload body has {body} bytes, expected {expected}")
+
+
+def _finite_limit(dtype: torch.dtype) -> float:
+    """The largest value that decodes (in float32, then cast to dtype) to a finite one: the max
+    plus a little under half an ulp, which rounds down to the max (so a legit payload whose
+    rounded scale overshoots the max by a hair still passes)."""
+    return min(torch.finfo(d).max * (1 + torch.finfo(d).eps / 8) for d in (torch.float32, dtype))
+
+
+def check_quant_fields(name: str, dtype: torch.dtype, bits: int, offset: float,
+                       scale: float) -> None:
+    """ValueError naming the field unless bits is 1..16, offset and scale are finite, scale >= 0,
+    and every code decodes to a finite value (computed in float32, then in `dtype`), as every
+    encoder's fields do."""
+    if not 1 <= bits <= 16:
+        raise ValueError(f"{name}: payload field bits is {bits}, allowed 1..16")
+    if not math.isfinite(offset):
+        raise ValueError(f"{name}: payload field offset is {offset}, must be finite")
+    if not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"{name}: payload field scale is {scale}, must be finite and >= 0")
+    if abs(offset) + scale * (2 ** bits - 1) > _finite_limit(dtype):
+        raise ValueError(f"{name}: payload fields offset {offset} and scale {scale} overflow "
+                         f"{dtype} for {bits}-bit codes")

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Codec, encode_input, scatter_support
-from .header import IDENTITY, decode_header, encode_header, new_payload
+from .header import IDENTITY, check_body, decode_header, encode_header, new_payload
 
 _NO_FIELDS = _struct.Struct("<")
 
@@ -28,10 +28,8 @@ class Identity(Codec):
 
     def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
         h = decode_header(payload, IDENTITY, _NO_FIELDS)
+        check_body(self.name, payload.numel() - h.size,
+                   h.numel * torch.empty((), dtype=h.dtype).element_size())
         out = torch.empty(h.shape, dtype=h.dtype, device=payload.device)
-        raw = out.view(-1).view(torch.uint8)
-        if payload.numel() - h.size != raw.numel():
-            raise ValueError(f"{self.name}: payload body has {payload.numel() - h.size} bytes, "
-                             f"expected {raw.numel()}")
-        raw.copy_(payload[h.size:])
+        out.view(-1).view(torch.uint8).copy_(payload[h.size:])
         return scatter_support(self.name, out, support)

@@ -8,7 +8,8 @@ from torch import Tensor
 from .base import Codec, check_finite, chunk_len, chunk_spans, encode_input, on_host
 from .base import scatter_support
 from .bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
-from .header import QUANT_FIELDS, QUANTIZE, decode_header, encode_header, new_payload
+from .header import QUANT_FIELDS, QUANTIZE, check_body, check_quant_fields, decode_header
+from .header import encode_header, new_payload
 
 
 def check_bits(name: str, bits: object) -> int:
@@ -109,9 +110,8 @@ class Quantize(Codec):
     def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
         h = decode_header(payload, QUANTIZE, QUANT_FIELDS)
         bits, offset, scale = h.fields
+        check_quant_fields(self.name, h.dtype, bits, offset, scale)
         body = payload[h.size:]
-        if body.numel() != packed_size(h.numel, bits):
-            raise ValueError(f"{self.name}: payload body has {body.numel()} bytes, expected "
-                             f"{packed_size(h.numel, bits)}")
+        check_body(self.name, body.numel(), packed_size(h.numel, bits))
         out = dequantize(body, bits, h.numel, offset, scale, h.dtype).view(h.shape)
         return scatter_support(self.name, out, support)

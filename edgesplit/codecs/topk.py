@@ -7,9 +7,9 @@ import torch
 from torch import Tensor
 
 from .base import Codec, check_finite, encode_input, scatter_support
-from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, decode_header, encode_header
-from .header import new_payload
-from .masks import copy_into, flatnonzero, minmax, pack_mask_into, put, unpack_mask, zeros
+from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, check_body, decode_header
+from .header import encode_header, new_payload
+from .masks import copy_into, count, flatnonzero, minmax, pack_mask_into, put, unpack_mask, zeros
 from .select import Cut, cut_masks, topk_select
 
 
@@ -76,6 +76,21 @@ def select(name: str, v: Tensor, ratio: float) -> Tuple[int, Cut, Tensor, bool]:
     return k, cut, kept, nonneg
 
 
+def check_index(name: str, section: Tensor, fmt: int, n: int, k: int) -> None:
+    """ValueError unless the index section keeps exactly k distinct positions of n: a bitmap with
+    k bits set and none beyond n, or k ascending int32 indices in [0, n)."""
+    if fmt == BITMAP:
+        kept = count(unpack_mask(section, n))
+        if kept != k:
+            raise ValueError(f"{name}: payload bitmap has {kept} bits set, field k is {k}")
+        if n % 8 and int(section[-1]) >> (n % 8):
+            raise ValueError(f"{name}: payload bitmap sets bits beyond the {n} elements")
+        return
+    where = read_index(section, fmt, n)
+    if k and not (int(where[0]) >= 0 and int(where[-1]) < n and bool((where[1:] > where[:-1]).all())):
+        raise ValueError(f"{name}: payload indices must be ascending, distinct and in [0, {n})")
+
+
 def place(values: Tensor, section: Tensor, fmt: int, n: int, dtype: torch.dtype) -> Tensor:
     """A zero 1-D tensor of n entries with the values at the positions of an index section."""
     where = read_index(section, fmt, n)
@@ -131,14 +146,24 @@ class TopK(Codec):
         return _aligned(section, h.dtype)
 
     def _parse(self, payload: Tensor) -> Tuple[Header, Tensor, Tensor]:
-        """(header, index section, values section) of a payload, its size checked."""
+        """(header, index section, values section) of a payload: every field, the size and the
+        index checked against each other before anything of the declared size is allocated."""
         h = decode_header(payload, self.code, self.fields)
-        _, index_bytes = index_format(h.numel, h.fields[1])
+        fmt, k = h.fields[0], h.fields[1]
+        if fmt not in (BITMAP, INDICES):
+            raise ValueError(f"{self.name}: payload field index format is {fmt}, allowed "
+                             f"{BITMAP} (bitmap) or {INDICES} (int32 indices)")
+        # k follows from n and this codec's ratio, which bounds n by the body's size too
+        if k != k_for(self.ratio, h.numel):
+            raise ValueError(f"{self.name}: payload field k is {k}, but ratio {self.ratio} of "
+                             f"{h.numel} elements keeps {k_for(self.ratio, h.numel)}")
+        expected_fmt, index_bytes = index_format(h.numel, k)
+        if fmt != expected_fmt:
+            raise ValueError(f"{self.name}: payload field index format is {fmt}, but {k} of "
+                             f"{h.numel} elements are sent as format {expected_fmt}")
         body = payload[h.size:]
-        expected = index_bytes + self._value_bytes(h)
-        if body.numel() != expected:
-            raise ValueError(f"{self.name}: payload body has {body.numel()} bytes, expected "
-                             f"{expected}")
+        check_body(self.name, body.numel(), index_bytes + self._value_bytes(h))
+        check_index(self.name, body[:index_bytes], fmt, h.numel, k)
         return h, body[:index_bytes], body[index_bytes:]
 
     def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:

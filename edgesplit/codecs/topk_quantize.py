@@ -4,7 +4,7 @@ from typing import Callable, Tuple
 from torch import Tensor
 
 from .bitpack import packed_size
-from .header import TOPK_QUANTIZE, TOPKQ_FIELDS, Header
+from .header import TOPK_QUANTIZE, TOPKQ_FIELDS, Header, check_quant_fields
 from .quantize import check_bits, dequantize, minmax_params, quantize_into
 from .topk import TopK
 
@@ -29,7 +29,9 @@ class TopKQuantize(TopK):
                 lambda out: quantize_into(kept, self.bits, offset, scale, out))
 
     def _value_bytes(self, h: Header) -> int:
-        return packed_size(h.fields[1], h.fields[2])
+        _, k, bits, offset, scale = h.fields
+        check_quant_fields(self.name, h.dtype, bits, offset, scale)
+        return packed_size(k, bits)
 
     def _decode_values(self, h: Header, section: Tensor) -> Tensor:
         _, k, bits, offset, scale = h.fields

@@ -1,5 +1,5 @@
 """A local cloud rank: `python -m edgesplit.backends.remote RANK WORLD HOST PORT TIMEOUT THREADS`,
-its StageSpec as JSON on stdin."""
+the shared secret and its StageSpec as JSON on stdin ({"secret": ..., "spec": ...})."""
 import sys
 
 from edgesplit.backends.remote.cloud_main import child_main

@@ -1,5 +1,6 @@
 """Entry points of a cloud process: a child the edge started on this machine, or a host's
 `pipeline_backend.role=cloud`."""
+import json
 import os
 import shutil
 import sys
@@ -8,7 +9,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from edgesplit.backends.remote import launch
+from edgesplit.backends.remote import auth, launch
 from edgesplit.backends.remote.cloud import CloudStage
 from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.protocol import Kind
@@ -18,29 +19,32 @@ from edgesplit.backends.remote.transport import EDGE, Transport
 
 def _serve(world: launch.World, spec: StageSpec) -> None:
     link = LinkSpec.from_config(spec.config.pipeline_backend.link)
-    transport = Transport(world.rank, world.global_ranks, world.timeout_s, link, world.diagnose)
+    transport = Transport(world.rank, world.global_ranks, world.timeout_s, world.sealer, link,
+                          world.diagnose)
     try:
         CloudStage(spec, transport).serve()
     finally:
         transport.close()
 
 
-def child_main(rank: int, world_size: int, host: str, port: int, spec_json: str,
+def child_main(rank: int, world_size: int, host: str, port: int, stdin: str,
                timeout_s: float, threads: int) -> None:
     """A cloud rank that the edge started on this machine (see __main__.py)."""
     launch.die_with_parent()
     torch.set_num_threads(threads)
     world = None
     try:
-        spec = StageSpec.from_json(spec_json)
-        world = launch.connect_local(rank, world_size, host, port, timeout_s)
+        given = json.loads(stdin)
+        spec = StageSpec.from_json(given["spec"])
+        world = launch.connect_local(rank, world_size, host, port, given["secret"], timeout_s)
         _serve(world, spec)
     except BaseException as e:
         launch.fail(world, rank, e)
-        sys.exit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        # no clean-up: tearing down the group waits on a peer that may be frozen or gone
+        sys.stderr.flush()
+        os._exit(1)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def drop_output_dir(path: Optional[str]) -> None:
@@ -61,14 +65,16 @@ def run_cloud(cfg: Any, hydra_output_dir: Optional[str] = None) -> None:
     threads = launch.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
                                       cfg.get("threads"))
     torch.set_num_threads(threads)
+    secret = auth.resolve_secret(b.get("secret"), local=False)
     world = None
     try:
         if launch.under_torchrun():
-            world = launch.start_torchrun("cloud", stages, float(b.timeout_s))
+            world = launch.start_torchrun("cloud", stages, secret, float(b.timeout_s))
         else:
             world = launch.start_by_role("cloud", stages, b.master_addr, int(b.master_port),
-                                         float(b.timeout_s))
-        t = Transport(world.rank, world.global_ranks, world.timeout_s, LinkSpec(), world.diagnose)
+                                         secret, float(b.timeout_s))
+        t = Transport(world.rank, world.global_ranks, world.timeout_s, world.sealer, LinkSpec(),
+                      world.diagnose)
         _, payload = t.recv(EDGE, Kind.CONTROL)
         t.close()
         _serve(world, StageSpec.from_json(payload.numpy().tobytes().decode()))

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from edgesplit import checkpoint
 from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, peak_memory_bytes
-from edgesplit.backends.remote import launch
+from edgesplit.backends.remote import auth, launch
 from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.order import edge_steps
 from edgesplit.backends.remote.ports import Inputs, LinkIn, LinkOut, Loss, StepInfo
@@ -55,7 +55,7 @@ class RemoteBackend(Backend):
         self.healthy, self.closed = False, False
         self.compute_s, self.steps = 0.0, 0
         self.world = self._launch(cfg, split, [str(d) for d in devices[1:-1]])
-        self.t = Transport(EDGE, self.world.global_ranks, self.timeout_s,
+        self.t = Transport(EDGE, self.world.global_ranks, self.timeout_s, self.world.sealer,
                            LinkSpec.from_config(b.link), self.world.diagnose)
         self.to_cloud = LinkOut(self.t, 1, self.boundaries[0], self.device)
         self.from_cloud = LinkIn(self.t, self.stages, self.boundaries[1], self.device)
@@ -75,6 +75,7 @@ class RemoteBackend(Backend):
 
     def _specs(self, cfg: DictConfig, split: Split, devices: List[str]) -> List[StageSpec]:
         container = cast(Dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+        container["pipeline_backend"]["secret"] = None  # never on the wire: each host has its own copy
         if cfg.model.num_classes is None:
             raise ConfigError("model.num_classes is null: the trainer resolves it from the dataset "
                               "before it builds the dist backend (a cloud host has no dataset)")
@@ -84,17 +85,18 @@ class RemoteBackend(Backend):
     def _launch(self, cfg: DictConfig, split: Split, devices: List[str]) -> launch.World:
         b = cfg.pipeline_backend
         local = b.role is None and not launch.under_torchrun()
+        secret = auth.resolve_secret(b.get("secret"), local)
         # Local ranks share this host's cores: the cloud stages, which hold most of the compute,
         # split all of them; the edge (a few units, mostly waiting on the link) takes its share.
         torch.set_num_threads(launch.threads_per_rank(self.stages + 1 if local else 1, cfg.threads))
         if local:
             specs = [spec.to_json() for spec in self._specs(cfg, split, devices)]
-            return launch.start_local(self.stages, specs, self.timeout_s,
+            return launch.start_local(self.stages, specs, secret, self.timeout_s,
                                       launch.threads_per_rank(self.stages, cfg.threads))
         if launch.under_torchrun():
-            return launch.start_torchrun("edge", self.stages, self.timeout_s)
+            return launch.start_torchrun("edge", self.stages, secret, self.timeout_s)
         return launch.start_by_role("edge", self.stages, b.master_addr, int(b.master_port),
-                                    self.timeout_s)
+                                    secret, self.timeout_s)
 
     # -- steps ---------------------------------------------------------------------------------
     def local_units(self) -> Dict[int, nn.Module]:

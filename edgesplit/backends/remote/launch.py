@@ -1,24 +1,28 @@
 """Start the ranks: cloud stages as local children, or across hosts under torchrun or by role."""
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.distributed as dist
 
+from edgesplit.backends.remote import auth
+from edgesplit.backends.remote.seal import Sealer
 from edgesplit.backends.remote.transport import EDGE, rank_name
 from edgesplit.errors import PeerError
 
-JOINED = "edgesplit/joined/"
 ERROR = "edgesplit/error/"
-STAGE_COUNTER = "edgesplit/next_stage"
 LOCAL_START_S = 60.0  # the least time a local child gets to start and join
+# Store calls on an error path: short, as the store's host (the edge) may be frozen or gone.
+LAST_WORDS_S = 2.0
 
 
 def under_torchrun() -> bool:
@@ -43,12 +47,17 @@ def die_with_parent() -> None:
 
 @dataclass
 class World:
-    """This process's place: logical rank (0 = edge), torch.distributed ranks, store, children."""
+    """This process's place: logical rank (0 = edge), torch.distributed ranks, store, the shared
+    secret, children."""
     rank: int
     global_ranks: List[int]
     store: dist.Store
     timeout_s: float
+    secret: str
     children: List[Any] = field(default_factory=list)  # subprocess.Popen of local cloud ranks
+
+    def __post_init__(self) -> None:
+        self.sealer = Sealer(auth.derive(self.secret, "message"))
 
     @property
     def size(self) -> int:
@@ -56,10 +65,7 @@ class World:
 
     def report_error(self, message: str) -> None:
         """Leave a one-line reason in the store for the other ranks' messages (best effort)."""
-        try:
-            self.store.set(f"{ERROR}{self.rank}", message[:500])
-        except Exception:
-            pass
+        _bounded(lambda: self.store.set(f"{ERROR}{self.rank}", message[:500]))
 
     def diagnose(self, peer: int) -> Optional[str]:
         """Why `peer` (or any rank) went away: a dead child's exit status or a rank's message."""
@@ -72,34 +78,26 @@ class World:
             if code:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 notes.append(f"{rank_name(rank, self.size)} (pid {proc.pid}) {how}")
-        for rank in range(self.size):
-            if rank == self.rank:
-                continue
-            try:
-                if self.store.check([f"{ERROR}{rank}"]):
+
+        def messages() -> None:
+            for rank in range(self.size):
+                if rank != self.rank and self.store.check([f"{ERROR}{rank}"]):
                     notes.append(self.store.get(f"{ERROR}{rank}").decode())
-            except Exception:
-                break  # the store went away with its host
+        _bounded(messages)
         return "; ".join(notes) or None
 
 
-def _wait_joined(store: dist.Store, world_size: int, timeout_s: float,
-                 children: List[Any]) -> None:
-    """Wait for every cloud rank's 'joined' key; name the missing ranks on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        missing = [r for r in range(1, world_size) if not store.check([f"{JOINED}{r}"])]
-        if not missing:
-            return
-        for rank, proc in enumerate(children, start=1):
-            if rank in missing and proc.poll() is not None:
-                raise PeerError(f"{rank_name(rank, world_size)} (pid {proc.pid}) exited with "
-                                f"status {proc.returncode} before connecting to the edge")
-        if time.monotonic() > deadline:
-            names = ", ".join(rank_name(r, world_size) for r in missing)
-            raise PeerError(f"{names} did not connect to the edge within {timeout_s:g} s "
-                            f"(pipeline_backend.timeout_s)")
-        time.sleep(0.05)
+def _bounded(call: Callable[[], None]) -> None:
+    """Run a store call on an error path for at most LAST_WORDS_S: the store's host may be the
+    peer that froze or died, and a store call waits as long as the store's own timeout."""
+    def run() -> None:
+        try:
+            call()
+        except Exception:
+            pass  # best effort: the store went away with its host
+    thread = threading.Thread(target=run, name="edgesplit-last-words", daemon=True)
+    thread.start()
+    thread.join(LAST_WORDS_S)
 
 
 def init_group(store: dist.Store, rank: int, world_size: int, timeout_s: float) -> None:
@@ -107,16 +105,30 @@ def init_group(store: dist.Store, rank: int, world_size: int, timeout_s: float) 
                             timeout=timedelta(seconds=timeout_s))
 
 
-def start_local(stages: int, specs: List[str], timeout_s: float, threads: int) -> World:
+def _serve_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
+    """The edge's store, listening on host:port only: torch's own server would listen on every
+    interface, so it gets a socket bound here (and owns its descriptor from then on)."""
+    listener = auth.listening_socket(host, port)
+    port = listener.getsockname()[1]
+    fd = listener.detach()
+    try:
+        return dist.TCPStore(host, port, None, True, timedelta(seconds=timeout_s),
+                             wait_for_workers=False, master_listen_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
+                threads: int) -> World:
     """Edge side of a one-machine run: a store on a free loopback port, one child per stage
-    (`python -m edgesplit.backends.remote`, its StageSpec as JSON on stdin, this process's
-    sys.path)."""
+    (`python -m edgesplit.backends.remote`, the secret and its StageSpec as JSON on stdin, where
+    other users cannot read them as they can argv; this process's sys.path)."""
     world_size = stages + 1
-    store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=timeout_s),
-                          wait_for_workers=False)
+    store = _serve_store("127.0.0.1", 0, timeout_s)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     children: List[Any] = []
-    world = World(EDGE, list(range(world_size)), store, timeout_s, children)
+    world = World(EDGE, list(range(world_size)), store, timeout_s, secret, children)
     try:
         for s in range(stages):
             argv = [sys.executable, "-m", "edgesplit.backends.remote", str(s + 1), str(world_size),
@@ -125,12 +137,18 @@ def start_local(stages: int, specs: List[str], timeout_s: float, threads: int) -
             children.append(proc)
             try:
                 assert proc.stdin is not None
-                proc.stdin.write(specs[s].encode())
+                proc.stdin.write(json.dumps({"secret": secret, "spec": specs[s]}).encode())
                 proc.stdin.close()
             except BrokenPipeError:
-                pass  # it died at start: _wait_joined names it
+                pass  # it died at start: check() names it
+
+        def check(missing: List[int]) -> None:
+            for rank, proc in enumerate(children, start=1):
+                if rank in missing and proc.poll() is not None:
+                    raise PeerError(f"{rank_name(rank, world_size)} (pid {proc.pid}) exited with "
+                                    f"status {proc.returncode} before connecting to the edge")
         # children start python and torch first: under load that alone can take a while
-        _wait_joined(store, world_size, max(timeout_s, LOCAL_START_S), children)
+        auth.Gate(store, secret, world_size).wait(max(timeout_s, LOCAL_START_S), check)
         init_group(store, EDGE, world_size, timeout_s)
     except BaseException:
         stop_children(children, grace_s=0)
@@ -138,44 +156,41 @@ def start_local(stages: int, specs: List[str], timeout_s: float, threads: int) -
     return world
 
 
-def connect_local(rank: int, world_size: int, host: str, port: int, timeout_s: float) -> World:
+def connect_local(rank: int, world_size: int, host: str, port: int, secret: str,
+                  timeout_s: float) -> World:
     """Cloud side of start_local()."""
     store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
-    store.set(f"{JOINED}{rank}", str(os.getpid()))
+    got = auth.join(store, secret, rank, host, port, timeout_s)
+    if got != rank:
+        raise PeerError(f"the edge gave stage {got} to cloud rank {rank}")
     init_group(store, rank, world_size, timeout_s)
-    return World(rank, list(range(world_size)), store, timeout_s)
+    return World(rank, list(range(world_size)), store, timeout_s, secret)
 
 
-def start_by_role(role: str, stages: int, host: str, port: int, timeout_s: float) -> World:
-    """Multi-host without torchrun: the edge hosts a store at host:port; each cloud process takes
-    the next stage number from it."""
+def start_by_role(role: str, stages: int, host: str, port: int, secret: str,
+                  timeout_s: float) -> World:
+    """Multi-host without torchrun: the edge hosts a store at host:port; each cloud process
+    proves the secret and gets the next free stage number from the edge."""
     world_size = stages + 1
-    t = timedelta(seconds=timeout_s)
     try:
         if role == "edge":
-            store = dist.TCPStore(host, port, None, True, t, wait_for_workers=False)
+            store = _serve_store(host, port, timeout_s)
+            auth.Gate(store, secret, world_size).wait(timeout_s)
             rank = EDGE
         else:
-            store = dist.TCPStore(host, port, None, False, t)
-            rank = int(store.add(STAGE_COUNTER, 1))
-            if rank >= world_size:
-                raise PeerError(f"a cloud process joined as stage {rank} but "
-                                f"partition.cloud_stages={stages}")
-            store.set(f"{JOINED}{rank}", str(os.getpid()))
+            store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
+            rank = auth.join(store, secret, 0, host, port, timeout_s)
     except (RuntimeError, dist.DistError) as e:
-        if isinstance(e, PeerError):
-            raise
         raise PeerError(f"{role} could not reach the edge's store at {host}:{port} within "
                         f"{timeout_s:g} s: {str(e).splitlines()[0][:200]}") from None
-    if rank == EDGE:
-        _wait_joined(store, world_size, timeout_s, [])
     init_group(store, rank, world_size, timeout_s)
-    return World(rank, list(range(world_size)), store, timeout_s)
+    return World(rank, list(range(world_size)), store, timeout_s, secret)
 
 
-def start_torchrun(role: str, stages: int, timeout_s: float) -> World:
+def start_torchrun(role: str, stages: int, secret: str, timeout_s: float) -> World:
     """Under torchrun: ranks come from the rendezvous; the logical order comes from the roles
-    (exactly one edge), not from the rendezvous order."""
+    (exactly one edge), not from the rendezvous order. Each cloud rank then proves the secret
+    before the edge sends it anything."""
     dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout_s))
     # the roles as a tensor (the object collectives would unpickle what peers send)
     is_edge = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
@@ -186,9 +201,14 @@ def start_torchrun(role: str, stages: int, timeout_s: float) -> World:
         raise PeerError(f"torchrun started roles {roles}: need exactly one edge and "
                         f"partition.cloud_stages={stages} cloud processes")
     order = edges + [r for r, x in enumerate(roles) if x != "edge"]
-    me = dist.get_rank()
+    me = order.index(dist.get_rank())
     store = dist.distributed_c10d._get_default_store()
-    return World(order.index(me), order, store, timeout_s)
+    if me == EDGE:
+        auth.Gate(store, secret, len(order)).wait(timeout_s)
+    else:
+        addr = os.environ.get("MASTER_ADDR", "?"), int(os.environ.get("MASTER_PORT", "0"))
+        auth.join(store, secret, me, addr[0], addr[1], timeout_s)
+    return World(me, order, store, timeout_s, secret)
 
 
 def stop_children(children: List[Any], grace_s: float) -> None:

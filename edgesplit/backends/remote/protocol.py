@@ -12,11 +12,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-# Every payload is preceded by one header message of HEADER_FIELDS int64 values:
-# [kind | training << 8, micro-batch index, micro-batch count, payload bytes].
-# So each payload on the link costs HEADER_BYTES of transport overhead.
+from edgesplit.backends.remote.seal import HEAD_BYTES
+
+# Every payload is preceded by one header message: HEADER_FIELDS int64 values
+# [kind | training << 8, micro-batch index, micro-batch count, payload bytes], then the two
+# 16-byte integrity tags of seal.py. So each payload on the link costs HEADER_BYTES (64) of
+# transport overhead.
 HEADER_FIELDS = 4
-HEADER_BYTES = HEADER_FIELDS * 8
+HEADER_BYTES = HEAD_BYTES
 MAX_PAYLOAD_BYTES = 1 << 34  # 16 GiB: a header declaring more is corrupt or hostile
 # Tags keep the message streams of a pair apart: headers and payloads, and the pipeline's two
 # directions (gradients apart from activations and control), so each stream is matched in order
@@ -58,10 +61,6 @@ class Header:
             raise ValueError(f"corrupt header {t.tolist()}: need 0 <= index < count, "
                              f"0 <= bytes <= {MAX_PAYLOAD_BYTES}")
         return Header(kind, index, count, nbytes, bool(word >> 8 & 1))
-
-    @staticmethod
-    def empty() -> Tensor:
-        return torch.zeros(HEADER_FIELDS, dtype=torch.int64)
 
 
 def tags(kind: Optional[Kind]) -> Tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Point-to-point messages (header, then uint8 payload) over torch.distributed; link byte counts."""
+"""Point-to-point messages (a sealed header, then a uint8 payload) over torch.distributed; link
+byte counts."""
 import time
 from concurrent.futures import Future
 from datetime import timedelta
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from edgesplit.backends.remote.link import LinkSpec, ShapedLink
 from edgesplit.backends.remote.protocol import HEADER_BYTES, Header, Kind, tags
+from edgesplit.backends.remote.seal import IntegrityError, Sealer
 from edgesplit.errors import PeerError
 
 EDGE = 0  # logical rank of the edge; cloud stage s (0-based) is logical rank s + 1
@@ -30,9 +32,9 @@ def _reason(e: BaseException, timeout_s: float) -> str:
     return text.split("] ")[-1][:200]
 
 
-def _wait(work: Optional[dist.Work]) -> None:
+def _wait(work: Optional[dist.Work], timeout_s: float) -> None:
     if work is not None:  # None only when this rank is not in the group
-        work.wait()
+        work.wait(timedelta(seconds=timeout_s))  # gloo's own default may wait for ever
 
 
 class SendHandle:
@@ -53,12 +55,14 @@ class SendHandle:
 class Transport:
     """Messages between logical ranks (0 = edge, s+1 = cloud stage s). `global_ranks[r]` is the
     torch.distributed rank of logical rank r. Messages from/to the edge cross the edge link: they
-    are shaped by `link` in the sender and counted in `link_bytes` ('up' = edge -> cloud)."""
+    are shaped by `link` in the sender and counted in `link_bytes` ('up' = edge -> cloud). Every
+    message is sealed by `sealer` and checked before its payload is allocated or handed on."""
 
-    def __init__(self, rank: int, global_ranks: List[int], timeout_s: float,
+    def __init__(self, rank: int, global_ranks: List[int], timeout_s: float, sealer: Sealer,
                  link: LinkSpec = LinkSpec(),
                  diagnose: Optional[Callable[[int], Optional[str]]] = None) -> None:
         self.rank, self.global_ranks, self.timeout_s = rank, global_ranks, timeout_s
+        self.sealer = sealer
         self.world_size = len(global_ranks)
         self.link = link
         self.diagnose = diagnose
@@ -94,10 +98,11 @@ class Transport:
         if direction is not None and payload.device.type != "cpu":
             payload = payload.cpu()  # gloo on the edge link: a GPU stage goes through host memory
         payload = payload.contiguous()
-        head = Header(header.kind, header.index, header.count, payload.numel(),
-                      header.training).to_tensor()
+        fields = Header(header.kind, header.index, header.count, payload.numel(),
+                        header.training).to_tensor()
         peer = self.global_ranks[dst]
         head_tag, payload_tag = tags(header.kind)
+        head = self.sealer.seal(self.rank, dst, head_tag, fields, payload.cpu())
 
         def go() -> List[dist.Work]:
             works = [dist.isend(head, peer, tag=head_tag)]
@@ -134,14 +139,21 @@ class Transport:
         t0 = time.perf_counter()
         head_tag, payload_tag = tags(expect)
         peer = self.global_ranks[src]
-        head = Header.empty()
+        head = torch.empty(HEADER_BYTES, dtype=torch.uint8)
         what = f"waiting for {expect.name if expect else 'a message'}"
         try:
-            _wait(dist.irecv(head, peer, tag=head_tag))
-            header = Header.from_tensor(head)
+            _wait(dist.irecv(head, peer, tag=head_tag), self.timeout_s)
+            # checked before the declared size is allocated, and the payload before it is decoded
+            fields, mac, context = self.sealer.open(src, self.rank, head_tag, head)
+            header = Header.from_tensor(fields)
             payload = torch.empty(header.nbytes, dtype=torch.uint8)
             if header.nbytes:
-                _wait(dist.irecv(payload, peer, tag=payload_tag))
+                _wait(dist.irecv(payload, peer, tag=payload_tag), self.timeout_s)
+            self.sealer.check(payload, mac, context)
+        except IntegrityError as e:
+            raise PeerError(f"{self.name(self.rank)} refused a message from {self.name(src)} while "
+                            f"{what}: {e}: not sent by a holder of the shared secret, or modified "
+                            f"on the way") from None
         except RuntimeError as e:
             raise self.peer_error(src, what, e) from None
         finally:
