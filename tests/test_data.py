@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10
 
 from edgesplit.config import compose_config
-from edgesplit.data import CIFAR_MEAN, CIFAR_STD, build_datasets, build_loader
+from edgesplit.cifar import CIFAR_MEAN, CIFAR_STD
+from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import DataError
 
 N_PER_BATCH, N_TEST = 4, 6  # 5 train batches -> 20 train images
