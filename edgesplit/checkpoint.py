@@ -11,6 +11,7 @@ plus what the trainer adds (epoch, summary, config). Each process of a run contr
 with the same keys; a process that has no slot of its own in a checkpoint (written with another
 topology) takes the edge's.
 """
+import io
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping
@@ -20,12 +21,13 @@ from torch import nn
 from torchgpipe.batchnorm import DeferredBatchNorm
 
 from edgesplit.boundary import Boundary
-from edgesplit.errors import UserError
+from edgesplit.errors import UserError, write_failed
 from edgesplit.lr_schedule import Optimization
 
 # DeferredBatchNorm's per-batch accumulators: transient, and absent from a plain BatchNorm.
 _TRANSIENT = ("sum", "sum_squares")
 PER_PROCESS = ("lr_scheduler", "rng", "boundaries")
+NAME = "checkpoint.pt"  # in the run dir
 EDGE = "edge"
 
 
@@ -106,11 +108,19 @@ def load_part(state: Mapping[str, Any], process: str, units: Mapping[int, nn.Mod
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write then rename: a crash mid-write leaves the previous file intact."""
+    """Write then rename: a crash mid-write leaves the previous file intact. Serialised in memory
+    first, so a full disk is Python's OSError(ENOSPC), not torch's bare `iostream error`."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_failed(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()

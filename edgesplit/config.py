@@ -1,5 +1,6 @@
 """Structured-config schema of every config group, registered in Hydra's ConfigStore, and range checks."""
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -142,27 +143,24 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     pipeline_backend: Any = MISSING
     seed: int = 0
-    resume: bool = False
+    resume: Any = False  # false | true | force (see RESUME_MODES)
     threads: Optional[int] = None  # torch threads; null = torch's default
     log_every: int = 10  # steps between console log lines
     hparam_keys: List[str] = field(default_factory=list)  # extra keys shown in TensorBoard's HParams
 
 
 def register_configs() -> None:
-    """Schemas under `<group>/schema_<option>`; each yaml lists its schema first in `defaults`."""
+    """Schemas under `schemas/<group>/<option>`, out of the groups' own option lists; each yaml
+    lists its schema first in `defaults` (`- /schemas/<group>/<option>@_here_`)."""
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
-    cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="data", name="schema", node=DataConfig)
-    cs.store(group="data", name="schema_cifar10", node=CifarConfig)
-    cs.store(group="partition", name="schema", node=PartitionConfig)
-    cs.store(group="schedule", name="schema", node=ScheduleConfig)
-    cs.store(group="compressor", name="schema_none", node=NoCompressorConfig)
-    cs.store(group="compressor", name="schema_prune", node=PruneConfig)
-    cs.store(group="compressor", name="schema_quantize", node=QuantizeConfig)
-    cs.store(group="compressor", name="schema_prune_quantize", node=PruneQuantizeConfig)
-    cs.store(group="pipeline_backend", name="schema", node=BackendConfig)
-    cs.store(group="pipeline_backend", name="schema_dist", node=DistConfig)
+    for group, name, node in [
+            ("model", "base", ModelConfig), ("data", "base", DataConfig), ("data", "cifar10", CifarConfig),
+            ("partition", "base", PartitionConfig), ("schedule", "base", ScheduleConfig),
+            ("compressor", "none", NoCompressorConfig), ("compressor", "prune", PruneConfig),
+            ("compressor", "quantize", QuantizeConfig), ("compressor", "prune_quantize", PruneQuantizeConfig),
+            ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig)]:
+        cs.store(group=f"schemas/{group}", name=name, node=node)
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -189,6 +187,10 @@ def instantiate_target(spec: Any, key: str, **kwargs: Any) -> Any:
 
 
 CHECKPOINT_MODES = ("always", "except_last", "never")
+RESUME_MODES = ("false", "true", "force")
+MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at 100 ~22 G
+# Groups whose extra keys (`+model.depth=3`) go to their `_target_`, which names any it does not take.
+OPEN_GROUPS = ("model", "data")
 ORDERS = ("gpipe", "1f1b")
 _ABSENT = object()
 
@@ -198,11 +200,40 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
+def resume_mode(cfg: DictConfig) -> str:
+    """`resume` as one of RESUME_MODES: the command line gives a bool for true/false, a str for force."""
+    value = cfg.resume
+    mode = str(value).lower() if isinstance(value, (bool, str)) else repr(value)
+    _check(mode in RESUME_MODES, "resume", value, f"allowed: {', '.join(RESUME_MODES)}")
+    return mode
+
+
+def _unknown_keys(node: DictConfig, prefix: str) -> List[str]:
+    """Keys that Hydra's `+key=...` added to a schema node (it bypasses the schema's struct flag)."""
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return []  # a `_target_` spec such as compressor.activation: its target takes its keys
+    known = {f.name for f in fields(schema)}
+    keys = [str(k) for k in node.keys()]
+    out = [f"{prefix}{k}" for k in keys if k not in known]
+    for k in known & set(keys):
+        child = node._get_node(k)
+        if isinstance(child, DictConfig) and f"{prefix}{k}" not in OPEN_GROUPS:
+            out += _unknown_keys(child, f"{prefix}{k}.")
+    return out
+
+
 def validate(cfg: DictConfig) -> None:
     """Range checks that a schema cannot express; raise ConfigError naming the key. The checks that
     need the model's unit count are in validate_partition."""
+    unknown = _unknown_keys(cfg, "")
+    if unknown:
+        raise ConfigError(f"unknown key {', '.join(unknown)}: not in the schema (edgesplit/config.py); "
+                          f"check the spelling (`+` adds a new key, it does not check one)")
     p, s, d, b = cfg.partition, cfg.schedule, cfg.data, cfg.pipeline_backend
-    _check(cfg.model.width > 0, "model.width", cfg.model.width, "must be > 0")
+    resume_mode(cfg)
+    _check(0 < cfg.model.width <= MAX_WIDTH, "model.width", cfg.model.width,
+           f"must be in (0, {MAX_WIDTH:g}] (the parameter count grows with width squared)")
     n = cfg.model.num_classes
     _check(n is None or n >= 1, "model.num_classes", n, "must be >= 1 or null (= the dataset's)")
     _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
@@ -218,16 +249,19 @@ def validate(cfg: DictConfig) -> None:
         _check(0 < c.ratio <= 1, "compressor.ratio", c.ratio, "must be in (0, 1]")
     if "bits" in c:
         _check(1 <= c.bits <= 16, "compressor.bits", c.bits, "must be in 1..16")
-    _check(s.lr > 0, "schedule.lr", s.lr, "must be > 0")
+    _check(s.lr > 0 and math.isfinite(s.lr), "schedule.lr", s.lr, "must be finite and > 0")
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "must be >= 1")
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
     _check(0 <= s.momentum < 1, "schedule.momentum", s.momentum, "must be in [0, 1)")
     _check(s.weight_decay >= 0, "schedule.weight_decay", s.weight_decay, "must be >= 0")
     _check(1 <= b.chunks <= d.batch_size, "pipeline_backend.chunks", b.chunks,
            f"must be in 1..data.batch_size ({d.batch_size})")
+    _check(b.name != "naive" or b.chunks == 1, "pipeline_backend.chunks", b.chunks,
+           "naive runs the whole batch at once: must be 1 (micro-batches: pipeline_backend=gpipe or dist)")
     _check(b.checkpoint in CHECKPOINT_MODES, "pipeline_backend.checkpoint", b.checkpoint,
            f"allowed: {', '.join(CHECKPOINT_MODES)}")
     _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
+    _check(cfg.log_every >= 1, "log_every", cfg.log_every, "must be >= 1 (steps between log lines)")
     for key in cfg.hparam_keys:
         _check(OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT, "hparam_keys", key,
                "not a key of this config")

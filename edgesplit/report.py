@@ -40,8 +40,8 @@ class Run:
         s = self.summary
         if s is None:
             return self.problem or "no summary"
-        if s.status == "running":
-            return f"running {s.epochs}/{s.epochs_planned}"
+        if s.status in ("running", "interrupted"):
+            return f"{s.status} {s.epochs}/{s.epochs_planned}"
         if s.status == "failed":
             return f"failed: {s.error}" if s.error else "failed"
         return s.status
@@ -218,7 +218,7 @@ def _pivot_value(run: Run) -> str:
     best, status = _fmt(run.summary.best_val_acc1), run.summary.status
     if status == "failed":
         return "failed" if best == DASH else f"{best} (failed)"
-    return f"{best} (running)" if status == "running" else best
+    return f"{best} ({status})" if status in ("running", "interrupted") else best
 
 
 def pivot_table(runs: Sequence[Run], row_key: str, col_key: str) -> str:

@@ -1,13 +1,15 @@
 """What a run reports: summary.json (the run, its sides, its link figures) and its TensorBoard scalars."""
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, TypeVar
 
 from edgesplit.comm import CommFigures
+from edgesplit.errors import write_failed
 
-STATUSES = ("running", "finished", "failed")
+STATUSES = ("running", "finished", "failed", "interrupted")
 T = TypeVar("T")
 
 
@@ -50,7 +52,9 @@ class EpochRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EpochRecord":
-        metrics = {f.name: float(data[f.name]) for f in fields(cls) if f.name != "epoch"}
+        # null: a non-finite number (summary.json is strict JSON)
+        metrics = {f.name: math.nan if data[f.name] is None else float(data[f.name])
+                   for f in fields(cls) if f.name != "epoch"}
         return cls(int(data["epoch"]), **metrics)
 
 
@@ -63,7 +67,8 @@ class RunSummary:
     eval_compressed: bool
     overrides: List[str]
     status: str = "running"  # one of STATUSES
-    error: Optional[str] = None  # why the run failed
+    error: Optional[str] = None  # why the run failed or was interrupted
+    resumed_with_changes: List[str] = field(default_factory=list)  # keys a `resume=force` changed
     epochs: int = 0  # finished
     best_val_acc1: Optional[float] = None
     val_acc1: Optional[float] = None
@@ -95,6 +100,9 @@ class RunSummary:
 
     def fail(self, error: str) -> None:
         self.status, self.error = "failed", error
+
+    def interrupt(self, error: str) -> None:
+        self.status, self.error = "interrupted", error
 
     def epoch_scalars(self) -> Dict[str, float]:
         """The TensorBoard scalars of the last recorded epoch by tag (figures not known yet left out)."""
@@ -140,6 +148,7 @@ class RunSummary:
                 backend=str(data["backend"]), epochs_planned=int(data["epochs_planned"]),
                 eval_compressed=bool(data["eval_compressed"]), overrides=[str(o) for o in data["overrides"]],
                 status=str(data["status"]), error=_optional(data, "error", str), epochs=int(data["epochs"]),
+                resumed_with_changes=[str(k) for k in data.get("resumed_with_changes") or []],
                 best_val_acc1=_optional(data, "best_val_acc1", float),
                 val_acc1=_optional(data, "val_acc1", float), val_acc5=_optional(data, "val_acc5", float),
                 val_loss=_optional(data, "val_loss", float), train_loss=_optional(data, "train_loss", float),
@@ -165,12 +174,30 @@ def _optional(data: Mapping[str, Any], key: str, convert: Callable[[Any], T]) ->
     return None if value is None else convert(value)
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every NaN/inf float as None: strict JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_summary(run_dir: Path, summary: RunSummary) -> None:
-    """Rewritten at every epoch end and on failure, atomically, so a killed run keeps its numbers."""
+    """Rewritten at every epoch end and on failure, atomically (a temporary file of this process,
+    then a rename), so a killed run keeps its numbers; non-finite numbers are written as null."""
     path = run_dir / "summary.json"
-    tmp = path.with_name("summary.json.tmp")
-    tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f"summary.json.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(_finite(summary.to_dict()), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_failed(path, e) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def read_summary(run_dir: Path) -> Optional[RunSummary]:

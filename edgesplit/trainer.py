@@ -4,7 +4,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sized, cast
+from typing import Any, Dict, List, Sized, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -17,11 +17,13 @@ from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
 from edgesplit.config import validate, validate_partition
 from edgesplit.data import build_datasets, build_loader
-from edgesplit.errors import TrainingDiverged, UserError
+from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logbook import Logbook
 from edgesplit.model import build_units, check_num_classes
 from edgesplit.partition import split_units
-from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
+from edgesplit.resume import check_config, load_state
+from edgesplit.run_summary import EpochRecord, RunSummary, write_summary
+from edgesplit.rundir import RunDirLock
 
 log = logging.getLogger(__name__)
 
@@ -81,49 +83,66 @@ def evaluate(backend: Backend, loader: Any) -> Dict[str, float]:
     }
 
 
-def _resume_state(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
-    path = run_dir / "checkpoint.pt"
-    if not cfg.resume:
-        return None
-    if not path.exists():
-        log.info(f"resume=true but {path} does not exist: starting fresh")
-        return None
-    state = checkpoint.load(path)
-    log.info(f"resuming from {path} after epoch {state['epoch']}")
-    return state
+def _resumed_summary(state: Dict[str, Any], cfg: DictConfig, changes: List[str]) -> RunSummary:
+    """The checkpoint's summary (the source of truth: summary.json may lag it by a kill), running on."""
+    summary = RunSummary.from_dict(state["summary"])
+    summary.status, summary.error = "running", None
+    summary.backend, summary.epochs_planned = cfg.pipeline_backend.name, cfg.schedule.epochs
+    summary.resumed_with_changes = sorted({*summary.resumed_with_changes, *changes})
+    return summary
+
+
+def _kept(ckpt: Path, epochs: int) -> str:
+    if not epochs:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint ({ckpt}, epoch {epochs}) is kept"
+
+
+def _write_on_the_way_out(run_dir: Path, summary: RunSummary) -> None:
+    """The summary of a run that stops: a write that fails too (a full disk) must not hide why."""
+    try:
+        write_summary(run_dir, summary)
+    except UserError as e:
+        log.warning(f"{e}")
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
-    """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir."""
+    """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir (locked meanwhile)."""
     validate(cfg)
-    previous = read_summary(run_dir) if cfg.resume else None
-    if previous is not None and previous.status == "finished":
-        log.info(f"{run_dir} finished all {previous.epochs} epochs already: nothing to resume")
-        return previous.to_dict()
+    with RunDirLock(run_dir) as lock:
+        return _run_locked(cfg, run_dir, overrides, lock)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunDirLock) -> Dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    state = _resume_state(cfg, run_dir)
+    state = load_state(cfg, run_dir)
     datasets = build_datasets(cfg.data)
     torch.manual_seed(cfg.seed)
     units = build_units(cfg.model, datasets.num_classes)  # initialised from the seed
     cfg.model.num_classes = datasets.num_classes  # the resolved config: a cloud host has no dataset
     check_num_classes(units, datasets.num_classes, datasets.input_shape)
     validate_partition(cfg.partition, len(units))
+    ckpt = run_dir / checkpoint.NAME
+    summary = RunSummary(backend=cfg.pipeline_backend.name, epochs_planned=cfg.schedule.epochs,
+                         eval_compressed=cfg.compressor.eval_compressed, overrides=overrides)
+    if state is not None:
+        summary = _resumed_summary(state, cfg, check_config(cfg, state, ckpt))
+        if state["epoch"] >= cfg.schedule.epochs:
+            summary.status = "finished"
+            write_summary(run_dir, summary)  # repairs one that a kill after the checkpoint left behind
+            log.info(f"{run_dir} finished all {state['epoch']} epochs already: nothing to resume")
+            return summary.to_dict()
     split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
                         datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
-    summary = RunSummary(backend=cfg.pipeline_backend.name, epochs_planned=cfg.schedule.epochs,
-                         eval_compressed=cfg.compressor.eval_compressed, overrides=overrides)
     logbook = Logbook(run_dir, cfg, overrides)
-    ckpt = run_dir / "checkpoint.pt"
     try:
         start = 0
         if state is not None:
             backend.load_state_dict(state)
             start = state["epoch"]
-            summary = RunSummary.from_dict(state["summary"])
-            summary.status = "running"
         val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
                                   train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
@@ -132,8 +151,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
                  f"samples, run dir {run_dir}")
         for epoch in range(start, cfg.schedule.epochs):
             torch.manual_seed(cfg.seed + epoch)
-            last_good = (f"the last good checkpoint ({ckpt}, epoch {epoch}) is kept" if epoch
-                         else "no checkpoint was written yet")
+            last_good = _kept(ckpt, epoch)
             meter.reset()
             backend.start_epoch(epoch)
             lr = backend.lr
@@ -141,6 +159,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
                                   epoch=epoch, num_workers=cfg.data.num_workers)
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good)
             metrics.update(evaluate(backend, val_loader))
+            for key in ("val_loss", "val_acc1"):
+                if not math.isfinite(metrics[key]):
+                    raise TrainingDiverged(f"{key} is {metrics[key]} after epoch {epoch + 1} "
+                                           f"(schedule.lr={cfg.schedule.lr}); {last_good}")
             sides = backend.side_stats()
             comm = meter.summary()  # after side_stats: it merges the figures of other processes
             summary.record_epoch(EpochRecord(epoch=epoch + 1, lr=lr, **metrics), cfg.data.batch_size,
@@ -149,6 +171,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
                                     "summary": summary.to_dict(),
                                     "config": OmegaConf.to_container(cfg, resolve=True)}, ckpt)
             write_summary(run_dir, summary)
+            lock.refresh()
             logbook.scalars(summary.epoch_scalars(), epoch + 1, flush=True)
             log.info(f"epoch {epoch + 1}/{cfg.schedule.epochs} lr {lr:.4g} "
                      f"train loss {metrics['train_loss']:.4f} acc1 {metrics['train_acc1']:.2f} | "
@@ -157,8 +180,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
                      f"down {comm.down_bytes_per_batch:.0f} B/batch")
     except UserError as e:
         summary.fail(str(e))
-        write_summary(run_dir, summary)
+        _write_on_the_way_out(run_dir, summary)
         raise
+    except KeyboardInterrupt:
+        message = (f"interrupted in epoch {summary.epochs + 1}/{cfg.schedule.epochs}; "
+                   f"{_kept(ckpt, summary.epochs)}")
+        summary.interrupt(message)
+        _write_on_the_way_out(run_dir, summary)
+        raise RunInterrupted(message) from None
     finally:
         logbook.close()
         backend.close()

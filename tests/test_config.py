@@ -54,6 +54,29 @@ def test_backend_options_are_targets_and_keep_their_name(option: str, target: st
     assert ("order" in b) == (option == "dist")
 
 
+@pytest.mark.parametrize("value, mode", [("true", "true"), ("false", "false"), ("force", "force"),
+                                         ("True", "true")])
+def test_resume_takes_false_true_and_force(value: str, mode: str) -> None:
+    from edgesplit.config import resume_mode
+    cfg = compose_config([f"resume={value}"])
+    validate(cfg)
+    assert resume_mode(cfg) == mode
+
+
+def test_extra_keys_of_a_model_still_reach_its_target() -> None:
+    validate(compose_config(["+model.depth=3", "data=digits", "+data.flavour=x"]))
+
+
+def test_schema_options_are_not_offered_as_choices() -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config(["compressor=bogus"])
+    options = str(info.value).split("Available options in 'compressor':")[1].split("Config search")[0].split()
+    assert options == ["none", "prune", "prune_quantize", "quantize", "quantize4", "quantize8"]
+    for group in ("compressor=schema_quantize", "pipeline_backend=schema_dist", "partition=schema"):
+        with pytest.raises(ConfigCompositionException):
+            compose_config([group])
+
+
 def test_simple_keys_drive_the_codec_specs() -> None:
     cfg = compose_config(["compressor=quantize", "compressor.bits=4"])
     assert cfg.compressor.activation.bits == 4 and cfg.compressor.gradient.bits == 4
@@ -71,7 +94,19 @@ def test_simple_keys_drive_the_codec_specs() -> None:
     (["pipeline_backend.chunks=0"], "pipeline_backend.chunks=0 is invalid: must be in 1..data.batch_size"),
     (["pipeline_backend.chunks=2000"], "must be in 1..data.batch_size (1024)"),
     (["pipeline_backend.checkpoint=sometimes"], "allowed: always, except_last, never"),
-    (["schedule.lr=-1"], "schedule.lr=-1.0 is invalid: must be > 0"),
+    (["schedule.lr=-1"], "schedule.lr=-1.0 is invalid: must be finite and > 0"),
+    (["schedule.lr=inf"], "schedule.lr=inf is invalid: must be finite and > 0"),
+    (["schedule.lr=nan"], "schedule.lr=nan is invalid: must be finite and > 0"),
+    (["log_every=0"], "log_every=0 is invalid: must be >= 1"),
+    (["model.width=100"], "model.width=100.0 is invalid: must be in (0, 8]"),
+    (["pipeline_backend=naive", "pipeline_backend.chunks=3"],
+     "pipeline_backend.chunks=3 is invalid: naive runs the whole batch at once: must be 1"),
+    (["resume=maybe"], "resume='maybe' is invalid: allowed: false, true, force"),
+    (["+foo=1"], "unknown key foo: not in the schema"),
+    (["+partion.front=2"], "unknown key partion: not in the schema"),
+    (["+partition.frnt=2"], "unknown key partition.frnt: not in the schema"),
+    (["pipeline_backend=dist", "+pipeline_backend.link.delay_ms=5"],
+     "unknown key pipeline_backend.link.delay_ms: not in the schema"),
     (["schedule.epochs=0"], "schedule.epochs=0 is invalid: must be >= 1"),
     (["data.train_size=0"], "data.train_size=0 is invalid"),
     (["data.batch_size=0"], "data.batch_size=0 is invalid: must be >= 1"),
@@ -128,6 +163,27 @@ def test_unknown_key_exits_nonzero_naming_it(tmp_path) -> None:
     assert proc.returncode == 1
     assert "Key 'foo' not in 'PartitionConfig'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["+foo=1"], "error: unknown key foo: not in the schema"),
+    (["+partion.front=2"], "error: unknown key partion: not in the schema"),
+    (["log_every=0"], "error: log_every=0 is invalid: must be >= 1"),
+    (["model.width=100"], "error: model.width=100.0 is invalid: must be in (0, 8]"),
+    (["schedule.lr=inf"], "error: schedule.lr=inf is invalid: must be finite and > 0"),
+    (["pipeline_backend=naive", "pipeline_backend.chunks=3"],
+     "error: pipeline_backend.chunks=3 is invalid: naive runs the whole batch at once"),
+    (["experiment=quant_lr"], "error: experiment=quant_lr is a sweep of 9 jobs over compressor, "
+                              "schedule.lr: add -m to run it"),
+])
+def test_user_mistakes_are_one_line_and_exit_1(tmp_path, args: list, message: str) -> None:
+    proc = _train("data=digits", *args, f"hydra.run.dir={tmp_path}/run", cwd=str(tmp_path))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert message in out and "Traceback" not in out
+    assert [line for line in out.splitlines() if "ERROR" in line] == [
+        line for line in out.splitlines() if message in line]
+    assert not (tmp_path / "run" / "summary.json").exists()  # nothing trained
 
 
 def test_each_boundary_can_have_its_own_codec() -> None:

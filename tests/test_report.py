@@ -143,6 +143,18 @@ def test_running_sweep_shows_progress_and_partial_curves(tmp_path: Path) -> None
     assert line.get_label() == "schedule.lr=0.1"
 
 
+def test_an_interrupted_run_shows_as_interrupted(tmp_path: Path) -> None:
+    stopped = _summary(70.0, done=2)
+    stopped.interrupt("interrupted in epoch 3/3")
+    _run_dir(tmp_path / "0_seed=1", ["seed=1"], stopped)
+    _run_dir(tmp_path / "1_seed=2", ["seed=2"], _summary(71.0))
+    runs = find_runs([tmp_path])
+    assert [r.status for r in runs] == ["interrupted 2/3", "finished"]
+    row = report.runs_table(runs, ["seed"]).splitlines()[2]
+    assert [cell.strip() for cell in row.split("|")[1:5]] == ["0", "1", "interrupted 2/3", "2"]
+    assert report._pivot_value(runs[0]) == "70.00 (interrupted)"
+
+
 # ------------------------------------------------------------------------- backends study
 def test_backends_layout_follows_the_sweep_order(tmp_path: Path) -> None:
     # `pipeline_backend=gpipe,naive,dist`: the columns follow the jobs, not a fixed list
@@ -310,5 +322,5 @@ def test_a_summary_that_does_not_fit_is_named_unreadable(tmp_path: Path) -> None
     (_run_dir(tmp_path / "2_seed=3", ["seed=3"], None) / "summary.json").write_text("[]")
     assert [r.status for r in find_runs([tmp_path])] == [
         "unreadable summary.json (no 'backend')",
-        "unreadable summary.json (status 'paused' is not one of running, finished, failed)",
+        "unreadable summary.json (status 'paused' is not one of running, finished, failed, interrupted)",
         "unreadable summary.json (not an object)"]

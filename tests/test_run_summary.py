@@ -1,17 +1,23 @@
 """The typed run contracts: summary.json's keys, round trips, partial summaries, meter state, overhead."""
+import errno
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
 
+from edgesplit import run_summary
 from edgesplit.comm import CommFigures, CommMeter
+from edgesplit.errors import UserError
 from edgesplit.run_summary import (EpochRecord, RunSummary, SideStats, SummaryFormatError, read_summary,
                                    write_summary)
 
 # README's 'Where results land', summary.json row.
 SUMMARY_KEYS = ["status", "error", "epochs", "epochs_planned", "val_acc1", "val_acc5", "best_val_acc1",
                 "val_loss", "train_loss", "train_acc1", "time_per_batch_s", "samples_per_s",
-                "peak_memory_bytes", "backend", "eval_compressed", "overrides", "comm", "sides", "history"]
+                "peak_memory_bytes", "backend", "eval_compressed", "overrides", "comm", "sides", "history",
+                "resumed_with_changes"]
 CROSSINGS = [f"{boundary}_{pass_}" for boundary in ("front", "back") for pass_ in ("forward", "backward")]
 COMM_KEYS = ["up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_batch",
              "raw_down_bytes_per_batch", "compression_ratio", "overhead_up_bytes_per_batch",
@@ -155,3 +161,41 @@ def test_comm_figures_leave_out_quality_not_measured() -> None:
     data = meter.summary().to_dict()
     assert "front_forward_rel_error" not in data and "front_forward_sparsity" not in data
     assert CommFigures.from_dict(data) == meter.summary()
+
+
+def _strict(text: str) -> object:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_numbers_are_written_as_null_and_read_back(tmp_path: Path) -> None:
+    summary = _finished()
+    summary.history[0].val_loss = math.nan
+    summary.val_loss = math.inf
+    summary.comm.crossings["front", "forward"].rel_error = -math.inf  # type: ignore[union-attr]
+    write_summary(tmp_path, summary)
+    data = _strict((tmp_path / "summary.json").read_text())
+    assert isinstance(data, dict)
+    assert data["val_loss"] is None and data["history"][0]["val_loss"] is None
+    assert data["comm"]["front_forward_rel_error"] is None
+    loaded = read_summary(tmp_path)
+    assert loaded is not None and loaded.val_loss is None and math.isnan(loaded.history[0].val_loss)
+
+
+def test_a_failed_write_names_the_path_and_leaves_no_temporary_file(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    write_summary(tmp_path, _finished())
+    before = (tmp_path / "summary.json").read_text()
+
+    def full(src: object, dst: object) -> None:
+        assert str(src).endswith(f"summary.json.{os.getpid()}.tmp")  # per process
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(run_summary.os, "replace", full)
+    with pytest.raises(UserError) as info:
+        write_summary(tmp_path, RunSummary(backend="naive", epochs_planned=1, eval_compressed=True,
+                                           overrides=[]))
+    assert str(info.value).startswith(f"no space left on the device writing {tmp_path / 'summary.json'} (")
+    assert "MiB free there" in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    assert (tmp_path / "summary.json").read_text() == before

@@ -90,8 +90,9 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_skipped(
 def test_a_checkpoint_of_one_backend_resumes_in_the_other(make_cfg: Callable, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           writer: str, reader: str) -> None:
+    # one micro-batch, as naive: the backend may change on resume=true, the numbers may not
     extra = ["pipeline_backend.deferred_batch_norm=true"] if writer == "gpipe" else []
-    cfg = make_cfg(f"pipeline_backend={writer}", *extra)
+    cfg = make_cfg(f"pipeline_backend={writer}", "pipeline_backend.chunks=1", *extra)
     with monkeypatch.context() as m:
         interrupt_after_first_epoch(m)
         with pytest.raises(Interrupt):
@@ -101,9 +102,13 @@ def test_a_checkpoint_of_one_backend_resumes_in_the_other(make_cfg: Callable, tm
     units = build_units(cfg.model, 10)
     for i, unit in enumerate(units):  # loads into a plain model, no key left over
         checkpoint.load_unit(unit, saved["units"][i])
-    resumed = trainer.run(make_cfg(f"pipeline_backend={reader}", "resume=true"), tmp_path, [])
-    assert resumed["status"] == "finished" and resumed["epochs"] == 2
+    # deferred BatchNorm changes the running statistics: a change that needs resume=force
+    mode = "force" if extra else "true"
+    resumed = trainer.run(make_cfg(f"pipeline_backend={reader}", "pipeline_backend.chunks=1",
+                                   f"resume={mode}"), tmp_path, [])
+    assert resumed["status"] == "finished" and resumed["epochs"] == 2 and resumed["backend"] == reader
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["resumed_with_changes"] == (["pipeline_backend.deferred_batch_norm"] if extra else [])
 
 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(
@@ -114,13 +119,14 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(
             trainer.run(make_cfg("pipeline_backend=naive"), tmp_path, [])
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(TrainingDiverged) as info:
-        trainer.run(make_cfg("pipeline_backend=naive", "resume=true", "schedule.lr=1e12",
+        trainer.run(make_cfg("pipeline_backend=naive", "resume=force", "schedule.lr=1e12",
                              "compressor=none"), tmp_path, [])
     message = str(info.value)
     assert "at epoch 2 step" in message and "checkpoint" in message and "epoch 1) is kept" in message
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == message and summary["epochs"] == 1
+    assert "schedule.lr" in summary["resumed_with_changes"]
 
 
 @pytest.mark.slow
@@ -142,3 +148,23 @@ def test_a_planted_checkpoint_runs_no_code_on_resume(make_cfg: Callable, tmp_pat
     with pytest.raises(checkpoint.CheckpointError, match="cannot read the checkpoint .*checkpoint.pt"):
         trainer.run(make_cfg("pipeline_backend=naive", "resume=true"), tmp_path, [])
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("key", ["val_loss", "val_acc1"])
+def test_a_non_finite_evaluation_stops_like_a_diverged_step(
+        make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    real_evaluate = trainer.evaluate
+    calls = []
+
+    def nan_in_the_second_epoch(backend: Any, loader: Any) -> dict:
+        calls.append(1)
+        metrics = real_evaluate(backend, loader)
+        return {**metrics, key: float("nan")} if len(calls) == 2 else metrics
+    monkeypatch.setattr(trainer, "evaluate", nan_in_the_second_epoch)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.run(make_cfg("pipeline_backend=naive"), tmp_path, [])
+    assert str(info.value).startswith(f"{key} is nan after epoch 2 (schedule.lr=0.05); the last good "
+                                      f"checkpoint ({tmp_path / 'checkpoint.pt'}, epoch 1) is kept")
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["epoch"] == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"], summary["error"]) == ("failed", 1, str(info.value))

@@ -1,0 +1,78 @@
+"""Resume: the checkpoint to continue from, and its config checked against the run's."""
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from edgesplit import checkpoint
+from edgesplit.config import resume_mode
+from edgesplit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The keys that may differ on resume, with everything under them: they do not change the numbers
+# (where and how fast it runs, what is logged). The rest does, chunks and deferred_batch_norm of
+# the backend included (micro-batches change BatchNorm and the codecs' statistics).
+RESULT_NEUTRAL = (
+    "resume", "threads", "log_every", "hparam_keys", "data.root", "data.num_workers", "data.download",
+    "partition.cloud_stages", "pipeline_backend._target_", "pipeline_backend.name",
+    "pipeline_backend.devices", "pipeline_backend.checkpoint", "pipeline_backend.order",
+    "pipeline_backend.link", "pipeline_backend.master_addr", "pipeline_backend.master_port",
+    "pipeline_backend.role", "pipeline_backend.secret", "pipeline_backend.timeout_s",
+)
+_ABSENT = "<absent>"
+
+
+def _flat(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _neutral(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in RESULT_NEUTRAL)
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
+    """(key, saved value, current value) for each key that changes the results, sorted."""
+    old, new = _flat(saved), _flat(current)
+    return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(old.keys() | new.keys())
+            if not _neutral(k) and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+
+
+def load_state(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume from; None for resume=false or where there is none (said so)."""
+    path = run_dir / checkpoint.NAME
+    if resume_mode(cfg) == "false":
+        return None
+    if not path.exists():
+        log.info(f"resume={resume_mode(cfg)} but {path} does not exist: starting fresh")
+        return None
+    state = checkpoint.load(path)
+    log.info(f"resuming from {path} after epoch {state['epoch']}")
+    return state
+
+
+def check_config(cfg: DictConfig, state: Mapping[str, Any], path: Path) -> List[str]:
+    """The keys that change the results and differ from the checkpoint's config: refused (one line
+    listing them) for resume=true, logged and returned for resume=force."""
+    force = resume_mode(cfg) == "force"
+    saved = state.get("config")
+    if not isinstance(saved, Mapping):
+        if force:
+            log.warning(f"{path} holds no config to compare with: resuming anyway (resume=force)")
+            return []
+        raise ConfigError(f"{path} holds no config to compare with: resume=force resumes anyway")
+    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes)
+    if changes and not force:
+        raise ConfigError(f"resume=true with a config that differs from the checkpoint's ({path}): "
+                          f"{listed}; use the checkpoint's values, or resume=force to continue anyway")
+    if changes:
+        log.warning(f"resume=force: continuing {path} with changes: {listed}")
+    return [k for k, _, _ in changes]

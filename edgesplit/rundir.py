@@ -1,0 +1,110 @@
+"""The run dir lock: one live run per dir (flock on `run.lock`, whose JSON names the holder)."""
+import datetime
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Dict, Optional, Type
+
+from edgesplit.errors import RunDirBusy
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "run.lock"
+# A lock written on another host, whose flock this host may not see (a shared file system without
+# lock support): taken over once its holder has shown no sign of life (an epoch end) for this long.
+FOREIGN_STALE_S = 24 * 3600.0
+
+
+def _holder_text(holder: Dict[str, Any]) -> str:
+    return (f"host {holder.get('host', '?')} pid {holder.get('pid', '?')} "
+            f"started {holder.get('started', '?')}")
+
+
+class RunDirLock:
+    """Held while a run writes its dir; released (the file removed) on exit, failure or Ctrl-C.
+
+    flock ends with its process, so a lock file that can be flocked was left by a dead run of
+    this host (taken over, saying so); one from another host is taken over only past
+    FOREIGN_STALE_S since its last refresh, since that host's flock may be invisible here."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "RunDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._read(fd)
+                os.close(fd)
+                raise RunDirBusy(f"{self.path.parent} is in use by a live run ({_holder_text(holder)}): "
+                                 f"wait for it or pick another hydra.run.dir") from None
+            if self._replaced(fd):  # its holder released (removed) it between our open and flock
+                os.close(fd)
+                continue
+            try:
+                self._check_previous(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
+        self._write_holder()
+        return self
+
+    def _replaced(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino != os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return True
+
+    @staticmethod
+    def _read(fd: int) -> Dict[str, Any]:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            holder = json.loads(os.read(fd, 4096).decode() or "{}")
+        except (ValueError, UnicodeDecodeError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _check_previous(self, fd: int) -> None:
+        holder = self._read(fd)
+        if not holder:
+            return
+        if holder.get("host") != socket.gethostname():
+            age = time.time() - os.fstat(fd).st_mtime
+            if age < FOREIGN_STALE_S:
+                raise RunDirBusy(
+                    f"{self.path} is held by a run on another host ({_holder_text(holder)}, last sign "
+                    f"of life {age / 3600:.1f} h ago): if that run is gone, delete {self.path}; it is "
+                    f"taken over by itself after {FOREIGN_STALE_S / 3600:.0f} h without one")
+        log.warning(f"taking over the lock {self.path} of a run that ended without releasing it "
+                    f"({_holder_text(holder)})")
+
+    def _write_holder(self) -> None:
+        assert self.fd is not None
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        data = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started})
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data.encode(), 0)
+
+    def refresh(self) -> None:
+        """A sign of life (the file's mtime) for hosts that cannot see this host's flock."""
+        if self.fd is not None:
+            os.utime(self.fd)
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        if self.fd is None:
+            return
+        # removed while still flocked: a waiting opener then sees another inode and retries
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None

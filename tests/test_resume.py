@@ -1,0 +1,141 @@
+"""Resume: the config check (true/force), the checkpoint as source of truth, unreadable checkpoints,
+a full disk, and Ctrl-C."""
+import errno
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import pytest
+from omegaconf import OmegaConf
+
+from edgesplit import checkpoint, trainer
+from edgesplit.checkpoint import CheckpointError
+from edgesplit.config import compose_config
+from edgesplit.errors import ConfigError, UserError
+from edgesplit.resume import config_changes
+from tests.conftest import ROOT, TINY
+
+
+def _resolved(*overrides: str) -> Dict[str, Any]:
+    container = OmegaConf.to_container(compose_config(TINY + list(overrides)), resolve=True)
+    assert isinstance(container, dict)
+    return container
+
+
+def test_result_neutral_keys_may_differ_and_the_rest_are_listed() -> None:
+    saved = _resolved("pipeline_backend=gpipe", "pipeline_backend.chunks=1")
+    same = _resolved("pipeline_backend=dist", "pipeline_backend.chunks=1", "threads=2", "log_every=3",
+                     "data.num_workers=2", "hparam_keys=[seed]", "pipeline_backend.link.latency_ms=5",
+                     "pipeline_backend.timeout_s=9", "pipeline_backend.order=1f1b", "resume=true")
+    assert config_changes(saved, same) == []
+    changed = _resolved("pipeline_backend=gpipe", "pipeline_backend.chunks=2", "seed=3", "schedule.lr=0.1",
+                        "pipeline_backend.deferred_batch_norm=true", "compressor=prune")
+    keys = [k for k, _, _ in config_changes(saved, changed)]
+    assert keys == ["compressor.activation._target_", "compressor.activation.bits",
+                    "compressor.activation.ratio", "compressor.bits", "compressor.gradient._target_",
+                    "compressor.gradient.bits", "compressor.name", "compressor.ratio",
+                    "pipeline_backend.chunks", "pipeline_backend.deferred_batch_norm", "schedule.lr", "seed"]
+    assert ("compressor.bits", 8, "<absent>") in config_changes(saved, changed)
+
+
+def test_resume_true_with_other_values_stops_listing_each_key(make_cfg: Callable, tmp_path: Path) -> None:
+    trainer.run(make_cfg("pipeline_backend=naive", "schedule.epochs=1"), tmp_path, [])
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError) as info:
+        trainer.run(make_cfg("pipeline_backend=naive", "schedule.epochs=1", "resume=true", "seed=1",
+                             "schedule.lr=0.1", "threads=2"), tmp_path, [])
+    message = str(info.value)
+    assert message.startswith("resume=true with a config that differs from the checkpoint's (")
+    assert "schedule.lr 0.05 -> 0.1, seed 0 -> 1; use the checkpoint's values, or resume=force" in message
+    assert "threads" not in message and "\n" not in message
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_finished_run_continues_to_more_epochs_only_with_force(make_cfg: Callable, tmp_path: Path) -> None:
+    trainer.run(make_cfg("pipeline_backend=naive", "schedule.epochs=1"), tmp_path, [])
+    with pytest.raises(ConfigError, match="schedule.epochs 1 -> 2"):
+        trainer.run(make_cfg("pipeline_backend=naive", "resume=true"), tmp_path, [])
+    summary = trainer.run(make_cfg("pipeline_backend=naive", "resume=force"), tmp_path, [])
+    assert summary["status"] == "finished" and summary["epochs"] == 2 and summary["epochs_planned"] == 2
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert summary["resumed_with_changes"] == ["schedule.epochs"]
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_with_changes"] == ["schedule.epochs"]
+
+
+def test_resume_repairs_a_summary_killed_between_the_two_writes(make_cfg: Callable, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["pipeline_backend=naive"]
+    real_write = trainer.write_summary
+
+    def killed_after_the_last_checkpoint(run_dir: Path, summary: Any) -> None:
+        if summary.epochs == summary.epochs_planned:
+            raise KeyboardInterrupt  # stands for SIGKILL: nothing after it runs
+        real_write(run_dir, summary)
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "write_summary", killed_after_the_last_checkpoint)
+        m.setattr(trainer, "_write_on_the_way_out", lambda run_dir, summary: None)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run(make_cfg(*args), tmp_path, [])
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["epoch"] == 2
+    stale = json.loads((tmp_path / "summary.json").read_text())
+    assert (stale["status"], stale["epochs"]) == ("running", 1)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, *args, "resume=true",
+                           f"hydra.run.dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "finished all 2 epochs already: nothing to resume" in proc.stdout + proc.stderr
+    repaired = json.loads((tmp_path / "summary.json").read_text())
+    assert (repaired["status"], repaired["epochs"]) == ("finished", 2)
+    assert [h["epoch"] for h in repaired["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip at all", "truncated"])
+def test_an_unreadable_checkpoint_is_one_line_naming_it(make_cfg: Callable, tmp_path: Path,
+                                                        content: Any) -> None:
+    path = tmp_path / "checkpoint.pt"
+    if content == "truncated":
+        trainer.run(make_cfg("pipeline_backend=naive", "schedule.epochs=1"), tmp_path, [])
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        trainer.run(make_cfg("pipeline_backend=naive", "resume=true"), tmp_path, [])
+    assert str(info.value).startswith(f"cannot read the checkpoint {path}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_a_full_disk_names_the_path_and_the_free_space(make_cfg: Callable, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(obj: Any, f: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(UserError) as info:
+        trainer.run(make_cfg("pipeline_backend=naive"), tmp_path, [])
+    message = str(info.value)
+    assert message.startswith(f"no space left on the device writing {tmp_path / 'checkpoint.pt'} (")
+    assert "MiB free there); the previous file is kept" in message
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "checkpoint.pt").exists()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == message
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(tmp_path: Path) -> None:
+    args = [*TINY, "pipeline_backend=naive", "schedule.epochs=200"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 150
+    while not (tmp_path / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    (line,) = [line for line in out.splitlines() if "ERROR" in line]
+    assert "error: interrupted in epoch " in line and "is kept; to continue: python train.py " in line
+    assert line.endswith(f"resume=true hydra.run.dir={tmp_path}")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"] in line
+    assert not (tmp_path / "run.lock").exists()
