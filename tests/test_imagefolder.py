@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from edgesplit.config import compose_config
-from edgesplit.data import build_datasets
+from edgesplit.data import Datasets, build_datasets
 from edgesplit.errors import DataError
 from tests.conftest import ROOT
 
@@ -28,7 +29,7 @@ def _images(root: Path, classes: int = 3, per_class: int = 10, size: int = 20) -
             Image.fromarray(img).save(folder / f"{i}.png")
 
 
-def _data(root: Path, *keys: str):  # type: ignore[no-untyped-def]
+def _data(root: Path, *keys: str) -> Datasets:
     return build_datasets(compose_config(["data=imagefolder", f"data.root={root}", *keys]).data)
 
 
@@ -58,7 +59,8 @@ def test_train_and_val_folders_are_used_as_given(tmp_path: Path) -> None:
     (lambda root: root.mkdir(), "holds no usable images"),
     (lambda root: (root / "cats").mkdir(parents=True), "holds no usable images"),
 ])
-def test_a_missing_empty_or_malformed_folder_is_one_line(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_empty_or_malformed_folder_is_one_line(tmp_path: Path, make: Callable[[Path], object],
+                                                         message: str) -> None:
     make(tmp_path / "imgs")
     with pytest.raises(DataError, match=message) as info:
         _data(tmp_path / "imgs")
