@@ -95,6 +95,37 @@ class PruneQuantizeConfig(CompressorConfig):
 
 
 @dataclass
+class ImageFolderConfig(DataConfig):
+    root: str = "data/images"  # ROOT/<class>/<image>, or ROOT/train/... and ROOT/val/...
+    image_size: int = 32  # every image is resized to image_size x image_size
+    val_fraction: float = 0.2  # without train/ and val/ folders: this share of the images validates
+    augment: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    """`_target_` is a torch.optim class, called with the parameters (`_partial_`); its learning
+    rate and weight decay follow `schedule.*`, so the seed's keys keep working."""
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: Any = "${schedule.lr}"
+    weight_decay: Any = "${schedule.weight_decay}"
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    momentum: Any = "${schedule.momentum}"
+
+
+@dataclass
+class AdamWConfig(OptimizerConfig):
+    _target_: str = "torch.optim.AdamW"
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
 class ScheduleConfig:
     lr: float = 0.4
     epochs: int = 200
@@ -143,6 +174,7 @@ class Config:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     compressor: Any = MISSING
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optimizer: Any = MISSING
     pipeline_backend: Any = MISSING
     seed: int = 0
     resume: Any = False  # false | true | force (see RESUME_MODES)
@@ -158,6 +190,8 @@ def register_configs() -> None:
     cs.store(name="schema", node=Config)
     for group, name, node in [
             ("model", "base", ModelConfig), ("data", "base", DataConfig), ("data", "cifar10", CifarConfig),
+            ("data", "imagefolder", ImageFolderConfig), ("optimizer", "sgd", SGDConfig),
+            ("optimizer", "adamw", AdamWConfig),
             ("partition", "base", PartitionConfig), ("schedule", "base", ScheduleConfig),
             ("compressor", "none", NoCompressorConfig), ("compressor", "prune", PruneConfig),
             ("compressor", "quantize", QuantizeConfig), ("compressor", "prune_quantize", PruneQuantizeConfig),
@@ -256,6 +290,15 @@ def validate(cfg: DictConfig) -> None:
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
     _check(0 <= s.momentum < 1, "schedule.momentum", s.momentum, "must be in [0, 1)")
     _check(s.weight_decay >= 0, "schedule.weight_decay", s.weight_decay, "must be >= 0")
+    if "betas" in cfg.optimizer:
+        betas = list(cfg.optimizer.betas)
+        _check(len(betas) == 2 and all(0 <= v < 1 for v in betas), "optimizer.betas", betas,
+               "must be two numbers in [0, 1)")
+    if "eps" in cfg.optimizer:
+        _check(cfg.optimizer.eps > 0, "optimizer.eps", cfg.optimizer.eps, "must be > 0")
+    if "image_size" in d:
+        _check(d.image_size >= 8, "data.image_size", d.image_size, "must be >= 8")
+        _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
     _check(1 <= b.chunks <= d.batch_size, "pipeline_backend.chunks", b.chunks,
            f"must be in 1..data.batch_size ({d.batch_size})")
     _check(b.name != "naive" or b.chunks == 1, "pipeline_backend.chunks", b.chunks,

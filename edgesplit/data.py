@@ -1,6 +1,6 @@
-"""Datasets (CIFAR-10, bundled digits, synthetic, any other by `data._target_`) and per-epoch loaders."""
+"""The Datasets contract, bundled digits, synthetic data, and reproducible per-epoch loaders
+(CIFAR in cifar.py, image folders in imagefolder.py, any other by `data._target_`)."""
 import os
-import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
@@ -15,15 +15,12 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from edgesplit.config import LOADER_KEYS, instantiate_target
 from edgesplit.errors import ConfigError, DataError
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 DIGITS_TRAIN = 1437  # of 1797; the other 360 are the validation split
 DIGITS_SPLIT_SEED = 0  # fixed: the digits split never depends on cfg.seed
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 4096, 1024
 SYNTHETIC_SEED = 1234
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
-_WAYS_OUT = "data.root=DIR to point at a copy, or data=digits to train on bundled data"
 
 
 @dataclass
@@ -35,69 +32,9 @@ class Datasets:
     input_shape: Tuple[int, ...]  # (C, H, W) of one sample, for the model probe and stage balancing
 
 
-def _absolute_root(root: str) -> Path:
+def absolute_root(root: str) -> Path:
     """data.root relative to where the user started the program (Hydra may have changed the cwd)."""
     return Path(to_absolute_path(os.path.expanduser(root)))
-
-
-# --------------------------------------------------------------------------------------- CIFAR-10
-def _cifar_problem(root: Path) -> Optional[str]:
-    """None when every CIFAR-10 file is present with torchvision's md5; else what is wrong."""
-    from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import check_integrity
-
-    folder = root / CIFAR10.base_folder
-    meta = [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]
-    files = [*CIFAR10.train_list, *CIFAR10.test_list, meta]
-    if any(not (folder / name).is_file() for name, _ in files):
-        return f"not found under {root} (data.root)"
-    for name, md5 in files:
-        if not check_integrity(str(folder / name), md5):
-            return f"file {folder / name} is corrupt (md5 mismatch; data.root={root})"
-    return None
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
-def cifar10(root: str, download: bool, augment: bool, train_size: Optional[int] = None,
-            val_size: Optional[int] = None) -> Datasets:
-    """torchvision's CIFAR-10 under `root`, the seed's augmentation (crop 32 pad 4, flip) when `augment`."""
-    import torchvision.transforms as T
-    from torchvision.datasets import CIFAR10
-
-    path = _absolute_root(root)
-    problem = _cifar_problem(path)
-    if problem is not None and not download:
-        fix = "delete it and set data.download=true to fetch it again" if "corrupt" in problem \
-            else "set data.download=true to fetch it"
-        raise DataError(f"CIFAR-10 {problem}; {fix}, {_WAYS_OUT}")
-    if problem is not None:
-        # the test split is the smaller one; loading it downloads, extracts and checks all files
-        try:
-            CIFAR10(str(path), train=False, download=True)
-        except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            raise DataError(
-                f"CIFAR-10 download into {path} (data.root) failed ({_one_line(exc)}); "
-                f"check the network, or copy cifar-10-batches-py into it and set "
-                f"data.download=false, {_WAYS_OUT}") from exc
-        problem = _cifar_problem(path)
-        if problem is not None:
-            raise DataError(
-                f"CIFAR-10 {problem} after downloading; delete it and retry, {_WAYS_OUT}")
-
-    normalize = [T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)]
-    crop_flip = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
-    try:
-        train = CIFAR10(str(path), train=True, download=False,
-                        transform=T.Compose(crop_flip + normalize))
-        val = CIFAR10(str(path), train=False, download=False, transform=T.Compose(normalize))
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
-        raise DataError(f"CIFAR-10 under {path} (data.root) cannot be read ({_one_line(exc)}); "
-                        f"set data.download=true to fetch it again, {_WAYS_OUT}") from exc
-    return Datasets(first_n(train, train_size, "data.train_size", "cifar10 train"),
-                    first_n(val, val_size, "data.val_size", "cifar10 val"), NUM_CLASSES, IMAGE_SHAPE)
 
 
 # ----------------------------------------------------------------------------------------- digits

@@ -1,4 +1,5 @@
-"""The optimizer and the seed's per-epoch LR schedule of one side's parameters, the same on every side."""
+"""The optimizer (`optimizer._target_`, the seed's SGD by default) and the seed's per-epoch LR
+schedule of one side's parameters, the same on every side."""
 import warnings
 from typing import Any, Dict, Mapping, Optional
 
@@ -7,9 +8,17 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim.lr_scheduler import ChainedScheduler, CosineAnnealingLR, LinearLR, LRScheduler
 
+from edgesplit.config import instantiate_target
+from edgesplit.errors import ConfigError
 
-def build_optimizer(params: Any, cfg: DictConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+def build_optimizer(params: Any, cfg: DictConfig) -> torch.optim.Optimizer:
+    """The `optimizer` config's class (`_target_`, `_partial_`) over params."""
+    optimizer = instantiate_target(cfg, "optimizer._target_")(params)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer._target_={cfg._target_!r} must build a torch.optim.Optimizer, "
+                          f"got {type(optimizer).__name__}")
+    return optimizer
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig) -> LRScheduler:
@@ -28,10 +37,11 @@ class Optimization:
     Every process of a run (the trainer's backend, each cloud stage) holds one; `start_epoch`
     steps the schedule to the epoch, so a resumed run's rates equal an uninterrupted run's."""
 
-    def __init__(self, named: Mapping[str, nn.Parameter], cfg: DictConfig) -> None:
+    def __init__(self, named: Mapping[str, nn.Parameter], schedule: DictConfig,
+                 optimizer: DictConfig) -> None:
         self.named = dict(named)
-        self.optimizer = build_optimizer(list(self.named.values()), cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.optimizer = build_optimizer(list(self.named.values()), optimizer)
+        self.scheduler = build_scheduler(self.optimizer, schedule)
         self.epoch = 0
 
     @property

@@ -39,13 +39,14 @@ def tiny_units(num_classes: int = 4, width: float = 1.0, n: int = 5, seed: int =
 
 
 def config(chunks: int = 2, stages: int = 1, compressor: str = "none", timeout_s: float = 10.0,
-           threads: Optional[int] = 1, **backend: Any) -> DictConfig:
+           threads: Optional[int] = 1, optimizer: str = "sgd", **backend: Any) -> DictConfig:
     """The real dist config with tiny_units (4 classes), lr 0.05 and the given backend keys."""
     cfg = compose_config(["pipeline_backend=dist", f"compressor={compressor}",
                           f"partition.cloud_stages={stages}", f"pipeline_backend.chunks={chunks}",
                           f"pipeline_backend.timeout_s={timeout_s}", f"threads={threads}",
                           "model._target_=tests.dist_helpers.tiny_units", "model.num_classes=4",
-                          "schedule.lr=0.05", "schedule.epochs=10", "schedule.warmup_epochs=0"])
+                          "schedule.lr=0.05", "schedule.epochs=10", "schedule.warmup_epochs=0",
+                          f"optimizer={optimizer}"])
     for key, value in backend.items():
         OmegaConf.update(cfg, f"pipeline_backend.{key}", value, merge=True)
     return cfg

@@ -15,7 +15,7 @@ def test_defaults_are_the_seeds_first_study() -> None:
     cfg = compose_config([])
     assert cfg.model._target_ == "edgesplit.model.mobilenetv2_units" and cfg.model.width == 1.0
     assert cfg.model.num_classes is None  # the dataset's
-    assert cfg.data.name == "cifar10" and cfg.data._target_ == "edgesplit.data.cifar10"
+    assert cfg.data.name == "cifar10" and cfg.data._target_ == "edgesplit.cifar.cifar10"
     assert cfg.data.batch_size == 1024 and cfg.data.augment and cfg.data.download and cfg.data.root == "data"
     assert (cfg.partition.front, cfg.partition.back) == (1, 1)
     assert cfg.compressor.name == "prune" and cfg.compressor.ratio == 0.1
@@ -32,7 +32,7 @@ def test_defaults_are_the_seeds_first_study() -> None:
 
 
 @pytest.mark.parametrize("option, target, batch_size", [
-    ("cifar10", "edgesplit.data.cifar10", 1024),
+    ("cifar10", "edgesplit.cifar.cifar10", 1024),
     ("digits", "edgesplit.data.digits", 128),
     ("synthetic", "edgesplit.data.synthetic", 256),
 ])

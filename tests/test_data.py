@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10
 
 from edgesplit.config import compose_config
-from edgesplit.data import CIFAR_MEAN, CIFAR_STD, build_datasets, build_loader
+from edgesplit.cifar import CIFAR_MEAN, CIFAR_STD
+from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import DataError
 
 N_PER_BATCH, N_TEST = 4, 6  # 5 train batches -> 20 train images
@@ -310,3 +311,66 @@ def test_a_batch_larger_than_the_training_set_is_a_data_error() -> None:
     with pytest.raises(DataError, match="data.batch_size=16 is larger than the training set"):
         build_loader(ds.train, 16, train=True, seed=0, epoch=0, num_workers=0)
     assert len(build_loader(ds.val, 16, train=False, seed=0, epoch=0, num_workers=0)) == 1
+
+
+# ------------------------------------------------------------------------------------ CIFAR-100
+@pytest.fixture
+def data_tiny_cifar100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A 30/10-image CIFAR-100 in the on-disk format (one `train` and one `test` pickle with
+    `fine_labels`, and `meta`), torchvision's md5 table pointed at these files."""
+    from torchvision.datasets import CIFAR100
+    rng = np.random.RandomState(1)
+    root = tmp_path / "cifar100"
+    folder = root / CIFAR100.base_folder
+    folder.mkdir(parents=True)
+    out: dict[str, Any] = {"root": root}
+    for split, n in (("train", 30), ("test", 10)):
+        images = rng.randint(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        labels = rng.randint(0, 100, size=n).tolist()
+        entry = {"filenames": [f"{split}_{i}.png" for i in range(n)], "fine_labels": labels,
+                 "coarse_labels": [y // 5 for y in labels],
+                 "data": images.transpose(0, 3, 1, 2).reshape(n, 3072)}
+        with open(folder / split, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+        out[f"{split}_x"], out[f"{split}_y"] = images, labels
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)],
+                     "coarse_label_names": [f"c{i}" for i in range(20)]}, f, protocol=2)
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", _md5(folder / "train")]])
+    monkeypatch.setattr(CIFAR100, "test_list", [["test", _md5(folder / "test")]])
+    monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": _md5(folder / "meta")})
+    return out
+
+
+def test_cifar100_reads_100_classes_the_pixels_and_fine_labels(data_tiny_cifar100: dict[str, Any]) -> None:
+    from edgesplit.cifar import CIFAR100_MEAN, CIFAR100_STD
+    ds = build_datasets(_cfg("cifar100", root=str(data_tiny_cifar100["root"]), download=False,
+                             augment=False))
+    assert (len(ds.train), len(ds.val), ds.num_classes) == (30, 10, 100)  # type: ignore[arg-type]
+    mean, std = torch.tensor(CIFAR100_MEAN)[:, None, None], torch.tensor(CIFAR100_STD)[:, None, None]
+    for i in (0, 29):
+        x, y = ds.train[i]
+        pixels = torch.from_numpy(data_tiny_cifar100["train_x"][i]).permute(2, 0, 1).float() / 255
+        assert y == data_tiny_cifar100["train_y"][i]
+        torch.testing.assert_close(x, (pixels - mean) / std, rtol=0, atol=1e-6)
+    assert ds.val[9][1] == data_tiny_cifar100["test_y"][9]
+
+
+def test_cifar100_missing_names_cifar100_and_its_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"CIFAR-100 not found under .*empty \(data.root\); "
+                                        r"set data.download=true"):
+        build_datasets(_cfg("cifar100", root=str(tmp_path / "empty"), download=False))
+
+
+def test_cifar100_trains_a_resnet18(data_tiny_cifar100: dict[str, Any], tmp_path: Path) -> None:
+    """Through the trainer (in-process: the md5 table above is this process's), split ResNet-18."""
+    from edgesplit import trainer
+    cfg = compose_config(["data=cifar100", f"data.root={data_tiny_cifar100['root']}", "data.download=false",
+                          "data.batch_size=10", "model=resnet18", "model.width=0.125",
+                          "partition.front=2", "partition.back=2", "pipeline_backend=gpipe",
+                          "pipeline_backend.chunks=2", "compressor=quantize", "schedule.epochs=2",
+                          "schedule.warmup_epochs=1", "schedule.lr=0.05", "threads=1"])
+    summary = trainer.run(cfg, tmp_path / "run", [])
+    assert summary["status"] == "finished" and cfg.model.num_classes == 100
+    assert summary["history"][1]["train_loss"] < summary["history"][0]["train_loss"]
+    assert summary["comm"]["up_bytes_per_batch"] > 0

@@ -58,6 +58,13 @@ def test_same_losses_and_payload_bytes_as_gpipe(codec, stages, chunks, checkpoin
         assert figures[key] == pytest.approx(m_gpipe.summary().to_dict()[key], rel=1e-4, abs=1e-7), key
 
 
+def test_adamw_on_every_side_matches_gpipe():
+    """The cloud stages build their optimizer from the same `optimizer` config as the edge."""
+    cfg = config(chunks=2, stages=2, compressor="quantize", threads=1, optimizer="adamw")
+    cfg.schedule.lr = 0.01
+    _same_as_gpipe(cfg, data(3), epochs=2)
+
+
 def test_prune_sends_the_gradient_at_the_forward_support_only():
     """prune: each gradient payload holds just the kept values (k of them), as gpipe's; a dense
     gradient would send all n."""

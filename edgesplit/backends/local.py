@@ -31,7 +31,8 @@ class LocalBackend(Backend):
         self.devices = resolve_devices(cfg.pipeline_backend.devices, len(self.partitions))
         for part, device in zip(self.partitions, self.devices):
             part.to(device)
-        self.optimization = Optimization(named_unit_parameters(self.local_units()), cfg.schedule)
+        self.optimization = Optimization(named_unit_parameters(self.local_units()), cfg.schedule,
+                                         cfg.optimizer)
         self.steps = 0
 
     @abstractmethod

@@ -47,7 +47,7 @@ class CloudStage:
         self.sink = LinkOut(transport, self.down, self.outbound, self.device)
         self.stage = Stage(runner, self.source, self.sink)
         self.order = b.order
-        self.optimization = Optimization(named_unit_parameters(self.units), cfg.schedule)
+        self.optimization = Optimization(named_unit_parameters(self.units), cfg.schedule, cfg.optimizer)
         self.compute_s, self.steps = 0.0, 0
 
     # -- steps ---------------------------------------------------------------------------------

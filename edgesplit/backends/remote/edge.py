@@ -51,7 +51,7 @@ class RemoteBackend(Backend):
         mode, dbn = b.checkpoint, b.deferred_batch_norm
         self.front = StageRunner(split.edge_front, mode, self.chunks, dbn)
         self.back = StageRunner(split.edge_back, mode, self.chunks, dbn)
-        self.optimization = Optimization(named_unit_parameters(self._units), cfg.schedule)
+        self.optimization = Optimization(named_unit_parameters(self._units), cfg.schedule, cfg.optimizer)
         self.healthy, self.closed = False, False
         self.compute_s, self.steps = 0.0, 0
         self.world = self._launch(cfg, split, [str(d) for d in devices[1:-1]])

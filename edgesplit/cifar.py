@@ -1,0 +1,85 @@
+"""CIFAR-10 and CIFAR-100 through torchvision: download or a clear error, md5-checked, augmented."""
+import urllib.error
+from pathlib import Path
+from typing import Optional, Tuple, Type
+
+from torchvision.datasets import CIFAR10, CIFAR100
+
+from edgesplit.data import IMAGE_SHAPE, Datasets, absolute_root, first_n
+from edgesplit.errors import DataError
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+_WAYS_OUT = "data.root=DIR to point at a copy, or data=digits to train on bundled data"
+
+
+def _problem(cls: Type[CIFAR10], root: Path) -> Optional[str]:
+    """None when every file of the dataset is present with torchvision's md5; else what is wrong."""
+    from torchvision.datasets.utils import check_integrity
+
+    folder = root / cls.base_folder
+    files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+    if any(not (folder / name).is_file() for name, _ in files):
+        return f"not found under {root} (data.root)"
+    for name, md5 in files:
+        if not check_integrity(str(folder / name), md5):
+            return f"file {folder / name} is corrupt (md5 mismatch; data.root={root})"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _cifar(cls: Type[CIFAR10], label: str, stats: Tuple[Tuple[float, ...], Tuple[float, ...]],
+           root: str, download: bool, augment: bool, train_size: Optional[int],
+           val_size: Optional[int]) -> Datasets:
+    import torchvision.transforms as T
+
+    path = absolute_root(root)
+    problem = _problem(cls, path)
+    if problem is not None and not download:
+        fix = "delete it and set data.download=true to fetch it again" if "corrupt" in problem \
+            else "set data.download=true to fetch it"
+        raise DataError(f"{label} {problem}; {fix}, {_WAYS_OUT}")
+    if problem is not None:
+        # the test split is the smaller one; loading it downloads, extracts and checks all files
+        try:
+            cls(str(path), train=False, download=True)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise DataError(
+                f"{label} download into {path} (data.root) failed ({_one_line(exc)}); "
+                f"check the network, or copy {cls.base_folder} into it and set "
+                f"data.download=false, {_WAYS_OUT}") from exc
+        problem = _problem(cls, path)
+        if problem is not None:
+            raise DataError(f"{label} {problem} after downloading; delete it and retry, {_WAYS_OUT}")
+
+    normalize = [T.ToTensor(), T.Normalize(*stats)]
+    crop_flip = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+    try:
+        train = cls(str(path), train=True, download=False, transform=T.Compose(crop_flip + normalize))
+        val = cls(str(path), train=False, download=False, transform=T.Compose(normalize))
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
+        raise DataError(f"{label} under {path} (data.root) cannot be read ({_one_line(exc)}); "
+                        f"set data.download=true to fetch it again, {_WAYS_OUT}") from exc
+    name = label.lower().replace("-", "")
+    return Datasets(first_n(train, train_size, "data.train_size", f"{name} train"),
+                    first_n(val, val_size, "data.val_size", f"{name} val"), len(train.classes),
+                    IMAGE_SHAPE)
+
+
+def cifar10(root: str, download: bool, augment: bool, train_size: Optional[int] = None,
+            val_size: Optional[int] = None) -> Datasets:
+    """torchvision's CIFAR-10 under `root`, the seed's augmentation (crop 32 pad 4, flip) when `augment`."""
+    return _cifar(CIFAR10, "CIFAR-10", (CIFAR_MEAN, CIFAR_STD), root, download, augment,
+                  train_size, val_size)
+
+
+def cifar100(root: str, download: bool, augment: bool, train_size: Optional[int] = None,
+             val_size: Optional[int] = None) -> Datasets:
+    """torchvision's CIFAR-100 (100 fine labels) under `root`, the same contract as cifar10."""
+    return _cifar(CIFAR100, "CIFAR-100", (CIFAR100_MEAN, CIFAR100_STD), root, download, augment,
+                  train_size, val_size)
