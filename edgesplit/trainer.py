@@ -117,6 +117,14 @@ def _write_on_the_way_out(run_dir: Path, summary: RunSummary) -> None:
         log.warning(f"{e}")
 
 
+def _saved_config(cfg: DictConfig) -> Dict[str, Any]:
+    """The resolved config a checkpoint keeps, without the dist link's secret (a checkpoint may be
+    handed to others; resuming does not compare the secret)."""
+    container = cast(Dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    container.get("pipeline_backend", {}).pop("secret", None)
+    return container
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir (locked meanwhile)."""
     validate(cfg)
@@ -180,7 +188,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
                                  comm, sides)
             checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1,
                                     "summary": summary.to_dict(),
-                                    "config": OmegaConf.to_container(cfg, resolve=True)}, ckpt)
+                                    "config": _saved_config(cfg)}, ckpt)
             write_summary(run_dir, summary)
             lock.refresh()
             logbook.scalars(summary.epoch_scalars(), epoch + 1, flush=True)
