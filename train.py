@@ -49,8 +49,8 @@ def main(cfg: DictConfig) -> None:
     try:
         check_single_run_is_no_sweep(hydra_cfg)
         if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
-            from edgesplit.backends.remote import run_cloud  # serves the edge; writes no run dir
-            return run_cloud(cfg, hydra_cfg.runtime.output_dir)
+            from edgesplit.backends.remote import run_cloud  # serves the edge; writes no results
+            return run_cloud(cfg)
         run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
     except UserError as e:
         # One line, no traceback; in a sweep the other jobs go on (the exit code says it failed).

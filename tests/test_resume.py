@@ -38,6 +38,7 @@ def test_result_neutral_keys_may_differ_and_the_rest_are_listed() -> None:
     assert keys == ["compressor.activation._target_", "compressor.activation.bits",
                     "compressor.activation.ratio", "compressor.bits", "compressor.gradient._target_",
                     "compressor.gradient.bits", "compressor.name", "compressor.ratio",
+                    "optimizer.lr",  # ${schedule.lr}: the resolved configs are compared
                     "pipeline_backend.chunks", "pipeline_backend.deferred_batch_norm", "schedule.lr", "seed"]
     assert ("compressor.bits", 8, "<absent>") in config_changes(saved, changed)
 

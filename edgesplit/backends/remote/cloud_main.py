@@ -2,9 +2,8 @@
 `pipeline_backend.role=cloud`."""
 import json
 import os
-import shutil
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -47,19 +46,11 @@ def child_main(rank: int, world_size: int, host: str, port: int, stdin: str,
         dist.destroy_process_group()
 
 
-def drop_output_dir(path: Optional[str]) -> None:
-    """Remove the output dir that Hydra made for a cloud process, if it holds only Hydra's own
-    files (.hydra/, *.log): the edge writes the run dir."""
-    if not path or not os.path.isdir(path):
-        return
-    if all(name == ".hydra" or name.endswith(".log") for name in os.listdir(path)):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def run_cloud(cfg: Any, hydra_output_dir: Optional[str] = None) -> None:
+def run_cloud(cfg: Any) -> None:
     """The cloud role on its own host (pipeline_backend.role=cloud): join the edge, take its
-    stage spec (the edge's config), serve until it stops. Raises PeerError when the edge is lost."""
-    drop_output_dir(hydra_output_dir)
+    stage spec (the edge's config), serve until it stops. Raises PeerError when the edge is lost.
+    It writes no results and deletes nothing: the dir Hydra gave it keeps Hydra's own files (its
+    config and log), which may be the edge's dir when both start in the same second on one host."""
     b = cfg.pipeline_backend
     stages = int(cfg.partition.cloud_stages)
     threads = launch.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
