@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from edgesplit import checkpoint
-from edgesplit.config import resume_mode
+from edgesplit.validate import resume_mode
 from edgesplit.errors import ConfigError
 
 log = logging.getLogger(__name__)

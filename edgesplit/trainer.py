@@ -15,7 +15,7 @@ from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.codecs import NonFiniteError
 from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
-from edgesplit.config import validate, validate_partition
+from edgesplit.validate import validate, validate_partition
 from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logbook import Logbook

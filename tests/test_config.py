@@ -6,7 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from edgesplit.config import compose_config, validate, validate_partition
+from edgesplit.config import compose_config
+from edgesplit.validate import validate, validate_partition
 from edgesplit.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -57,7 +58,7 @@ def test_backend_options_are_targets_and_keep_their_name(option: str, target: st
 @pytest.mark.parametrize("value, mode", [("true", "true"), ("false", "false"), ("force", "force"),
                                          ("True", "true")])
 def test_resume_takes_false_true_and_force(value: str, mode: str) -> None:
-    from edgesplit.config import resume_mode
+    from edgesplit.validate import resume_mode
     cfg = compose_config([f"resume={value}"])
     validate(cfg)
     assert resume_mode(cfg) == mode

@@ -258,7 +258,8 @@ def test_1f1b_same_losses_as_gpipe(stages, chunks, checkpoint):
 
 
 def test_config_accepts_1f1b_and_rejects_others():
-    from edgesplit.config import compose_config, validate
+    from edgesplit.config import compose_config
+    from edgesplit.validate import validate
     from edgesplit.errors import ConfigError
     cfg = compose_config(["pipeline_backend=dist", "pipeline_backend.order=1f1b"])
     assert cfg.pipeline_backend.order == "1f1b"
