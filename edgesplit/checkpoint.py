@@ -12,7 +12,6 @@ with the same keys; a process that has no slot of its own in a checkpoint (writt
 topology) takes the edge's.
 """
 import io
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping
 
@@ -21,8 +20,9 @@ from torch import nn
 from torchgpipe.batchnorm import DeferredBatchNorm
 
 from edgesplit.boundary import Boundary
-from edgesplit.errors import UserError, write_failed
+from edgesplit.errors import UserError
 from edgesplit.lr_schedule import Optimization
+from edgesplit.rundir import atomic_write
 
 # DeferredBatchNorm's per-batch accumulators: transient, and absent from a plain BatchNorm.
 _TRANSIENT = ("sum", "sum_squares")
@@ -110,20 +110,9 @@ def load_part(state: Mapping[str, Any], process: str, units: Mapping[int, nn.Mod
 def atomic_save(obj: Any, path: Path) -> None:
     """Write then rename: a crash mid-write leaves the previous file intact. Serialised in memory
     first, so a full disk is Python's OSError(ENOSPC), not torch's bare `iostream error`."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_failed(path, e) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def load(path: Path) -> Dict[str, Any]:

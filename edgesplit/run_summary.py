@@ -1,13 +1,12 @@
 """What a run reports: summary.json (the run, its sides, its link figures) and its TensorBoard scalars."""
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, TypeVar
 
 from edgesplit.comm import CommFigures
-from edgesplit.errors import write_failed
+from edgesplit.rundir import atomic_write
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 T = TypeVar("T")
@@ -188,16 +187,8 @@ def _finite(value: Any) -> Any:
 def write_summary(run_dir: Path, summary: RunSummary) -> None:
     """Rewritten at every epoch end and on failure, atomically (a temporary file of this process,
     then a rename), so a killed run keeps its numbers; non-finite numbers are written as null."""
-    path = run_dir / "summary.json"
-    tmp = path.with_name(f"summary.json.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(_finite(summary.to_dict()), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_failed(path, e) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    text = json.dumps(_finite(summary.to_dict()), indent=2, allow_nan=False) + "\n"
+    atomic_write(run_dir / "summary.json", text.encode())
 
 
 def read_summary(run_dir: Path) -> Optional[RunSummary]:

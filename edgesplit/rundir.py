@@ -1,4 +1,4 @@
-"""The run dir lock: one live run per dir (flock on `run.lock`, whose JSON names the holder)."""
+"""The run dir: one live run per dir (flock on `run.lock`, whose JSON names the holder), atomic writes."""
 import datetime
 import fcntl
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Dict, Optional, Type
 
-from edgesplit.errors import RunDirBusy
+from edgesplit.errors import RunDirBusy, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +108,21 @@ class RunDirLock:
         self.path.unlink(missing_ok=True)
         os.close(self.fd)
         self.fd = None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a temporary file of this process, fsync, rename: a crash mid-write leaves the previous
+    file intact, and two processes never share a temporary name. A failure is one line naming the
+    path (a full disk says how much space is free), and no temporary file stays behind."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_failed(path, e) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -25,18 +25,26 @@ def _dist_children(pid):
     return [k for k in kids if "edgesplit.backends.remote" in " ".join(k.cmdline())]
 
 
-def test_killed_cloud_rank_mid_epoch(tmp_path):
-    run = tmp_path / "run"
+def _train_until_a_checkpoint(run):
+    """A local dist run of 30 epochs in its own session, once its first checkpoint is written."""
     proc = subprocess.Popen(train_argv("data.train_size=1024", "data.val_size=64",
                                        "schedule.epochs=30", f"hydra.run.dir={run}"),
                             env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"no checkpoint after 120 s: {proc.communicate()[0][-2000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def test_killed_cloud_rank_mid_epoch(tmp_path):
+    run = tmp_path / "run"
+    proc = _train_until_a_checkpoint(run)
     try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.2)
         time.sleep(1.0)  # into the next epoch
         (cloud,) = _dist_children(proc.pid)
         cloud.send_signal(signal.SIGKILL)
@@ -90,16 +98,8 @@ def test_frozen_edge_ends_the_cloud_within_the_timeout(tmp_path):
     """SIGSTOP the edge mid-run: its cloud child gives up after timeout_s with a line naming the
     edge (its store calls on the way out are short: the store lives in the frozen edge)."""
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_argv("data.train_size=1024", "data.val_size=64",
-                                       "schedule.epochs=30", f"hydra.run.dir={run}"),
-                            env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = _train_until_a_checkpoint(run)
     try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.2)
         (cloud,) = _dist_children(proc.pid)
         os.kill(proc.pid, signal.SIGSTOP)
         stopped = time.monotonic()

@@ -2,6 +2,7 @@
 a full disk, and Ctrl-C."""
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any, Callable, Dict
 import pytest
 from omegaconf import OmegaConf
 
-from edgesplit import checkpoint, trainer
+from edgesplit import checkpoint, rundir, trainer
 from edgesplit.checkpoint import CheckpointError
 from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError, UserError
@@ -111,9 +112,13 @@ def test_an_unreadable_checkpoint_is_one_line_naming_it(make_cfg: Callable, tmp_
 
 def test_a_full_disk_names_the_path_and_the_free_space(make_cfg: Callable, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    def full(obj: Any, f: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(checkpoint.torch, "save", full)
+    fsync = os.fsync
+
+    def full(fd: int) -> None:  # the disk fills while the checkpoint is written
+        if "checkpoint.pt" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+    monkeypatch.setattr(rundir.os, "fsync", full)
     with pytest.raises(UserError) as info:
         trainer.run(make_cfg("pipeline_backend=naive"), tmp_path, [])
     message = str(info.value)

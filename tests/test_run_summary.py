@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit import run_summary
+from edgesplit import rundir
 from edgesplit.comm import CommFigures, CommMeter
 from edgesplit.errors import UserError
 from edgesplit.run_summary import (EpochRecord, RunSummary, SideStats, SummaryFormatError, read_summary,
@@ -191,7 +191,7 @@ def test_a_failed_write_names_the_path_and_leaves_no_temporary_file(tmp_path: Pa
     def full(src: object, dst: object) -> None:
         assert str(src).endswith(f"summary.json.{os.getpid()}.tmp")  # per process
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(run_summary.os, "replace", full)
+    monkeypatch.setattr(rundir.os, "replace", full)
     with pytest.raises(UserError) as info:
         write_summary(tmp_path, RunSummary(backend="naive", epochs_planned=1, eval_compressed=True,
                                            overrides=[]))
