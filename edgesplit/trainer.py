@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from edgesplit import checkpoint
+from edgesplit import checkpoint, interrupt
 from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.codecs import NonFiniteError
 from edgesplit.comm import CommMeter
@@ -41,6 +41,7 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
                dynamic_ncols=True, mininterval=1.0, disable=None)
     for step, (x, y) in enumerate(bar):
+        interrupt.check()
         tic = time.perf_counter()
         try:
             result = backend.train_step(x, y)
@@ -75,6 +76,7 @@ def evaluate(backend: Backend, loader: Any) -> Dict[str, float]:
     backend.train(False)
     total = StepResult(0.0, 0, 0, 0)
     for x, y in loader:
+        interrupt.check()
         total = total + backend.eval_step(x, y)
     return {
         "val_loss": total.loss_sum / max(total.count, 1),
@@ -128,7 +130,7 @@ def _saved_config(cfg: DictConfig) -> Dict[str, Any]:
 def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir (locked meanwhile)."""
     validate(cfg)
-    with RunDirLock(run_dir) as lock:
+    with RunDirLock(run_dir) as lock, interrupt.stop_at_step_boundaries():
         return _run_locked(cfg, run_dir, overrides, lock)
 
 
@@ -169,6 +171,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
                  f"{len(cast(Sized, datasets.train))} train / {len(cast(Sized, datasets.val))} val "
                  f"samples, run dir {run_dir}")
         for epoch in range(start, cfg.schedule.epochs):
+            interrupt.check()
             torch.manual_seed(cfg.seed + epoch)
             last_good = _kept(ckpt, epoch)
             meter.reset()
