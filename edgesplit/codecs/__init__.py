@@ -1,8 +1,8 @@
 """Codecs of the compression boundaries: tensor -> one flat uint8 payload (header included)."""
-from .base import Codec, NonFiniteError
+from .base import Codec, Crossing, NonFiniteError
 from .identity import Identity
 from .quantize import Quantize
 from .topk import TopK
 from .topk_quantize import TopKQuantize
 
-__all__ = ["Codec", "NonFiniteError", "Identity", "Quantize", "TopK", "TopKQuantize"]
+__all__ = ["Codec", "Crossing", "NonFiniteError", "Identity", "Quantize", "TopK", "TopKQuantize"]
