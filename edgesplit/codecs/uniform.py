@@ -1,0 +1,125 @@
+"""Min-max uniform quantization primitives: parameters, rounding (nearest or stochastic), codes."""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .base import Crossing, check_finite, chunk_len, chunk_spans, on_host
+from .bitpack import code_dtype, pack_codes_into, unpack_codes_from
+
+ROUNDINGS = ("nearest", "stochastic")
+# Stochastic rounding adds u = (s + 32768.5) / 65536 to (x - offset) / scale before the floor,
+# s a uniform random int16: u is uniform on 65536 points of (0, 1), mean 1/2 exactly, so a code's
+# expected value is (x - offset) / scale up to 2**-17 of a step.
+NOISE_STEP = 2.0 ** -16
+NOISE_HALF = 32768.5 * NOISE_STEP
+
+
+def check_bits(name: str, bits: object) -> int:
+    """`bits` as an int in 1..16, or a one-line ValueError."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise ValueError(f"{name}: bits must be in 1..16, got {bits!r}")
+    return bits
+
+
+def check_choice(name: str, key: str, value: object, allowed: Tuple[str, ...]) -> str:
+    """`value` if it is one of `allowed`, or a one-line ValueError naming the key."""
+    if value not in allowed:
+        raise ValueError(f"{name}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def draw_noise(n: int, crossing: Optional[Crossing], device: torch.device) -> Tensor:
+    """n uniform random int16 (the bytes of ceil(n/4) int64 draws from the crossing's generator,
+    one tensor for the whole encode, so the host path's chunks and the device path's single piece
+    use the same numbers)."""
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-2 ** 63, None, generator=(crossing or Crossing()).generator(device))
+    return words.view(torch.int16)[:n]
+
+
+def round_codes(f: Tensor, noise: Optional[Tensor], top: float, scratch: Optional[Tensor]) -> None:
+    """f = clamp(round(f), 0, top) in place (half to even), or with noise (int16 of f's length)
+    clamp(floor(f + u), 0, top); scratch: fp32 of f's length at least."""
+    if noise is None:
+        f.round_()
+    else:
+        assert scratch is not None
+        u = scratch[:f.numel()].view(f.shape)
+        u.copy_(noise)
+        f.add_(u, alpha=NOISE_STEP).add_(NOISE_HALF).floor_()
+    f.clamp_(0.0, top)
+
+
+def store_codes(f: Tensor, bits: int, codes: Tensor, out: Tensor, start: int, n: int) -> None:
+    """Integer-valued fp32 f (codes start..start+len of an n-code stream) packed into out."""
+    if bits == 8:
+        out[start:start + f.numel()].copy_(f)
+    else:
+        c = codes[:f.numel()]
+        c.copy_(f)
+        pack_codes_into(c, bits, out, start, n)
+
+
+def minmax_params(name: str, v: Tensor, bits: int) -> Tuple[float, float]:
+    """(offset, scale) of v: offset = min, scale = (max - min) / (2**bits - 1), both float32.
+
+    Raises NonFiniteError when v holds NaN/inf (min/max propagate them) or max - min overflows.
+    """
+    if v.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = torch.stack(torch.aminmax(v)).float().cpu()  # CUDA divides by scalars inexactly
+    scale = (hi - lo) / float(2 ** bits - 1)
+    lo_f, hi_f, scale_f = torch.stack([lo, hi, scale]).tolist()
+    check_finite(name, lo_f, hi_f)
+    if not math.isfinite(scale_f):
+        raise ValueError(f"{name}: value range [{lo_f}, {hi_f}] overflows float32")
+    return lo_f, scale_f
+
+
+def quantize_into(v: Tensor, bits: int, offset: float, scale: float, out: Tensor,
+                  noise: Optional[Tensor] = None) -> None:
+    """Codes round((v - offset) / scale) of the 1-D v (or floor(... + u) with noise from
+    draw_noise), packed into out (ceil(n*bits/8) bytes).
+
+    Works chunk by chunk in fp32 with small scratch buffers; scale 0 gives all-zero codes.
+    """
+    n = v.numel()
+    top = float(2 ** bits - 1)
+    step = chunk_len(n, v.device)
+    scratch = torch.empty(step, dtype=torch.float32, device=v.device)
+    u = None if noise is None else torch.empty(step, dtype=torch.float32, device=v.device)
+    # CUDA divides by a Python scalar as a multiply by its reciprocal; a device tensor divisor
+    # gives true division, so CPU and GPU payloads are the same bytes.
+    divisor = scale if on_host(v.device) else torch.tensor(scale, device=v.device)
+    codes = torch.empty(step, dtype=code_dtype(bits), device=v.device)
+    for start, stop in chunk_spans(n, v.device):
+        f = scratch[:stop - start]
+        if scale > 0:
+            if v.dtype == torch.float32:
+                torch.sub(v[start:stop], offset, out=f)
+            else:
+                f.copy_(v[start:stop])
+                f.sub_(offset)
+            f.div_(divisor)
+            round_codes(f, None if noise is None else noise[start:stop], top, u)
+        else:
+            f.zero_()
+        store_codes(f, bits, codes, out, start, n)
+
+
+def dequantize(packed: Tensor, bits: int, n: int, offset: float, scale: float,
+               dtype: torch.dtype) -> Tensor:
+    """The 1-D tensor offset + code * scale (computed in fp32) of n packed codes, in `dtype`."""
+    out = torch.empty(n, dtype=dtype, device=packed.device)
+    scratch = None if dtype == torch.float32 else torch.empty(
+        chunk_len(n, packed.device), dtype=torch.float32, device=packed.device)
+    for start, stop in chunk_spans(n, packed.device):
+        codes = unpack_codes_from(packed, bits, n, start, stop - start)
+        f = out[start:stop] if scratch is None else scratch[:stop - start]
+        torch.mul(codes, scale, out=f)
+        f.add_(offset)
+        if scratch is not None:
+            out[start:stop].copy_(f)
+    return out
