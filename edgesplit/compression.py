@@ -6,7 +6,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from edgesplit.codecs import Codec
+from edgesplit.codecs import Codec, Entropy
 from edgesplit.comm import BOUNDARIES
 from edgesplit.errors import ConfigError
 
@@ -31,7 +31,9 @@ def _codec(spec: Any, key: str) -> Codec:
 
 
 def build_codecs(cfg: DictConfig) -> Dict[str, BoundaryCodecs]:
-    """Codecs of the 'front' and 'back' boundaries; `compressor.front`/`.back` override the defaults."""
+    """Codecs of the 'front' and 'back' boundaries; `compressor.front`/`.back` override the defaults.
+    With `compressor.entropy` zlib or zstd each codec is wrapped in an Entropy stage."""
+    entropy = cfg.get("entropy", "none")
     out = {}
     for boundary in BOUNDARIES:
         override = cfg.get(boundary) or {}
@@ -39,5 +41,7 @@ def build_codecs(cfg: DictConfig) -> Dict[str, BoundaryCodecs]:
         for role in ("activation", "gradient"):
             key = f"compressor.{boundary}.{role}" if role in override else f"compressor.{role}"
             specs[role] = _codec(override[role] if role in override else cfg[role], key)
+            if entropy != "none":
+                specs[role] = Entropy(specs[role], entropy)
         out[boundary] = BoundaryCodecs(specs["activation"], specs["gradient"], cfg.gradient_reuses_support)
     return out

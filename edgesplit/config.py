@@ -68,6 +68,8 @@ class CompressorConfig:
     # The gradient goes back only at the positions the forward payload kept (seed's pruning rule).
     gradient_reuses_support: bool = True
     eval_compressed: bool = True
+    # none | zlib | zstd: a lossless stage (edgesplit.codecs.Entropy) around every codec built here
+    entropy: str = "none"
 
 
 @dataclass
@@ -82,16 +84,30 @@ class PruneConfig(CompressorConfig):
 
 
 @dataclass
-class QuantizeConfig(CompressorConfig):
-    name: str = "quantize"
-    bits: int = 8
+class RandTopKConfig(CompressorConfig):
+    name: str = "randtopk"
+    ratio: float = 0.1
+    explore: float = 0.1  # the share of the kept entries drawn at random outside the top set
 
 
 @dataclass
-class PruneQuantizeConfig(CompressorConfig):
+class QuantizingConfig(CompressorConfig):
+    """The keys of every quantizing option (see edgesplit.codecs.Quantize)."""
+    bits: int = 8
+    rounding: str = "nearest"  # nearest | stochastic
+    scale: str = "tensor"  # tensor | channel | group (prune_quantize: tensor | group)
+    group_size: int = 512  # elements per scale group (scale=group)
+
+
+@dataclass
+class QuantizeConfig(QuantizingConfig):
+    name: str = "quantize"
+
+
+@dataclass
+class PruneQuantizeConfig(QuantizingConfig):
     name: str = "prune_quantize"
     ratio: float = 0.1
-    bits: int = 8
 
 
 @dataclass
@@ -195,6 +211,7 @@ def register_configs() -> None:
             ("partition", "base", PartitionConfig), ("schedule", "base", ScheduleConfig),
             ("compressor", "none", NoCompressorConfig), ("compressor", "prune", PruneConfig),
             ("compressor", "quantize", QuantizeConfig), ("compressor", "prune_quantize", PruneQuantizeConfig),
+            ("compressor", "randtopk", RandTopKConfig),
             ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig)]:
         cs.store(group=f"schemas/{group}", name=name, node=node)
 

@@ -13,6 +13,9 @@ MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at
 # Groups whose extra keys (`+model.depth=3`) go to their `_target_`, which names any it does not take.
 OPEN_GROUPS = ("model", "data")
 ORDERS = ("gpipe", "1f1b")
+ROUNDINGS = ("nearest", "stochastic")
+SCALES = ("tensor", "channel", "group")
+ENTROPIES = ("none", "zlib", "zstd")
 _ABSENT = object()
 
 
@@ -70,6 +73,7 @@ def validate(cfg: DictConfig) -> None:
         _check(0 < c.ratio <= 1, "compressor.ratio", c.ratio, "must be in (0, 1]")
     if "bits" in c:
         _check(1 <= c.bits <= 16, "compressor.bits", c.bits, "must be in 1..16")
+    _compressor_keys(c)
     _check(s.lr > 0 and math.isfinite(s.lr), "schedule.lr", s.lr, "must be finite and > 0")
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "must be >= 1")
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
@@ -104,6 +108,22 @@ def validate(cfg: DictConfig) -> None:
         _check(b.role in (None, "edge", "cloud"), "pipeline_backend.role", b.role,
                "allowed: edge, cloud, null")
         _check(b.order in ORDERS, "pipeline_backend.order", b.order, f"allowed: {', '.join(ORDERS)}")
+
+
+def _compressor_keys(c: DictConfig) -> None:
+    """The keys of the quantizing options, randtopk's explore and every option's entropy stage."""
+    if "rounding" in c:
+        _check(c.rounding in ROUNDINGS, "compressor.rounding", c.rounding, f"allowed: {', '.join(ROUNDINGS)}")
+    if "scale" in c:
+        _check(c.scale in SCALES, "compressor.scale", c.scale, f"allowed: {', '.join(SCALES)}")
+        _check(c.scale != "channel" or "ratio" not in c, "compressor.scale", c.scale,
+               "allowed with pruning: tensor, group (the kept values are a flat list, without channels)")
+    if "group_size" in c:
+        _check(c.group_size >= 1, "compressor.group_size", c.group_size, "must be a positive int")
+    if "explore" in c:
+        _check(0 <= c.explore <= 1, "compressor.explore", c.explore, "must be in [0, 1]")
+    if "entropy" in c:
+        _check(c.entropy in ENTROPIES, "compressor.entropy", c.entropy, f"allowed: {', '.join(ENTROPIES)}")
 
 
 def validate_partition(p: DictConfig, num_units: int) -> None:

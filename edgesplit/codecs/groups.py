@@ -6,7 +6,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import CPU_CHUNK, NonFiniteError, aligned, on_host
+from .base import NonFiniteError, aligned, chunk_len, on_host
 from .bitpack import code_dtype, packed_size, unpack_codes_from
 from .header import CHANNEL, GROUP, check_quant_params
 from .uniform import round_codes, store_codes
@@ -62,14 +62,11 @@ def flat_groups(n: int, size: int) -> Groups:
 
 def spans(g: Groups, device: torch.device) -> Iterator[Tuple[int, int]]:
     """Chunks [start, stop) that start at multiples of 8 and of the grouping's unit: on the host
-    path about CPU_CHUNK elements each, on the device path one piece."""
+    path about base.CPU_CHUNK elements each, on the device path one piece."""
     if g.n == 0:
         return
-    if on_host(device):
-        unit = math.lcm(g.unit, 8)
-        step = max(unit, CPU_CHUNK // unit * unit)
-    else:
-        step = g.n
+    unit = math.lcm(g.unit, 8)
+    step = max(unit, chunk_len(g.n, device) // unit * unit) if on_host(device) else g.n
     for start in range(0, g.n, step):
         yield start, min(g.n, start + step)
 
