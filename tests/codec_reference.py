@@ -50,12 +50,12 @@ def ref_noise(n: int, key: int) -> np.ndarray:
 
 def ref_round(f: np.ndarray, top: int, noise: Optional[np.ndarray]) -> np.ndarray:
     """Codes of the float32 f: round half to even, or floor(f + u) with u = (s + 32768.5) / 65536
-    added as the codec does (s * 2**-16 first, then 32768.5 * 2**-16, each sum in float32)."""
+    (exact in float32; the sum rounded once to float32)."""
     if noise is None:
         c = np.round(f)
     else:
-        step = np.float32(2.0 ** -16)
-        c = np.floor((f + noise.astype(np.float32) * step) + np.float32(32768.5) * step)
+        u = (noise.astype(np.float32) + np.float32(32768.5)) * np.float32(2.0 ** -16)
+        c = np.floor(f + u)
     return np.clip(c, 0, top).astype(np.int64)
 
 

@@ -9,11 +9,11 @@ from .base import Crossing, check_finite, chunk_len, chunk_spans, on_host
 from .bitpack import code_dtype, pack_codes_into, unpack_codes_from
 
 ROUNDINGS = ("nearest", "stochastic")
-# Stochastic rounding adds u = (s + 32768.5) / 65536 to (x - offset) / scale before the floor,
-# s a uniform random int16: u is uniform on 65536 points of (0, 1), mean 1/2 exactly, so a code's
-# expected value is (x - offset) / scale up to 2**-17 of a step.
+# Stochastic rounding adds u = (s + 32768.5) / 65536 to (x - offset) / scale, s a uniform random
+# int16: u is uniform on 65536 points of (0, 1), mean 1/2 exactly, so a code's expected value is
+# (x - offset) / scale up to 2**-17 of a step. The sum is rounded once (float32) and floored.
+NOISE_OFFSET = 32768.5
 NOISE_STEP = 2.0 ** -16
-NOISE_HALF = 32768.5 * NOISE_STEP
 
 
 def check_bits(name: str, bits: object) -> int:
@@ -40,20 +40,22 @@ def draw_noise(n: int, crossing: Optional[Crossing], device: torch.device) -> Te
 
 
 def round_codes(f: Tensor, noise: Optional[Tensor], top: float, scratch: Optional[Tensor]) -> None:
-    """f = clamp(round(f), 0, top) in place (half to even), or with noise (int16 of f's length)
-    clamp(floor(f + u), 0, top); scratch: fp32 of f's length at least."""
+    """f = clamp(round(f), 0, top) in place (half to even); with noise (int16 of f's length)
+    f = clamp(f + u, 0, top), which store_codes truncates: floor(f + u) (f + u > 0). scratch: fp32
+    of f's length at least."""
     if noise is None:
         f.round_()
     else:
         assert scratch is not None
         u = scratch[:f.numel()].view(f.shape)
-        u.copy_(noise)
-        f.add_(u, alpha=NOISE_STEP).add_(NOISE_HALF).floor_()
+        torch.add(noise.view(f.shape), NOISE_OFFSET, out=u)  # exact in float32
+        f.add_(u, alpha=NOISE_STEP)  # f + u, one rounding: u * 2**-16 is exact
     f.clamp_(0.0, top)
 
 
 def store_codes(f: Tensor, bits: int, codes: Tensor, out: Tensor, start: int, n: int) -> None:
-    """Integer-valued fp32 f (codes start..start+len of an n-code stream) packed into out."""
+    """The codes of fp32 f in [0, top] (truncated: floor), codes start..start+len of an n-code
+    stream, packed into out."""
     if bits == 8:
         out[start:start + f.numel()].copy_(f)
     else:
