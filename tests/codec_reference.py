@@ -41,11 +41,10 @@ def ref_topk_mask(v: Tensor) -> Tensor:
 
 
 def ref_noise(n: int, key: int) -> np.ndarray:
-    """The n int16 draws of stochastic rounding: the bytes of ceil(n/4) full-range int64 draws of
-    a CPU generator seeded by the crossing's key."""
-    words = torch.empty((n + 3) // 4, dtype=torch.int64)
-    words.random_(-2 ** 63, None, generator=torch.Generator().manual_seed(key))
-    return words.view(torch.int16)[:n].numpy()
+    """The n int16 draws of stochastic rounding on the CPU: the bytes of ceil(n/4) raw outputs of
+    numpy's SFC64 seeded by the crossing's key."""
+    raw = np.random.SFC64(np.random.SeedSequence(key)).random_raw((n + 3) // 4)
+    return raw.view(np.int16)[:n]
 
 
 def ref_round(f: np.ndarray, top: int, noise: Optional[np.ndarray]) -> np.ndarray:

@@ -9,9 +9,10 @@ from torch import Tensor
 from .base import NonFiniteError, aligned, chunk_len, on_host
 from .bitpack import code_dtype, packed_size, unpack_codes_from
 from .header import CHANNEL, GROUP, check_quant_params
-from .uniform import round_codes, store_codes
+from .uniform import Noise, round_codes, store_codes
 
 SCALES = ("tensor", "channel", "group")
+SPREAD = 64
 MODES = {"channel": CHANNEL, "group": GROUP}
 
 # One piece of a chunk: local [lo, hi) viewed as `shape`, its parameters [a, b) viewed as pshape.
@@ -71,9 +72,23 @@ def spans(g: Groups, device: torch.device) -> Iterator[Tuple[int, int]]:
         yield start, min(g.n, start + step)
 
 
+def spread(g: Groups) -> bool:
+    """Whether a channel's pair is repeated over its elements of a sample (a table of one sample's
+    size): broadcasting a pair over fewer than SPREAD contiguous elements is several times
+    slower on CPU (a 4x4 feature map has 16)."""
+    return g.mode == CHANNEL and g.inner < SPREAD
+
+
+def tables(g: Groups, *params: Tensor) -> Tuple[Tensor, ...]:
+    """The per-pair parameters as pieces() indexes them: repeated per element if spread(g)."""
+    return tuple(p.repeat_interleave(g.inner) for p in params) if spread(g) else params
+
+
 def pieces(g: Groups, start: int, stop: int) -> List[Piece]:
-    """The chunk [start, stop) as views whose parameters broadcast (see Piece)."""
+    """The chunk [start, stop) as views whose parameters (tables()) broadcast (see Piece)."""
     m = stop - start
+    if spread(g):
+        return [(0, m, (m // g.unit, g.unit), 0, g.unit, (1, g.unit))]
     if g.mode == CHANNEL:
         return [(0, m, (m // g.unit, g.count, g.inner), 0, g.count, (1, g.count, 1))]
     first, full = start // g.inner, m // g.inner
@@ -92,7 +107,11 @@ def group_params(name: str, v: Tensor, g: Groups, bits: int) -> Tuple[Tensor, Te
     if g.n == 0:
         zeros = torch.zeros(g.count, dtype=torch.float32, device=v.device)
         return zeros, zeros.clone()
-    if g.mode == CHANNEL:  # per (sample, channel) row, then over the samples
+    if spread(g):  # over the samples (columns of contiguous rows), then within each channel
+        rows = v.view(-1, g.unit)
+        lo = rows.amin(dim=0).view(g.count, -1).amin(dim=1)
+        hi = rows.amax(dim=0).view(g.count, -1).amax(dim=1)
+    elif g.mode == CHANNEL:  # within each (sample, channel) row, then over the samples
         rows = v.view(-1, g.inner)
         lo = rows.amin(dim=1).view(-1, g.count).amin(dim=0)
         hi = rows.amax(dim=1).view(-1, g.count).amax(dim=0)
@@ -134,11 +153,11 @@ def read_params(name: str, body: Tensor, g: Groups, bits: int,
 
 
 def quantize_groups_into(v: Tensor, g: Groups, bits: int, offsets: Tensor, scales: Tensor,
-                         out: Tensor, noise: Optional[Tensor] = None) -> None:
+                         out: Tensor, noise: Optional[Noise] = None) -> None:
     """Codes of the 1-D v with each group's offset and scale (round, or floor(. + u) with noise),
     packed into out; a group with scale 0 gets codes 0."""
     top = float(2 ** bits - 1)
-    divisors = torch.where(scales > 0, scales, torch.ones_like(scales))
+    offsets, divisors = tables(g, offsets, torch.where(scales > 0, scales, torch.ones_like(scales)))
     step = max((b - a for a, b in spans(g, v.device)), default=0)
     f_all = torch.empty(step, dtype=torch.float32, device=v.device)
     u = None if noise is None else torch.empty(step, dtype=torch.float32, device=v.device)
@@ -154,7 +173,7 @@ def quantize_groups_into(v: Tensor, g: Groups, bits: int, offsets: Tensor, scale
                 fv.copy_(xv)
                 fv.sub_(off)
             fv.div_(div)
-        round_codes(f, None if noise is None else noise[start:stop], top, u)
+        round_codes(f, None if noise is None else noise.take(stop - start), top, u)
         store_codes(f, bits, codes, out, start, g.n)
 
 
@@ -162,6 +181,7 @@ def dequantize_groups(packed: Tensor, g: Groups, bits: int, offsets: Tensor, sca
                       dtype: torch.dtype) -> Tensor:
     """The 1-D tensor offset + code * scale (fp32, then dtype) of each group's packed codes."""
     out = torch.empty(g.n, dtype=dtype, device=packed.device)
+    offsets, scales = tables(g, offsets, scales)
     step = max((b - a for a, b in spans(g, packed.device)), default=0)
     scratch = None if dtype == torch.float32 else torch.empty(
         step, dtype=torch.float32, device=packed.device)

@@ -9,7 +9,7 @@ from .groups import MODES, SCALES, Groups, channel_groups, dequantize_groups, fl
 from .groups import group_params, quantize_groups_into, read_params, write_params
 from .header import GROUPQ_FIELDS, QUANT_FIELDS, QUANTIZE, QUANTIZE_GROUPED, check_body
 from .header import check_quant_fields, decode_header, encode_header, new_payload
-from .uniform import ROUNDINGS, check_bits, check_choice, dequantize, draw_noise, minmax_params
+from .uniform import ROUNDINGS, Noise, check_bits, check_choice, dequantize, minmax_params
 from .uniform import quantize_into
 
 __all__ = ["Quantize", "check_bits", "check_group_size"]
@@ -63,7 +63,7 @@ class Quantize(Codec):
     def encode(self, x: Tensor, support: Optional[Tensor] = None,
                crossing: Optional[Crossing] = None) -> Tensor:
         x, v = encode_input(self.name, x, support)
-        noise = draw_noise(v.numel(), crossing, v.device) if self.random else None
+        noise = Noise(v.numel(), crossing, v.device) if self.random else None
         if self.scale == "tensor":
             offset, scale = minmax_params(self.name, v, self.bits)
             header = encode_header(QUANTIZE, x.dtype, tuple(x.shape),

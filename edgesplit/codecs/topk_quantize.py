@@ -10,7 +10,7 @@ from .groups import read_params, write_params
 from .header import TOPK_QUANTIZE, TOPK_QUANTIZE_GROUPED, TOPKQ_FIELDS, TOPKQG_FIELDS, Header
 from .header import check_quant_fields
 from .quantize import check_group_size
-from .uniform import ROUNDINGS, check_bits, check_choice, dequantize, draw_noise, minmax_params
+from .uniform import ROUNDINGS, Noise, check_bits, check_choice, dequantize, minmax_params
 from .uniform import quantize_into
 from .topk import TopK
 
@@ -45,7 +45,7 @@ class TopKQuantize(TopK):
 
     def _values(self, kept: Tensor, k: int, crossing: Optional[Crossing]
                 ) -> Tuple[tuple, int, Callable[[Tensor], None]]:
-        noise = draw_noise(k, crossing, kept.device) if self.random else None
+        noise = Noise(k, crossing, kept.device) if self.random else None
         if self.scale == "tensor":
             offset, scale = minmax_params(self.name, kept, self.bits)
             return ((self.bits, offset, scale), packed_size(k, self.bits),
