@@ -204,6 +204,16 @@ def bitmap_ranks(bitmap: Tensor, positions: Tensor) -> Tensor:
     return before[positions >> 3] + table[byte]
 
 
+def first_occurrences(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """(the distinct values of the 1-D int64 x ascending, the index of each one's first
+    occurrence in x). torch on both paths: numpy's unique sorts by a stable argsort, five times
+    slower at 10**5 values."""
+    values, inverse = torch.unique(x, return_inverse=True)
+    first = torch.full((values.numel(),), x.numel(), dtype=torch.int64, device=x.device)
+    first.scatter_reduce_(0, inverse, torch.arange(x.numel(), device=x.device), reduce="amin")
+    return values, first
+
+
 def order_stats(x: Tensor, ranks: List[int]) -> List[float]:
     """The values of rank r (0-based, ascending) of the 1-D fp32 x, for each r in ranks."""
     if _host(x):

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .base import Crossing, chunk_spans, encode_input
 from .header import BITMAP, RANDTOPK, TOPK_FIELDS, encode_header, new_payload
-from .masks import bitmap_ranks, compress, count as count_true, flatnonzero
+from .masks import bitmap_ranks, compress, first_occurrences, flatnonzero
 from .masks import invert, merge_into, pack_mask_into, take
 from .select import Cut, _magnitude, _scratch, cut_masks, topk_select
 from .topk import TopK, check_values, index_format, k_for
@@ -58,15 +58,14 @@ def _outside(v: Tensor, cut: Cut, last_tie: int, draws: Tensor) -> Tuple[Tensor,
 def _first_distinct(draws: Tensor, values: Tensor, count: int) -> Tuple[Tensor, Tensor]:
     """The first `count` distinct draws (in draw order; all if there are fewer) and their values,
     by ascending draw."""
-    pos, order = draws.sort(stable=True)  # repeats of a value: first drawn first
-    first = torch.ones(pos.numel(), dtype=torch.bool, device=draws.device)
-    first[1:] = pos[1:] != pos[:-1]
-    if count < count_true(first):  # drop the distinct values drawn last
+    pos, first = first_occurrences(draws)
+    if count < first.numel():  # drop the distinct values drawn last
         drawn = torch.zeros(draws.numel(), dtype=torch.bool, device=draws.device)
-        drawn[order[first]] = True
+        drawn[first] = True
         last = int(flatnonzero(drawn)[count - 1])  # the count-th distinct value's draw
-        first &= order <= last
-    return compress(pos, first), compress(take(values, order), first)
+        keep = first <= last
+        pos, first = compress(pos, keep), compress(first, keep)
+    return pos, take(values, first)
 
 
 def _dense(v: Tensor, cut: Cut, nonneg: bool, count: int, gen: torch.Generator) -> Tensor:
