@@ -102,3 +102,16 @@ def test_entropy_is_the_oracles_on_both_paths(paths: Callable, method: str) -> N
             assert_same(host, device, f"{c!r} on {name}")
             assert host[0] == ref_entropy(ref_encode(kind, x, **kwargs), method), f"{c!r} {name}"
             assert torch.equal(host[1], inner.decode(inner.encode(x)))
+
+
+def test_the_noise_is_exactly_u() -> None:
+    # codes of 1.5 + 2**-17 (scale 1): 2 when u >= 0.5 - 2**-17, i.e. s >= -1 with
+    # u = (s + 32768.5) / 65536; an offset of 32768 instead would give 1 at each s = -1 (1 in 65536)
+    x = torch.full((1 << 20,), 1.5 + 2.0 ** -17)
+    x[0], x[1] = 0.0, 3.0
+    c = Quantize(2, "stochastic")
+    p = c.encode(x, crossing=Crossing(key=KEY))
+    assert wire(p) == ref_encode("quantize", x, bits=2, key=KEY)
+    codes = c.decode(p)[2:]
+    assert set(codes.unique().tolist()) == {1.0, 2.0}
+    assert abs(codes.mean().item() - (1 + 32769 / 65536)) < 5 * 0.5 / 1024
