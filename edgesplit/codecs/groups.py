@@ -9,7 +9,7 @@ from torch import Tensor
 from .base import NonFiniteError, aligned, chunk_len, on_host
 from .bitpack import code_dtype, packed_size, unpack_codes_from
 from .header import CHANNEL, GROUP, check_quant_params
-from .uniform import Noise, round_codes, store_codes
+from .uniform import Noise, noise_scratch, round_codes, store_codes
 
 SCALES = ("tensor", "channel", "group")
 SPREAD = 64
@@ -160,7 +160,8 @@ def quantize_groups_into(v: Tensor, g: Groups, bits: int, offsets: Tensor, scale
     offsets, divisors = tables(g, offsets, torch.where(scales > 0, scales, torch.ones_like(scales)))
     step = max((b - a for a, b in spans(g, v.device)), default=0)
     f_all = torch.empty(step, dtype=torch.float32, device=v.device)
-    u = None if noise is None else torch.empty(step, dtype=torch.float32, device=v.device)
+    u = None if noise is None else torch.empty(noise_scratch(step, v.device), dtype=torch.float32,
+                                               device=v.device)
     codes = torch.empty(step, dtype=code_dtype(bits), device=v.device)
     for start, stop in spans(g, v.device):
         f, x = f_all[:stop - start], v[start:stop]
@@ -173,7 +174,7 @@ def quantize_groups_into(v: Tensor, g: Groups, bits: int, offsets: Tensor, scale
                 fv.copy_(xv)
                 fv.sub_(off)
             fv.div_(div)
-        round_codes(f, None if noise is None else noise.take(stop - start), top, u)
+        round_codes(f, noise, top, u)
         store_codes(f, bits, codes, out, start, g.n)
 
 

@@ -15,6 +15,7 @@ ROUNDINGS = ("nearest", "stochastic")
 # (x - offset) / scale up to 2**-17 of a step. The sum is rounded once (float32) and floored.
 NOISE_OFFSET = 32768.5
 NOISE_STEP = 2.0 ** -16
+NOISE_BLOCK = 1 << 16  # numbers drawn and added at a time on the host path (a multiple of 4)
 
 
 def check_bits(name: str, bits: object) -> int:
@@ -63,18 +64,27 @@ class Noise:
         return self.drawn[self.at - m:self.at]
 
 
-def round_codes(f: Tensor, noise: Optional[Tensor], top: float, scratch: Optional[Tensor]) -> None:
-    """f = clamp(round(f), 0, top) in place (half to even); with noise (int16 of f's length)
-    f = clamp(f + u, 0, top), which store_codes truncates: floor(f + u) (f + u > 0). scratch: fp32
-    of f's length at least."""
+def round_codes(f: Tensor, noise: Optional[Noise], top: float, scratch: Optional[Tensor]) -> None:
+    """f (1-D) = clamp(round(f), 0, top) in place (half to even); with noise, f = clamp(f + u, 0,
+    top) with the next len(f) numbers, which store_codes truncates: floor(f + u) (f + u > 0).
+    scratch: fp32 of min(len(f), NOISE_BLOCK) at least (of len(f) on the device path). On the
+    host path the numbers are drawn and added a block at a time: they stay in the core's cache."""
     if noise is None:
         f.round_()
     else:
         assert scratch is not None
-        u = scratch[:f.numel()].view(f.shape)
-        torch.add(noise.view(f.shape), NOISE_OFFSET, out=u)  # exact in float32
-        f.add_(u, alpha=NOISE_STEP)  # f + u, one rounding: u * 2**-16 is exact
+        step = NOISE_BLOCK if on_host(f.device) else max(f.numel(), 1)
+        for start in range(0, f.numel(), step):
+            part = f[start:start + step]
+            u = scratch[:part.numel()]
+            torch.add(noise.take(part.numel()), NOISE_OFFSET, out=u)  # exact in float32
+            part.add_(u, alpha=NOISE_STEP)  # f + u, one rounding: u * 2**-16 is exact
     f.clamp_(0.0, top)
+
+
+def noise_scratch(n: int, device: torch.device) -> int:
+    """The scratch elements round_codes needs with noise for chunks of up to n."""
+    return min(n, NOISE_BLOCK) if on_host(device) else n
 
 
 def store_codes(f: Tensor, bits: int, codes: Tensor, out: Tensor, start: int, n: int) -> None:
@@ -115,7 +125,8 @@ def quantize_into(v: Tensor, bits: int, offset: float, scale: float, out: Tensor
     top = float(2 ** bits - 1)
     step = chunk_len(n, v.device)
     scratch = torch.empty(step, dtype=torch.float32, device=v.device)
-    u = None if noise is None else torch.empty(step, dtype=torch.float32, device=v.device)
+    u = None if noise is None else torch.empty(noise_scratch(step, v.device), dtype=torch.float32,
+                                               device=v.device)
     # CUDA divides by a Python scalar as a multiply by its reciprocal; a device tensor divisor
     # gives true division, so CPU and GPU payloads are the same bytes.
     divisor = scale if on_host(v.device) else torch.tensor(scale, device=v.device)
@@ -129,7 +140,7 @@ def quantize_into(v: Tensor, bits: int, offset: float, scale: float, out: Tensor
                 f.copy_(v[start:stop])
                 f.sub_(offset)
             f.div_(divisor)
-            round_codes(f, None if noise is None else noise.take(stop - start), top, u)
+            round_codes(f, noise, top, u)
         else:
             f.zero_()
         store_codes(f, bits, codes, out, start, n)
