@@ -66,3 +66,13 @@ def test_dispatch(capsys: pytest.CaptureFixture) -> None:
     assert "available: " in capsys.readouterr().err
     assert dispatch.main(["nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def test_cpu_clock(capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["--batch", "4", "--repeats", "1", "--clock", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = table(out.split("The entropy stage")[0].splitlines())
+    assert "(cpu clock)" in out and len(rows) == 6 * len(CODECS)
+    with pytest.raises(SystemExit):
+        bench.parse(["--device", "cuda", "--clock", "cpu"])
+    assert "use it with --device cpu" in capsys.readouterr().err

@@ -73,15 +73,19 @@ def theoretical_bytes(codec: Codec, shape: Tuple[int, ...]) -> int:
     return 4 * n
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+def _timer(device: torch.device, clock: str = "wall") -> Callable[[Callable[[], object]], float]:
+    """Seconds fn takes: wall-clock, or the CPU time of the process (`cpu`: on a machine other
+    processes share, the time slices they take are not counted)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+
     def run(fn: Callable[[], object]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = now()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return now() - start
     return run
 
 
@@ -94,9 +98,13 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--chunks", type=int, default=4, help="micro-batches per batch")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall-clock time, or the process's CPU time (all its threads; CPU only)")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.batch < 1 or args.chunks < 1 or args.width <= 0:
         p.error("--repeats, --batch, --chunks must be >= 1 and --width > 0")
+    if args.device == "cuda" and args.clock == "cpu":
+        p.error("--clock cpu measures CPU time: use it with --device cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     return args
@@ -134,12 +142,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    timed = _timer(device)
+    timed = _timer(device, args.clock)
     micro = math.ceil(args.batch / args.chunks)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     print("\n".join(header_lines("codecs", argv)))
     print(f"\ndevice {device}; micro-batch {micro} (batch {args.batch} / {args.chunks} chunks); "
-          f"width {args.width}; best of {args.repeats} runs; x base: enc+dec time over the codec "
+          f"width {args.width}; best of {args.repeats} runs ({args.clock} clock); x base: enc+dec time "
+          f"over the codec "
           f"named in `base` (plain quantize at the same bits, prune at the same ratio)\n")
     print("| boundary | shape | codec | encode ms | decode ms | enc+dec ms | clone ms | "
           "x clone | GB/s | payload B | raw fp32 B | theory B | payload/raw | base | x base |")
