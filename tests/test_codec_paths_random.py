@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import edgesplit.codecs.base as base
+import edgesplit.codecs.masks as masks
 from tests.codec_reference import ref_encode, ref_entropy, ref_topk_mask
 from tests.test_codec_paths import assert_same, inputs, paths, roundtrip, wire  # noqa: F401
 from edgesplit.codecs import Crossing, Entropy, Identity, Quantize, RandTopK, TopK, TopKQuantize
@@ -115,3 +116,16 @@ def test_the_noise_is_exactly_u() -> None:
     codes = c.decode(p)[2:]
     assert set(codes.unique().tolist()) == {1.0, 2.0}
     assert abs(codes.mean().item() - (1 + 32769 / 65536)) < 5 * 0.5 / 1024
+
+
+def test_first_occurrences_on_both_paths(paths: Callable) -> None:  # noqa: F811
+    # the repeats of RandTopK's draws: radix sorts up to 2**15 values on the host path, unique beyond
+    g = torch.Generator().manual_seed(8)
+    for size, high in ((1, 5), (300, 50), (5000, 2 ** 31 - 1), (5000, 70000), (40000, 30000)):
+        x = torch.randint(0, high, (size,), generator=g)
+        first: dict = {}
+        for i, value in enumerate(x.tolist()):
+            first.setdefault(value, i)
+        want = (sorted(first), [first[v] for v in sorted(first)])
+        host, device = paths(lambda: tuple(t.tolist() for t in masks.first_occurrences(x)))
+        assert host == device == want, (size, high)

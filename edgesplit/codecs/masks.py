@@ -205,9 +205,18 @@ def bitmap_ranks(bitmap: Tensor, positions: Tensor) -> Tensor:
 
 
 def first_occurrences(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """(the distinct values of the 1-D int64 x ascending, the index of each one's first
-    occurrence in x). torch on both paths: numpy's unique sorts by a stable argsort, five times
-    slower at 10**5 values."""
+    """(the distinct values of the 1-D int64 x (in [0, 2**32)) ascending, the index of each one's
+    first occurrence in x). On the host path up to 2**15 values: two stable 16-bit radix sorts
+    (numpy's argsort of uint16), three times faster than torch.unique there; beyond, torch.unique
+    (numpy's unique sorts by a merge sort, five times slower at 10**5 values)."""
+    if _host(x) and x.numel() <= 1 << 15:
+        a = _np(x)
+        low = np.argsort((a & 0xFFFF).astype(np.uint16), kind="stable")
+        order = low[np.argsort((a[low] >> 16).astype(np.uint16), kind="stable")]
+        ordered = a[order]
+        new = np.ones(ordered.size, dtype=bool)
+        np.not_equal(ordered[1:], ordered[:-1], out=new[1:])  # repeats: first drawn first
+        return torch.from_numpy(ordered[new]), torch.from_numpy(order[new])
     values, inverse = torch.unique(x, return_inverse=True)
     first = torch.full((values.numel(),), x.numel(), dtype=torch.int64, device=x.device)
     first.scatter_reduce_(0, inverse, torch.arange(x.numel(), device=x.device), reduce="amin")
