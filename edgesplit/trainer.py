@@ -40,11 +40,11 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
     # a bar on a terminal; plain log lines every `log_every` steps when the output is a file
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
                dynamic_ncols=True, mininterval=1.0, disable=None)
-    for step, (x, y) in enumerate(bar):
+    for step, (x, y, ids) in enumerate(bar):
         interrupt.check()
         tic = time.perf_counter()
         try:
-            result = backend.train_step(x, y)
+            result = backend.train_step(x, y, ids)
         except NonFiniteError as e:
             raise TrainingDiverged(f"{e} at epoch {epoch + 1} step {step + 1}; {last_good}") from None
         loss = result.loss_sum / result.count
@@ -142,6 +142,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     torch.manual_seed(cfg.seed)
     units = build_units(cfg.model, datasets.num_classes)  # initialised from the seed
     cfg.model.num_classes = datasets.num_classes  # the resolved config: a cloud host has no dataset
+    cfg.compressor.num_samples = len(cast(Sized, datasets.train))  # rows of per-sample codec state
     check_num_classes(units, datasets.num_classes, datasets.input_shape)
     validate_partition(cfg.partition, len(units))
     ckpt = run_dir / checkpoint.NAME
@@ -178,7 +179,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             backend.start_epoch(epoch)
             lr = backend.lr
             loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
-                                  epoch=epoch, num_workers=cfg.data.num_workers)
+                                  epoch=epoch, num_workers=cfg.data.num_workers,
+                                  fixed_augment=cfg.data.get("augment") == "fixed")
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good)
             metrics.update(evaluate(backend, val_loader))
             for key in ("val_loss", "val_acc1"):

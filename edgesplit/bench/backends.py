@@ -63,6 +63,7 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
         data = datasets.train
         x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
         y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])
+        ids = torch.arange(cfg.data.batch_size)  # the same samples every step
         backend.start_epoch(0)
         backend.train(True)
         times = []
@@ -72,7 +73,7 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
                 backend.start_epoch(0)  # statistics afresh on every side
             _sync()
             tic = time.perf_counter()
-            backend.train_step(x, y)
+            backend.train_step(x, y, ids)
             _sync()
             if step >= warmup:
                 times.append(time.perf_counter() - tic)
