@@ -206,7 +206,8 @@ def test_pareto_png_accuracy_vs_bytes(seed_sweep: Path, saved: dict[str, Figure]
     none = by_label["none (uncompressed) (schedule.lr=0.4)"].lines[0]
     assert none.get_marker() == "*" and marker.get_marker() == "o"
     assert np.asarray(none.get_xdata()).tolist() == [8 * MB] and none.get_ydata()[0] == pytest.approx(82.0)
-    assert none.get_color() == marker.get_color() != by_label["methods (schedule.lr=0.1)"].lines[0].get_color()
+    other_lr = by_label["methods (schedule.lr=0.1)"].lines[0]
+    assert none.get_color() == marker.get_color() != other_lr.get_color()  # one colour per lr
     frontiers = {line.get_label(): np.asarray(line.get_xdata()).tolist() for line in ax.get_lines()
                  if str(line.get_label()).startswith("Pareto frontier")}
     # lr 0.1: quantize4 1 MB 97.5, quantize8 2 MB 97.0 (dominated), none 8 MB 98.0
