@@ -96,7 +96,7 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
     for i, series in enumerate(dict.fromkeys(p.series for p in pts)):
-        color, known = f"C{i % 10}", [p for p in pts if p.series == series and p.acc and p.bytes]
+        color, known = f"C{i % 10}", [p for p in pts if p.series == series and p.acc and _x(p) > 0]
         suffix = f" ({series})" if series else ""
         for none in (False, True):
             sel = [p for p in known if p.uncompressed == none]
@@ -114,7 +114,7 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
         for p in known:
             ax.annotate(p.method, (_x(p), _y(p)), textcoords="offset points", xytext=(9, 6),
                         fontsize="small", color=color)
-    _bytes_axis(ax, [_x(p) for p in pts if p.acc and p.bytes])
+    _bytes_axis(ax, [_x(p) for p in pts if p.acc and _x(p) > 0])
     ax.set_xlabel("payload bytes per batch, up + down (log scale)")
     ax.set_ylabel("best val acc1 (%), mean ± std over seeds")
     ax.set_title("accuracy vs bytes")
