@@ -190,10 +190,12 @@ class Boundary:
             self.receiver.activation.load_state_dict(theirs.get("activation", {}))
             self.receiver.gradient.load_state_dict(theirs.get("gradient", {}))
 
-    def state_bytes(self) -> int:
-        """Bytes of per-sample codec state this process holds for this boundary."""
-        ends = [self.codecs] if self.receiver is self.codecs else [self.codecs, self.receiver]
-        return sum(c.activation.state_bytes() + c.gradient.state_bytes() for c in ends)
+    def state_bytes(self, forward_sender: bool = True) -> int:
+        """Bytes of per-sample codec state that the forward sender's (or receiver's) end holds."""
+        codecs = self.codecs if forward_sender else self.receiver
+        if not forward_sender and codecs is self.codecs:
+            return 0  # one end in this process
+        return codecs.activation.state_bytes() + codecs.gradient.state_bytes()
 
 
 class _Cross(torch.autograd.Function):

@@ -84,9 +84,13 @@ class LocalBackend(Backend):
         params = {"edge": sum(p.numel() for i in split.edge_indices for p in units[i].parameters()),
                   "cloud": sum(p.numel() for i in split.cloud_indices for p in units[i].parameters())}
         devices = {"edge": [self.devices[0]], "cloud": self.devices[1:-1]}
+        front, back = self.boundaries  # the edge sends front and receives back
+        state = {"edge": front.state_bytes(True) + back.state_bytes(False),
+                 "cloud": front.state_bytes(False) + back.state_bytes(True)}
         return {side: SideStats(parameters=params[side],
                                 peak_memory_bytes=max(peak_memory_bytes(d) for d in devices[side]),
-                                compute_s_per_batch=self.clock.seconds[side] / max(self.steps, 1))
+                                compute_s_per_batch=self.clock.seconds[side] / max(self.steps, 1),
+                                codec_state_bytes=state[side])
                 for side in ("edge", "cloud")}
 
     def state_dict(self) -> Dict[str, Any]:

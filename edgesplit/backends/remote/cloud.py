@@ -91,7 +91,8 @@ class CloudStage:
         elif command.op == Op.STATS:
             stats = SideStats(parameters=sum(p.numel() for u in self.units.values() for p in u.parameters()),
                               peak_memory_bytes=peak_memory_bytes(self.device),
-                              compute_s_per_batch=self.compute_s / max(self.steps, 1))
+                              compute_s_per_batch=self.compute_s / max(self.steps, 1),
+                              codec_state_bytes=sum(b.state_bytes() for b in self.boundaries))
             reply.side, reply.meter = stats.to_dict(), self.meter.state()
         elif command.op == Op.SAVE:
             out = pack_state(checkpoint.part(self.process, self.units, self.optimization,

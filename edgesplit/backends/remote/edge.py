@@ -179,7 +179,8 @@ class RemoteBackend(Backend):
         figures (of what it sent) join this run's meter."""
         edge = SideStats(parameters=sum(p.numel() for u in self._units.values() for p in u.parameters()),
                          peak_memory_bytes=peak_memory_bytes(self.device),
-                         compute_s_per_batch=self.compute_s / max(self.steps, 1))
+                         compute_s_per_batch=self.compute_s / max(self.steps, 1),
+                         codec_state_bytes=sum(b.state_bytes() for b in self.boundaries))
         reply, _ = self._control(Command(Op.STATS))
         out = {"edge": edge}
         for r in reply.replies:
@@ -190,7 +191,8 @@ class RemoteBackend(Backend):
         out["cloud"] = SideStats(parameters=sum(s.parameters for s in stages),
                                  peak_memory_bytes=max(s.peak_memory_bytes for s in stages),
                                  compute_s_per_batch=sum(s.compute_s_per_batch for s in stages),
-                                 processes=len(stages))
+                                 processes=len(stages),
+                                 codec_state_bytes=sum(s.codec_state_bytes for s in stages))
         return out
 
     def state_dict(self) -> Dict[str, Any]:
