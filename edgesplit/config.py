@@ -105,6 +105,15 @@ class DeltaConfig(CompressorConfig):
 
 
 @dataclass
+class BottleneckConfig(CompressorConfig):
+    """A trainable encoder/decoder pair at each boundary (edgesplit.bottleneck), then a quantizer."""
+    name: str = "bottleneck"
+    channel_ratio: float = 0.25  # channels the encoder keeps
+    bits: int = 8
+    shapes: Optional[List[List[int]]] = None  # set by the trainer: the boundary tensors' shapes
+
+
+@dataclass
 class PruneQuantizeConfig(CompressorConfig):
     name: str = "prune_quantize"
     ratio: float = 0.1
@@ -212,7 +221,7 @@ def register_configs() -> None:
             ("partition", "base", PartitionConfig), ("schedule", "base", ScheduleConfig),
             ("compressor", "none", NoCompressorConfig), ("compressor", "prune", PruneConfig),
             ("compressor", "quantize", QuantizeConfig), ("compressor", "prune_quantize", PruneQuantizeConfig),
-            ("compressor", "delta", DeltaConfig),
+            ("compressor", "delta", DeltaConfig), ("compressor", "bottleneck", BottleneckConfig),
             ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig)]:
         cs.store(group=f"schemas/{group}", name=name, node=node)
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from edgesplit import checkpoint, interrupt
 from edgesplit.backends import Backend, StepResult, build_backend
+from edgesplit.bottleneck import split_model
 from edgesplit.codecs import NonFiniteError
 from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
@@ -20,7 +21,6 @@ from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logbook import Logbook
 from edgesplit.model import build_units, check_num_classes
-from edgesplit.partition import split_units
 from edgesplit.resume import check_config, load_state
 from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.rundir import RunDirLock
@@ -155,8 +155,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             _repair_summary(run_dir, summary)
             log.info(f"{run_dir} finished all {state['epoch']} epochs already: nothing to resume")
             return summary.to_dict()
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
-                        datasets.input_shape)
+    split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
     logbook = Logbook(run_dir, cfg, overrides)

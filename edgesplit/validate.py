@@ -106,8 +106,9 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _compressor(c: DictConfig) -> None:
-    if "ratio" in c:
-        _check(0 < c.ratio <= 1, "compressor.ratio", c.ratio, "must be in (0, 1]")
+    for key in ("ratio", "channel_ratio"):
+        if key in c:
+            _check(0 < c[key] <= 1, f"compressor.{key}", c[key], "must be in (0, 1]")
     for key in ("bits", "first_bits", "gradient_bits"):
         if c.get(key) is not None:
             _check(1 <= c[key] <= 16, f"compressor.{key}", c[key], "must be in 1..16")

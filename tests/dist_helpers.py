@@ -67,7 +67,7 @@ def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
           units: Optional[List[nn.Module]] = None) -> Backend:
     """Backend `name` ('naive', 'gpipe' or 'dist') on tiny_units as cfg says."""
     from edgesplit.backends import build_backend
-    from edgesplit.partition import split_units
+    from edgesplit.bottleneck import split_model
     cfg = copy.deepcopy(cfg)
     target = {"naive": "edgesplit.backends.naive.NaiveBackend",
               "gpipe": "edgesplit.backends.gpipe.GPipeBackend",
@@ -75,8 +75,7 @@ def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
     OmegaConf.update(cfg, "pipeline_backend._target_", target)
     OmegaConf.update(cfg, "pipeline_backend.name", name)
     units = copy.deepcopy(units) if units is not None else tiny_units()
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
-                        (3, 8, 8))
+    split = split_model(units, cfg, (3, 8, 8))
     return build_backend(cfg, split, build_codecs(cfg.compressor),
                          meter if meter is not None else CommMeter())
 

@@ -43,6 +43,7 @@ def _same_as_gpipe(cfg, batches, epochs=2):
 @pytest.mark.parametrize("codec,stages,chunks,checkpoint", [
     ("none", 1, 2, "except_last"), ("quantize", 1, 3, "except_last"),
     ("quantize", 2, 2, "always"), ("none", 2, 4, "never"), ("prune", 1, 2, "except_last"),
+    ("bottleneck", 2, 2, "except_last"),  # its encoders and decoders train on their sides
 ])
 def test_same_losses_and_payload_bytes_as_gpipe(codec, stages, chunks, checkpoint):
     cfg = config(chunks=chunks, stages=stages, compressor=codec, threads=1, checkpoint=checkpoint)

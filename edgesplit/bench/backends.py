@@ -46,7 +46,7 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     from edgesplit.config import compose_config
     from edgesplit.data import build_datasets
     from edgesplit.model import build_units
-    from edgesplit.partition import split_units
+    from edgesplit.bottleneck import split_model
 
     cfg = compose_config(overrides)
     if cfg.threads:
@@ -55,8 +55,7 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     torch.manual_seed(cfg.seed)
     units = build_units(cfg.model, datasets.num_classes)
     cfg.model.num_classes = datasets.num_classes
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
-                        datasets.input_shape)
+    split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
     try:
