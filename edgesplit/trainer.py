@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sized, cast
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from edgesplit import checkpoint, interrupt, memory
@@ -18,7 +18,7 @@ from edgesplit.compression import build_codecs
 from edgesplit.validate import validate, validate_partition
 from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
-from edgesplit.logbook import Logbook
+from edgesplit.logbook import Logbook, public_config
 from edgesplit.model import build_units, check_num_classes
 from edgesplit.partition import split_units
 from edgesplit.resume import check_config, load_state
@@ -127,9 +127,7 @@ def _write_on_the_way_out(run_dir: Path, summary: RunSummary) -> None:
 def _saved_config(cfg: DictConfig) -> Dict[str, Any]:
     """The resolved config a checkpoint keeps, without the dist link's secret (a checkpoint may be
     handed to others; resuming does not compare the secret)."""
-    container = cast(Dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    container.get("pipeline_backend", {}).pop("secret", None)
-    return container
+    return public_config(cfg)
 
 
 def _load_avg() -> Optional[List[float]]:
@@ -180,8 +178,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
                         datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
-    logbook = Logbook(run_dir, cfg, overrides)
+    logbook: Optional[Logbook] = None
     try:
+        logbook = Logbook(run_dir, cfg, overrides)  # logger=mlflow's store opens here
         start = 0
         if state is not None:
             backend.load_state_dict(state)
@@ -218,7 +217,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
                                    ckpt)
             write_summary(run_dir, summary)
             lock.refresh()
-            logbook.scalars(summary.epoch_scalars(), epoch + 1, flush=True)
+            logbook.record_epoch(summary)
             log.info(f"epoch {epoch + 1}/{cfg.schedule.epochs} lr {lr:.4g} "
                      f"train loss {metrics['train_loss']:.4f} acc1 {metrics['train_acc1']:.2f} | "
                      f"val loss {metrics['val_loss']:.4f} acc1 {metrics['val_acc1']:.2f} | "
@@ -236,6 +235,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
         _write_on_the_way_out(run_dir, summary)
         raise RunInterrupted(message) from None
     finally:
-        logbook.close()
+        if logbook is not None:
+            logbook.close(summary.status)
         backend.close()
     return summary.to_dict()
