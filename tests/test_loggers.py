@@ -95,3 +95,15 @@ def test_mlflow_params_leave_out_the_secret_and_the_tracking_uri(make_cfg: Calla
     params = flat_params(public_config(cfg))
     assert params["pipeline_backend.timeout_s"] == "60.0" and params["logger.name"] == "mlflow"
     assert not any("0123456789abcdef" in v or "user:pw" in v for v in params.values())
+
+
+@needs_mlflow
+@pytest.mark.slow
+def test_in_dist_only_the_edge_logs_to_mlflow(make_cfg: Callable, tmp_path: Path) -> None:
+    cfg = make_cfg("pipeline_backend=dist", "pipeline_backend.chunks=2", "schedule.epochs=1", "logger=mlflow")
+    summary = trainer.run(cfg, tmp_path, [])
+    runs = _mlflow_runs(tmp_path / "mlflow.db")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["pipeline_backend.name"] == "dist"
+    assert runs[0].data.metrics["val_acc1"] == pytest.approx(summary["val_acc1"])
+    assert "pipeline_backend.secret" not in runs[0].data.params
