@@ -1,12 +1,13 @@
 """Build each boundary's activation and gradient codecs from the `compressor` config."""
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from edgesplit.codecs import Codec
+from edgesplit.codecs import Codec, ErrorFeedback
+from edgesplit.codecs.sample_cache import CacheSpec
 from edgesplit.comm import BOUNDARIES
 from edgesplit.errors import ConfigError
 
@@ -17,12 +18,18 @@ class BoundaryCodecs:
     activation: Codec
     gradient: Codec
     reuses_support: bool  # the gradient travels only at the positions the activation kept
+    warmup_epochs: int = 0  # the first epochs send raw values
 
 
-def _codec(spec: Any, key: str) -> Codec:
+def _codec(spec: Any, key: str, cache: Optional[CacheSpec]) -> Codec:
     try:
-        codec = instantiate(spec)
-    except (InstantiationException, ValueError, TypeError) as e:
+        target = get_class(spec._target_)
+        kwargs = {"cache": cache} if getattr(target, "per_sample", False) else {}
+        if kwargs and cache is None:
+            raise ValueError("compressor.num_samples is null (the trainer sets it to the training "
+                             "set's size)")
+        codec = instantiate(spec, **kwargs)
+    except (InstantiationException, ValueError, TypeError, ImportError) as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{key}: cannot build the codec: {reason}") from None
     if not isinstance(codec, Codec):
@@ -31,13 +38,22 @@ def _codec(spec: Any, key: str) -> Codec:
 
 
 def build_codecs(cfg: DictConfig) -> Dict[str, BoundaryCodecs]:
-    """Codecs of the 'front' and 'back' boundaries; `compressor.front`/`.back` override the defaults."""
+    """Codecs of the 'front' and 'back' boundaries; `compressor.front`/`.back` override the
+    defaults. Each call builds new codec objects (per-sample state is each end's own)."""
+    cache = (CacheSpec(int(cfg.num_samples), cfg.cache_dtype, cfg.cache_dir)
+             if cfg.get("num_samples") is not None else None)
     out = {}
     for boundary in BOUNDARIES:
         override = cfg.get(boundary) or {}
         specs = {}
         for role in ("activation", "gradient"):
             key = f"compressor.{boundary}.{role}" if role in override else f"compressor.{role}"
-            specs[role] = _codec(override[role] if role in override else cfg[role], key)
-        out[boundary] = BoundaryCodecs(specs["activation"], specs["gradient"], cfg.gradient_reuses_support)
+            specs[role] = _codec(override[role] if role in override else cfg[role], key, cache)
+        if cfg.error_feedback:
+            if cache is None:
+                raise ConfigError("compressor.error_feedback: compressor.num_samples is null (the "
+                                  "trainer sets it to the training set's size)")
+            specs["activation"] = ErrorFeedback(specs["activation"], cache)
+        out[boundary] = BoundaryCodecs(specs["activation"], specs["gradient"],
+                                       cfg.gradient_reuses_support, cfg.warmup_epochs)
     return out

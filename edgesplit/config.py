@@ -45,7 +45,7 @@ class DataConfig(LoaderConfig):
 class CifarConfig(DataConfig):
     root: str = "data"
     download: bool = True
-    augment: bool = True
+    augment: Any = True  # true | false | fixed (each sample's crop and flip kept every epoch)
 
 
 @dataclass
@@ -68,6 +68,14 @@ class CompressorConfig:
     # The gradient goes back only at the positions the forward payload kept (seed's pruning rule).
     gradient_reuses_support: bool = True
     eval_compressed: bool = True
+    warmup_epochs: int = 0  # the first epochs send raw values (counted as raw bytes)
+    # Forward activations: each sample's quantization residual is added to it at its next visit.
+    error_feedback: bool = False
+    # Per-sample state (delta references, error-feedback residuals): its dtype, and a folder for
+    # on-disk memmaps (null: in RAM).
+    cache_dtype: str = "float16"
+    cache_dir: Optional[str] = None
+    num_samples: Optional[int] = None  # set by the trainer: the training set's size (cache rows)
 
 
 @dataclass
@@ -88,6 +96,24 @@ class QuantizeConfig(CompressorConfig):
 
 
 @dataclass
+class DeltaConfig(CompressorConfig):
+    """AQ-SGD: activations as quantized changes from each sample's previous visit."""
+    name: str = "delta"
+    bits: int = 4
+    first_bits: Optional[int] = 8  # a sample's first visit (null: raw values)
+    gradient_bits: int = 8
+
+
+@dataclass
+class BottleneckConfig(CompressorConfig):
+    """A trainable encoder/decoder pair at each boundary (edgesplit.bottleneck), then a quantizer."""
+    name: str = "bottleneck"
+    channel_ratio: float = 0.25  # channels the encoder keeps
+    bits: int = 8
+    shapes: Optional[List[List[int]]] = None  # set by the trainer: the boundary tensors' shapes
+
+
+@dataclass
 class PruneQuantizeConfig(CompressorConfig):
     name: str = "prune_quantize"
     ratio: float = 0.1
@@ -99,7 +125,7 @@ class ImageFolderConfig(DataConfig):
     root: str = "data/images"  # ROOT/<class>/<image>, or ROOT/train/... and ROOT/val/...
     image_size: int = 32  # every image is resized to image_size x image_size
     val_fraction: float = 0.2  # without train/ and val/ folders: this share of the images validates
-    augment: bool = True
+    augment: Any = True  # true | false | fixed (each sample's crop and flip kept every epoch)
 
 
 @dataclass
@@ -213,6 +239,7 @@ def register_configs() -> None:
             ("partition", "base", PartitionConfig), ("schedule", "base", ScheduleConfig),
             ("compressor", "none", NoCompressorConfig), ("compressor", "prune", PruneConfig),
             ("compressor", "quantize", QuantizeConfig), ("compressor", "prune_quantize", PruneQuantizeConfig),
+            ("compressor", "delta", DeltaConfig), ("compressor", "bottleneck", BottleneckConfig),
             ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig),
             ("logger", "tensorboard", LoggerConfig), ("logger", "mlflow", MLflowConfig)]:
         cs.store(group=f"schemas/{group}", name=name, node=node)

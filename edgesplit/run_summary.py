@@ -23,6 +23,7 @@ class SideStats:
     peak_memory_bytes: int
     compute_s_per_batch: float
     processes: int = 1
+    codec_state_bytes: int = 0  # per-sample codec state held (delta references, EF residuals)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -31,7 +32,8 @@ class SideStats:
     def from_dict(cls, data: Mapping[str, Any]) -> "SideStats":
         """Other keys (the link byte counts older dist runs wrote here) are ignored."""
         return cls(int(data["parameters"]), int(data["peak_memory_bytes"]),
-                   float(data["compute_s_per_batch"]), int(data.get("processes", 1)))
+                   float(data["compute_s_per_batch"]), int(data.get("processes", 1)),
+                   int(data.get("codec_state_bytes", 0)))
 
 
 @dataclass

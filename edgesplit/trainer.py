@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from edgesplit import checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
+from edgesplit.bottleneck import split_model
 from edgesplit.codecs import NonFiniteError
 from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
@@ -20,7 +21,6 @@ from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logbook import Logbook, public_config
 from edgesplit.model import build_units, check_num_classes
-from edgesplit.partition import split_units
 from edgesplit.resume import check_config, load_state
 from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.rundir import RunDirLock
@@ -44,11 +44,11 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
                dynamic_ncols=True, mininterval=1.0, disable=None)
     pace = Pace()
-    for step, (x, y) in enumerate(bar):
+    for step, (x, y, ids) in enumerate(bar):
         interrupt.check()
         tic = time.perf_counter()
         try:
-            result = backend.train_step(x, y)
+            result = backend.train_step(x, y, ids)
         except NonFiniteError as e:
             raise TrainingDiverged(f"{e} at epoch {epoch + 1} step {step + 1}; {last_good}") from None
         loss = result.loss_sum / result.count
@@ -160,6 +160,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     torch.manual_seed(cfg.seed)
     units = build_units(cfg.model, datasets.num_classes)  # initialised from the seed
     cfg.model.num_classes = datasets.num_classes  # the resolved config: a cloud host has no dataset
+    cfg.compressor.num_samples = len(cast(Sized, datasets.train))  # rows of per-sample codec state
     check_num_classes(units, datasets.num_classes, datasets.input_shape)
     validate_partition(cfg.partition, len(units))
     ckpt = run_dir / checkpoint.NAME
@@ -174,8 +175,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             return summary.to_dict()
     summary.load_avg_start, summary.cpus = _load_avg(), _cpus()
     run_times = RunStepTimes((state or {}).get("step_times", {}).get(checkpoint.EDGE))
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
-                        datasets.input_shape)
+    split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
     logbook: Optional[Logbook] = None
@@ -199,7 +199,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             backend.start_epoch(epoch)
             lr = backend.lr
             loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
-                                  epoch=epoch, num_workers=cfg.data.num_workers)
+                                  epoch=epoch, num_workers=cfg.data.num_workers,
+                                  fixed_augment=cfg.data.get("augment") == "fixed")
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
             metrics.update(evaluate(backend, val_loader))
             for key in ("val_loss", "val_acc1"):

@@ -73,8 +73,9 @@ class Backend(ABC):
         """The layer units this process holds, by global unit index."""
 
     @abstractmethod
-    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
-        """Forward, backward and optimizer step of one batch on every side."""
+    def train_step(self, x: Tensor, y: Tensor, ids: Tensor) -> StepResult:
+        """Forward, backward and optimizer step of one batch (of dataset indices `ids`) on every
+        side."""
 
     @abstractmethod
     def eval_step(self, x: Tensor, y: Tensor) -> StepResult:

@@ -1,6 +1,7 @@
 """The codec interface: encode(tensor) -> payload (flat uint8 wire form), decode(payload)."""
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -11,6 +12,21 @@ class NonFiniteError(ValueError):
     """The tensor to encode holds NaN or inf."""
 
 
+@dataclass(frozen=True)
+class Crossing:
+    """Which crossing a payload belongs to, for codecs that draw random numbers or keep state
+    per sample. Both ends of a boundary build the same Crossing for the same micro-batch."""
+
+    ids: Optional[Tensor] = None  # int64 dataset indices of the micro-batch's samples, in order
+    key: int = 0  # seed of this crossing's draws: (seed, step, boundary, pass, micro-batch)
+    update: bool = False  # a training crossing's one pass: stateful codecs update their state
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A generator on `device` seeded by `key`: the same draws wherever this crossing is
+        encoded (gpipe or dist, recomputed or resumed) on the same kind of device."""
+        return torch.Generator(device=device).manual_seed(self.key)
+
+
 class Codec(ABC):
     """One wire format. A payload is a 1-D uint8 tensor on the input's device, header included:
     its numel is exactly the bytes that cross the link.
@@ -18,14 +34,24 @@ class Codec(ABC):
     `support` (a bool tensor of the input's shape) restricts a codec to the positions a forward
     payload kept: encode sends only x[support] and decode scatters them back (zeros elsewhere).
     Both sides of a boundary know the support, so it never travels with the gradient.
+
+    `crossing` says which micro-batch of which step a payload is: codecs that draw random
+    numbers seed them from its key (`random`), codecs with per-sample state index it by its ids
+    (`per_sample`). None: key 0, no ids, no update (benchmarks, evaluation).
     """
 
+    random = False  # draws from crossing.key
+    per_sample = False  # needs crossing.ids on both ends
+    mirrors = False  # the sender decodes its own payload too, so its state follows the receiver's
+
     @abstractmethod
-    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
+    def encode(self, x: Tensor, support: Optional[Tensor] = None,
+               crossing: Optional[Crossing] = None) -> Tensor:
         """Wire form of x (any float dtype, contiguous or not)."""
 
     @abstractmethod
-    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
+    def decode(self, payload: Tensor, support: Optional[Tensor] = None,
+               crossing: Optional[Crossing] = None) -> Tensor:
         """The tensor a payload stands for, in the encoded tensor's shape and dtype."""
 
     def support_of(self, payload: Tensor) -> Optional[Tensor]:
@@ -39,6 +65,13 @@ class Codec(ABC):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore what state_dict() returned."""
+
+    def state_bytes(self) -> int:
+        """Bytes of the per-sample state this codec holds (0 for a stateless one)."""
+        return 0
+
+    def observe(self, x: Tensor, crossing: Crossing) -> None:
+        """x crossed raw (the compressor's warm-up): a per-sample codec records it."""
 
 
 # The codecs take one of two paths, by the tensor's device: the host path on CPU (numpy

@@ -9,8 +9,9 @@ from torch import Tensor
 
 # codec ids (byte 0)
 IDENTITY, QUANTIZE, TOPK, TOPK_QUANTIZE = 1, 2, 3, 4
+DELTA = 16
 CODEC_NAMES = {IDENTITY: "Identity", QUANTIZE: "Quantize", TOPK: "TopK",
-               TOPK_QUANTIZE: "TopKQuantize"}
+               TOPK_QUANTIZE: "TopKQuantize", DELTA: "Delta"}
 # dtype codes (byte 1)
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
@@ -18,6 +19,7 @@ CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 QUANT_FIELDS = struct.Struct("<Bff")  # bits, offset (min), scale
 TOPK_FIELDS = struct.Struct("<BI")  # index format (0 bitmap, 1 int32 indices), k
 TOPKQ_FIELDS = struct.Struct("<BIBff")  # index format, k, bits, offset, scale
+DELTA_FIELDS = struct.Struct("<II")  # bytes of the first-visit part, bytes of the delta part
 BITMAP, INDICES = 0, 1
 MAX_DIM = 2 ** 32 - 1
 # Caps a decoder checks before it allocates anything: a header declaring more is corrupt or

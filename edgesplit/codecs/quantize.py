@@ -5,7 +5,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Codec, check_finite, chunk_len, chunk_spans, encode_input, on_host
+from .base import Codec, Crossing, check_finite, chunk_len, chunk_spans, encode_input
+from .base import on_host
 from .base import scatter_support
 from .bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
 from .header import QUANT_FIELDS, QUANTIZE, check_body, check_quant_fields, decode_header
@@ -98,7 +99,8 @@ class Quantize(Codec):
     def __repr__(self) -> str:
         return f"Quantize(bits={self.bits})"
 
-    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
+    def encode(self, x: Tensor, support: Optional[Tensor] = None,
+               crossing: Optional[Crossing] = None) -> Tensor:
         x, v = encode_input(self.name, x, support)
         offset, scale = minmax_params(self.name, v, self.bits)
         header = encode_header(QUANTIZE, x.dtype, tuple(x.shape),
@@ -107,7 +109,8 @@ class Quantize(Codec):
         quantize_into(v, self.bits, offset, scale, payload[len(header):])
         return payload
 
-    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
+    def decode(self, payload: Tensor, support: Optional[Tensor] = None,
+               crossing: Optional[Crossing] = None) -> Tensor:
         h = decode_header(payload, QUANTIZE, QUANT_FIELDS)
         bits, offset, scale = h.fields
         check_quant_fields(self.name, h.dtype, bits, offset, scale)

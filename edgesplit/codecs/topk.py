@@ -6,7 +6,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Codec, check_finite, encode_input, scatter_support
+from .base import Codec, Crossing, check_finite, encode_input, scatter_support
 from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, check_body, decode_header
 from .header import encode_header, new_payload
 from .masks import copy_into, count, flatnonzero, minmax, pack_mask_into, put, unpack_mask, zeros
@@ -121,7 +121,8 @@ class TopK(Codec):
     def __repr__(self) -> str:
         return f"TopK(ratio={self.ratio})"
 
-    def encode(self, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
+    def encode(self, x: Tensor, support: Optional[Tensor] = None,
+               crossing: Optional[Crossing] = None) -> Tensor:
         x, v = encode_input(self.name, x, support)
         k, cut, kept, nonneg = select(self.name, v, self.ratio)
         fmt, index_bytes = index_format(v.numel(), k)
@@ -166,7 +167,8 @@ class TopK(Codec):
         check_index(self.name, body[:index_bytes], fmt, h.numel, k)
         return h, body[:index_bytes], body[index_bytes:]
 
-    def decode(self, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
+    def decode(self, payload: Tensor, support: Optional[Tensor] = None,
+               crossing: Optional[Crossing] = None) -> Tensor:
         h, section, values = self._parse(payload)
         out = place(self._decode_values(h, values), section, h.fields[0], h.numel, h.dtype)
         return scatter_support(self.name, out.view(h.shape), support)
