@@ -24,7 +24,7 @@ COMM_KEYS = ["up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_bat
              "overhead_down_bytes_per_batch"] + [
     key for c in CROSSINGS
     for key in (f"{c}_bytes_per_batch", f"raw_{c}_bytes_per_batch", f"{c}_rel_error", f"{c}_sparsity")]
-SIDE_KEYS = ["parameters", "peak_memory_bytes", "compute_s_per_batch", "processes"]
+SIDE_KEYS = ["parameters", "peak_memory_bytes", "compute_s_per_batch", "processes", "codec_state_bytes"]
 EPOCH_KEYS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
               "time_per_batch_s", "samples_per_s", "peak_memory_bytes", "up_bytes_per_batch",
               "down_bytes_per_batch"]
