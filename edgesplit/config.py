@@ -194,6 +194,23 @@ class DistConfig(BackendConfig):
 
 
 @dataclass
+class LoggerConfig:
+    """What a run logs besides TensorBoard, summary.json and metrics.csv (always written):
+    `_target_` a class taking run_dir, config, overrides and the option's other keys (see
+    edgesplit.logbook.build_logger); null = nothing more."""
+    _target_: Optional[str] = None
+    name: str = "tensorboard"
+
+
+@dataclass
+class MLflowConfig(LoggerConfig):
+    _target_: Optional[str] = "edgesplit.mlflow_log.MLflowLogger"
+    name: str = "mlflow"
+    tracking_uri: Optional[str] = None  # null = sqlite:///<sweep dir>/mlflow.db (one run: its run dir)
+    experiment_name: Optional[str] = None  # null = the name of that dir
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -202,6 +219,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optimizer: Any = MISSING
     pipeline_backend: Any = MISSING
+    logger: Any = MISSING
     seed: int = 0
     resume: Any = False  # false | true | force (see RESUME_MODES)
     threads: Optional[int] = None  # torch threads; null = torch's default
@@ -222,7 +240,8 @@ def register_configs() -> None:
             ("compressor", "none", NoCompressorConfig), ("compressor", "prune", PruneConfig),
             ("compressor", "quantize", QuantizeConfig), ("compressor", "prune_quantize", PruneQuantizeConfig),
             ("compressor", "delta", DeltaConfig), ("compressor", "bottleneck", BottleneckConfig),
-            ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig)]:
+            ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig),
+            ("logger", "tensorboard", LoggerConfig), ("logger", "mlflow", MLflowConfig)]:
         cs.store(group=f"schemas/{group}", name=name, node=node)
 
 

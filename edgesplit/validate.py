@@ -1,4 +1,5 @@
 """Range checks that the schema cannot express, each value checked here once: one line naming the key."""
+import importlib.util
 import math
 from dataclasses import fields, is_dataclass
 from typing import Any, List
@@ -91,6 +92,9 @@ def validate(cfg: DictConfig) -> None:
            f"allowed: {', '.join(CHECKPOINT_MODES)}")
     _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
     _check(cfg.log_every >= 1, "log_every", cfg.log_every, "must be >= 1 (steps between log lines)")
+    if cfg.logger.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("logger=mlflow needs the mlflow package, which is not installed: "
+                          "pip install -e '.[mlflow]'")
     for key in cfg.hparam_keys:
         _check(OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT, "hparam_keys", key,
                "not a key of this config")

@@ -72,7 +72,8 @@ def test_schema_options_are_not_offered_as_choices() -> None:
     with pytest.raises(ConfigCompositionException) as info:
         compose_config(["compressor=bogus"])
     options = str(info.value).split("Available options in 'compressor':")[1].split("Config search")[0].split()
-    assert options == ["delta", "none", "prune", "prune_quantize", "quantize", "quantize4", "quantize8"]
+    assert options == ["bottleneck", "delta", "none", "prune", "prune_quantize", "quantize", "quantize4",
+                       "quantize8"]
     for group in ("compressor=schema_quantize", "pipeline_backend=schema_dist", "partition=schema"):
         with pytest.raises(ConfigCompositionException):
             compose_config([group])
