@@ -58,13 +58,15 @@ def test_a_mixed_micro_batch_sends_first_visits_and_deltas_by_the_shared_seen_fl
     assert sender.cache.seen.sum() == 5
 
 
-def test_evaluation_quantizes_directly_and_leaves_the_cache_alone() -> None:
-    codec = Delta(bits=4, cache=SPEC)
+def test_evaluation_sends_the_first_visit_form_and_leaves_the_cache_alone() -> None:
+    codec = Delta(bits=1, first_bits=8, cache=SPEC)
     x = torch.randn(5, 6)
-    payload = codec.encode(x)  # no crossing: evaluation
-    assert torch.equal(payload, Quantize(4).encode(x))
-    assert torch.equal(codec.decode(payload), Quantize(4).decode(payload))
+    payload = codec.encode(x)  # no crossing: evaluation, samples without a reference
+    assert torch.equal(payload, Quantize(8).encode(x))
+    assert torch.equal(codec.decode(payload), Quantize(8).decode(payload))
     assert codec.cache.rows is None and not codec.cache.seen.any()
+    raw = Delta(bits=1, first_bits=None, cache=SPEC)
+    assert torch.equal(raw.decode(raw.encode(x)), x)
 
 
 def test_a_corrupt_delta_payload_or_wrong_ids_is_a_value_error() -> None:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .base import Codec, Crossing, check_float
-from .header import DELTA, DELTA_FIELDS, QUANTIZE, decode_header, encode_header
+from .header import DELTA, DELTA_FIELDS, decode_header, encode_header
 from .identity import Identity
 from .quantize import Quantize
 from .sample_cache import CacheSpec, SampleCache
@@ -19,8 +19,9 @@ class Delta(Codec):
     travels in the payload. Both ends decode with crossing.update and store the result as the
     new reference (`mirrors`): their references stay equal.
 
-    Without a training crossing (evaluation) the tensor is quantized with `bits` directly: no
-    reference is read or written."""
+    Without a training crossing (evaluation) the tensor is sent as a first visit would be (its
+    samples have no reference): quantized with `first_bits` directly, no reference read or
+    written."""
 
     name = "Delta"
     per_sample = True
@@ -56,7 +57,7 @@ class Delta(Codec):
         if support is not None:
             raise ValueError(f"{self.name}: a dense codec takes no support")
         if crossing is None or crossing.ids is None:
-            return self.delta.encode(x, crossing=crossing)
+            return self.first.encode(x, crossing=crossing)
         if x.dim() < 1 or not self.cache.shape_ok(tuple(x.shape[1:])):
             raise ValueError(f"{self.name}: rows of shape {tuple(x.shape[1:])} do not match the "
                              f"per-sample cache")
@@ -75,8 +76,8 @@ class Delta(Codec):
                crossing: Optional[Crossing] = None) -> Tensor:
         if support is not None:
             raise ValueError(f"{self.name}: a dense codec takes no support")
-        if payload.numel() and int(payload[0]) == QUANTIZE:
-            return self.delta.decode(payload)
+        if payload.numel() and int(payload[0]) != DELTA:
+            return self.first.decode(payload)
         h = decode_header(payload, DELTA, DELTA_FIELDS)
         if crossing is None or crossing.ids is None:
             raise ValueError(f"{self.name}: a delta payload needs the micro-batch's sample ids "
