@@ -107,6 +107,14 @@ def flat(x: Tensor) -> Tensor:
     return x.contiguous().view(-1)
 
 
+def aligned(raw: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bytes of a payload slice viewed as dtype (copied when the offset is unaligned)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    if raw.storage_offset() % size:
+        raw = raw.clone()
+    return raw.view(dtype)
+
+
 def check_float(name: str, x: Tensor) -> None:
     """One-line TypeError unless x is a float tensor of a dtype the header knows."""
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
