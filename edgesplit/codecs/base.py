@@ -66,6 +66,10 @@ class Codec(ABC):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore what state_dict() returned."""
 
+    def coded_bytes(self, payload: Tensor) -> int:
+        """The payload's bytes before a lossless entropy stage (itself without one)."""
+        return payload.numel()
+
     def state_bytes(self) -> int:
         """Bytes of the per-sample state this codec holds (0 for a stateless one)."""
         return 0

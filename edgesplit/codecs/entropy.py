@@ -81,6 +81,11 @@ class Entropy(Codec):
         self.entropy_bytes += payload.numel()
         return payload
 
+    def coded_bytes(self, payload: Tensor) -> int:
+        if payload.numel() < ENTROPY_HEADER.size:
+            return payload.numel()
+        return int(ENTROPY_HEADER.unpack(bytes(payload[:ENTROPY_HEADER.size].cpu().tolist()))[2])
+
     def _inner(self, payload: Tensor) -> Tensor:
         """The inner payload, on the payload's device: the header checked, the stream
         decompressed into at most the declared size, nothing left over."""
