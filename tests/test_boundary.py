@@ -88,7 +88,7 @@ def test_bits_per_element_are_counted_before_and_after_an_entropy_stage() -> Non
     payload = b.send("forward", x)
     b.meter.end_batch()
     figures = b.meter.summary().to_dict()
-    before, after = (figures[f"front_forward_{k}"] for k in ("bits_per_element_before_entropy",
-                                                              "bits_per_element"))
+    keys = ("bits_per_element_before_entropy", "bits_per_element")
+    before, after = (figures[f"front_forward_{k}"] for k in keys)
     assert before == pytest.approx(4.0, abs=0.01)  # 4-bit codes and a small header
     assert after == 8 * payload.numel() / x.numel() and after < before / 4
