@@ -1,15 +1,19 @@
 """A compression boundary: its codecs, the forward support, byte counts, quality, replay and state."""
-from typing import Any, Dict, Optional, Tuple
+import zlib
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchgpipe import is_checkpointing, is_recomputing
 
-from edgesplit.codecs import Codec, Identity
+from edgesplit.codecs import Codec, Crossing, Identity
 from edgesplit.comm import DIRECTION, CommMeter
 from edgesplit.compression import BoundaryCodecs
 
 RAW = BoundaryCodecs(Identity(), Identity(), reuses_support=False)
+MASK64 = 2**64 - 1
 
 
 def quality(x: Tensor, y: Tensor) -> Tuple[float, float]:
@@ -20,21 +24,41 @@ def quality(x: Tensor, y: Tensor) -> Tuple[float, float]:
     return (err / norm if norm > 0 else 0.0), float((y32 == 0).float().mean())
 
 
+def draw_key(seed: int, step: int, boundary: str, pass_: str, first_id: int) -> int:
+    """The 63-bit seed of one crossing's random draws, from who and when it is alone: the same in
+    every backend, process and resumed run."""
+    words = [seed & MASK64, step, zlib.crc32(f"{boundary}/{pass_}".encode()), first_id & MASK64]
+    state = np.random.SeedSequence(words).generate_state(2)
+    return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
+
+
 class Boundary:
     """One crossing point of the pipeline, as every backend uses it: the sender calls `send`
     (encode, count the payload, measure the codec on the step's first crossing), the receiver
     calls `receive` (decode). The gradient codec sees the support the forward payload kept, which
     both sides derive from that payload (`support`), so it never travels.
 
+    `codecs` are the forward sender's codec instances, `receiver` the forward receiver's (the same
+    objects unless a codec keeps per-sample state: then each end has its own, as across hosts).
+    A training crossing of micro-batch `ids` (dataset indices) gets a Crossing: codecs that draw
+    random numbers seed them from (seed, train step, boundary, pass, ids[0]), per-sample codecs
+    index their state by ids. During `warmup_epochs` raw values cross (per-sample codecs still
+    record them).
+
     `meter` is None for a link between two cloud stages: raw values, nothing counted. Eval steps
     send raw values too when `eval_compressed` is off."""
 
     def __init__(self, name: str, codecs: BoundaryCodecs, meter: Optional[CommMeter],
-                 eval_compressed: bool = True) -> None:
+                 eval_compressed: bool = True, seed: int = 0,
+                 receiver: Optional[BoundaryCodecs] = None) -> None:
         self.name, self.codecs, self.meter = name, codecs, meter
-        self.eval_compressed = eval_compressed
-        self.training = True
-        self._replay: Dict[int, Tensor] = {}
+        self.receiver = receiver or codecs
+        self.eval_compressed, self.seed = eval_compressed, seed
+        self.training, self.warm = True, False
+        self.step = 0  # train steps so far: part of each crossing's draw key
+        self._replay: Dict[int, Tuple[Tensor, Tensor, Optional[Tensor]]] = {}
+        self._batch_ids: List[Tensor] = []  # in one process: this step's micro-batches' ids
+        self._forwards = 0
         self._measure_due = {"forward": False, "backward": False}
 
     @staticmethod
@@ -46,35 +70,87 @@ class Boundary:
     def compressed(self) -> bool:
         return self.training or self.eval_compressed
 
-    def codec(self, pass_: str) -> Codec:
-        if not self.compressed:
-            return RAW.activation
-        return self.codecs.activation if pass_ == "forward" else self.codecs.gradient
+    @property
+    def needs_ids(self) -> bool:
+        """Whether a crossing needs its micro-batch's dataset indices (across hosts they travel)."""
+        return any(c.random or c.per_sample for c in (self.codecs.activation, self.codecs.gradient))
 
-    def new_step(self) -> None:
-        """Measure the codecs on the first crossing of the next step; drop stale replays."""
+    def codec(self, pass_: str, end: str = "encode") -> Codec:
+        """The codec that encodes (end='encode') or decodes a pass."""
+        if not self.compressed or self.warm:
+            return RAW.activation
+        forward_sender = (pass_ == "forward") == (end == "encode")
+        codecs = self.codecs if forward_sender else self.receiver
+        return codecs.activation if pass_ == "forward" else codecs.gradient
+
+    def start_epoch(self, epoch: int) -> None:
+        """Raw values during the compressor's warm-up epochs."""
+        self.warm = epoch < self.codecs.warmup_epochs
+
+    def new_step(self, batch_ids: Optional[List[Tensor]] = None) -> None:
+        """A train step begins: measure the codecs on its first crossing; drop stale replays.
+        In one process `batch_ids` are its micro-batches' dataset indices, in micro-batch order."""
+        self.step += 1
         self._replay.clear()
         self._measure_due = {"forward": True, "backward": True}
+        self._batch_ids, self._forwards = batch_ids or [], 0
+
+    def _next_ids(self, rows: int) -> Optional[Tensor]:
+        """The ids of the next micro-batch to cross forward in one process: torchgpipe runs a
+        partition's micro-batches in order (recomputations are replays, not crossings)."""
+        if not (self.training and self.needs_ids):
+            return None
+        if self._forwards >= len(self._batch_ids):
+            raise RuntimeError(f"boundary {self.name}: more forward crossings than the "
+                               f"{len(self._batch_ids)} micro-batches of this step")
+        ids = self._batch_ids[self._forwards]
+        self._forwards += 1
+        if ids.numel() != rows:
+            raise RuntimeError(f"boundary {self.name}: micro-batch of {rows} rows, its ids "
+                               f"hold {ids.numel()}: micro-batches crossed out of order")
+        return ids
+
+    def crossing(self, pass_: str, ids: Optional[Tensor]) -> Crossing:
+        """Which crossing this is: ids and draw key when a codec needs them, in training only."""
+        if not self.training or ids is None or not self.needs_ids:
+            return Crossing(update=self.training)
+        ids = ids.detach().to("cpu", torch.int64)
+        return Crossing(ids, draw_key(self.seed, self.step, self.name, pass_, int(ids[0])), True)
 
     # -- the two halves of a crossing -----------------------------------------------------------
-    def send(self, pass_: str, x: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        """The payload of `x` (an activation for pass_='forward', a gradient for 'backward')."""
+    def send(self, pass_: str, x: Tensor, support: Optional[Tensor] = None,
+             ids: Optional[Tensor] = None) -> Tensor:
+        """The payload of `x` (an activation for pass_='forward', a gradient for 'backward') of
+        the micro-batch of dataset indices `ids`."""
         x = x.detach()
-        payload = self.codec(pass_).encode(x, support=support)
+        codec, crossing = self.codec(pass_), self.crossing(pass_, ids)
+        payload = codec.encode(x, support, crossing)
+        decoded = None
+        if codec.mirrors and crossing.update:  # the sender's state follows the receiver's
+            decoded = codec.decode(payload, support, crossing)
+        if self.warm and crossing.update and pass_ == "forward":
+            self.codecs.activation.observe(x, crossing)
         if self.meter is not None and self.training:
-            self.meter.record(self.name, pass_, payload.numel(), x.numel() * 4)
+            self.meter.record(self.name, pass_, payload.numel(), x.numel() * 4,
+                              codec.coded_bytes(payload), x.numel())
             if self._measure_due[pass_]:
                 self._measure_due[pass_] = False
-                self.meter.record_quality(self.name, pass_,
-                                          *quality(x, self.receive(pass_, payload, support)))
+                if decoded is None:
+                    decoded = codec.decode(payload, support, replace(crossing, update=False))
+                self.meter.record_quality(self.name, pass_, *quality(x, decoded))
         return payload
 
-    def receive(self, pass_: str, payload: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        return self.codec(pass_).decode(payload, support=support)
+    def receive(self, pass_: str, payload: Tensor, support: Optional[Tensor] = None,
+                ids: Optional[Tensor] = None) -> Tensor:
+        crossing = self.crossing(pass_, ids)
+        out = self.codec(pass_, "decode").decode(payload, support, crossing)
+        if self.warm and crossing.update and pass_ == "forward":
+            self.receiver.activation.observe(out, crossing)
+        return out
 
     def support(self, forward_payload: Tensor) -> Optional[Tensor]:
         """Where the gradient travels: the positions the forward payload kept (None: all)."""
-        if not (self.compressed and self.codecs.reuses_support):
+        if not (self.compressed and self.codecs.reuses_support) or self.warm:
             return None
         return self.codecs.activation.support_of(forward_payload)
 
@@ -83,25 +159,44 @@ class Boundary:
         if self.meter is not None and self.training:
             self.meter.record_overhead(DIRECTION[self.name, pass_], nbytes)
 
-    def forward_payload(self, x: Tensor) -> Tensor:
-        """send('forward', x), except that torchgpipe's checkpoint recomputation (which runs the
-        forward again during backward) gets the first pass's payload back: the same mask and
-        scale, no bytes counted twice, whatever the recomputed tensor's last bits."""
+    def cross_forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """(forward payload, what the receiver decodes, the micro-batch's ids) in one process.
+        torchgpipe's checkpoint recomputation (which runs the forward again during backward)
+        gets the first pass's back: the same mask and scale, no bytes counted twice, no codec
+        state updated twice."""
         if is_recomputing():
             return self._replay.pop(x.data_ptr())
-        payload = self.send("forward", x)
+        ids = self._next_ids(x.shape[0])
+        payload = self.send("forward", x, ids=ids)
+        crossed = payload, self.receive("forward", payload, ids=ids), ids
         if is_checkpointing():
-            self._replay[x.data_ptr()] = payload
-        return payload
+            self._replay[x.data_ptr()] = crossed
+        return crossed
 
     # -- codec state (error-feedback residuals, per-sample references) ---------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {"activation": self.codecs.activation.state_dict(),
-                "gradient": self.codecs.gradient.state_dict()}
+        state = {"step": self.step, "activation": self.codecs.activation.state_dict(),
+                 "gradient": self.codecs.gradient.state_dict()}
+        if self.receiver is not self.codecs:
+            state["receiver"] = {"activation": self.receiver.activation.state_dict(),
+                                 "gradient": self.receiver.gradient.state_dict()}
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.step = int(state.get("step", 0))
         self.codecs.activation.load_state_dict(state.get("activation", {}))
         self.codecs.gradient.load_state_dict(state.get("gradient", {}))
+        if self.receiver is not self.codecs:
+            theirs = state.get("receiver", {})
+            self.receiver.activation.load_state_dict(theirs.get("activation", {}))
+            self.receiver.gradient.load_state_dict(theirs.get("gradient", {}))
+
+    def state_bytes(self, forward_sender: bool = True) -> int:
+        """Bytes of per-sample codec state that the forward sender's (or receiver's) end holds."""
+        codecs = self.codecs if forward_sender else self.receiver
+        if not forward_sender and codecs is self.codecs:
+            return 0  # one end in this process
+        return codecs.activation.state_bytes() + codecs.gradient.state_bytes()
 
 
 class _Cross(torch.autograd.Function):
@@ -109,16 +204,17 @@ class _Cross(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, boundary: Boundary) -> Tensor:
-        payload = boundary.forward_payload(x)
-        ctx.boundary = boundary
+        payload, out, ids = boundary.cross_forward(x)
+        ctx.boundary, ctx.ids = boundary, ids
         # the support is needed only by a backward: not in eval nor in a checkpoint's first pass
         ctx.support = boundary.support(payload) if ctx.needs_input_grad[0] else None
-        return boundary.receive("forward", payload)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None]:
-        boundary, support = ctx.boundary, ctx.support
-        return boundary.receive("backward", boundary.send("backward", grad, support), support), None
+        boundary, support, ids = ctx.boundary, ctx.support, ctx.ids
+        payload = boundary.send("backward", grad, support, ids)
+        return boundary.receive("backward", payload, support, ids), None
 
 
 class BoundaryLayer(nn.Module):

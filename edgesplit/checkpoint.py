@@ -7,7 +7,8 @@ A checkpoint is one dict (one file, loaded with `weights_only=True`):
   rng           {process: {'cpu': ..., 'cuda': [...]}}
   boundaries    {process: {boundary: codec state}}
   grad_scaler   None (room for mixed precision)
-plus what the trainer adds (epoch, summary, config). Each process of a run contributes a `part`
+plus what the trainer adds (epoch, summary, config, and step_times: {'edge': the run's step-time
+histogram, edgesplit.steptimes}). Each process of a run contributes a `part`
 with the same keys; a process that has no slot of its own in a checkpoint (written with another
 topology) takes the edge's.
 """

@@ -1,12 +1,13 @@
 """Build each boundary's activation and gradient codecs from the `compressor` config."""
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from edgesplit.codecs import Codec, Entropy
+from edgesplit.codecs import Codec, Entropy, ErrorFeedback
+from edgesplit.codecs.sample_cache import CacheSpec
 from edgesplit.comm import BOUNDARIES
 from edgesplit.errors import ConfigError
 
@@ -17,12 +18,18 @@ class BoundaryCodecs:
     activation: Codec
     gradient: Codec
     reuses_support: bool  # the gradient travels only at the positions the activation kept
+    warmup_epochs: int = 0  # the first epochs send raw values
 
 
-def _codec(spec: Any, key: str) -> Codec:
+def _codec(spec: Any, key: str, cache: Optional[CacheSpec]) -> Codec:
     try:
-        codec = instantiate(spec)
-    except (InstantiationException, ValueError, TypeError) as e:
+        target = get_class(spec._target_)
+        kwargs = {"cache": cache} if getattr(target, "per_sample", False) else {}
+        if kwargs and cache is None:
+            raise ValueError("compressor.num_samples is null (the trainer sets it to the training "
+                             "set's size)")
+        codec = instantiate(spec, **kwargs)
+    except (InstantiationException, ValueError, TypeError, ImportError) as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{key}: cannot build the codec: {reason}") from None
     if not isinstance(codec, Codec):
@@ -31,8 +38,11 @@ def _codec(spec: Any, key: str) -> Codec:
 
 
 def build_codecs(cfg: DictConfig) -> Dict[str, BoundaryCodecs]:
-    """Codecs of the 'front' and 'back' boundaries; `compressor.front`/`.back` override the defaults.
-    With `compressor.entropy` zlib or zstd each codec is wrapped in an Entropy stage."""
+    """Codecs of the 'front' and 'back' boundaries; `compressor.front`/`.back` override the
+    defaults. Each call builds new codec objects (per-sample state is each end's own). With
+    `compressor.entropy` zlib or zstd each codec is wrapped in an Entropy stage, outermost."""
+    cache = (CacheSpec(int(cfg.num_samples), cfg.cache_dtype, cfg.cache_dir)
+             if cfg.get("num_samples") is not None else None)
     entropy = cfg.get("entropy", "none")
     out = {}
     for boundary in BOUNDARIES:
@@ -40,8 +50,14 @@ def build_codecs(cfg: DictConfig) -> Dict[str, BoundaryCodecs]:
         specs = {}
         for role in ("activation", "gradient"):
             key = f"compressor.{boundary}.{role}" if role in override else f"compressor.{role}"
-            specs[role] = _codec(override[role] if role in override else cfg[role], key)
-            if entropy != "none":
-                specs[role] = Entropy(specs[role], entropy)
-        out[boundary] = BoundaryCodecs(specs["activation"], specs["gradient"], cfg.gradient_reuses_support)
+            specs[role] = _codec(override[role] if role in override else cfg[role], key, cache)
+        if cfg.error_feedback:
+            if cache is None:
+                raise ConfigError("compressor.error_feedback: compressor.num_samples is null (the "
+                                  "trainer sets it to the training set's size)")
+            specs["activation"] = ErrorFeedback(specs["activation"], cache)
+        if entropy != "none":
+            specs = {role: Entropy(codec, entropy) for role, codec in specs.items()}
+        out[boundary] = BoundaryCodecs(specs["activation"], specs["gradient"],
+                                       cfg.gradient_reuses_support, cfg.warmup_epochs)
     return out

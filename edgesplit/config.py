@@ -45,7 +45,7 @@ class DataConfig(LoaderConfig):
 class CifarConfig(DataConfig):
     root: str = "data"
     download: bool = True
-    augment: bool = True
+    augment: Any = True  # true | false | fixed (each sample's crop and flip kept every epoch)
 
 
 @dataclass
@@ -68,6 +68,14 @@ class CompressorConfig:
     # The gradient goes back only at the positions the forward payload kept (seed's pruning rule).
     gradient_reuses_support: bool = True
     eval_compressed: bool = True
+    warmup_epochs: int = 0  # the first epochs send raw values (counted as raw bytes)
+    # Forward activations: each sample's quantization residual is added to it at its next visit.
+    error_feedback: bool = False
+    # Per-sample state (delta references, error-feedback residuals): its dtype, and a folder for
+    # on-disk memmaps (null: in RAM).
+    cache_dtype: str = "float16"
+    cache_dir: Optional[str] = None
+    num_samples: Optional[int] = None  # set by the trainer: the training set's size (cache rows)
     # none | zlib | zstd: a lossless stage (edgesplit.codecs.Entropy) around every codec built here
     entropy: str = "none"
 
@@ -105,6 +113,23 @@ class QuantizeConfig(QuantizingConfig):
 
 
 @dataclass
+class DeltaConfig(QuantizingConfig):
+    """AQ-SGD: activations as quantized changes from each sample's previous visit."""
+    name: str = "delta"
+    bits: int = 4
+    first_bits: Optional[int] = 8  # a sample's first visit (null: raw values)
+    gradient_bits: int = 8
+
+
+@dataclass
+class BottleneckConfig(QuantizingConfig):
+    """A trainable encoder/decoder pair at each boundary (edgesplit.bottleneck), then a quantizer."""
+    name: str = "bottleneck"
+    channel_ratio: float = 0.25  # channels the encoder keeps
+    shapes: Optional[List[List[int]]] = None  # set by the trainer: the boundary tensors' shapes
+
+
+@dataclass
 class PruneQuantizeConfig(QuantizingConfig):
     name: str = "prune_quantize"
     ratio: float = 0.1
@@ -115,7 +140,7 @@ class ImageFolderConfig(DataConfig):
     root: str = "data/images"  # ROOT/<class>/<image>, or ROOT/train/... and ROOT/val/...
     image_size: int = 32  # every image is resized to image_size x image_size
     val_fraction: float = 0.2  # without train/ and val/ folders: this share of the images validates
-    augment: bool = True
+    augment: Any = True  # true | false | fixed (each sample's crop and flip kept every epoch)
 
 
 @dataclass
@@ -184,6 +209,23 @@ class DistConfig(BackendConfig):
 
 
 @dataclass
+class LoggerConfig:
+    """What a run logs besides TensorBoard, summary.json and metrics.csv (always written):
+    `_target_` a class taking run_dir, config, overrides and the option's other keys (see
+    edgesplit.logbook.build_logger); null = nothing more."""
+    _target_: Optional[str] = None
+    name: str = "tensorboard"
+
+
+@dataclass
+class MLflowConfig(LoggerConfig):
+    _target_: Optional[str] = "edgesplit.mlflow_log.MLflowLogger"
+    name: str = "mlflow"
+    tracking_uri: Optional[str] = None  # null = sqlite:///<sweep dir>/mlflow.db (one run: its run dir)
+    experiment_name: Optional[str] = None  # null = the name of that dir
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -192,6 +234,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optimizer: Any = MISSING
     pipeline_backend: Any = MISSING
+    logger: Any = MISSING
     seed: int = 0
     resume: Any = False  # false | true | force (see RESUME_MODES)
     threads: Optional[int] = None  # torch threads; null = torch's default
@@ -211,8 +254,10 @@ def register_configs() -> None:
             ("partition", "base", PartitionConfig), ("schedule", "base", ScheduleConfig),
             ("compressor", "none", NoCompressorConfig), ("compressor", "prune", PruneConfig),
             ("compressor", "quantize", QuantizeConfig), ("compressor", "prune_quantize", PruneQuantizeConfig),
-            ("compressor", "randtopk", RandTopKConfig),
-            ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig)]:
+            ("compressor", "delta", DeltaConfig), ("compressor", "randtopk", RandTopKConfig),
+            ("compressor", "bottleneck", BottleneckConfig),
+            ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig),
+            ("logger", "tensorboard", LoggerConfig), ("logger", "mlflow", MLflowConfig)]:
         cs.store(group=f"schemas/{group}", name=name, node=node)
 
 

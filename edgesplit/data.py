@@ -120,7 +120,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class EpochSeeded(Dataset):
-    """Draws sample i's augmentation from a generator seeded by (epoch seed, i).
+    """Draws sample i's augmentation from a generator seeded by (epoch seed, i), and yields i
+    after the sample's own items: the per-sample codec state is keyed by it.
 
     The global torch RNG is forked around each sample, so the augmentation is the same in the
     main process or any worker, for any number of workers, and the caller's RNG is untouched.
@@ -137,14 +138,16 @@ class EpochSeeded(Dataset):
             # the CPU generator only: torch.manual_seed would also reseed (and leak into) CUDA's
             sample_seed = (self.seed + index * 0x9E3779B97F4A7C15) & (2**63 - 1)
             torch.default_generator.manual_seed(sample_seed)
-            return self.dataset[index]
+            return (*self.dataset[index], index)
 
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, epoch: int,
-                 num_workers: int, collate_fn: Optional[Callable[[Sequence[Any]], Any]] = None
-                 ) -> DataLoader:
-    """Train: shuffled, augmented and batched as a function of (seed, epoch) only; last partial
-    batch dropped. Val: in order, every sample. The sizes are range-checked by config.validate."""
+                 num_workers: int, collate_fn: Optional[Callable[[Sequence[Any]], Any]] = None,
+                 fixed_augment: bool = False) -> DataLoader:
+    """Train: batches of (x, y, dataset indices), shuffled, augmented and batched as a function of
+    (seed, epoch) only; last partial batch dropped. fixed_augment: each sample's crop and flip are
+    drawn once from the seed and kept every epoch (data.augment=fixed), only the order changes.
+    Val: (x, y) in order, every sample. The sizes are range-checked by config.validate."""
     size = len(dataset)  # type: ignore[arg-type]
     if train and size < batch_size:
         raise DataError(f"data.batch_size={batch_size} is larger than the training set "
@@ -152,7 +155,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, e
                         "dropped no batch is left")
     s = epoch_seed(seed, epoch)
     return DataLoader(
-        EpochSeeded(dataset, s) if train else dataset,
+        EpochSeeded(dataset, epoch_seed(seed, 0) if fixed_augment else s) if train else dataset,
         batch_size=batch_size,
         shuffle=train,
         drop_last=train,

@@ -19,7 +19,7 @@ RESULT_NEUTRAL = (
     "partition.cloud_stages", "pipeline_backend._target_", "pipeline_backend.name",
     "pipeline_backend.devices", "pipeline_backend.checkpoint", "pipeline_backend.order",
     "pipeline_backend.link", "pipeline_backend.master_addr", "pipeline_backend.master_port",
-    "pipeline_backend.role", "pipeline_backend.secret", "pipeline_backend.timeout_s",
+    "pipeline_backend.role", "pipeline_backend.secret", "pipeline_backend.timeout_s", "logger",
 )
 _ABSENT = "<absent>"
 

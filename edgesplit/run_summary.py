@@ -23,6 +23,7 @@ class SideStats:
     peak_memory_bytes: int
     compute_s_per_batch: float
     processes: int = 1
+    codec_state_bytes: int = 0  # per-sample codec state held (delta references, EF residuals)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -31,7 +32,8 @@ class SideStats:
     def from_dict(cls, data: Mapping[str, Any]) -> "SideStats":
         """Other keys (the link byte counts older dist runs wrote here) are ignored."""
         return cls(int(data["parameters"]), int(data["peak_memory_bytes"]),
-                   float(data["compute_s_per_batch"]), int(data.get("processes", 1)))
+                   float(data["compute_s_per_batch"]), int(data.get("processes", 1)),
+                   int(data.get("codec_state_bytes", 0)))
 
 
 @dataclass
@@ -44,17 +46,27 @@ class EpochRecord:
     val_loss: float
     val_acc1: float
     val_acc5: float
-    time_per_batch_s: float  # median over the epoch's steps
+    time_per_batch_s: float  # median over the epoch's steps (the run's warm-up step left out)
+    # filled in by RunSummary.record_epoch (absent from summaries written before them)
+    samples_per_s: Optional[float] = None  # batch size / time_per_batch_s
+    peak_memory_bytes: Optional[int] = None  # the run's so far: the largest process or device
+    up_bytes_per_batch: Optional[float] = None
+    down_bytes_per_batch: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EpochRecord":
-        # null: a non-finite number (summary.json is strict JSON)
-        metrics = {f.name: math.nan if data[f.name] is None else float(data[f.name])
-                   for f in fields(cls) if f.name != "epoch"}
-        return cls(int(data["epoch"]), **metrics)
+        # null: a non-finite number (summary.json is strict JSON), or a figure not recorded then
+        metrics = {name: math.nan if data[name] is None else float(data[name]) for name in _METRICS}
+        return cls(int(data["epoch"]), **metrics, samples_per_s=_optional(data, "samples_per_s", float),
+                   peak_memory_bytes=_optional(data, "peak_memory_bytes", int),
+                   up_bytes_per_batch=_optional(data, "up_bytes_per_batch", float),
+                   down_bytes_per_batch=_optional(data, "down_bytes_per_batch", float))
+
+
+_METRICS = ("lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "time_per_batch_s")
 
 
 @dataclass
@@ -78,22 +90,32 @@ class RunSummary:
     time_per_batch_s: Optional[float] = None
     samples_per_s: Optional[float] = None
     peak_memory_bytes: Optional[int] = None  # the largest process or device
+    # os.getloadavg() (1, 5, 15 minutes) when the run (or its last resume) started and at its
+    # last epoch end, and the CPUs it could use: a loaded machine slows every figure above
+    load_avg_start: Optional[List[float]] = None
+    load_avg_end: Optional[List[float]] = None
+    cpus: Optional[int] = None
     comm: Optional[CommFigures] = None
     sides: Dict[str, SideStats] = field(default_factory=dict)
     history: List[EpochRecord] = field(default_factory=list)
 
     def record_epoch(self, record: EpochRecord, batch_size: int, comm: CommFigures,
-                     sides: Mapping[str, SideStats]) -> None:
-        """A finished epoch: its metrics become the run's, the best is kept, the last planned one ends it."""
+                     sides: Mapping[str, SideStats], time_per_batch_s: Optional[float] = None) -> None:
+        """A finished epoch: its metrics become the run's, the best is kept, the last planned one ends
+        it. `time_per_batch_s` is the run's median step so far (default: the epoch's)."""
         self.history.append(record)
         self.epochs = record.epoch
         self.best_val_acc1 = max(h.val_acc1 for h in self.history)
         self.val_acc1, self.val_acc5, self.val_loss = record.val_acc1, record.val_acc5, record.val_loss
         self.train_loss, self.train_acc1 = record.train_loss, record.train_acc1
-        self.time_per_batch_s = record.time_per_batch_s
-        self.samples_per_s = batch_size / record.time_per_batch_s
+        self.time_per_batch_s = record.time_per_batch_s if time_per_batch_s is None else time_per_batch_s
+        self.samples_per_s = batch_size / self.time_per_batch_s
         self.peak_memory_bytes = max((s.peak_memory_bytes for s in sides.values()), default=0)
         self.comm, self.sides = comm, dict(sides)
+        record.samples_per_s = batch_size / record.time_per_batch_s
+        record.peak_memory_bytes = self.peak_memory_bytes
+        record.up_bytes_per_batch = comm.up_bytes_per_batch
+        record.down_bytes_per_batch = comm.down_bytes_per_batch
         if record.epoch == self.epochs_planned:
             self.status = "finished"
 
@@ -155,6 +177,8 @@ class RunSummary:
                 time_per_batch_s=_optional(data, "time_per_batch_s", float),
                 samples_per_s=_optional(data, "samples_per_s", float),
                 peak_memory_bytes=_optional(data, "peak_memory_bytes", int),
+                load_avg_start=_optional(data, "load_avg_start", _floats),
+                load_avg_end=_optional(data, "load_avg_end", _floats), cpus=_optional(data, "cpus", int),
                 comm=None if comm is None else CommFigures.from_dict(comm),
                 sides={side: SideStats.from_dict(s) for side, s in (data.get("sides") or {}).items()},
                 history=[EpochRecord.from_dict(h) for h in data.get("history") or []],
@@ -171,6 +195,10 @@ class RunSummary:
 def _optional(data: Mapping[str, Any], key: str, convert: Callable[[Any], T]) -> Optional[T]:
     value = data.get(key)
     return None if value is None else convert(value)
+
+
+def _floats(value: Any) -> List[float]:
+    return [float(v) for v in value]
 
 
 def _finite(value: Any) -> Any:

@@ -1,29 +1,30 @@
 """The training loop: epochs of train steps and evaluation, logging, checkpoints, resume."""
 import logging
 import math
-import statistics
+import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sized, cast
+from typing import Any, Dict, List, Optional, Sized, cast
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from edgesplit import checkpoint, interrupt
+from edgesplit import checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
+from edgesplit.bottleneck import split_model
 from edgesplit.codecs import NonFiniteError
 from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
 from edgesplit.validate import validate, validate_partition
 from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
-from edgesplit.logbook import Logbook
+from edgesplit.logbook import Logbook, public_config
 from edgesplit.model import build_units, check_num_classes
-from edgesplit.partition import split_units
 from edgesplit.resume import check_config, load_state
 from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.rundir import RunDirLock
+from edgesplit.steptimes import Pace, RunStepTimes, epoch_median
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,21 @@ def _percent(hits: int, count: int) -> float:
 
 
 def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logbook: Logbook,
-                last_good: str) -> Dict[str, float]:
+                last_good: str, run_times: RunStepTimes) -> Dict[str, float]:
     backend.train(True)
     total = StepResult(0.0, 0, 0, 0)
     step_times: List[float] = []
-    # a bar on a terminal; plain log lines every `log_every` steps when the output is a file
+    counted: List[bool] = []  # False: the warm-up step after start or resume
+    # a bar on a terminal; plain log lines when the output is a file: after the first step, then
+    # every `log_every` steps, with the pace since the line before
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
                dynamic_ncols=True, mininterval=1.0, disable=None)
-    for step, (x, y) in enumerate(bar):
+    pace = Pace()
+    for step, (x, y, ids) in enumerate(bar):
         interrupt.check()
         tic = time.perf_counter()
         try:
-            result = backend.train_step(x, y)
+            result = backend.train_step(x, y, ids)
         except NonFiniteError as e:
             raise TrainingDiverged(f"{e} at epoch {epoch + 1} step {step + 1}; {last_good}") from None
         loss = result.loss_sum / result.count
@@ -52,22 +56,23 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
             raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1} step {step + 1} "
                                    f"(schedule.lr={cfg.schedule.lr}); {last_good}")
         step_times.append(time.perf_counter() - tic)
+        counted.append(run_times.add(step_times[-1]))
+        pace.step(result.count)
         total = total + result
         global_step = epoch * len(loader) + step
         logbook.scalars({"train/step_loss": loss}, global_step)
         acc1 = _percent(result.correct1, result.count)
         bar.set_postfix(loss=f"{loss:.3f}", acc1=f"{acc1:.1f}", s_per_step=f"{step_times[-1]:.2f}")
-        if bar.disable and (step + 1) % cfg.log_every == 0:
+        if bar.disable and (step == 0 or (step + 1) % cfg.log_every == 0):
             log.info(f"epoch {epoch + 1} step {step + 1}/{len(loader)} loss {loss:.4f} "
-                     f"acc1 {acc1:.2f} {step_times[-1]:.3f} s/step")
+                     f"acc1 {acc1:.2f} | {pace.line()}")
     if not step_times:
         raise UserError(f"no training batch: data.batch_size={cfg.data.batch_size} exceeds the "
                         f"training set ({len(loader.dataset)} samples) and the last partial batch is dropped")
     return {
         "train_loss": total.loss_sum / total.count,
         "train_acc1": _percent(total.correct1, total.count),
-        # the first step pays for warm-up (allocations, threads): the median ignores it
-        "time_per_batch_s": statistics.median(step_times),
+        "time_per_batch_s": epoch_median(step_times, counted),
     }
 
 
@@ -122,16 +127,29 @@ def _write_on_the_way_out(run_dir: Path, summary: RunSummary) -> None:
 def _saved_config(cfg: DictConfig) -> Dict[str, Any]:
     """The resolved config a checkpoint keeps, without the dist link's secret (a checkpoint may be
     handed to others; resuming does not compare the secret)."""
-    container = cast(Dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    container.get("pipeline_backend", {}).pop("secret", None)
-    return container
+    return public_config(cfg)
+
+
+def _load_avg() -> Optional[List[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
+def _cpus() -> Optional[int]:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir (locked meanwhile)."""
     validate(cfg)
     with RunDirLock(run_dir) as lock, interrupt.stop_at_step_boundaries():
-        return _run_locked(cfg, run_dir, overrides, lock)
+        memory.start_job()  # this job's peak, also after other jobs of a sweep in this process
+        try:
+            return _run_locked(cfg, run_dir, overrides, lock)
+        finally:
+            memory.stop_job()
 
 
 def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunDirLock) -> Dict[str, Any]:
@@ -142,6 +160,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     torch.manual_seed(cfg.seed)
     units = build_units(cfg.model, datasets.num_classes)  # initialised from the seed
     cfg.model.num_classes = datasets.num_classes  # the resolved config: a cloud host has no dataset
+    cfg.compressor.num_samples = len(cast(Sized, datasets.train))  # rows of per-sample codec state
     check_num_classes(units, datasets.num_classes, datasets.input_shape)
     validate_partition(cfg.partition, len(units))
     ckpt = run_dir / checkpoint.NAME
@@ -154,12 +173,14 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             _repair_summary(run_dir, summary)
             log.info(f"{run_dir} finished all {state['epoch']} epochs already: nothing to resume")
             return summary.to_dict()
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
-                        datasets.input_shape)
+    summary.load_avg_start, summary.cpus = _load_avg(), _cpus()
+    run_times = RunStepTimes((state or {}).get("step_times", {}).get(checkpoint.EDGE))
+    split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
-    logbook = Logbook(run_dir, cfg, overrides)
+    logbook: Optional[Logbook] = None
     try:
+        logbook = Logbook(run_dir, cfg, overrides)  # logger=mlflow's store opens here
         start = 0
         if state is not None:
             backend.load_state_dict(state)
@@ -178,8 +199,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             backend.start_epoch(epoch)
             lr = backend.lr
             loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
-                                  epoch=epoch, num_workers=cfg.data.num_workers)
-            metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good)
+                                  epoch=epoch, num_workers=cfg.data.num_workers,
+                                  fixed_augment=cfg.data.get("augment") == "fixed")
+            metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
             metrics.update(evaluate(backend, val_loader))
             for key in ("val_loss", "val_acc1"):
                 if not math.isfinite(metrics[key]):
@@ -187,18 +209,21 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
                                            f"(schedule.lr={cfg.schedule.lr}); {last_good}")
             sides = backend.side_stats()
             comm = meter.summary()  # after side_stats: it merges the figures of other processes
-            summary.record_epoch(EpochRecord(epoch=epoch + 1, lr=lr, **metrics), cfg.data.batch_size,
-                                 comm, sides)
+            summary.record_epoch(EpochRecord.from_dict({"epoch": epoch + 1, "lr": lr, **metrics}),
+                                 cfg.data.batch_size, comm, sides, time_per_batch_s=run_times.median())
+            summary.load_avg_end = _load_avg()
             checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1,
-                                    "summary": summary.to_dict(),
-                                    "config": _saved_config(cfg)}, ckpt)
+                                    "summary": summary.to_dict(), "config": _saved_config(cfg),
+                                    "step_times": {checkpoint.EDGE: run_times.histogram.state_dict()}},
+                                   ckpt)
             write_summary(run_dir, summary)
             lock.refresh()
-            logbook.scalars(summary.epoch_scalars(), epoch + 1, flush=True)
+            logbook.record_epoch(summary)
             log.info(f"epoch {epoch + 1}/{cfg.schedule.epochs} lr {lr:.4g} "
                      f"train loss {metrics['train_loss']:.4f} acc1 {metrics['train_acc1']:.2f} | "
                      f"val loss {metrics['val_loss']:.4f} acc1 {metrics['val_acc1']:.2f} | "
-                     f"{metrics['time_per_batch_s']:.3f} s/batch | up {comm.up_bytes_per_batch:.0f} "
+                     f"{metrics['time_per_batch_s']:.3f} s/batch (run median "
+                     f"{summary.time_per_batch_s:.3f}) | up {comm.up_bytes_per_batch:.0f} "
                      f"down {comm.down_bytes_per_batch:.0f} B/batch")
     except UserError as e:
         summary.fail(str(e))
@@ -211,6 +236,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
         _write_on_the_way_out(run_dir, summary)
         raise RunInterrupted(message) from None
     finally:
-        logbook.close()
+        if logbook is not None:
+            logbook.close(summary.status)
         backend.close()
     return summary.to_dict()

@@ -1,4 +1,5 @@
 """Range checks that the schema cannot express, each value checked here once: one line naming the key."""
+import importlib.util
 import math
 from dataclasses import fields, is_dataclass
 from typing import Any, List
@@ -13,6 +14,7 @@ MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at
 # Groups whose extra keys (`+model.depth=3`) go to their `_target_`, which names any it does not take.
 OPEN_GROUPS = ("model", "data")
 ORDERS = ("gpipe", "1f1b")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
 ROUNDINGS = ("nearest", "stochastic")
 SCALES = ("tensor", "channel", "group")
 ENTROPIES = ("none", "zlib", "zstd")
@@ -68,12 +70,9 @@ def validate(cfg: DictConfig) -> None:
     _check(p.front >= 1, "partition.front", p.front, "must be >= 1 (the edge keeps the input)")
     _check(p.back >= 1, "partition.back", p.back, "must be >= 1 (the edge keeps the labels)")
     _check(p.cloud_stages >= 1, "partition.cloud_stages", p.cloud_stages, "must be >= 1")
-    c = cfg.compressor
-    if "ratio" in c:
-        _check(0 < c.ratio <= 1, "compressor.ratio", c.ratio, "must be in (0, 1]")
-    if "bits" in c:
-        _check(1 <= c.bits <= 16, "compressor.bits", c.bits, "must be in 1..16")
-    _compressor_keys(c)
+    _check(d.get("augment", True) in (True, False, "fixed"), "data.augment", d.get("augment"),
+           "allowed: true, false, fixed (each sample's crop and flip kept every epoch)")
+    _compressor(cfg.compressor)
     _check(s.lr > 0 and math.isfinite(s.lr), "schedule.lr", s.lr, "must be finite and > 0")
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "must be >= 1")
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
@@ -96,6 +95,9 @@ def validate(cfg: DictConfig) -> None:
            f"allowed: {', '.join(CHECKPOINT_MODES)}")
     _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
     _check(cfg.log_every >= 1, "log_every", cfg.log_every, "must be >= 1 (steps between log lines)")
+    if cfg.logger.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("logger=mlflow needs the mlflow package, which is not installed: "
+                          "pip install -e '.[mlflow]'")
     for key in cfg.hparam_keys:
         _check(OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT, "hparam_keys", key,
                "not a key of this config")
@@ -108,6 +110,25 @@ def validate(cfg: DictConfig) -> None:
         _check(b.role in (None, "edge", "cloud"), "pipeline_backend.role", b.role,
                "allowed: edge, cloud, null")
         _check(b.order in ORDERS, "pipeline_backend.order", b.order, f"allowed: {', '.join(ORDERS)}")
+
+
+def _compressor(c: DictConfig) -> None:
+    for key in ("ratio", "channel_ratio"):
+        if key in c:
+            _check(0 < c[key] <= 1, f"compressor.{key}", c[key], "must be in (0, 1]")
+    for key in ("bits", "first_bits", "gradient_bits"):
+        if c.get(key) is not None:
+            _check(1 <= c[key] <= 16, f"compressor.{key}", c[key], "must be in 1..16")
+    _check(c.warmup_epochs >= 0, "compressor.warmup_epochs", c.warmup_epochs,
+           "must be >= 0 (epochs that send raw values)")
+    if "cache_dtype" in c:
+        _check(c.cache_dtype in CACHE_DTYPES, "compressor.cache_dtype", c.cache_dtype,
+               f"allowed: {', '.join(CACHE_DTYPES)}")
+    _compressor_keys(c)
+    if c.error_feedback:
+        _check(c.name not in ("none", "delta"), "compressor.error_feedback", c.error_feedback,
+               f"compressor={c.name} has no quantization residual to carry: use it with a "
+               f"quantizing or pruning compressor")
 
 
 def _compressor_keys(c: DictConfig) -> None:

@@ -53,12 +53,13 @@ def config(chunks: int = 2, stages: int = 1, compressor: str = "none", timeout_s
 
 
 def data(batches: int = 4, batch: int = 8, classes: int = 4, seed: int = 1) -> List[tuple]:
+    """(x, y, dataset indices) batches: batch b holds samples b*batch .. (b+1)*batch - 1."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for _ in range(batches):
+    for b in range(batches):
         y = torch.randint(0, classes, (batch,), generator=g)
         x = torch.randn(batch, 3, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float() * 0.5
-        out.append((x, y))
+        out.append((x, y, torch.arange(b * batch, (b + 1) * batch)))
     return out
 
 
@@ -66,7 +67,7 @@ def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
           units: Optional[List[nn.Module]] = None) -> Backend:
     """Backend `name` ('naive', 'gpipe' or 'dist') on tiny_units as cfg says."""
     from edgesplit.backends import build_backend
-    from edgesplit.partition import split_units
+    from edgesplit.bottleneck import split_model
     cfg = copy.deepcopy(cfg)
     target = {"naive": "edgesplit.backends.naive.NaiveBackend",
               "gpipe": "edgesplit.backends.gpipe.GPipeBackend",
@@ -74,8 +75,7 @@ def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
     OmegaConf.update(cfg, "pipeline_backend._target_", target)
     OmegaConf.update(cfg, "pipeline_backend.name", name)
     units = copy.deepcopy(units) if units is not None else tiny_units()
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
-                        (3, 8, 8))
+    split = split_model(units, cfg, (3, 8, 8))
     return build_backend(cfg, split, build_codecs(cfg.compressor),
                          meter if meter is not None else CommMeter())
 
@@ -89,8 +89,8 @@ def run_backend(name: str, cfg: DictConfig, batches: List[tuple],
         for epoch in range(epochs):
             backend.start_epoch(epoch)
             backend.train(True)
-            for x, y in batches:
-                r = backend.train_step(x, y)
+            for x, y, ids in batches:
+                r = backend.train_step(x, y, ids)
                 losses.append(r.loss_sum / r.count)
             backend.side_stats()  # as the trainer at an epoch's end: the cloud's figures join the meter
         return losses

@@ -30,9 +30,9 @@ def train_losses(cfg: DictConfig, steps: int = 4) -> Tuple[List[float], CommMete
     try:
         backend.start_epoch(0)
         backend.train(True)
-        x, y = next(iter(loader))
+        x, y, ids = next(iter(loader))
         for _ in range(steps):  # the same batch: the loss must fall
-            result = backend.train_step(x, y)
+            result = backend.train_step(x, y, ids)
             losses.append(result.loss_sum / result.count)
         backend.side_stats()
     finally:
@@ -93,11 +93,11 @@ def _trained(cfg: DictConfig) -> Tuple[Backend, List[torch.nn.Module], Tuple[tor
     units = build_units(cfg.model, datasets.num_classes)
     split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), CommMeter())
-    x, y = next(iter(build_loader(datasets.train, cfg.data.batch_size, train=True, seed=0, epoch=0,
-                                  num_workers=0)))
+    x, y, ids = next(iter(build_loader(datasets.train, cfg.data.batch_size, train=True, seed=0,
+                                       epoch=0, num_workers=0)))
     backend.start_epoch(0)
     backend.train(True)
-    backend.train_step(x, y)
+    backend.train_step(x, y, ids)
     return backend, units, (x, y)
 
 

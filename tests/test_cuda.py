@@ -114,3 +114,13 @@ def test_peak_memory_comes_from_torch_cuda(make_cfg: Callable, tmp_path: Path) -
     # torch.cuda's figure (the CPU's would be the process's resident set, hundreds of MB)
     assert 0 < params < peak <= torch.cuda.max_memory_allocated(torch.device("cuda", 0))
     assert summary["status"] == "finished" and summary["backend"] == "gpipe"
+
+
+def test_each_run_in_one_process_reports_its_own_cuda_peak(make_cfg: Callable, tmp_path: Path) -> None:
+    """As the jobs of a sweep: the wide run first, then the narrow one, whose figure is its own."""
+    runs = {}
+    for width in ("1", "0.125"):
+        cfg = make_cfg("pipeline_backend=gpipe", "pipeline_backend.chunks=2", CUDA3, "schedule.epochs=1",
+                       f"model.width={width}")
+        runs[width] = trainer.run(cfg, tmp_path / width, [])["peak_memory_bytes"]
+    assert 0 < runs["0.125"] < runs["1"]

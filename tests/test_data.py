@@ -119,7 +119,7 @@ def test_cifar10_augmentation_crops_and_flips_train_only(data_tiny_cifar: dict[s
 def test_cifar10_train_loader_drops_the_last_partial_batch(data_tiny_cifar: dict[str, Any]) -> None:
     ds = build_datasets(_cfg("cifar10", root=str(data_tiny_cifar["root"]), download=False))
     train = build_loader(ds.train, 8, train=True, seed=0, epoch=0, num_workers=0)
-    assert [len(y) for _, y in train] == [8, 8]
+    assert [len(y) for _, y, _ in train] == [8, 8]
     val = build_loader(ds.val, 4, train=False, seed=0, epoch=0, num_workers=0)
     labels = [y for _, y in val]
     assert [len(y) for y in labels] == [4, 2]
@@ -262,7 +262,7 @@ def test_synthetic_classes_are_learnable() -> None:
 
 # -------------------------------------------------------------------------------------- loaders
 def _batches(loader: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x.clone(), y.clone()) for x, y in loader]
+    return [(x.clone(), y.clone()) for x, y, _ in loader]
 
 
 def test_loader_order_and_augmentation_depend_on_seed_and_epoch_only(
@@ -298,12 +298,40 @@ def test_loader_epochs_shuffle_differently() -> None:
     orders = []
     for epoch in (0, 1):
         loader = build_loader(ds.train, 16, train=True, seed=0, epoch=epoch, num_workers=0)
-        orders.append(torch.cat([x[:, 0, 0, 0] for x, _ in loader]))
+        orders.append(torch.cat([x[:, 0, 0, 0] for x, _, _ in loader]))
     assert not torch.equal(orders[0], orders[1])
     assert torch.equal(orders[0].sort().values, orders[1].sort().values)
     val = build_loader(ds.val, 5, train=False, seed=0, epoch=0, num_workers=0)
     assert [len(y) for _, y in val] == [5, 5, 5, 1]
     assert not val.pin_memory or torch.cuda.is_available()
+
+
+def test_train_batches_carry_the_dataset_index_of_each_sample() -> None:
+    ds = build_datasets(_cfg("synthetic", train_size=64, val_size=16))
+    seen = []
+    for x, y, ids in build_loader(ds.train, 16, train=True, seed=3, epoch=1, num_workers=0):
+        for row, label, i in zip(x, y, ids.tolist()):
+            image, target = ds.train[i]  # synthetic data has no augmentation
+            assert torch.equal(row, image) and int(label) == target
+        seen += ids.tolist()
+    assert sorted(seen) == list(range(64))
+
+
+def test_fixed_augmentation_keeps_each_samples_crop_and_flip_every_epoch(
+        data_tiny_cifar: dict[str, Any]) -> None:
+    ds = build_datasets(_cfg("cifar10", root=str(data_tiny_cifar["root"]), download=False))
+
+    def by_sample(epoch: int, fixed: bool) -> dict[int, torch.Tensor]:
+        loader = build_loader(ds.train, 4, train=True, seed=5, epoch=epoch, num_workers=0,
+                              fixed_augment=fixed)
+        return {i: row for x, _, ids in loader for row, i in zip(x, ids.tolist())}
+
+    fixed = [by_sample(epoch, True) for epoch in (0, 1, 2)]
+    fresh = [by_sample(epoch, False) for epoch in (0, 1)]
+    shared = fixed[0].keys() & fixed[1].keys() & fixed[2].keys()
+    assert len(shared) >= 10
+    assert all(torch.equal(fixed[0][i], fixed[e][i]) for i in shared for e in (1, 2))
+    assert any(not torch.equal(fresh[0][i], fresh[1][i]) for i in fresh[0].keys() & fresh[1].keys())
 
 
 def test_a_batch_larger_than_the_training_set_is_a_data_error() -> None:

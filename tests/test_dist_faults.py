@@ -84,6 +84,10 @@ def test_peer_that_never_connects(tmp_path, role):
     assert errors and missing in errors[-1] and "10 s" in errors[-1], out[-2000:]
     assert took < TIMEOUT_S + 30  # python, torch and hydra start in the rest
     assert "Traceback" not in out
+    # meanwhile, every 5 s, whom it waits for, how long it has waited and the limit
+    whom = (f"cloud rank 1 (stage 1 of 1) at 127.0.0.1:{port}" if role == "edge"
+            else f"the edge at 127.0.0.1:{port} to admit a cloud process")
+    assert f"waiting for {whom}: 5 s of {TIMEOUT_S:g} s" in out, out[-2000:]
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -20,15 +20,15 @@ def step_times(codec: str, steps: int = 4, **link):
     try:
         backend.start_epoch(0)
         backend.train(True)
-        x, y = data(1, batch=16)[0]
-        backend.train_step(x, y)  # warm-up
+        x, y, ids = data(1, batch=16)[0]
+        backend.train_step(x, y, ids)  # warm-up
         meter.reset()
         backend.start_epoch(0)  # the cloud's figures afresh too
         before = dict(backend.t.link_bytes)
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
-            backend.train_step(x, y)
+            backend.train_step(x, y, ids)
             times.append(time.perf_counter() - t0)
         after = dict(backend.t.link_bytes)
         backend.side_stats()  # the cloud's counts of what it sent join the meter

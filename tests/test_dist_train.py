@@ -43,6 +43,8 @@ def _same_as_gpipe(cfg, batches, epochs=2):
 @pytest.mark.parametrize("codec,stages,chunks,checkpoint", [
     ("none", 1, 2, "except_last"), ("quantize", 1, 3, "except_last"),
     ("quantize", 2, 2, "always"), ("none", 2, 4, "never"), ("prune", 1, 2, "except_last"),
+    ("bottleneck", 2, 2, "except_last"),  # its encoders and decoders train on their sides
+    ("quantize2_sr_group", 1, 2, "always"),  # the same draws: keyed by step and sample ids
 ])
 def test_same_losses_and_payload_bytes_as_gpipe(codec, stages, chunks, checkpoint):
     cfg = config(chunks=chunks, stages=stages, compressor=codec, threads=1, checkpoint=checkpoint)
@@ -50,12 +52,69 @@ def test_same_losses_and_payload_bytes_as_gpipe(codec, stages, chunks, checkpoin
     m_gpipe, m_dist = _same_as_gpipe(cfg, batches)
     micro = len(torch.arange(10).chunk(chunks))
     figures = m_dist.summary().to_dict()
+    # stochastic rounding keys its draws by the samples' ids: each activation carries them (a
+    # count and 10 ids a batch, as int64 words)
+    ids = 8 * (micro + 10) if "_sr" in codec else 0
     for direction in ("up", "down"):  # one header per message, 2 messages a direction per micro-batch
-        assert figures[f"overhead_{direction}_bytes_per_batch"] == 2 * HEADER_BYTES * micro
+        assert figures[f"overhead_{direction}_bytes_per_batch"] == 2 * HEADER_BYTES * micro + ids
         assert m_gpipe.summary().to_dict()[f"overhead_{direction}_bytes_per_batch"] == 0
     for boundary, pass_ in DIRECTION:  # measured by the sender of each payload, in every backend
         key = f"{boundary}_{pass_}_rel_error"
         assert figures[key] == pytest.approx(m_gpipe.summary().to_dict()[key], rel=1e-4, abs=1e-7), key
+
+
+def _cache_rows(state, process, boundary, end=None):
+    codec = state["boundaries"][process][boundary]
+    codec = codec[end] if end else codec
+    return codec["activation"]["cache"]["rows"]
+
+
+@pytest.mark.parametrize("options", [
+    {"compressor": "delta", "bits": 2, "warmup_epochs": 0},
+    {"compressor": "delta", "bits": 4, "warmup_epochs": 1},
+    {"compressor": "quantize", "bits": 2, "error_feedback": True},
+])
+def test_per_sample_codecs_match_gpipe_and_keep_equal_state_on_both_ends(options):
+    """Delta's references (and error feedback's residuals) are keyed by dataset index: the edge
+    sends the ids with each activation, so dist trains as gpipe does, and the edge's and the
+    cloud's references of each boundary are equal after 2 epochs (in one process too)."""
+    options = dict(options)
+    cfg = config(chunks=2, stages=2, compressor=options.pop("compressor"), threads=1)
+    for key, value in options.items():
+        cfg.compressor[key] = value
+    cfg.compressor.num_samples = 30
+    base = data(3, batch=10)
+    # then the same samples shuffled into other batches: a sample's state must follow its id
+    every = [torch.cat(parts) for parts in zip(*base)]
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(0)).view(3, 10)
+    batches = base + [tuple(t[rows] for t in every) for rows in order]
+    m_gpipe, m_dist = _same_as_gpipe(cfg, batches, epochs=2)
+    # per step and direction: 2 messages x 2 micro-batches of headers, and with each activation
+    # its 5 ids and their count as int64 words (the edge link's; the cloud stages' is not counted)
+    for direction in ("up", "down"):
+        assert m_dist.overhead_bytes[direction] == 12 * (2 * 2 * HEADER_BYTES + 2 * 8 * (1 + 5))
+    if cfg.compressor.name != "delta":
+        return
+    for name in ("gpipe", "dist"):
+        backend = build(name, cfg)
+        try:
+            for epoch in range(2):
+                backend.start_epoch(epoch)
+                backend.train(True)
+                for x, y, ids in batches:
+                    backend.train_step(x, y, ids)
+            state = backend.state_dict()
+        finally:
+            backend.close()
+        if name == "gpipe":
+            pairs = [(_cache_rows(state, "edge", b), _cache_rows(state, "edge", b, "receiver"))
+                     for b in ("front", "back")]
+        else:
+            pairs = [(_cache_rows(state, "edge", "front"), _cache_rows(state, "cloud_stage1", "front")),
+                     (_cache_rows(state, "cloud_stage2", "back"), _cache_rows(state, "edge", "back"))]
+        for sender, receiver in pairs:
+            assert sender is not None and sender.shape[0] == 30 and sender.abs().sum() > 0
+            assert torch.equal(sender, receiver), name
 
 
 def test_adamw_on_every_side_matches_gpipe():
@@ -101,10 +160,10 @@ def _eval_results(eval_compressed):
         try:
             backend.start_epoch(0)
             backend.train(True)
-            for x, y in batches:
-                backend.train_step(x, y)
+            for x, y, ids in batches:
+                backend.train_step(x, y, ids)
             backend.train(False)
-            results[name] = [backend.eval_step(x, y) for x, y in batches]
+            results[name] = [backend.eval_step(x, y) for x, y, ids in batches]
         finally:
             backend.close()
     for a, b in zip(results["gpipe"], results["dist"]):
@@ -124,7 +183,7 @@ def test_state_dict_travels_to_the_edge_and_resumes_anywhere(tmp_path):
     batches = data(4)
 
     def steps(backend, some):
-        return [(r.loss_sum / r.count) for r in (backend.train_step(x, y) for x, y in some)]
+        return [(r.loss_sum / r.count) for r in (backend.train_step(x, y, ids) for x, y, ids in some)]
 
     backend = build("dist", cfg)
     try:
@@ -156,9 +215,9 @@ def test_side_stats_and_eval():
     backend = build("dist", cfg)
     try:
         backend.start_epoch(0)
-        x, y = data(1)[0]
+        x, y, ids = data(1)[0]
         backend.train(True)
-        backend.train_step(x, y)
+        backend.train_step(x, y, ids)
         backend.train(False)
         with torch.no_grad():
             r = backend.eval_step(x, y)

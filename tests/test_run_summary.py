@@ -17,16 +17,17 @@ from edgesplit.run_summary import (EpochRecord, RunSummary, SideStats, SummaryFo
 SUMMARY_KEYS = ["status", "error", "epochs", "epochs_planned", "val_acc1", "val_acc5", "best_val_acc1",
                 "val_loss", "train_loss", "train_acc1", "time_per_batch_s", "samples_per_s",
                 "peak_memory_bytes", "backend", "eval_compressed", "overrides", "comm", "sides", "history",
-                "resumed_with_changes"]
+                "resumed_with_changes", "load_avg_start", "load_avg_end", "cpus"]
 CROSSINGS = [f"{boundary}_{pass_}" for boundary in ("front", "back") for pass_ in ("forward", "backward")]
 COMM_KEYS = ["up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_batch",
              "raw_down_bytes_per_batch", "compression_ratio", "overhead_up_bytes_per_batch",
              "overhead_down_bytes_per_batch"] + [
     key for c in CROSSINGS
     for key in (f"{c}_bytes_per_batch", f"raw_{c}_bytes_per_batch", f"{c}_rel_error", f"{c}_sparsity")]
-SIDE_KEYS = ["parameters", "peak_memory_bytes", "compute_s_per_batch", "processes"]
+SIDE_KEYS = ["parameters", "peak_memory_bytes", "compute_s_per_batch", "processes", "codec_state_bytes"]
 EPOCH_KEYS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
-              "time_per_batch_s"]
+              "time_per_batch_s", "samples_per_s", "peak_memory_bytes", "up_bytes_per_batch",
+              "down_bytes_per_batch"]
 # TensorBoard's per-epoch tags for a run with edge and cloud sides
 EPOCH_TAGS = ["train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5", "val/best_acc1", "lr",
               "time/batch_s", "memory/peak_bytes", "comm/up_bytes", "comm/down_bytes", "comm/raw_up_bytes",
@@ -75,10 +76,23 @@ def test_summary_json_holds_the_documented_keys(tmp_path: Path) -> None:
 
 def test_round_trip_through_summary_json(tmp_path: Path) -> None:
     summary = _finished()
+    summary.load_avg_start, summary.load_avg_end, summary.cpus = [1.5, 1.0, 0.5], [2.0, 1.2, 0.6], 2
     assert RunSummary.from_dict(summary.to_dict()) == summary
     write_summary(tmp_path, summary)
     assert read_summary(tmp_path) == summary
     assert not (tmp_path / "summary.json.tmp").exists()  # written aside, then renamed over
+
+
+def test_a_summary_written_before_the_per_epoch_figures_still_reads() -> None:
+    data = _finished().to_dict()
+    for key in ("load_avg_start", "load_avg_end", "cpus"):
+        del data[key]
+    for h in data["history"]:
+        for key in ("samples_per_s", "peak_memory_bytes", "up_bytes_per_batch", "down_bytes_per_batch"):
+            del h[key]
+    old = RunSummary.from_dict(data)
+    assert old.load_avg_start is None and old.history[0].peak_memory_bytes is None
+    assert old.history[1].time_per_batch_s == 0.5
 
 
 def test_record_epoch_keeps_the_best_the_last_and_the_largest_side() -> None:

@@ -134,7 +134,8 @@ def _check_curves(sweep: Path, n_jobs: int) -> None:
 
 
 def _hparams(job: Path) -> tuple[dict[str, Any], list[str]]:
-    """The hparams of the run's HParams entry and the metric tags it compares runs by."""
+    """The hparams of the run's HParams entry and the metric tags of an experiment it writes (none:
+    TensorBoard builds the experiment from every run's session, see test_sweep_figures.py)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -223,7 +224,7 @@ def test_shrunk_edge_grid_sweep_report_curves_hparams(tmp_path: Path) -> None:
         assert hparams["partition.front"] == float(ov["partition.front"])
         assert hparams["partition.back"] == float(ov["partition.back"])
         assert hparams["data.name"] == "digits" and hparams["compressor.name"] == "prune"
-        assert {"val/acc1", "val/best_acc1", "comm/up_bytes"} <= set(metrics)
+        assert metrics == []  # no experiment per run: it would mark every key as not differing
         s = _summary(job)
         assert _last_scalar(job, "val/acc1") == pytest.approx(s["val_acc1"], rel=1e-5)
         assert _last_scalar(job, "val/best_acc1") == pytest.approx(s["best_val_acc1"], rel=1e-5)

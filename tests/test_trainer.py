@@ -55,9 +55,15 @@ def test_run_writes_the_contract_files_and_learns(make_cfg: Callable, tmp_path: 
     assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx([h["val_acc1"] for h in history])
 
 
+@pytest.mark.parametrize("codec", [["compressor=quantize"], ["compressor=delta", "compressor.bits=2"],
+                                   ["compressor=quantize", "compressor.error_feedback=true"],
+                                   ["compressor=quantize2_sr_group"]])
 def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = make_cfg("compressor=quantize", "pipeline_backend=gpipe", "pipeline_backend.chunks=2")
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              codec: list[str]) -> None:
+    """Per-sample codec state (delta's references, error feedback's residuals) and the draw
+    keys' step count (stochastic rounding) are in the checkpoint: a resumed run ends bit-exact."""
+    cfg = make_cfg(*codec, "pipeline_backend=gpipe", "pipeline_backend.chunks=2")
     straight = trainer.run(cfg, tmp_path / "straight", [])
     with monkeypatch.context() as m:
         interrupt_after_first_epoch(m)
@@ -69,6 +75,13 @@ def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable
     for key in ("train_loss", "val_loss", "val_acc1", "best_val_acc1"):
         assert resumed[key] == straight[key], key
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    state = [resumed["sides"][side]["codec_state_bytes"] for side in ("edge", "cloud")]
+    if "compressor=delta" in codec:  # each side holds one end of each boundary's references
+        assert state[0] == state[1] > 0
+    elif "compressor.error_feedback=true" in codec:  # the senders' residuals: front edge, back cloud
+        assert state[0] > 0 and state[1] > 0
+    else:
+        assert state == [0, 0]
 
 
 def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_skipped(

@@ -1,5 +1,4 @@
 """What every pipeline backend offers the training loop: train/eval steps, epochs, state, stats."""
-import resource
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Dict
@@ -8,6 +7,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from edgesplit import memory
 from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs
 from edgesplit.partition import Split
@@ -42,11 +42,9 @@ class StepResult:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of this process on `device`: CUDA allocations on a GPU, else the max resident
-    set size (Linux reports KiB)."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    """Peak memory of this job on `device`: CUDA allocations on a GPU, else the resident set size
+    (edgesplit.memory: per job in a sweep too)."""
+    return memory.peak_memory_bytes(device)
 
 
 def named_unit_parameters(units: Dict[int, nn.Module]) -> Dict[str, nn.Parameter]:
@@ -75,8 +73,9 @@ class Backend(ABC):
         """The layer units this process holds, by global unit index."""
 
     @abstractmethod
-    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
-        """Forward, backward and optimizer step of one batch on every side."""
+    def train_step(self, x: Tensor, y: Tensor, ids: Tensor) -> StepResult:
+        """Forward, backward and optimizer step of one batch (of dataset indices `ids`) on every
+        side."""
 
     @abstractmethod
     def eval_step(self, x: Tensor, y: Tensor) -> StepResult:

@@ -13,7 +13,7 @@ from edgesplit.backends.stages import build_partitions, resolve_devices
 from edgesplit.backends.timing import SideClock
 from edgesplit.boundary import Boundary
 from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.compression import BoundaryCodecs, build_codecs
 from edgesplit.lr_schedule import Optimization
 from edgesplit.partition import Split
 from edgesplit.run_summary import SideStats
@@ -25,8 +25,10 @@ class LocalBackend(Backend):
     def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
                  meter: CommMeter) -> None:
         self.split, self.meter, self.clock = split, meter, SideClock()
-        self.boundaries = [Boundary(name, codecs[name], meter, cfg.compressor.eval_compressed)
-                           for name in ("front", "back")]
+        # the receiving ends' own codec objects: per-sample state is each end's, as across hosts
+        receivers = build_codecs(cfg.compressor)
+        self.boundaries = [Boundary(name, codecs[name], meter, cfg.compressor.eval_compressed,
+                                    cfg.seed, receivers[name]) for name in ("front", "back")]
         self.partitions = build_partitions(split, self.boundaries, self.clock)
         self.devices = resolve_devices(cfg.pipeline_backend.devices, len(self.partitions))
         for part, device in zip(self.partitions, self.devices):
@@ -34,6 +36,7 @@ class LocalBackend(Backend):
         self.optimization = Optimization(named_unit_parameters(self.local_units()), cfg.schedule,
                                          cfg.optimizer)
         self.steps = 0
+        self.chunks = int(cfg.pipeline_backend.chunks)  # as torchgpipe cuts a batch (torch.chunk)
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
@@ -46,9 +49,9 @@ class LocalBackend(Backend):
         for part in self.partitions:
             part.train(mode)
 
-    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
+    def train_step(self, x: Tensor, y: Tensor, ids: Tensor) -> StepResult:
         for b in self.boundaries:
-            b.new_step()
+            b.new_step(list(ids.chunk(self.chunks)))
         self.optimization.zero_grad()
         logits = self.forward(x)
         y = y.to(logits.device)
@@ -67,6 +70,8 @@ class LocalBackend(Backend):
 
     def start_epoch(self, epoch: int) -> None:
         self.optimization.start_epoch(epoch)
+        for b in self.boundaries:
+            b.start_epoch(epoch)
         self.clock.reset()
         self.steps = 0
 
@@ -79,9 +84,13 @@ class LocalBackend(Backend):
         params = {"edge": sum(p.numel() for i in split.edge_indices for p in units[i].parameters()),
                   "cloud": sum(p.numel() for i in split.cloud_indices for p in units[i].parameters())}
         devices = {"edge": [self.devices[0]], "cloud": self.devices[1:-1]}
+        front, back = self.boundaries  # the edge sends front and receives back
+        state = {"edge": front.state_bytes(True) + back.state_bytes(False),
+                 "cloud": front.state_bytes(False) + back.state_bytes(True)}
         return {side: SideStats(parameters=params[side],
                                 peak_memory_bytes=max(peak_memory_bytes(d) for d in devices[side]),
-                                compute_s_per_batch=self.clock.seconds[side] / max(self.steps, 1))
+                                compute_s_per_batch=self.clock.seconds[side] / max(self.steps, 1),
+                                codec_state_bytes=state[side])
                 for side in ("edge", "cloud")}
 
     def state_dict(self) -> Dict[str, Any]:

@@ -46,7 +46,7 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     from edgesplit.config import compose_config
     from edgesplit.data import build_datasets
     from edgesplit.model import build_units
-    from edgesplit.partition import split_units
+    from edgesplit.bottleneck import split_model
 
     cfg = compose_config(overrides)
     if cfg.threads:
@@ -55,14 +55,14 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     torch.manual_seed(cfg.seed)
     units = build_units(cfg.model, datasets.num_classes)
     cfg.model.num_classes = datasets.num_classes
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages,
-                        datasets.input_shape)
+    split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
     try:
         data = datasets.train
         x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
         y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])
+        ids = torch.arange(cfg.data.batch_size)  # the same samples every step
         backend.start_epoch(0)
         backend.train(True)
         times = []
@@ -72,7 +72,7 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
                 backend.start_epoch(0)  # statistics afresh on every side
             _sync()
             tic = time.perf_counter()
-            backend.train_step(x, y)
+            backend.train_step(x, y, ids)
             _sync()
             if step >= warmup:
                 times.append(time.perf_counter() - tic)

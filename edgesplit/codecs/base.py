@@ -42,6 +42,7 @@ class Codec(ABC):
 
     random = False  # draws from crossing.key
     per_sample = False  # needs crossing.ids on both ends
+    mirrors = False  # the sender decodes its own payload too, so its state follows the receiver's
 
     @abstractmethod
     def encode(self, x: Tensor, support: Optional[Tensor] = None,
@@ -64,6 +65,17 @@ class Codec(ABC):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore what state_dict() returned."""
+
+    def coded_bytes(self, payload: Tensor) -> int:
+        """The payload's bytes before a lossless entropy stage (itself without one)."""
+        return payload.numel()
+
+    def state_bytes(self) -> int:
+        """Bytes of the per-sample state this codec holds (0 for a stateless one)."""
+        return 0
+
+    def observe(self, x: Tensor, crossing: Crossing) -> None:
+        """x crossed raw (the compressor's warm-up): a per-sample codec records it."""
 
 
 # The codecs take one of two paths, by the tensor's device: the host path on CPU (numpy

@@ -44,7 +44,7 @@ class Entropy(Codec):
                 or not bounds[0] <= self.level <= bounds[1]:
             raise ValueError(f"{self.name}: {method} level must be in {bounds[0]}..{bounds[1]}, "
                              f"got {level!r}")
-        self.random, self.per_sample = inner.random, inner.per_sample
+        self.random, self.per_sample, self.mirrors = inner.random, inner.per_sample, inner.mirrors
         self.elements = self.inner_bytes = self.entropy_bytes = 0
 
     def __repr__(self) -> str:
@@ -80,6 +80,11 @@ class Entropy(Codec):
         self.inner_bytes += inner.numel()
         self.entropy_bytes += payload.numel()
         return payload
+
+    def coded_bytes(self, payload: Tensor) -> int:
+        if payload.numel() < ENTROPY_HEADER.size:
+            return payload.numel()
+        return int(ENTROPY_HEADER.unpack(bytes(payload[:ENTROPY_HEADER.size].cpu().tolist()))[2])
 
     def _inner(self, payload: Tensor) -> Tensor:
         """The inner payload, on the payload's device: the header checked, the stream
@@ -123,6 +128,12 @@ class Entropy(Codec):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.inner.load_state_dict(state)
+
+    def state_bytes(self) -> int:
+        return self.inner.state_bytes()
+
+    def observe(self, x: Tensor, crossing: Crossing) -> None:
+        self.inner.observe(x, crossing)
 
 
 def _unzlib(body: bytes, size: int) -> bytes:

@@ -10,10 +10,11 @@ from torch import Tensor
 # codec ids (byte 0)
 IDENTITY, QUANTIZE, TOPK, TOPK_QUANTIZE = 1, 2, 3, 4
 QUANTIZE_GROUPED, TOPK_QUANTIZE_GROUPED, RANDTOPK, ENTROPY = 5, 6, 7, 8
+DELTA = 16
 CODEC_NAMES = {IDENTITY: "Identity", QUANTIZE: "Quantize", TOPK: "TopK",
                TOPK_QUANTIZE: "TopKQuantize", QUANTIZE_GROUPED: "Quantize (channel/group scales)",
                TOPK_QUANTIZE_GROUPED: "TopKQuantize (group scales)", RANDTOPK: "RandTopK",
-               ENTROPY: "Entropy"}
+               ENTROPY: "Entropy", DELTA: "Delta"}
 # dtype codes (byte 1)
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
@@ -21,6 +22,7 @@ CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 QUANT_FIELDS = struct.Struct("<Bff")  # bits, offset (min), scale
 TOPK_FIELDS = struct.Struct("<BI")  # index format (0 bitmap, 1 int32 indices), k
 TOPKQ_FIELDS = struct.Struct("<BIBff")  # index format, k, bits, offset, scale
+DELTA_FIELDS = struct.Struct("<II")  # bytes of the first-visit part, bytes of the delta part
 # per-channel or per-group scales: bits, scale mode (CHANNEL, GROUP), channels or group size; the
 # body starts with count float32 offsets, then count float32 scales, then the packed codes
 GROUPQ_FIELDS = struct.Struct("<BBI")

@@ -1,6 +1,7 @@
 """Quantize: min-max uniform quantization with b bits (1..16), per tensor, channel or group."""
 from typing import Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from .base import Codec, Crossing, encode_input, scatter_support
@@ -10,7 +11,7 @@ from .groups import group_params, quantize_groups_into, read_params, write_param
 from .header import GROUPQ_FIELDS, QUANT_FIELDS, QUANTIZE, QUANTIZE_GROUPED, check_body
 from .header import check_quant_fields, decode_header, encode_header, new_payload
 from .uniform import ROUNDINGS, Noise, check_bits, check_choice, dequantize, minmax_params
-from .uniform import quantize_into
+from .uniform import quantize_into, zero_grid
 
 __all__ = ["Quantize", "check_bits", "check_group_size"]
 
@@ -37,8 +38,9 @@ class Quantize(Codec):
     name = "Quantize"
 
     def __init__(self, bits: int = 8, rounding: str = "nearest", scale: str = "tensor",
-                 group_size: int = 512) -> None:
+                 group_size: int = 512, zero_point: bool = False) -> None:
         self.bits = check_bits(self.name, bits)
+        self.zero_point = zero_point  # grids with 0 on them (edgesplit.codecs.uniform.zero_grid)
         self.rounding = check_choice(self.name, "rounding", rounding, ROUNDINGS)
         self.scale = check_choice(self.name, "scale", scale, SCALES)
         self.group_size = check_group_size(self.name, group_size)
@@ -66,6 +68,9 @@ class Quantize(Codec):
         noise = Noise(v.numel(), crossing, v.device) if self.random else None
         if self.scale == "tensor":
             offset, scale = minmax_params(self.name, v, self.bits)
+            if self.zero_point:
+                grid = zero_grid(torch.tensor(offset), torch.tensor(scale), self.bits)
+                offset, scale = (float(t) for t in grid)
             header = encode_header(QUANTIZE, x.dtype, tuple(x.shape),
                                    QUANT_FIELDS.pack(self.bits, offset, scale))
             payload = new_payload(header, packed_size(v.numel(), self.bits), x.device)
@@ -73,6 +78,8 @@ class Quantize(Codec):
             return payload
         g = self.groups(tuple(x.shape))
         offsets, scales = group_params(self.name, v, g, self.bits)
+        if self.zero_point:
+            offsets, scales = zero_grid(offsets, scales, self.bits)
         size = g.count if self.scale == "channel" else self.group_size
         header = encode_header(QUANTIZE_GROUPED, x.dtype, tuple(x.shape),
                                GROUPQ_FIELDS.pack(self.bits, g.mode, size))

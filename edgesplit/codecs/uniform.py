@@ -114,6 +114,21 @@ def minmax_params(name: str, v: Tensor, bits: int) -> Tuple[float, float]:
     return lo_f, scale_f
 
 
+def zero_grid(offset: Tensor, scale: Tensor, bits: int) -> Tuple[Tensor, Tensor]:
+    """(offset, scale) of grids that cover [offset, offset + (2**bits - 1) * scale] (widened to
+    hold 0) and have 0 as a grid point, so zeros decode exactly (float32 tensors, elementwise).
+    For changes from a reference, mostly near 0. bits 1 has two points and keeps min-max."""
+    steps = float(2 ** bits - 1)
+    if bits < 2:
+        return offset, scale
+    lo = torch.clamp(offset, max=0.0)
+    hi = torch.clamp(offset + scale * steps, min=0.0)
+    width = (hi - lo).clamp(min=torch.finfo(torch.float32).tiny)
+    below = torch.round(-lo / width * steps).clamp(1.0, steps - 1.0)  # grid steps under 0
+    grid = torch.maximum(-lo / below, hi / (steps - below))
+    return -below * grid, grid
+
+
 def quantize_into(v: Tensor, bits: int, offset: float, scale: float, out: Tensor,
                   noise: Optional[Noise] = None) -> None:
     """Codes round((v - offset) / scale) of the 1-D v (or floor(... + u) with noise), packed into

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 
+from edgesplit.backends.remote.progress import Waiting
 from edgesplit.backends.remote.transport import rank_name
 from edgesplit.errors import ConfigError, PeerError
 
@@ -144,20 +145,25 @@ class Gate:
             return int(want)
         return free[0] if want == 0 and free else None
 
-    def wait(self, timeout_s: float, check: Callable[[List[int]], None] = lambda missing: None) -> None:
-        """Until every stage is admitted; `check(missing)` may raise (a local child died)."""
+    def wait(self, timeout_s: float, check: Callable[[List[int]], None] = lambda missing: None,
+             where: str = "") -> None:
+        """Until every stage is admitted; `check(missing)` may raise (a local child died). Every few
+        seconds a line names the ranks still missing and `where` (the store's host:port)."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            self.poll()
-            missing = self.missing()
-            if not missing:
-                return
-            check(missing)
-            if time.monotonic() > deadline:
-                names = ", ".join(rank_name(r, self.world_size) for r in missing)
-                raise PeerError(f"{names} did not connect to the edge within {timeout_s:g} s "
-                                f"(pipeline_backend.timeout_s)")
-            time.sleep(0.05)
+
+        def missing() -> str:
+            names = ", ".join(rank_name(r, self.world_size) for r in self.missing())
+            return f"{names} at {where}" if where else names
+        with Waiting(missing, timeout_s):
+            while True:
+                self.poll()
+                if not self.missing():
+                    return
+                check(self.missing())
+                if time.monotonic() > deadline:
+                    raise PeerError(f"{missing()} did not connect to the edge within {timeout_s:g} s "
+                                    f"(pipeline_backend.timeout_s)")
+                time.sleep(0.05)
 
 
 def _hello(raw: bytes) -> Dict[str, Any]:

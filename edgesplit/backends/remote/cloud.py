@@ -35,16 +35,18 @@ class CloudStage:
         self.meter = CommMeter()
         codecs = build_codecs(cfg.compressor)
         eval_compressed = cfg.compressor.eval_compressed
-        self.inbound = (Boundary("front", codecs["front"], self.meter, eval_compressed)
+        self.inbound = (Boundary("front", codecs["front"], self.meter, eval_compressed, cfg.seed)
                         if spec.stage == 0 else Boundary.raw(f"stage{spec.rank - 1}"))
-        self.outbound = (Boundary("back", codecs["back"], self.meter, eval_compressed)
+        self.outbound = (Boundary("back", codecs["back"], self.meter, eval_compressed, cfg.seed)
                          if spec.last else Boundary.raw(f"stage{spec.rank}"))
+        # the edge link's codecs decide, on every link: the ids pass through the cloud stages
+        carry_ids = any(Boundary(n, codecs[n], None).needs_ids for n in ("front", "back"))
         self.boundaries = [bd for bd in (self.inbound, self.outbound) if bd.meter is not None]
         module = nn.Sequential(OrderedDict((str(i), u) for i, u in sorted(self.units.items())))
         runner = StageRunner(module, b.checkpoint, b.chunks, b.deferred_batch_norm)
         self.up, self.down = spec.rank - 1, (EDGE if spec.last else spec.rank + 1)
-        self.source = LinkIn(transport, self.up, self.inbound, self.device)
-        self.sink = LinkOut(transport, self.down, self.outbound, self.device)
+        self.source = LinkIn(transport, self.up, self.inbound, self.device, carry_ids)
+        self.sink = LinkOut(transport, self.down, self.outbound, self.device, carry_ids)
         self.stage = Stage(runner, self.source, self.sink)
         self.order = b.order
         self.optimization = Optimization(named_unit_parameters(self.units), cfg.schedule, cfg.optimizer)
@@ -58,7 +60,8 @@ class CloudStage:
         self.stage.module.train(info.training)
         for b in (self.inbound, self.outbound):
             b.training = info.training
-            b.new_step()
+            if info.train:
+                b.new_step()
         self.stage.begin(info)
         self.source.prime(first, payload)
         later = self.spec.stages - self.spec.stage  # the cloud stages after this one + the edge
@@ -81,12 +84,15 @@ class CloudStage:
         out = None
         if command.op == Op.EPOCH:
             self.optimization.start_epoch(command.epoch)
+            for b in self.boundaries:
+                b.start_epoch(command.epoch)
             self.meter.reset()
             self.compute_s, self.steps = 0.0, 0
         elif command.op == Op.STATS:
             stats = SideStats(parameters=sum(p.numel() for u in self.units.values() for p in u.parameters()),
                               peak_memory_bytes=peak_memory_bytes(self.device),
-                              compute_s_per_batch=self.compute_s / max(self.steps, 1))
+                              compute_s_per_batch=self.compute_s / max(self.steps, 1),
+                              codec_state_bytes=sum(b.state_bytes() for b in self.boundaries))
             reply.side, reply.meter = stats.to_dict(), self.meter.state()
         elif command.op == Op.SAVE:
             out = pack_state(checkpoint.part(self.process, self.units, self.optimization,

@@ -46,8 +46,9 @@ class RemoteBackend(Backend):
         self.device = devices[0]
         self._units = {i: split.units[i].to(self.device) for i in split.edge_indices}
         eval_compressed = cfg.compressor.eval_compressed
-        self.boundaries = [Boundary(name, codecs[name], meter, eval_compressed)
+        self.boundaries = [Boundary(name, codecs[name], meter, eval_compressed, cfg.seed)
                            for name in ("front", "back")]
+        carry_ids = any(b.needs_ids for b in self.boundaries)
         mode, dbn = b.checkpoint, b.deferred_batch_norm
         self.front = StageRunner(split.edge_front, mode, self.chunks, dbn)
         self.back = StageRunner(split.edge_back, mode, self.chunks, dbn)
@@ -57,8 +58,8 @@ class RemoteBackend(Backend):
         self.world = self._launch(cfg, split, [str(d) for d in devices[1:-1]])
         self.t = Transport(EDGE, self.world.global_ranks, self.timeout_s, self.world.sealer,
                            LinkSpec.from_config(b.link), self.world.diagnose)
-        self.to_cloud = LinkOut(self.t, 1, self.boundaries[0], self.device)
-        self.from_cloud = LinkIn(self.t, self.stages, self.boundaries[1], self.device)
+        self.to_cloud = LinkOut(self.t, 1, self.boundaries[0], self.device, carry_ids)
+        self.from_cloud = LinkIn(self.t, self.stages, self.boundaries[1], self.device, carry_ids)
         try:
             if not self.world.children:  # across hosts: the cloud processes take the edge's config
                 for spec in self._specs(cfg, split, [str(d) for d in devices[1:-1]]):
@@ -118,20 +119,22 @@ class RemoteBackend(Backend):
             self.healthy = False
             raise
 
-    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
-        return self._guard(self._step, x, y, True)
+    def train_step(self, x: Tensor, y: Tensor, ids: Tensor) -> StepResult:
+        return self._guard(self._step, x, y, ids, True)
 
     def eval_step(self, x: Tensor, y: Tensor) -> StepResult:
         with torch.no_grad():
-            return self._guard(self._step, x, y, False)
+            return self._guard(self._step, x, y, None, False)
 
-    def _step(self, x: Tensor, y: Tensor, train: bool) -> StepResult:
+    def _step(self, x: Tensor, y: Tensor, ids: Optional[Tensor], train: bool) -> StepResult:
         """One step in the order of edge_steps; sends never block."""
         x, y = x.to(self.device), y.to(self.device)
         xs, ys = list(x.chunk(self.chunks)), list(y.chunk(self.chunks))
+        id_chunks: List[Optional[Tensor]] = (list(ids.chunk(self.chunks)) if ids is not None
+                                             else [None] * len(xs))
         info = StepInfo(len(xs), train, self.front.module.training)
         loss = Loss(ys)
-        stages = {"front": Stage(self.front, Inputs(xs), self.to_cloud),
+        stages = {"front": Stage(self.front, Inputs(xs, id_chunks), self.to_cloud),
                   "back": Stage(self.back, self.from_cloud, loss)}
         for stage in stages.values():
             stage.begin(info)
@@ -162,6 +165,8 @@ class RemoteBackend(Backend):
 
     def start_epoch(self, epoch: int) -> None:
         self.optimization.start_epoch(epoch)
+        for b in self.boundaries:
+            b.start_epoch(epoch)
         self.compute_s, self.steps = 0.0, 0
         self._control(Command(Op.EPOCH, epoch))
 
@@ -174,7 +179,8 @@ class RemoteBackend(Backend):
         figures (of what it sent) join this run's meter."""
         edge = SideStats(parameters=sum(p.numel() for u in self._units.values() for p in u.parameters()),
                          peak_memory_bytes=peak_memory_bytes(self.device),
-                         compute_s_per_batch=self.compute_s / max(self.steps, 1))
+                         compute_s_per_batch=self.compute_s / max(self.steps, 1),
+                         codec_state_bytes=sum(b.state_bytes() for b in self.boundaries))
         reply, _ = self._control(Command(Op.STATS))
         out = {"edge": edge}
         for r in reply.replies:
@@ -185,7 +191,8 @@ class RemoteBackend(Backend):
         out["cloud"] = SideStats(parameters=sum(s.parameters for s in stages),
                                  peak_memory_bytes=max(s.peak_memory_bytes for s in stages),
                                  compute_s_per_batch=sum(s.compute_s_per_batch for s in stages),
-                                 processes=len(stages))
+                                 processes=len(stages),
+                                 codec_state_bytes=sum(s.codec_state_bytes for s in stages))
         return out
 
     def state_dict(self) -> Dict[str, Any]:

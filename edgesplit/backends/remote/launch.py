@@ -9,12 +9,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 from edgesplit.backends.remote import auth
+from edgesplit.backends.remote.progress import Waiting
 from edgesplit.backends.remote.seal import Sealer
 from edgesplit.backends.remote.transport import EDGE, rank_name
 from edgesplit.errors import PeerError
@@ -101,8 +102,18 @@ def _bounded(call: Callable[[], None]) -> None:
 
 
 def init_group(store: dist.Store, rank: int, world_size: int, timeout_s: float) -> None:
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout_s))
+    with Waiting(f"the {world_size} ranks to form the gloo group", timeout_s):
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+
+
+def _join_edge(host: str, port: int, secret: str, want: int,
+               timeout_s: float) -> Tuple[dist.TCPStore, int]:
+    """Cloud side: reach the edge's store at host:port and be admitted (a line every few seconds)."""
+    who = f"cloud rank {want}" if want else "a cloud process"
+    with Waiting(f"the edge at {host}:{port} to admit {who}", timeout_s):
+        store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
+        return store, auth.join(store, secret, want, host, port, timeout_s)
 
 
 def _serve_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
@@ -148,7 +159,8 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
                     raise PeerError(f"{rank_name(rank, world_size)} (pid {proc.pid}) exited with "
                                     f"status {proc.returncode} before connecting to the edge")
         # children start python and torch first: under load that alone can take a while
-        auth.Gate(store, secret, world_size).wait(max(timeout_s, LOCAL_START_S), check)
+        auth.Gate(store, secret, world_size).wait(max(timeout_s, LOCAL_START_S), check,
+                                                  where=f"127.0.0.1:{store.port}")
         init_group(store, EDGE, world_size, timeout_s)
     except BaseException:
         stop_children(children, grace_s=0)
@@ -159,8 +171,7 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
 def connect_local(rank: int, world_size: int, host: str, port: int, secret: str,
                   timeout_s: float) -> World:
     """Cloud side of start_local()."""
-    store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
-    got = auth.join(store, secret, rank, host, port, timeout_s)
+    store, got = _join_edge(host, port, secret, rank, timeout_s)
     if got != rank:
         raise PeerError(f"the edge gave stage {got} to cloud rank {rank}")
     init_group(store, rank, world_size, timeout_s)
@@ -175,11 +186,10 @@ def start_by_role(role: str, stages: int, host: str, port: int, secret: str,
     try:
         if role == "edge":
             store = _serve_store(host, port, timeout_s)
-            auth.Gate(store, secret, world_size).wait(timeout_s)
+            auth.Gate(store, secret, world_size).wait(timeout_s, where=f"{host}:{port}")
             rank = EDGE
         else:
-            store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
-            rank = auth.join(store, secret, 0, host, port, timeout_s)
+            store, rank = _join_edge(host, port, secret, 0, timeout_s)
     except (RuntimeError, dist.DistError) as e:
         raise PeerError(f"{role} could not reach the edge's store at {host}:{port} within "
                         f"{timeout_s:g} s: {str(e).splitlines()[0][:200]}") from None
@@ -191,7 +201,10 @@ def start_torchrun(role: str, stages: int, secret: str, timeout_s: float) -> Wor
     """Under torchrun: ranks come from the rendezvous; the logical order comes from the roles
     (exactly one edge), not from the rendezvous order. Each cloud rank then proves the secret
     before the edge sends it anything."""
-    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout_s))
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    with Waiting(f"the other torchrun ranks at {where} (world size {os.environ.get('WORLD_SIZE', '?')})",
+                 timeout_s):
+        dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout_s))
     # the roles as a tensor (the object collectives would unpickle what peers send)
     is_edge = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
     dist.all_gather(is_edge, torch.tensor([int(role == "edge")]))
@@ -204,10 +217,11 @@ def start_torchrun(role: str, stages: int, secret: str, timeout_s: float) -> Wor
     me = order.index(dist.get_rank())
     store = dist.distributed_c10d._get_default_store()
     if me == EDGE:
-        auth.Gate(store, secret, len(order)).wait(timeout_s)
+        auth.Gate(store, secret, len(order)).wait(timeout_s, where=f"{where} (torchrun's store)")
     else:
         addr = os.environ.get("MASTER_ADDR", "?"), int(os.environ.get("MASTER_PORT", "0"))
-        auth.join(store, secret, me, addr[0], addr[1], timeout_s)
+        with Waiting(f"the edge to admit cloud rank {me} (torchrun's store at {where})", timeout_s):
+            auth.join(store, secret, me, addr[0], addr[1], timeout_s)
     return World(me, order, store, timeout_s, secret)
 
 

@@ -29,6 +29,18 @@ class LinkSpec:
     def shaped(self, direction: str) -> bool:
         return self.bps(direction) is not None or self.latency_s > 0
 
+    def describe(self) -> Optional[str]:
+        """The line the edge says at start: each direction's rate and latency; None when unshaped."""
+        if not (self.shaped("up") or self.shaped("down")):
+            return None
+
+        def one(direction: str) -> str:
+            bps = self.bps(direction)
+            rate = f"{bps / 1e6:g} Mbit/s" if bps else "unlimited bandwidth"
+            return f"{rate} + {self.latency_s * 1e3:g} ms latency"
+        return (f"link emulation on: up (edge -> cloud) {one('up')}; "
+                f"down (cloud -> edge) {one('down')}")
+
     def seconds(self, direction: str, nbytes: int) -> float:
         """Time one message of nbytes takes on an idle link: latency + serialization."""
         bps = self.bps(direction)

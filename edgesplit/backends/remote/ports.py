@@ -28,15 +28,18 @@ class StepInfo:
         return Kind.FORWARD if self.train else Kind.EVAL
 
 
+Ids = Optional[Tensor]  # a micro-batch's dataset indices (train steps whose codecs need them)
+
+
 class Source(ABC):
     def begin(self, step: StepInfo) -> None:
         self.step = step
 
     @abstractmethod
-    def receive(self, i: int) -> Tensor:
-        """Input of micro-batch i."""
+    def receive(self, i: int) -> Tuple[Tensor, Ids]:
+        """Input of micro-batch i and its samples' dataset indices."""
 
-    def send_gradient(self, i: int, grad: Optional[Tensor]) -> None:
+    def send_gradient(self, i: int, grad: Optional[Tensor], ids: Ids) -> None:
         """The gradient of micro-batch i's input (nothing to do for the batch itself)."""
 
 
@@ -45,22 +48,22 @@ class Sink(ABC):
         self.step = step
 
     @abstractmethod
-    def send(self, i: int, y: Tensor) -> None:
+    def send(self, i: int, y: Tensor, ids: Ids) -> None:
         """Output of micro-batch i."""
 
     @abstractmethod
-    def backward(self, i: int, y: Tensor) -> None:
+    def backward(self, i: int, y: Tensor, ids: Ids) -> None:
         """Backward from micro-batch i's output."""
 
 
 class Inputs(Source):
-    """The edge's batch, cut into micro-batches."""
+    """The edge's batch, cut into micro-batches, with their dataset indices."""
 
-    def __init__(self, chunks: List[Tensor]) -> None:
-        self.chunks = chunks
+    def __init__(self, chunks: List[Tensor], ids: List[Ids]) -> None:
+        self.chunks, self.ids = chunks, ids
 
-    def receive(self, i: int) -> Tensor:
-        return self.chunks[i]
+    def receive(self, i: int) -> Tuple[Tensor, Ids]:
+        return self.chunks[i], self.ids[i]
 
 
 class Loss(Sink):
@@ -73,11 +76,11 @@ class Loss(Sink):
         self.logits: Dict[int, Tensor] = {}
         self.losses: Dict[int, Tensor] = {}
 
-    def send(self, i: int, y: Tensor) -> None:
+    def send(self, i: int, y: Tensor, ids: Ids) -> None:
         self.losses[i] = F.cross_entropy(y, self.labels[i].to(y.device))
         self.logits[i] = y.detach()
 
-    def backward(self, i: int, y: Tensor) -> None:
+    def backward(self, i: int, y: Tensor, ids: Ids) -> None:
         (self.losses[i] * (self.labels[i].numel() / self.batch)).backward()
 
     def mean(self) -> Tensor:
@@ -86,13 +89,38 @@ class Loss(Sink):
 
 
 class _Link:
-    """One end of a link to `peer`: sends go out without blocking and are awaited by flush()."""
+    """One end of a link to `peer`: sends go out without blocking and are awaited by flush().
+
+    With `carry_ids` (a codec at either edge-link boundary needs the samples' dataset indices),
+    each train step's activation message is [n, n ids, payload] as int64 words and bytes: the
+    indices travel along every link (through the cloud stages to the back boundary) and count
+    as transport overhead."""
 
     def __init__(self, transport: Transport, peer: int, boundary: Boundary,
-                 device: torch.device) -> None:
+                 device: torch.device, carry_ids: bool = False) -> None:
         self.t, self.peer, self.boundary, self.device = transport, peer, boundary, device
+        self.carry_ids = carry_ids
+        self.step = StepInfo(0, False, False)  # the step begin() sets
         self.supports: Dict[int, Optional[Tensor]] = {}
         self.pending: List[SendHandle] = []
+
+    def _with_ids(self, ids: Ids, payload: Tensor) -> Tensor:
+        if not (self.carry_ids and self.step.train):
+            return payload
+        assert ids is not None, "carry_ids: a train step's micro-batch without dataset indices"
+        words = torch.cat([torch.tensor([ids.numel()]), ids.to("cpu", torch.int64)])
+        self.boundary.add_overhead("forward", words.numel() * 8)
+        return torch.cat([words.view(torch.uint8), payload.to("cpu")])
+
+    def _split_ids(self, message: Tensor) -> Tuple[Ids, Tensor]:
+        if not (self.carry_ids and self.step.train):
+            return None, message
+        if message.numel() < 8:
+            raise ValueError(f"a message of {message.numel()} bytes holds no sample-id count")
+        n = int(message[:8].clone().view(torch.int64))
+        if not 0 < n <= (message.numel() - 8) // 8:
+            raise ValueError(f"a message of {message.numel()} bytes declares {n} sample ids")
+        return message[8:8 + 8 * n].clone().view(torch.int64), message[8 + 8 * n:]
 
     def _send(self, pass_: str, header: Header, payload: Tensor) -> None:
         self.boundary.add_overhead(pass_, HEADER_BYTES)
@@ -106,42 +134,44 @@ class LinkIn(_Link, Source):
     """Activations from the stage before; their gradients go back to it."""
 
     def __init__(self, transport: Transport, peer: int, boundary: Boundary,
-                 device: torch.device) -> None:
-        super().__init__(transport, peer, boundary, device)
+                 device: torch.device, carry_ids: bool = False) -> None:
+        super().__init__(transport, peer, boundary, device, carry_ids)
         self.first: Optional[Tuple[Header, Tensor]] = None
 
     def prime(self, header: Header, payload: Tensor) -> None:
         """Micro-batch 0, already received by the loop that waits for the next step."""
         self.first = (header, payload)
 
-    def receive(self, i: int) -> Tensor:
+    def receive(self, i: int) -> Tuple[Tensor, Ids]:
         if i == 0 and self.first is not None:
-            _, payload = self.first
+            _, message = self.first
             self.first = None
         else:
-            _, payload = self.t.recv(self.peer, self.step.kind, i)
-        x = self.boundary.receive("forward", payload).to(self.device)
+            _, message = self.t.recv(self.peer, self.step.kind, i)
+        ids, payload = self._split_ids(message)
+        x = self.boundary.receive("forward", payload, ids=ids).to(self.device)
         if self.step.train:
             self.supports[i] = self.boundary.support(payload)
             x.requires_grad_(True)
-        return x
+        return x, ids
 
-    def send_gradient(self, i: int, grad: Optional[Tensor]) -> None:
+    def send_gradient(self, i: int, grad: Optional[Tensor], ids: Ids) -> None:
         assert grad is not None, "the input of a cloud stage requires a gradient"
-        payload = self.boundary.send("backward", grad, self.supports.pop(i))
+        payload = self.boundary.send("backward", grad, self.supports.pop(i), ids)
         self._send("backward", Header(Kind.BACKWARD, i, self.step.count), payload)
 
 
 class LinkOut(_Link, Sink):
     """Activations to the stage after; their gradients come back from it."""
 
-    def send(self, i: int, y: Tensor) -> None:
-        payload = self.boundary.send("forward", y)
+    def send(self, i: int, y: Tensor, ids: Ids) -> None:
+        payload = self.boundary.send("forward", y, ids=ids)
         if self.step.train:
             self.supports[i] = self.boundary.support(payload)
         self._send("forward", Header(self.step.kind, i, self.step.count,
-                                     training=self.step.training), payload)
+                                     training=self.step.training), self._with_ids(ids, payload))
 
-    def backward(self, i: int, y: Tensor) -> None:
+    def backward(self, i: int, y: Tensor, ids: Ids) -> None:
         _, payload = self.t.recv(self.peer, Kind.BACKWARD, i)
-        y.backward(self.boundary.receive("backward", payload, self.supports.pop(i)).to(y.device))
+        grad = self.boundary.receive("backward", payload, self.supports.pop(i), ids)
+        y.backward(grad.to(y.device))

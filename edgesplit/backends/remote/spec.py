@@ -7,6 +7,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from edgesplit.bottleneck import with_bottlenecks
 from edgesplit.model import build_units
 
 
@@ -48,5 +49,5 @@ class StageSpec:
         weights, so a host's own initialisation never matters."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        units = build_units(cfg.model, self.num_classes)
+        units, _, _ = with_bottlenecks(build_units(cfg.model, self.num_classes), cfg, ())
         return {i: units[i] for i in self.units}

@@ -6,7 +6,7 @@ from typing import Dict, Iterable, Tuple
 import torch
 from torch import Tensor, nn
 
-from edgesplit.backends.remote.ports import Sink, Source, StepInfo
+from edgesplit.backends.remote.ports import Ids, Sink, Source, StepInfo
 from edgesplit.backends.remote.runner import StageRunner
 from edgesplit.backends.remote.transport import Transport
 
@@ -16,7 +16,7 @@ class Stage:
 
     def __init__(self, runner: StageRunner, source: Source, sink: Sink) -> None:
         self.runner, self.source, self.sink = runner, source, sink
-        self.saved: Dict[int, Tuple[Tensor, Tensor]] = {}
+        self.saved: Dict[int, Tuple[Tensor, Tensor, Ids]] = {}
 
     @property
     def module(self) -> nn.Module:
@@ -28,16 +28,16 @@ class Stage:
         self.step = step
 
     def forward(self, i: int) -> None:
-        x = self.source.receive(i)
+        x, ids = self.source.receive(i)
         y = self.runner(x, i)
-        self.sink.send(i, y)
+        self.sink.send(i, y, ids)
         if self.step.train:
-            self.saved[i] = (x, y)
+            self.saved[i] = (x, y, ids)
 
     def backward(self, i: int) -> None:
-        x, y = self.saved.pop(i)
-        self.sink.backward(i, y)
-        self.source.send_gradient(i, x.grad)
+        x, y, ids = self.saved.pop(i)
+        self.sink.backward(i, y, ids)
+        self.source.send_gradient(i, x.grad, ids)
 
 
 def run_steps(steps: Iterable[Tuple[Stage, str, int]], transport: Transport) -> float:

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from edgesplit.backends.remote.link import LinkSpec, ShapedLink
+from edgesplit.backends.remote.progress import say
 from edgesplit.backends.remote.protocol import HEADER_BYTES, Header, Kind, tags
 from edgesplit.backends.remote.seal import IntegrityError, Sealer
 from edgesplit.errors import PeerError
@@ -71,6 +72,8 @@ class Transport:
         self.link_bytes: Dict[str, int] = {"up": 0, "down": 0}
         self.wait_s = 0.0  # time spent blocked in recv/wait
         self._shapers: Dict[str, ShapedLink] = {}
+        if rank == EDGE and link.describe():
+            say(str(link.describe()))
         if rank == EDGE and link.shaped("up"):
             self._shapers["up"] = ShapedLink(link.up_bps, link.latency_s, "uplink")
         if rank != EDGE and link.shaped("down"):

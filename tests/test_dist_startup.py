@@ -1,0 +1,89 @@
+"""dist's start-up lines: who a process waits for (every few seconds, time waited and the limit),
+and the emulated link's rates and latency per direction."""
+import logging
+import re
+import time
+from datetime import timedelta
+
+import pytest
+import torch.distributed as dist
+
+from edgesplit.backends.remote import auth, launch, progress
+from edgesplit.backends.remote.link import LinkSpec
+from edgesplit.backends.remote.seal import Sealer
+from edgesplit.backends.remote.transport import EDGE, Transport
+from edgesplit.errors import PeerError
+from tests.dist_helpers import SECRET, build, config, dist_process_count, free_port
+
+WAITING = r"waiting for (.+): (\d+) s of ([\d.]+) s"
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list:
+    return [m.groups() for r in caplog.records for m in [re.fullmatch(WAITING, r.getMessage())] if m]
+
+
+def test_the_edge_names_the_ranks_it_waits_for_with_the_time_and_the_limit(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "EVERY_S", 0.3)
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, None, True, timedelta(seconds=5), wait_for_workers=False)
+    with caplog.at_level(logging.INFO), pytest.raises(PeerError, match="did not connect"):
+        auth.Gate(store, SECRET, 3).wait(1.5, where=f"127.0.0.1:{port}")
+    lines = _lines(caplog)
+    assert len(lines) >= 3
+    assert {what for what, _, _ in lines} == {f"cloud rank 1 (stage 1 of 2), cloud rank 2 (stage 2 of 2) "
+                                              f"at 127.0.0.1:{port}"}
+    assert {limit for _, _, limit in lines} == {"1.5"}
+    elapsed = [int(s) for _, s, _ in lines]
+    assert elapsed == sorted(elapsed) and elapsed[-1] >= 1
+
+
+def test_a_cloud_process_names_the_edge_it_waits_for(caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that answers but no edge that admits: the cloud waits, saying so, then gives up."""
+    monkeypatch.setattr(progress, "EVERY_S", 0.3)
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, None, True, timedelta(seconds=5), wait_for_workers=False)
+    with caplog.at_level(logging.INFO), pytest.raises(Exception):
+        launch.connect_local(1, 2, "127.0.0.1", port, SECRET, 1.5)
+    assert {what for what, _, _ in _lines(caplog)} == {f"the edge at 127.0.0.1:{port} to admit cloud rank 1"}
+    del store
+
+
+def test_without_a_log_handler_the_lines_go_to_stderr(capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cloud process the edge started has no logging set up: its lines reach the console anyway."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    with progress.Waiting("the edge at h:1", 60, every_s=0.1) as waiting:
+        waiting.started -= 6
+        time.sleep(0.35)
+    assert re.search(r"^edgesplit: waiting for the edge at h:1: 6 s of 60 s$", capsys.readouterr().err, re.M)
+
+
+def test_link_emulation_says_its_rates_and_latency_per_direction(caplog: pytest.LogCaptureFixture) -> None:
+    sealer = Sealer(auth.derive(SECRET, "message"))
+    with caplog.at_level(logging.INFO):
+        Transport(EDGE, [0, 1], 5.0, sealer, LinkSpec()).close()
+        assert "link emulation" not in caplog.text  # no shaping, no line
+        Transport(EDGE, [0, 1], 5.0, sealer, LinkSpec(up_bps=2e6, down_bps=100e6, latency_s=0.02)).close()
+    assert caplog.messages[-1] == ("link emulation on: up (edge -> cloud) 2 Mbit/s + 20 ms latency; "
+                                   "down (cloud -> edge) 100 Mbit/s + 20 ms latency")
+    assert LinkSpec(latency_s=0.005).describe() == (
+        "link emulation on: up (edge -> cloud) unlimited bandwidth + 5 ms latency; "
+        "down (cloud -> edge) unlimited bandwidth + 5 ms latency")
+
+
+@pytest.mark.slow
+def test_a_real_start_says_the_link_and_whom_the_edge_waits_for(caplog: pytest.LogCaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge of a local dist run waits while its child starts python and torch (seconds)."""
+    monkeypatch.setattr(progress, "EVERY_S", 0.2)
+    cfg = config(chunks=2, stages=1, link={"uplink_mbps": 50.0, "downlink_mbps": 200.0, "latency_ms": 3})
+    with caplog.at_level(logging.INFO):
+        build("dist", cfg).close()
+    lines = _lines(caplog)
+    assert lines and lines[0][0].startswith("cloud rank 1 (stage 1 of 1) at 127.0.0.1:")
+    assert lines[0][2] == "60"  # a local child gets at least launch.LOCAL_START_S to start
+    assert ("link emulation on: up (edge -> cloud) 50 Mbit/s + 3 ms latency; "
+            "down (cloud -> edge) 200 Mbit/s + 3 ms latency") in caplog.messages
+    assert dist_process_count() == 0
