@@ -1,4 +1,5 @@
 """Sweeps through Hydra's parallel launchers: joblib and submitit_local run jobs as processes."""
+import importlib.util
 import json
 import os
 import re
@@ -20,7 +21,10 @@ from tests.test_studies import (REPO, RUN_FILES, TINY, _env, _jobs, _report, _su
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 SUBMITIT_SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-LAUNCHERS = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None
+# joblib's jobs also log to MLflow (where installed): two processes open one new SQLite store at once
+LAUNCHERS = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                        *(["logger=mlflow"] * HAVE_MLFLOW)],
              "submitit_local": ["hydra/launcher=submitit_local"]}
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
@@ -138,6 +142,12 @@ def test_parallel_sweep_runs_each_job_in_its_own_dir_with_its_seed(
     assert not list(sweep.glob(".edgesplit-sweep-*"))  # the launching process cleaned up
     if name == "submitit_local":
         assert (sweep / ".submitit").is_dir()  # submitit's own files, beside the jobs
+    if "logger=mlflow" in LAUNCHERS[name]:  # both jobs in the sweep's one store
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+        found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert sorted(r.data.params["seed"] for r in found) == ["1", "2"]
+        assert {r.info.status for r in found} == {"FINISHED"}
     report = _report(sweep).stdout
     runs = _table(report, "## Runs")
     assert runs[0][:3] == ["run", "seed", "status"]
