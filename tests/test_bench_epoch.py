@@ -79,7 +79,8 @@ def test_a_cut_epoch_is_projected_and_the_studies_add_up_their_jobs() -> None:
     text = epoch.tables(results)
     rows = {r[0]: r for r in ([c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
                               if line.startswith("| "))}
-    assert rows["edge_grid"][1:] == ["9 x 200", "40.0 min", "6.0 h"]  # 9 x 200 x 12 s
+    assert rows["edge_grid"][1:] == ["9 x 200", "gpipe prune: 40.0 min", "6.0 h"]  # 9 x 200 x 12 s
+    assert rows["quant_lr"][2] == "gpipe none: 40.0 min; gpipe quantize8: 40.0 min; gpipe quantize4: 40.0 min"
     assert rows["quant_lr"][3] == "6.0 h"
     assert rows["backends"][3] == "needs --cells dist:none"  # not measured: no guess
     assert "| gpipe | prune | 48 | all | 10.0 | 0.50 | 5.0% | 2.0 | 12.0 | 4915 |" in text
@@ -104,3 +105,16 @@ def test_bench_epoch_runs_the_real_loader_and_projects(capsys: pytest.CaptureFix
         assert 0 < wait_s < train_s and epoch_s == pytest.approx(train_s + eval_s, abs=0.11)
     assert "| edge_grid | 9 x 200 |" in out
     assert (tmp_path / FOLDER / "data_batch_1").is_file()  # kept where --data-root put it
+
+
+def test_bench_sweep_runs_the_grid_and_reports_the_speed_up() -> None:
+    from edgesplit.bench import sweep
+
+    args = sweep.parse(["--grid", "1,2x1,3", "--epochs", "1", "--override", "threads=1"])
+    assert sweep.sweep_args(args) == ["-m", "experiment=smoke", "partition.front=1,2", "partition.back=1,3",
+                                      "schedule.epochs=1", "threads=1"]
+    text = sweep.table({"serial": {"wall_s": 90.0, "jobs": 9, "finished": 9, "rc": 0},
+                        "joblib n_jobs=3": {"wall_s": 40.0, "jobs": 9, "finished": 9, "rc": 0},
+                        "broken": {"wall_s": 5.0, "jobs": 9, "finished": 8, "rc": 1, "error": "boom"}})
+    assert "| joblib n_jobs=3 | 9/9 | 40.0 | 4.4 | 2.25x |" in text
+    assert "| broken | 8/9 (exit 1: boom) | 5.0 | 0.6 | — |" in text  # no speed-up of a failed sweep

@@ -149,17 +149,17 @@ def tables(results: Dict[str, Dict[str, Any]]) -> str:
         lines.append(f"| {backend} | {compressor} | {r['steps_per_epoch']} | {timed} | {e['train_s']:.1f} | "
                      f"{e['data_s']:.2f} | {100 * e['data_s'] / e['train_s']:.1f}% | {e['eval_s']:.1f} | "
                      f"{e['epoch_s']:.1f} | {r['steps_per_epoch'] * r['batch'] / e['train_s']:.0f} |")
-    lines += ["", "Projected wall time of the seed's studies on this machine (jobs one after another, "
-              "each epoch as measured above for its backend and compressor):", "",
+    lines += ["", "Projected wall time of the seed's studies on this machine at the sizes above (jobs one "
+              "after another, each epoch as measured for its backend and compressor):", "",
               "| study | jobs x epochs | per job | whole study |", "|---|---|---|---|"]
     for study, (epochs, jobs) in STUDIES.items():
         missing = sorted({f"{b}:{c}" for b, c in jobs if (b, c) not in epoch_s})
         if missing:
             lines.append(f"| {study} | {len(jobs)} x {epochs} | — | needs --cells {','.join(missing)} |")
             continue
-        per_job = sorted({duration(epochs * epoch_s[j]) for j in jobs})
+        per_job = [f"{b} {c}: {duration(epochs * epoch_s[b, c])}" for b, c in dict.fromkeys(jobs)]
         total = sum(epochs * epoch_s[j] for j in jobs)
-        lines.append(f"| {study} | {len(jobs)} x {epochs} | {' / '.join(per_job)} | {duration(total)} |")
+        lines.append(f"| {study} | {len(jobs)} x {epochs} | {'; '.join(per_job)} | {duration(total)} |")
     return "\n".join(lines)
 
 
