@@ -131,7 +131,8 @@ class Boundary:
         if self.warm and crossing.update and pass_ == "forward":
             self.codecs.activation.observe(x, crossing)
         if self.meter is not None and self.training:
-            self.meter.record(self.name, pass_, payload.numel(), x.numel() * 4)
+            self.meter.record(self.name, pass_, payload.numel(), x.numel() * 4,
+                              codec.coded_bytes(payload), x.numel())
             if self._measure_due[pass_]:
                 self._measure_due[pass_] = False
                 if decoded is None:

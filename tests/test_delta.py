@@ -6,6 +6,7 @@ from edgesplit.codecs import Crossing, Delta, ErrorFeedback, Quantize, TopK
 from edgesplit.codecs.bitpack import packed_size
 from edgesplit.codecs.header import DELTA_FIELDS, common_size, QUANT_FIELDS
 from edgesplit.codecs.sample_cache import CacheSpec
+from edgesplit.codecs.uniform import zero_grid
 
 SPEC = CacheSpec(num_samples=20, dtype="float32")
 
@@ -37,12 +38,15 @@ def test_first_visit_then_deltas_keep_both_references_equal_and_bytes_exact() ->
     assert (got - x).abs().max() <= scale8 / 2 + 1e-5
     # the second visit moves a little: its 2-bit delta is far finer than 2 bits of x would be
     x2 = x + 0.01 * torch.randn_like(x)
+    x2[:, 0] = got[:, 0]  # channel 0 does not change: its rows must come back exactly
     payload, mirrored, got2 = _visit(sender, receiver, x2, ids, key=2)
     assert payload.numel() == (common_size(4) + DELTA_FIELDS.size + _quant_payload(0, 48, 4, 8)
                                + _quant_payload(4, 48, 4, 2))
     assert torch.equal(mirrored, got2)
     change = x2 - got
-    assert (got2 - x2).abs().max() <= float(change.max() - change.min()) / 3 / 2 + 1e-5
+    _, grid = zero_grid(change.min(), (change.max() - change.min()) / 3, 2)
+    assert (got2 - x2).abs().max() <= float(grid) / 2 + 1e-5
+    assert torch.equal(got2[:, 0], x2[:, 0])  # 0 is on the grid of the changes
     assert torch.equal(sender.cache.rows, receiver.cache.rows)
     assert sender.cache.seen.nonzero().flatten().tolist() == ids.tolist()
 
@@ -119,3 +123,20 @@ def test_error_feedback_carries_each_samples_residual_to_its_next_visit() -> Non
     evaluated = codec.decode(codec.encode(x))  # evaluation: no residual read or written
     assert evaluated.tolist() == [[3.0, 0.0]] and codec.cache.rows[5].tolist() == [0.0, 2.0]
     assert x.tolist() == [[3.0, 2.0]]  # the caller's tensor is not written to
+
+
+def test_naive_keeps_equal_references_at_both_ends_of_each_boundary() -> None:
+    from tests.dist_helpers import build, config, data
+    cfg = config(chunks=1, stages=1, compressor="delta", threads=1)
+    cfg.compressor.bits, cfg.compressor.num_samples = 2, 16
+    backend = build("naive", cfg)
+    batches = data(2, batch=8)
+    for epoch in range(2):
+        backend.start_epoch(epoch)
+        backend.train(True)
+        for x, y, ids in batches[::1 - 2 * epoch]:  # the second epoch in the other order
+            backend.train_step(x, y, ids)
+    for boundary in backend.boundaries:
+        sender, receiver = boundary.codecs.activation, boundary.receiver.activation
+        assert sender is not receiver and sender.cache.seen.all()
+        assert torch.equal(sender.cache.rows, receiver.cache.rows)

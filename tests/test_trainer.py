@@ -56,12 +56,13 @@ def test_run_writes_the_contract_files_and_learns(make_cfg: Callable, tmp_path: 
 
 
 @pytest.mark.parametrize("codec", [["compressor=quantize"], ["compressor=delta", "compressor.bits=2"],
-                                   ["compressor=quantize", "compressor.error_feedback=true"]])
+                                   ["compressor=quantize", "compressor.error_feedback=true"],
+                                   ["compressor=quantize2_sr_group"]])
 def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               codec: list[str]) -> None:
     """Per-sample codec state (delta's references, error feedback's residuals) and the draw
-    keys' step count are in the checkpoint: a resumed run ends bit-exact too."""
+    keys' step count (stochastic rounding) are in the checkpoint: a resumed run ends bit-exact."""
     cfg = make_cfg(*codec, "pipeline_backend=gpipe", "pipeline_backend.chunks=2")
     straight = trainer.run(cfg, tmp_path / "straight", [])
     with monkeypatch.context() as m:
@@ -180,3 +181,13 @@ def test_a_non_finite_evaluation_stops_like_a_diverged_step(
     assert checkpoint.load(tmp_path / "checkpoint.pt")["epoch"] == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["status"], summary["epochs"], summary["error"]) == ("failed", 1, str(info.value))
+
+
+def test_compressor_warm_up_epochs_send_raw_values_and_count_them(make_cfg: Callable,
+                                                                  tmp_path: Path) -> None:
+    cfg = make_cfg("pipeline_backend=naive", "compressor=quantize4", "compressor.warmup_epochs=1")
+    summary = trainer.run(cfg, tmp_path, [])
+    raw = summary["comm"]["raw_up_bytes_per_batch"]
+    first, second = summary["history"]
+    assert raw <= first["up_bytes_per_batch"] < 1.001 * raw  # raw values and the codec headers
+    assert second["up_bytes_per_batch"] == pytest.approx(raw / 8, rel=0.01)  # 4-bit codes
