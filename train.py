@@ -11,13 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from edgesplit import launchers
 from edgesplit.config import register_configs
 from edgesplit.errors import ConfigError, UserError
 from edgesplit.trainer import run
 
 log = logging.getLogger("edgesplit")
 register_configs()
-failed_jobs: List[List[str]] = []
 SIGINT_EXIT = 130  # the shell's code for a run ended by Ctrl-C
 
 
@@ -34,40 +34,73 @@ def check_single_run_is_no_sweep(hydra_cfg: HydraConf) -> None:
                       f"add -m to run it (python train.py -m experiment={preset} ...)")
 
 
+def sweep_resume_hint(sweep_dir: object) -> str:
+    return f"to continue, run the sweep again with resume=true hydra.sweep.dir={sweep_dir}"
+
+
 def resume_hint(hydra_cfg: HydraConf, overrides: List[str]) -> str:
     kept = [o for o in overrides if not o.startswith("resume=")]
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        return f"to continue, run the sweep again with resume=true hydra.sweep.dir={hydra_cfg.sweep.dir}"
+        return sweep_resume_hint(hydra_cfg.sweep.dir)
     return (f"to continue: python train.py {' '.join(kept)} resume=true "
             f"hydra.run.dir={hydra_cfg.runtime.output_dir}").replace("  ", " ")
+
+
+def set_job_threads(cfg: DictConfig, hydra_cfg: HydraConf) -> None:
+    """A job of a parallel launcher with `threads` null takes its share of the CPUs, not all of them."""
+    if cfg.threads is None:
+        threads = launchers.job_threads(hydra_cfg.launcher, launchers.available_cpus())
+        if threads is not None:
+            cfg.threads = threads
+            log.info(f"threads={threads} torch threads for this job "
+                     f"({launchers.launcher_kind(hydra_cfg.launcher)} launcher; set threads to change)")
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
-    try:
-        check_single_run_is_no_sweep(hydra_cfg)
-        if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
-            from edgesplit.backends.remote import run_cloud  # serves the edge; writes no results
-            return run_cloud(cfg)
-        run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
-    except UserError as e:
-        # One line, no traceback; in a sweep the other jobs go on (the exit code says it failed).
-        log.error(f"error: {e}")
-        failed_jobs.append(overrides)
-    except KeyboardInterrupt as e:
-        # Ctrl-C stops the whole sweep: the process ends after Hydra's job clean-up.
-        log.error(f"error: {e or 'interrupted'}; {resume_hint(hydra_cfg, overrides)}")
-        raise
+    if launchers.sweep_interrupted():  # Ctrl-C stopped the sweep: a queued job does not start
+        log.warning("not started: the sweep was interrupted")
+        return
+    with launchers.job_process():
+        try:
+            check_single_run_is_no_sweep(hydra_cfg)
+            set_job_threads(cfg, hydra_cfg)
+            if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
+                from edgesplit.backends.remote import run_cloud  # serves the edge; writes no results
+                return run_cloud(cfg)
+            run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
+        except UserError as e:
+            # One line, no traceback; in a sweep the other jobs go on (the exit code says it failed).
+            log.error(f"error: {e}")
+            num = int(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else 0
+            launchers.record_failure(overrides, str(e), num)
+        except KeyboardInterrupt as e:
+            log.error(f"error: {e or 'interrupted'}; {resume_hint(hydra_cfg, overrides)}")
+            if launchers.in_job_process():
+                # a job process of a parallel launcher returns: the launcher lets the other running
+                # jobs stop by themselves (an exception would kill them), starts no other, and the
+                # launching process exits 130
+                launchers.record_interrupt()
+                return
+            # Ctrl-C stops the whole sweep: the process ends after Hydra's job clean-up.
+            raise
 
 
 if __name__ == "__main__":
+    interrupted = False
     try:
         main()
     except KeyboardInterrupt:
+        interrupted = True
+    outcome = launchers.collect()  # what the jobs left, also those run by a launcher in other processes
+    if interrupted:
         sys.exit(SIGINT_EXIT)
-    if failed_jobs:
-        if len(failed_jobs) > 1 or "-m" in sys.argv or "--multirun" in sys.argv:
-            log.error(f"{len(failed_jobs)} job(s) failed: {failed_jobs}")
+    if outcome.interrupted:
+        log.error(f"error: the sweep was interrupted; {sweep_resume_hint(outcome.sweep_dir)}")
+        sys.exit(SIGINT_EXIT)
+    if outcome.failed:
+        if len(outcome.failed) > 1 or "-m" in sys.argv or "--multirun" in sys.argv:
+            log.error(f"{len(outcome.failed)} job(s) failed: {outcome.failed}")
         sys.exit(1)

@@ -1,8 +1,10 @@
 """logger=mlflow: each run's config as params and its per-epoch figures as metrics, in MLflow."""
+import fcntl
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from edgesplit.errors import ConfigError, UserError
 
@@ -38,6 +40,24 @@ def flat_params(config: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
     return out
 
 
+@contextmanager
+def store_opening(uri: str) -> Iterator[None]:
+    """One process at a time opens a SQLite store: the jobs of a parallel sweep (hydra/launcher=joblib,
+    submitit) would otherwise race to create its tables (alembic: "expected to match one row")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    lock = db.with_name(f".{db.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class MLflowLogger:
     """One MLflow run per edgesplit run (a resumed run goes on in the same one); every store call
     goes through MlflowClient, so the jobs of a sweep in one process share no global state."""
@@ -52,8 +72,9 @@ class MLflowLogger:
         root = sweep_root(Path(run_dir))
         self.uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
         try:
-            self.client = MlflowClient(tracking_uri=self.uri)
-            experiment = self._experiment(experiment_name or root.name, root)
+            with store_opening(self.uri):
+                self.client = MlflowClient(tracking_uri=self.uri)
+                experiment = self._experiment(experiment_name or root.name, root)
             found = [] if "'" in run_dir else self.client.search_runs(
                 [experiment], f"tags.`{RUN_DIR_TAG}` = '{run_dir}'", max_results=1)
             if found:

@@ -1,4 +1,4 @@
-"""Step time and peak memory of naive, gpipe and dist on the same model, batch, chunks and data."""
+"""Step time and peak memory of naive, gpipe and dist, and of plain PyTorch, on the same model and data."""
 import argparse
 import json
 import statistics
@@ -9,17 +9,19 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from edgesplit.bench._plain import measure_plain
 from edgesplit.bench.machine import header_lines, human_bytes
 from edgesplit.comm import CommFigures, CommMeter
 from edgesplit.run_summary import SideStats
 
+# plain: the same units as one nn.Sequential, no split, no codec, a plain PyTorch step (the baseline);
 # dist+link: dist under the emulated link of --link-mbps / --latency-ms
-BACKENDS = ("naive", "gpipe", "dist", "dist+link")
+BACKENDS = ("plain", "naive", "gpipe", "dist", "dist+link")
 
 
 def overrides_of(args: argparse.Namespace, name: str) -> List[str]:
     """The train.py overrides that describe one benchmark cell."""
-    backend = name.split("+")[0]
+    backend = "naive" if name == "plain" else name.split("+")[0]  # plain: a config naive accepts
     out = [
         "data=synthetic", f"data.batch_size={args.batch}", f"data.train_size={args.batch}",
         f"model.width={args.width}", f"compressor={args.compressor}",
@@ -39,8 +41,8 @@ def overrides_of(args: argparse.Namespace, name: str) -> List[str]:
     return out + list(args.override)
 
 
-def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
-    """Build the backend in this process, time `steps` train steps after `warmup` ones."""
+def measure(overrides: List[str], warmup: int, steps: int, plain: bool = False) -> Dict[str, Any]:
+    """Build the backend (or plain's model) in this process, time `steps` train steps after `warmup` ones."""
     from edgesplit.backends import build_backend
     from edgesplit.compression import build_codecs
     from edgesplit.config import compose_config
@@ -55,14 +57,16 @@ def measure(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
     torch.manual_seed(cfg.seed)
     units = build_units(cfg.model, datasets.num_classes)
     cfg.model.num_classes = datasets.num_classes
+    data = datasets.train
+    x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
+    y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])
+    ids = torch.arange(cfg.data.batch_size)  # the same samples every step
+    if plain:
+        return measure_plain(cfg, units, x, y, warmup, steps)
     split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
     try:
-        data = datasets.train
-        x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
-        y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])
-        ids = torch.arange(cfg.data.batch_size)  # the same samples every step
         backend.start_epoch(0)
         backend.train(True)
         times = []
@@ -87,10 +91,10 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_cell(overrides: List[str], warmup: int, steps: int) -> Dict[str, Any]:
+def run_cell(overrides: List[str], warmup: int, steps: int, plain: bool = False) -> Dict[str, Any]:
     """One backend in a fresh process, so each peak RSS is its own."""
     cmd = [sys.executable, "-m", "edgesplit.bench.backends", "--worker", json.dumps(overrides),
-           "--warmup", str(warmup), "--steps", str(steps)]
+           "--warmup", str(warmup), "--steps", str(steps), *(["--plain"] if plain else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -103,13 +107,20 @@ def _peak(cell: Dict[str, Any]) -> int:
     return max(SideStats.from_dict(s).peak_memory_bytes for s in cell["sides"].values())
 
 
+def baseline(results: Dict[str, Dict[str, Any]]) -> str:
+    """What the ratios compare with: plain PyTorch where it was measured, else gpipe."""
+    return "plain" if "times" in results.get("plain", {}) else "gpipe"
+
+
 def table(results: Dict[str, Dict[str, Any]], batch: int) -> str:
-    """One row per backend; payload bytes each way and, beside them, the transport's overhead."""
-    base = results.get("gpipe", {})
+    """One row per backend; payload bytes each way and, beside them, the transport's overhead;
+    time and memory as ratios of plain PyTorch's (of gpipe's without a plain row)."""
+    name = baseline(results)
+    base = results.get(name, {})
     base_time = statistics.median(base["times"]) if "times" in base else None
     base_mem = _peak(base) if "sides" in base else None
     lines = ["| backend | median step (s) | min-max (s) | samples/s | peak edge | peak cloud | "
-             "time / gpipe | memory / gpipe | up B/step | down B/step | overhead up+down B/step |",
+             f"time / {name} | memory / {name} | up B/step | down B/step | overhead up+down B/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "error" in r:
@@ -130,7 +141,7 @@ def table(results: Dict[str, Dict[str, Any]], batch: int) -> str:
 
 def parse(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m edgesplit.bench backends", description=__doc__)
-    p.add_argument("--backends", default="naive,gpipe,dist", help=f"subset of {','.join(BACKENDS)}")
+    p.add_argument("--backends", default="plain,naive,gpipe,dist", help=f"subset of {','.join(BACKENDS)}")
     p.add_argument("--width", type=float, default=0.5, help="model.width (1.0 = the seed's MobileNetV2)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--chunks", type=int, default=4)
@@ -148,13 +159,14 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--override", action="append", default=[], help="extra train.py override (repeatable)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.worker is not None:
-        print(json.dumps(measure(json.loads(args.worker), args.warmup, args.steps)))
+        print(json.dumps(measure(json.loads(args.worker), args.warmup, args.steps, args.plain)))
         return 0
     names = [b for b in args.backends.split(",") if b]
     unknown = [b for b in names if b not in BACKENDS]
@@ -163,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     results = {}
     for name in names:
-        results[name] = run_cell(overrides_of(args, name), args.warmup, args.steps)
+        results[name] = run_cell(overrides_of(args, name), args.warmup, args.steps, name == "plain")
         print(f"{name}: done", file=sys.stderr)
     print("\n".join(header_lines("backends", argv if argv is not None else sys.argv[1:])))
     print()
