@@ -128,6 +128,7 @@ def check_quant_fields(name: str, dtype: torch.dtype, bits: int, offset: float,
         raise ValueError(f"{name}: payload field offset is {offset}, must be finite")
     if not (math.isfinite(scale) and scale >= 0):
         raise ValueError(f"{name}: payload field scale is {scale}, must be finite and >= 0")
-    if abs(offset) + scale * (2 ** bits - 1) > _finite_limit(dtype):
+    # the decoded values run from offset (code 0) to offset + top * scale (the largest code)
+    if max(abs(offset), abs(offset + scale * (2 ** bits - 1))) > _finite_limit(dtype):
         raise ValueError(f"{name}: payload fields offset {offset} and scale {scale} overflow "
                          f"{dtype} for {bits}-bit codes")
