@@ -21,7 +21,7 @@ class Probe(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
-        PROBES.append({"autocast": torch.is_autocast_enabled("cpu"), "dtype": y.dtype,
+        PROBES.append({"autocast": torch.is_autocast_enabled(x.device.type), "dtype": y.dtype,
                        "main_thread": threading.current_thread() is threading.main_thread(),
                        "recomputing": is_recomputing()})
         return torch.relu(y)
