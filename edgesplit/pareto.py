@@ -32,7 +32,7 @@ def payload_bytes(run: Run) -> Any:
 
 def raw_ratio(run: Run) -> Any:
     comm = run.summary.comm if run.summary else None
-    return None if comm is None else comm.compression_ratio
+    return None if comm is None else comm.fp32_ratio  # comparable across precisions
 
 
 @dataclass

@@ -194,3 +194,23 @@ def test_bad_precision_and_data_device_values_name_the_key_and_what_is_allowed(
 def test_data_device_cuda_without_a_gpu_says_so(make_cfg: Callable) -> None:
     with pytest.raises(ConfigError, match="data.device='cuda' is invalid: no such CUDA GPU"):
         validate(make_cfg("data.device=cuda"))
+
+
+def test_the_meter_keeps_dtype_sized_and_fp32_bytes_through_a_merge() -> None:
+    edge, cloud = CommMeter(), CommMeter()
+    edge.record("front", "forward", 100, 2000, 4000, "bfloat16")  # 1000 bf16 values
+    cloud.record("back", "forward", 50, 1000, 2000, "bfloat16")
+    cloud.record("front", "backward", 25, 1000, 2000, "float32")  # the cloud's gradient, say
+    cloud.record("front", "backward", 0, 0, 0, "bfloat16")  # another dtype of the same crossing
+    state = cloud.state()
+    edge.merge(state)
+    old = {**state, "crossings": [{k: v for k, v in c.items() if k not in ("fp32_bytes", "dtypes")}
+                                  for c in state["crossings"]]}
+    edge.merge(old)  # a meter state without the new keys (an older cloud) counts raw as fp32
+    edge.end_batch()
+    s = edge.summary()
+    assert (s.raw_up_bytes_per_batch, s.raw_fp32_up_bytes_per_batch) == (2000, 4000)
+    assert (s.raw_down_bytes_per_batch, s.raw_fp32_down_bytes_per_batch) == (4000, 6000)
+    assert (s.activation_dtype, s.gradient_dtype) == ("bfloat16", "bfloat16+float32")
+    assert s.compression_ratio == pytest.approx(6000 / 250) and s.fp32_ratio == pytest.approx(10000 / 250)
+    assert s.to_dict()["fp32_compression_ratio"] == s.fp32_ratio
