@@ -52,6 +52,11 @@ class CommFigures:
     activation_dtype: Optional[str] = None
     gradient_dtype: Optional[str] = None
 
+    @property
+    def fp32_ratio(self) -> float:
+        """Raw fp32-equivalent bytes / payload bytes: the ratio reports compare across precisions."""
+        return _or(self.fp32_compression_ratio, self.compression_ratio)
+
     def to_dict(self) -> Dict[str, float]:
         """The JSON keys: `<boundary>_<pass>_...` for each crossing; quality only where measured."""
         out = {"up_bytes_per_batch": self.up_bytes_per_batch,
@@ -73,7 +78,7 @@ class CommFigures:
                                                  self.raw_up_bytes_per_batch)
         out["raw_fp32_down_bytes_per_batch"] = _or(self.raw_fp32_down_bytes_per_batch,
                                                    self.raw_down_bytes_per_batch)
-        out["fp32_compression_ratio"] = _or(self.fp32_compression_ratio, self.compression_ratio)
+        out["fp32_compression_ratio"] = self.fp32_ratio
         return out
 
     @classmethod

@@ -21,6 +21,7 @@ from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logbook import Logbook, public_config
 from edgesplit.model import build_units, check_num_classes
+from edgesplit.resident import ResidentLoader, resident_train
 from edgesplit.resume import check_config, load_state
 from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.rundir import RunDirLock
@@ -194,6 +195,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             start = state["epoch"]
         val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
                                   train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
+        # data.device: the training set kept on that device (resident.py), or the CPU loader
+        resident = None if cfg.data.device == "cpu" else resident_train(datasets, cfg.data.device)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
                  f"{[list(split.cloud_range(s)) for s in range(cfg.partition.cloud_stages)]}, "
                  f"{len(cast(Sized, datasets.train))} train / {len(cast(Sized, datasets.val))} val "
@@ -205,9 +208,12 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             meter.reset()
             backend.start_epoch(epoch)
             lr = backend.lr
-            loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
-                                  epoch=epoch, num_workers=cfg.data.num_workers,
-                                  fixed_augment=cfg.data.get("augment") == "fixed")
+            fixed = cfg.data.get("augment") == "fixed"
+            loader: Any = (build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
+                                        epoch=epoch, num_workers=cfg.data.num_workers, fixed_augment=fixed)
+                           if resident is None else
+                           ResidentLoader(resident, cfg.data.batch_size, seed=cfg.seed, epoch=epoch,
+                                          fixed_augment=fixed, channels_last=cfg.channels_last))
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
             metrics.update(evaluate(backend, val_loader))
             for key in ("val_loss", "val_acc1"):

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from edgesplit import trainer
 from edgesplit.cifar import CIFAR_MEAN, CIFAR_STD
-from edgesplit.data import Datasets, build_datasets, build_loader
+from edgesplit.data import Datasets, build_datasets, build_loader, epoch_seed
 from edgesplit.errors import ConfigError
 from edgesplit.resident import PAD, ResidentLoader, draws, resident_train
 from tests.test_data import _cfg, data_tiny_cifar  # noqa: F401 (a fixture)
@@ -117,9 +117,18 @@ def test_a_dataset_without_a_resident_form_names_the_key() -> None:
         resident_train(ds, "cpu_resident")
 
 
-def test_a_run_on_resident_data_records_each_epochs_data_time(make_cfg: Callable, tmp_path: Path) -> None:
+def test_a_run_on_resident_data_records_each_epochs_data_time(make_cfg: Callable, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    made: List[ResidentLoader] = []
+
+    class Spy(ResidentLoader):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+    monkeypatch.setattr(trainer, "ResidentLoader", Spy)
     summary = trainer.run(make_cfg("pipeline_backend=naive", "data.device=cpu_resident"), tmp_path, [])
     assert summary["status"] == "finished"
+    assert [loader.order_seed for loader in made] == [epoch_seed(0, 0), epoch_seed(0, 1)]  # per epoch
     data_s = [h["data_s"] for h in summary["history"]]
     assert len(data_s) == 2 and all(0 < s < 60 for s in data_s)
     events = EventAccumulator(str(tmp_path / "tb"))
