@@ -154,7 +154,8 @@ class Boundary:
             self.codecs.activation.observe(x, crossing)
         if self.meter is not None and self.training:
             self.meter.record(self.name, pass_, payload.numel(), x.numel() * x.element_size(),
-                              x.numel() * 4, dtype_name(x.dtype))
+                              codec.coded_bytes(payload), x.numel(), x.numel() * 4,
+                              dtype_name(x.dtype))
             if self._measure_due[pass_]:
                 self._measure_due[pass_] = False
                 if decoded is None:

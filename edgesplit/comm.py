@@ -24,6 +24,8 @@ class CrossingFigures:
     raw_bytes_per_batch: float
     rel_error: Optional[float] = None  # None: not measured
     sparsity: Optional[float] = None
+    bits_per_element: Optional[float] = None  # payload bits per tensor element
+    bits_per_element_before_entropy: Optional[float] = None  # before the lossless stage (if any)
 
 
 @dataclass
@@ -71,6 +73,10 @@ class CommFigures:
                 out[f"{key}_rel_error"] = crossing.rel_error
             if crossing.sparsity is not None:
                 out[f"{key}_sparsity"] = crossing.sparsity
+            if crossing.bits_per_element is not None:
+                out[f"{key}_bits_per_element"] = crossing.bits_per_element
+            if crossing.bits_per_element_before_entropy is not None:
+                out[f"{key}_bits_per_element_before_entropy"] = crossing.bits_per_element_before_entropy
         out["compression_ratio"] = self.compression_ratio
         out["overhead_up_bytes_per_batch"] = self.overhead_up_bytes_per_batch
         out["overhead_down_bytes_per_batch"] = self.overhead_down_bytes_per_batch
@@ -88,13 +94,13 @@ class CommFigures:
         crossings = {}
         for boundary, pass_ in DIRECTION:
             key = f"{boundary}_{pass_}"
-            rel_error, sparsity = data.get(f"{key}_rel_error"), data.get(f"{key}_sparsity")
+            optional = [data.get(f"{key}_{name}") for name in (
+                "rel_error", "sparsity", "bits_per_element", "bits_per_element_before_entropy")]
             crossings[boundary, pass_] = CrossingFigures(
                 float(data[f"{key}_bytes_per_batch"]), float(data[f"raw_{key}_bytes_per_batch"]),
-                None if rel_error is None else float(rel_error),
-                None if sparsity is None else float(sparsity))
+                *(None if v is None else float(v) for v in optional))
 
-        def optional(key: str) -> Optional[float]:
+        def number(key: str) -> Optional[float]:
             return None if data.get(key) is None else float(data[key])
 
         return cls(
@@ -106,9 +112,9 @@ class CommFigures:
             crossings=crossings,
             overhead_up_bytes_per_batch=float(data.get("overhead_up_bytes_per_batch", 0.0)),
             overhead_down_bytes_per_batch=float(data.get("overhead_down_bytes_per_batch", 0.0)),
-            raw_fp32_up_bytes_per_batch=optional("raw_fp32_up_bytes_per_batch"),
-            raw_fp32_down_bytes_per_batch=optional("raw_fp32_down_bytes_per_batch"),
-            fp32_compression_ratio=optional("fp32_compression_ratio"),
+            raw_fp32_up_bytes_per_batch=number("raw_fp32_up_bytes_per_batch"),
+            raw_fp32_down_bytes_per_batch=number("raw_fp32_down_bytes_per_batch"),
+            fp32_compression_ratio=number("fp32_compression_ratio"),
         )
 
 
@@ -134,16 +140,22 @@ class CommMeter:
             self.error_sum: Dict[Tuple[str, str], float] = defaultdict(float)
             self.sparsity_sum: Dict[Tuple[str, str], float] = defaultdict(float)
             self.samples: Dict[Tuple[str, str], int] = defaultdict(int)
+            self.coded_bytes: Dict[Tuple[str, str], int] = defaultdict(int)
+            self.elements: Dict[Tuple[str, str], int] = defaultdict(int)
             self.overhead_bytes: Dict[str, int] = defaultdict(int)
             self.batches = 0
 
     def record(self, boundary: str, pass_: str, payload_bytes: int, raw_bytes: int,
+               coded_bytes: Optional[int] = None, elements: int = 0,
                fp32_bytes: Optional[int] = None, dtype: Optional[str] = None) -> None:
         """One payload on the link: `payload_bytes` sent, `raw_bytes` had the tensor (of `dtype`)
-        been sent as it is, `fp32_bytes` had it been fp32 (default: raw_bytes)."""
+        been sent as it is, `coded_bytes` before an entropy stage, for a tensor of `elements`
+        values, `fp32_bytes` had it been fp32 (default: raw_bytes)."""
         with self._lock:
             self.bytes[boundary, pass_] += int(payload_bytes)
             self.raw_bytes[boundary, pass_] += int(raw_bytes)
+            self.coded_bytes[boundary, pass_] += int(payload_bytes if coded_bytes is None else coded_bytes)
+            self.elements[boundary, pass_] += int(elements)
             self.fp32_bytes[boundary, pass_] += int(raw_bytes if fp32_bytes is None else fp32_bytes)
             if dtype is not None:
                 self.dtypes[boundary, pass_].add(dtype)
@@ -172,7 +184,8 @@ class CommMeter:
                 "crossings": [{"boundary": b, "pass": p, "bytes": self.bytes[b, p],
                                "raw_bytes": self.raw_bytes[b, p], "fp32_bytes": self.fp32_bytes[b, p],
                                "dtypes": sorted(self.dtypes[b, p]), "error_sum": self.error_sum[b, p],
-                               "sparsity_sum": self.sparsity_sum[b, p], "samples": self.samples[b, p]}
+                               "sparsity_sum": self.sparsity_sum[b, p], "samples": self.samples[b, p],
+                               "coded_bytes": self.coded_bytes[b, p], "elements": self.elements[b, p]}
                               for b, p in DIRECTION],
                 "overhead_bytes": {d: self.overhead_bytes[d] for d in DIRECTIONS},
             }
@@ -192,6 +205,8 @@ class CommMeter:
                 self.error_sum[key] += float(crossing["error_sum"])
                 self.sparsity_sum[key] += float(crossing["sparsity_sum"])
                 self.samples[key] += int(crossing["samples"])
+                self.coded_bytes[key] += int(crossing.get("coded_bytes", crossing["bytes"]))
+                self.elements[key] += int(crossing.get("elements", 0))
             for direction, nbytes in state["overhead_bytes"].items():
                 if direction not in DIRECTIONS:
                     raise ValueError(f"unknown direction {direction!r} in a meter state")
@@ -203,10 +218,11 @@ class CommMeter:
             n = max(self.batches, 1)
             crossings = {}
             for key in DIRECTION:
-                m = self.samples[key]
+                m, e = self.samples[key], self.elements[key]
                 crossings[key] = CrossingFigures(
                     self.bytes[key] / n, self.raw_bytes[key] / n,
-                    self.error_sum[key] / m if m else None, self.sparsity_sum[key] / m if m else None)
+                    self.error_sum[key] / m if m else None, self.sparsity_sum[key] / m if m else None,
+                    8 * self.bytes[key] / e if e else None, 8 * self.coded_bytes[key] / e if e else None)
             sent = {d: sum(self.bytes[k] for k, kd in DIRECTION.items() if kd == d) / n for d in DIRECTIONS}
             raw = {d: sum(self.raw_bytes[k] for k, kd in DIRECTION.items() if kd == d) / n
                    for d in DIRECTIONS}

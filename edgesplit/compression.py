@@ -6,7 +6,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from edgesplit.codecs import Codec, ErrorFeedback
+from edgesplit.codecs import Codec, Entropy, ErrorFeedback
 from edgesplit.codecs.sample_cache import CacheSpec
 from edgesplit.comm import BOUNDARIES
 from edgesplit.errors import ConfigError
@@ -39,9 +39,11 @@ def _codec(spec: Any, key: str, cache: Optional[CacheSpec]) -> Codec:
 
 def build_codecs(cfg: DictConfig) -> Dict[str, BoundaryCodecs]:
     """Codecs of the 'front' and 'back' boundaries; `compressor.front`/`.back` override the
-    defaults. Each call builds new codec objects (per-sample state is each end's own)."""
+    defaults. Each call builds new codec objects (per-sample state is each end's own). With
+    `compressor.entropy` zlib or zstd each codec is wrapped in an Entropy stage, outermost."""
     cache = (CacheSpec(int(cfg.num_samples), cfg.cache_dtype, cfg.cache_dir)
              if cfg.get("num_samples") is not None else None)
+    entropy = cfg.get("entropy", "none")
     out = {}
     for boundary in BOUNDARIES:
         override = cfg.get(boundary) or {}
@@ -54,6 +56,8 @@ def build_codecs(cfg: DictConfig) -> Dict[str, BoundaryCodecs]:
                 raise ConfigError("compressor.error_feedback: compressor.num_samples is null (the "
                                   "trainer sets it to the training set's size)")
             specs["activation"] = ErrorFeedback(specs["activation"], cache)
+        if entropy != "none":
+            specs = {role: Entropy(codec, entropy) for role, codec in specs.items()}
         out[boundary] = BoundaryCodecs(specs["activation"], specs["gradient"],
                                        cfg.gradient_reuses_support, cfg.warmup_epochs)
     return out

@@ -80,6 +80,8 @@ class CompressorConfig:
     cache_dtype: str = "float16"
     cache_dir: Optional[str] = None
     num_samples: Optional[int] = None  # set by the trainer: the training set's size (cache rows)
+    # none | zlib | zstd: a lossless stage (edgesplit.codecs.Entropy) around every codec built here
+    entropy: str = "none"
 
 
 @dataclass
@@ -94,13 +96,28 @@ class PruneConfig(CompressorConfig):
 
 
 @dataclass
-class QuantizeConfig(CompressorConfig):
-    name: str = "quantize"
-    bits: int = 8
+class RandTopKConfig(CompressorConfig):
+    name: str = "randtopk"
+    ratio: float = 0.1
+    explore: float = 0.1  # the share of the kept entries drawn at random outside the top set
 
 
 @dataclass
-class DeltaConfig(CompressorConfig):
+class QuantizingConfig(CompressorConfig):
+    """The keys of every quantizing option (see edgesplit.codecs.Quantize)."""
+    bits: int = 8
+    rounding: str = "nearest"  # nearest | stochastic
+    scale: str = "tensor"  # tensor | channel | group (prune_quantize: tensor | group)
+    group_size: int = 512  # elements per scale group (scale=group)
+
+
+@dataclass
+class QuantizeConfig(QuantizingConfig):
+    name: str = "quantize"
+
+
+@dataclass
+class DeltaConfig(QuantizingConfig):
     """AQ-SGD: activations as quantized changes from each sample's previous visit."""
     name: str = "delta"
     bits: int = 4
@@ -109,19 +126,17 @@ class DeltaConfig(CompressorConfig):
 
 
 @dataclass
-class BottleneckConfig(CompressorConfig):
+class BottleneckConfig(QuantizingConfig):
     """A trainable encoder/decoder pair at each boundary (edgesplit.bottleneck), then a quantizer."""
     name: str = "bottleneck"
     channel_ratio: float = 0.25  # channels the encoder keeps
-    bits: int = 8
     shapes: Optional[List[List[int]]] = None  # set by the trainer: the boundary tensors' shapes
 
 
 @dataclass
-class PruneQuantizeConfig(CompressorConfig):
+class PruneQuantizeConfig(QuantizingConfig):
     name: str = "prune_quantize"
     ratio: float = 0.1
-    bits: int = 8
 
 
 @dataclass
@@ -247,7 +262,8 @@ def register_configs() -> None:
             ("partition", "base", PartitionConfig), ("schedule", "base", ScheduleConfig),
             ("compressor", "none", NoCompressorConfig), ("compressor", "prune", PruneConfig),
             ("compressor", "quantize", QuantizeConfig), ("compressor", "prune_quantize", PruneQuantizeConfig),
-            ("compressor", "delta", DeltaConfig), ("compressor", "bottleneck", BottleneckConfig),
+            ("compressor", "delta", DeltaConfig), ("compressor", "randtopk", RandTopKConfig),
+            ("compressor", "bottleneck", BottleneckConfig),
             ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig),
             ("logger", "tensorboard", LoggerConfig), ("logger", "mlflow", MLflowConfig)]:
         cs.store(group=f"schemas/{group}", name=name, node=node)

@@ -16,6 +16,9 @@ MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at
 OPEN_GROUPS = ("model", "data")
 ORDERS = ("gpipe", "1f1b")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
+ROUNDINGS = ("nearest", "stochastic")
+SCALES = ("tensor", "channel", "group")
+ENTROPIES = ("none", "zlib", "zstd")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_DEVICES = "cpu, cpu_resident, cuda, cuda:N"
 _ABSENT = object()
@@ -140,10 +143,27 @@ def _compressor(c: DictConfig) -> None:
     if "cache_dtype" in c:
         _check(c.cache_dtype in CACHE_DTYPES, "compressor.cache_dtype", c.cache_dtype,
                f"allowed: {', '.join(CACHE_DTYPES)}")
+    _compressor_keys(c)
     if c.error_feedback:
         _check(c.name not in ("none", "delta"), "compressor.error_feedback", c.error_feedback,
                f"compressor={c.name} has no quantization residual to carry: use it with a "
                f"quantizing or pruning compressor")
+
+
+def _compressor_keys(c: DictConfig) -> None:
+    """The keys of the quantizing options, randtopk's explore and every option's entropy stage."""
+    if "rounding" in c:
+        _check(c.rounding in ROUNDINGS, "compressor.rounding", c.rounding, f"allowed: {', '.join(ROUNDINGS)}")
+    if "scale" in c:
+        _check(c.scale in SCALES, "compressor.scale", c.scale, f"allowed: {', '.join(SCALES)}")
+        _check(c.scale != "channel" or "ratio" not in c, "compressor.scale", c.scale,
+               "allowed with pruning: tensor, group (the kept values are a flat list, without channels)")
+    if "group_size" in c:
+        _check(c.group_size >= 1, "compressor.group_size", c.group_size, "must be a positive int")
+    if "explore" in c:
+        _check(0 <= c.explore <= 1, "compressor.explore", c.explore, "must be in [0, 1]")
+    if "entropy" in c:
+        _check(c.entropy in ENTROPIES, "compressor.entropy", c.entropy, f"allowed: {', '.join(ENTROPIES)}")
 
 
 def validate_partition(p: DictConfig, num_units: int) -> None:

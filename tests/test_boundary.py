@@ -4,7 +4,7 @@ import torch
 from torchgpipe.checkpoint import enable_checkpointing, enable_recomputing
 
 from edgesplit.boundary import Boundary, BoundaryLayer
-from edgesplit.codecs import Identity, Quantize, TopK
+from edgesplit.codecs import Entropy, Identity, Quantize, TopK
 from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs
 
@@ -77,3 +77,18 @@ def test_overhead_goes_to_the_direction_of_the_crossing(name: str, pass_: str, d
     figures = b.meter.summary()
     assert getattr(figures, f"overhead_{direction}_bytes_per_batch") == 32
     assert figures.up_bytes_per_batch == figures.down_bytes_per_batch == 0
+
+
+def test_bits_per_element_are_counted_before_and_after_an_entropy_stage() -> None:
+    codec = Entropy(Quantize(4), "zstd")
+    b = Boundary("front", BoundaryCodecs(codec, Identity(), False), CommMeter())
+    b.new_step()
+    x = torch.zeros(64, 256)
+    x[:, :8] = torch.randn(64, 8)  # mostly one code: zstd shrinks it
+    payload = b.send("forward", x)
+    b.meter.end_batch()
+    figures = b.meter.summary().to_dict()
+    keys = ("bits_per_element_before_entropy", "bits_per_element")
+    before, after = (figures[f"front_forward_{k}"] for k in keys)
+    assert before == pytest.approx(4.0, abs=0.01)  # 4-bit codes and a small header
+    assert after == 8 * payload.numel() / x.numel() and after < before / 4

@@ -9,7 +9,7 @@ import edgesplit.codecs.base as base
 import edgesplit.codecs.masks as masks
 import edgesplit.codecs.select as select
 from tests.codec_reference import ref_encode, ref_pack
-from edgesplit.codecs import Codec, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
+from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
 from edgesplit.codecs.bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
 from edgesplit.codecs.header import BITMAP, INDICES
 
@@ -62,6 +62,7 @@ def inputs() -> Dict[str, Tensor]:
 
 
 def codecs() -> Iterator[Codec]:
+    """Every codec whose bytes are the same on every device (nearest rounding)."""
     yield Identity()
     for bits in range(1, 17):
         yield Quantize(bits)
@@ -69,23 +70,29 @@ def codecs() -> Iterator[Codec]:
         yield TopK(ratio)
         for bits in (1, 5, 8, 11, 16):
             yield TopKQuantize(ratio, bits)
+    for bits in (1, 4, 8, 12, 16):
+        yield Quantize(bits, scale="channel")
+        for size in (1, 7, 64, 512):
+            yield Quantize(bits, scale="group", group_size=size)
+        yield TopKQuantize(0.3, bits, scale="group", group_size=13)
 
 
 def ref_kind(c: Codec) -> Tuple[str, Dict[str, Any]]:
     """The oracle's name and arguments for a codec."""
     if isinstance(c, TopKQuantize):
-        return "topk_quantize", {"ratio": c.ratio, "bits": c.bits}
+        return "topk_quantize", {"ratio": c.ratio, "bits": c.bits, "scale": c.scale,
+                                 "group_size": c.group_size}
     if isinstance(c, TopK):
         return "topk", {"ratio": c.ratio}
     if isinstance(c, Quantize):
-        return "quantize", {"bits": c.bits}
+        return "quantize", {"bits": c.bits, "scale": c.scale, "group_size": c.group_size}
     return "identity", {}
 
 
-def roundtrip(c: Codec, x: Tensor, support: Optional[Tensor] = None) \
-        -> Tuple[bytes, Tensor, Optional[Tensor]]:
+def roundtrip(c: Codec, x: Tensor, support: Optional[Tensor] = None,
+              crossing: Optional[Crossing] = None) -> Tuple[bytes, Tensor, Optional[Tensor]]:
     """(payload bytes, decoded tensor, support_of) of x."""
-    p = c.encode(x, support=support)
+    p = c.encode(x, support=support, crossing=crossing)
     return wire(p), c.decode(p, support=support), c.support_of(p)
 
 
@@ -142,7 +149,9 @@ def test_support_masks_same_bytes_on_both_paths(paths: Callable, name: str) -> N
     x = inputs()[name]
     support = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) > 0.4
     for c in (Identity(), Quantize(3), Quantize(12), Quantize(16), TopK(0.02), TopK(0.3),
-              TopKQuantize(0.3, 6), TopKQuantize(0.02, 16)):
+              TopKQuantize(0.3, 6), TopKQuantize(0.02, 16), Quantize(4, scale="channel"),
+              Quantize(5, scale="group", group_size=9),
+              TopKQuantize(0.3, 6, scale="group", group_size=5)):
         host, device = paths(lambda: roundtrip(c, x, support))
         assert_same(host, device, f"{c!r} on {name}")
         kind, kwargs = ref_kind(c)
@@ -152,7 +161,8 @@ def test_support_masks_same_bytes_on_both_paths(paths: Callable, name: str) -> N
 def test_large_tensor_sampled_selection_on_both_paths(paths: Callable) -> None:
     # above select.SMALL: the strided sample brackets the threshold (one piece on the device path)
     x = torch.randn(2 * select.SMALL + 3, generator=torch.Generator().manual_seed(2))
-    for c in (TopK(0.001), TopK(0.1), TopKQuantize(0.1, 4), Quantize(16), Quantize(7)):
+    for c in (TopK(0.001), TopK(0.1), TopKQuantize(0.1, 4), Quantize(16), Quantize(7),
+              Quantize(4, scale="group", group_size=100), TopKQuantize(0.1, 3, scale="group")):
         host, device = paths(lambda: roundtrip(c, x))
         assert_same(host, device, repr(c))
         kind, kwargs = ref_kind(c)

@@ -72,8 +72,10 @@ def test_schema_options_are_not_offered_as_choices() -> None:
     with pytest.raises(ConfigCompositionException) as info:
         compose_config(["compressor=bogus"])
     options = str(info.value).split("Available options in 'compressor':")[1].split("Config search")[0].split()
-    assert options == ["bottleneck", "delta", "none", "prune", "prune_quantize", "quantize", "quantize4",
-                       "quantize8"]
+    assert options == ["bottleneck", "delta", "none", "prune", "prune_quantize", "quantize", "quantize1",
+                       "quantize1_sr", "quantize1_sr_group", "quantize2", "quantize2_sr",
+                       "quantize2_sr_group", "quantize4", "quantize4_channel", "quantize4_group",
+                       "quantize4_sr", "quantize4_sr_group", "quantize8", "quantize8_sr", "randtopk"]
     for group in ("compressor=schema_quantize", "pipeline_backend=schema_dist", "partition=schema"):
         with pytest.raises(ConfigCompositionException):
             compose_config([group])

@@ -198,10 +198,10 @@ def test_data_device_cuda_without_a_gpu_says_so(make_cfg: Callable) -> None:
 
 def test_the_meter_keeps_dtype_sized_and_fp32_bytes_through_a_merge() -> None:
     edge, cloud = CommMeter(), CommMeter()
-    edge.record("front", "forward", 100, 2000, 4000, "bfloat16")  # 1000 bf16 values
-    cloud.record("back", "forward", 50, 1000, 2000, "bfloat16")
-    cloud.record("front", "backward", 25, 1000, 2000, "float32")  # the cloud's gradient, say
-    cloud.record("front", "backward", 0, 0, 0, "bfloat16")  # another dtype of the same crossing
+    edge.record("front", "forward", 100, 2000, fp32_bytes=4000, dtype="bfloat16")  # 1000 bf16 values
+    cloud.record("back", "forward", 50, 1000, fp32_bytes=2000, dtype="bfloat16")
+    cloud.record("front", "backward", 25, 1000, fp32_bytes=2000, dtype="float32")  # the cloud's gradient, say
+    cloud.record("front", "backward", 0, 0, fp32_bytes=0, dtype="bfloat16")  # a second dtype there
     state = cloud.state()
     edge.merge(state)
     old = {**state, "crossings": [{k: v for k, v in c.items() if k not in ("fp32_bytes", "dtypes")}

@@ -37,11 +37,13 @@ def test_result_neutral_keys_may_differ_and_the_rest_are_listed() -> None:
     changed = _resolved("pipeline_backend=gpipe", "pipeline_backend.chunks=2", "seed=3", "schedule.lr=0.1",
                         "pipeline_backend.deferred_batch_norm=true", "compressor=prune")
     keys = [k for k, _, _ in config_changes(saved, changed)]
-    assert keys == ["compressor.activation._target_", "compressor.activation.bits",
-                    "compressor.activation.ratio", "compressor.bits", "compressor.gradient._target_",
-                    "compressor.gradient.bits", "compressor.name", "compressor.ratio",
-                    "optimizer.lr",  # ${schedule.lr}: the resolved configs are compared
-                    "pipeline_backend.chunks", "pipeline_backend.deferred_batch_norm", "schedule.lr", "seed"]
+    quantizing = [f"compressor.{part}{key}" for part in ("activation.", "", "gradient.")
+                  for key in ("bits", "group_size", "rounding", "scale")]  # quantize's keys
+    assert keys == sorted(quantizing + [
+        "compressor.activation._target_", "compressor.activation.ratio",
+        "compressor.gradient._target_", "compressor.name", "compressor.ratio",
+        "optimizer.lr",  # ${schedule.lr}: the resolved configs are compared
+        "pipeline_backend.chunks", "pipeline_backend.deferred_batch_norm", "schedule.lr", "seed"])
     assert ("compressor.bits", 8, "<absent>") in config_changes(saved, changed)
 
 

@@ -56,12 +56,13 @@ def test_run_writes_the_contract_files_and_learns(make_cfg: Callable, tmp_path: 
 
 
 @pytest.mark.parametrize("codec", [["compressor=quantize"], ["compressor=delta", "compressor.bits=2"],
-                                   ["compressor=quantize", "compressor.error_feedback=true"]])
+                                   ["compressor=quantize", "compressor.error_feedback=true"],
+                                   ["compressor=quantize2_sr_group"]])
 def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               codec: list[str]) -> None:
     """Per-sample codec state (delta's references, error feedback's residuals) and the draw
-    keys' step count are in the checkpoint: a resumed run ends bit-exact too."""
+    keys' step count (stochastic rounding) are in the checkpoint: a resumed run ends bit-exact."""
     cfg = make_cfg(*codec, "pipeline_backend=gpipe", "pipeline_backend.chunks=2")
     straight = trainer.run(cfg, tmp_path / "straight", [])
     with monkeypatch.context() as m:

@@ -66,6 +66,10 @@ class Codec(ABC):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore what state_dict() returned."""
 
+    def coded_bytes(self, payload: Tensor) -> int:
+        """The payload's bytes before a lossless entropy stage (itself without one)."""
+        return payload.numel()
+
     def state_bytes(self) -> int:
         """Bytes of the per-sample state this codec holds (0 for a stateless one)."""
         return 0
@@ -105,6 +109,14 @@ def chunk_spans(n: int, device: torch.device) -> Iterator[Tuple[int, int]]:
 def flat(x: Tensor) -> Tensor:
     """x as a contiguous 1-D tensor (a view when x is contiguous, a copy otherwise)."""
     return x.contiguous().view(-1)
+
+
+def aligned(raw: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bytes of a payload slice viewed as dtype (copied when the offset is unaligned)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    if raw.storage_offset() % size:
+        raw = raw.clone()
+    return raw.view(dtype)
 
 
 def check_float(name: str, x: Tensor) -> None:

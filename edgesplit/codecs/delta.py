@@ -15,9 +15,10 @@ class Delta(Codec):
     """Both ends keep each training sample's last reconstruction (its reference, by dataset
     index). A micro-batch's payload: the rows of samples not seen yet, quantized with
     `first_bits` (raw when None), then the other rows' change from their reference quantized with
-    `bits`; the rows each part holds follow from the `seen` flags both ends share, so no index
-    travels in the payload. Both ends decode with crossing.update and store the result as the
-    new reference (`mirrors`): their references stay equal.
+    `bits` on a grid through 0 (a unit that stays off changes by exactly 0). The rows each part
+    holds follow from the `seen` flags both ends share, so no index travels in the payload. Both
+    ends decode with crossing.update and store the result as the new reference (`mirrors`):
+    their references stay equal.
 
     Without a training crossing (evaluation) the tensor is sent as a first visit would be (its
     samples have no reference): quantized with `first_bits` directly, no reference read or
@@ -27,17 +28,20 @@ class Delta(Codec):
     per_sample = True
     mirrors = True
 
-    def __init__(self, bits: int = 4, first_bits: Optional[int] = 8,
+    def __init__(self, bits: int = 4, first_bits: Optional[int] = 8, rounding: str = "nearest",
+                 scale: str = "tensor", group_size: int = 512,
                  cache: Optional[CacheSpec] = None) -> None:
         self.bits, self.first_bits = bits, first_bits
-        self.delta = Quantize(bits)
-        self.first: Codec = Identity() if first_bits is None else Quantize(first_bits)
+        # changes are mostly near 0, and exactly 0 where a unit stays off: a grid through 0
+        self.delta = Quantize(bits, rounding, scale, group_size, zero_point=True)
+        self.first: Codec = (Identity() if first_bits is None
+                             else Quantize(first_bits, rounding, scale, group_size))
         if cache is None:
             raise ValueError(f"{self.name}: needs a per-sample cache spec (compressor.num_samples)")
         self.cache = SampleCache(cache, "delta reference")
 
     def __repr__(self) -> str:
-        return f"Delta(bits={self.bits}, first_bits={self.first_bits})"
+        return f"Delta(bits={self.bits}, first_bits={self.first_bits}, changes={self.delta!r})"
 
     @property
     def random(self) -> bool:  # type: ignore[override]

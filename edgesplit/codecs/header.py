@@ -9,9 +9,12 @@ from torch import Tensor
 
 # codec ids (byte 0)
 IDENTITY, QUANTIZE, TOPK, TOPK_QUANTIZE = 1, 2, 3, 4
+QUANTIZE_GROUPED, TOPK_QUANTIZE_GROUPED, RANDTOPK, ENTROPY = 5, 6, 7, 8
 DELTA = 16
 CODEC_NAMES = {IDENTITY: "Identity", QUANTIZE: "Quantize", TOPK: "TopK",
-               TOPK_QUANTIZE: "TopKQuantize", DELTA: "Delta"}
+               TOPK_QUANTIZE: "TopKQuantize", QUANTIZE_GROUPED: "Quantize (channel/group scales)",
+               TOPK_QUANTIZE_GROUPED: "TopKQuantize (group scales)", RANDTOPK: "RandTopK",
+               ENTROPY: "Entropy", DELTA: "Delta"}
 # dtype codes (byte 1)
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
@@ -20,6 +23,14 @@ QUANT_FIELDS = struct.Struct("<Bff")  # bits, offset (min), scale
 TOPK_FIELDS = struct.Struct("<BI")  # index format (0 bitmap, 1 int32 indices), k
 TOPKQ_FIELDS = struct.Struct("<BIBff")  # index format, k, bits, offset, scale
 DELTA_FIELDS = struct.Struct("<II")  # bytes of the first-visit part, bytes of the delta part
+# per-channel or per-group scales: bits, scale mode (CHANNEL, GROUP), channels or group size; the
+# body starts with count float32 offsets, then count float32 scales, then the packed codes
+GROUPQ_FIELDS = struct.Struct("<BBI")
+TOPKQG_FIELDS = struct.Struct("<BIBI")  # index format, k, bits, group size (then as GROUPQ)
+CHANNEL, GROUP = 1, 2
+# the entropy stage's whole header: codec id, method (ZLIB, ZSTD), bytes of the inner payload
+ENTROPY_HEADER = struct.Struct("<BBI")
+ZLIB, ZSTD = 1, 2
 BITMAP, INDICES = 0, 1
 MAX_DIM = 2 ** 32 - 1
 # Caps a decoder checks before it allocates anything: a header declaring more is corrupt or
@@ -132,3 +143,19 @@ def check_quant_fields(name: str, dtype: torch.dtype, bits: int, offset: float,
     if max(abs(offset), abs(offset + scale * (2 ** bits - 1))) > _finite_limit(dtype):
         raise ValueError(f"{name}: payload fields offset {offset} and scale {scale} overflow "
                          f"{dtype} for {bits}-bit codes")
+
+
+def check_quant_params(name: str, dtype: torch.dtype, bits: int, offsets: Tensor,
+                       scales: Tensor) -> None:
+    """check_quant_fields for every (offset, scale) pair of a per-channel/per-group payload (bits
+    checked already), at once; the message names the first bad group."""
+    off, scale = offsets.double(), scales.double()
+    last = off + scale * (2 ** bits - 1)
+    limit = _finite_limit(dtype)
+    ok = torch.isfinite(off) & torch.isfinite(scale) & (scale >= 0) & (off.abs() <= limit) \
+        & (last.abs() <= limit)
+    if not bool(ok.all()):
+        i = int(torch.argmin(ok.to(torch.uint8)))
+        raise ValueError(f"{name}: payload group {i} has offset {float(off[i])} and scale "
+                         f"{float(scale[i])}: must be finite, scale >= 0, and every {bits}-bit "
+                         f"code must decode to a finite {dtype}")

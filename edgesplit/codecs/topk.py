@@ -6,7 +6,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Codec, Crossing, check_finite, encode_input, scatter_support
+from .base import Codec, Crossing, aligned, check_finite, encode_input, scatter_support
 from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, check_body, decode_header
 from .header import encode_header, new_payload
 from .masks import copy_into, count, flatnonzero, minmax, pack_mask_into, put, unpack_mask, zeros
@@ -49,28 +49,25 @@ def write_index(v: Tensor, cut: Cut, nonneg: bool, fmt: int, out: Tensor) -> Non
         out.copy_(torch.cat(where).view(torch.uint8))
 
 
-def _aligned(raw: Tensor, dtype: torch.dtype) -> Tensor:
-    """Bytes of a payload slice viewed as dtype (copied when the offset is unaligned)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    if raw.storage_offset() % size:
-        raw = raw.clone()
-    return raw.view(dtype)
-
-
 def read_index(section: Tensor, fmt: int, n: int) -> Tensor:
     """The kept positions of an index section: a bool mask (bitmap) or int64 indices."""
     if fmt == BITMAP:
         return unpack_mask(section, n)
-    return _aligned(section, torch.int32).to(torch.int64)
+    return aligned(section, torch.int32).to(torch.int64)
+
+
+def check_values(name: str, v: Tensor) -> bool:
+    """Whether the flat v is >= 0 (no abs needed for |v|); NonFiniteError on NaN/inf."""
+    if not v.numel():
+        return False
+    lo_f, hi_f = minmax(v)
+    check_finite(name, lo_f, hi_f)
+    return lo_f >= 0
 
 
 def select(name: str, v: Tensor, ratio: float) -> Tuple[int, Cut, Tensor, bool]:
     """(k, cut, kept values, v >= 0) of the top-k |v| of the flat v; NonFiniteError on NaN/inf."""
-    nonneg = False
-    if v.numel():
-        lo_f, hi_f = minmax(v)
-        check_finite(name, lo_f, hi_f)
-        nonneg = lo_f >= 0
+    nonneg = check_values(name, v)
     k = k_for(ratio, v.numel())
     cut, kept = topk_select(v, k, nonneg)
     return k, cut, kept, nonneg
@@ -126,7 +123,7 @@ class TopK(Codec):
         x, v = encode_input(self.name, x, support)
         k, cut, kept, nonneg = select(self.name, v, self.ratio)
         fmt, index_bytes = index_format(v.numel(), k)
-        extra, value_bytes, write_values = self._values(kept, k)
+        extra, value_bytes, write_values = self._values(kept, k, crossing)
         header = encode_header(self.code, x.dtype, tuple(x.shape), self.fields.pack(fmt, k, *extra))
         payload = new_payload(header, index_bytes + value_bytes, x.device)
         body = payload[len(header):]
@@ -134,7 +131,8 @@ class TopK(Codec):
         write_values(body[index_bytes:])
         return payload
 
-    def _values(self, kept: Tensor, k: int) -> Tuple[tuple, int, Callable[[Tensor], None]]:
+    def _values(self, kept: Tensor, k: int, crossing: Optional[Crossing]
+                ) -> Tuple[tuple, int, Callable[[Tensor], None]]:
         """(extra header fields, bytes, writer) of the kept values' section: here, raw values."""
         return (), k * kept.element_size(), lambda out: copy_into(out, kept.view(torch.uint8))
 
@@ -144,7 +142,7 @@ class TopK(Codec):
 
     def _decode_values(self, h: Header, section: Tensor) -> Tensor:
         """The k kept values (1-D, in the encoded dtype) of a values section."""
-        return _aligned(section, h.dtype)
+        return aligned(section, h.dtype)
 
     def _parse(self, payload: Tensor) -> Tuple[Header, Tensor, Tensor]:
         """(header, index section, values section) of a payload: every field, the size and the
