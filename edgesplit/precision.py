@@ -7,6 +7,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from edgesplit.errors import ConfigError
+
 # precision -> autocast dtype (None: no autocast)
 PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16,
                                                 "fp16": torch.float16}
@@ -128,6 +130,9 @@ class Precision:
 
     def partition(self, module: nn.Module, device: torch.device) -> nn.Module:
         """`module` (already on `device`) in the memory format, its forward under autocast."""
+        if self.dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"precision=bf16: the GPU {device} has no bfloat16 support (it needs "
+                              f"compute capability 8.0 or newer): allowed here: fp32, fp16")
         if self.channels_last:
             module.to(memory_format=torch.channels_last)  # 4-D weights; in place
         return module if self.dtype is None else Autocast(module, device.type, self.dtype)

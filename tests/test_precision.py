@@ -18,6 +18,7 @@ from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import ConfigError
 from edgesplit.model import build_units
 from edgesplit.partition import split_units
+from edgesplit.precision import Precision
 from edgesplit.validate import validate
 from tests.precision_units import PROBES
 from tests.test_backends import train_losses
@@ -214,3 +215,11 @@ def test_the_meter_keeps_dtype_sized_and_fp32_bytes_through_a_merge() -> None:
     assert (s.activation_dtype, s.gradient_dtype) == ("bfloat16", "bfloat16+float32")
     assert s.compression_ratio == pytest.approx(6000 / 250) and s.fp32_ratio == pytest.approx(10000 / 250)
     assert s.to_dict()["fp32_compression_ratio"] == s.fp32_ratio
+
+
+def test_bf16_on_a_gpu_without_it_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ConfigError, match="precision=bf16: the GPU cuda:0 has no bfloat16 support.*"
+                                          "allowed here: fp32, fp16"):
+        Precision("bf16").partition(torch.nn.Linear(2, 2), torch.device("cuda", 0))
+    Precision("bf16").partition(torch.nn.Linear(2, 2), torch.device("cpu"))  # the CPU has it
