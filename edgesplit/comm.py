@@ -55,6 +55,12 @@ class CommFigures:
     gradient_dtype: Optional[str] = None
 
     @property
+    def raw_fp32_bytes_per_batch(self) -> float:
+        """Raw bytes up and down together at 4 bytes a value."""
+        return (_or(self.raw_fp32_up_bytes_per_batch, self.raw_up_bytes_per_batch)
+                + _or(self.raw_fp32_down_bytes_per_batch, self.raw_down_bytes_per_batch))
+
+    @property
     def fp32_ratio(self) -> float:
         """Raw fp32-equivalent bytes / payload bytes: the ratio reports compare across precisions."""
         return _or(self.fp32_compression_ratio, self.compression_ratio)

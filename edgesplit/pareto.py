@@ -25,14 +25,27 @@ def best_acc(run: Run) -> Any:
 
 
 def payload_bytes(run: Run) -> Any:
-    """Payload bytes per batch, up and down together (transport overhead not counted)."""
-    comm = run.summary.comm if run.summary else None
-    return None if comm is None else comm.up_bytes_per_batch + comm.down_bytes_per_batch
+    """Payload bytes per batch, up and down together, averaged over the run's epochs: warm-up
+    epochs and first visits count (transport overhead does not). Summaries without per-epoch
+    bytes give their last epoch's."""
+    s = run.summary
+    if s is None or s.comm is None:
+        return None
+    epochs = [h.up_bytes_per_batch + h.down_bytes_per_batch for h in s.history
+              if h.up_bytes_per_batch is not None and h.down_bytes_per_batch is not None]
+    if epochs and len(epochs) == len(s.history):
+        return sum(epochs) / len(epochs)  # every epoch has the same batches
+    return s.comm.up_bytes_per_batch + s.comm.down_bytes_per_batch
 
 
 def raw_ratio(run: Run) -> Any:
+    """fp32 bytes over payload_bytes: the run's compression against raw fp32 values (whatever
+    the run's precision)."""
+    sent = payload_bytes(run)
     comm = run.summary.comm if run.summary else None
-    return None if comm is None else comm.fp32_ratio  # comparable across precisions
+    if comm is None or not sent:
+        return None
+    return comm.raw_fp32_bytes_per_batch / sent  # fp32-equivalent: comparable across precisions
 
 
 @dataclass

@@ -123,3 +123,20 @@ def test_error_feedback_carries_each_samples_residual_to_its_next_visit() -> Non
     evaluated = codec.decode(codec.encode(x))  # evaluation: no residual read or written
     assert evaluated.tolist() == [[3.0, 0.0]] and codec.cache.rows[5].tolist() == [0.0, 2.0]
     assert x.tolist() == [[3.0, 2.0]]  # the caller's tensor is not written to
+
+
+def test_naive_keeps_equal_references_at_both_ends_of_each_boundary() -> None:
+    from tests.dist_helpers import build, config, data
+    cfg = config(chunks=1, stages=1, compressor="delta", threads=1)
+    cfg.compressor.bits, cfg.compressor.num_samples = 2, 16
+    backend = build("naive", cfg)
+    batches = data(2, batch=8)
+    for epoch in range(2):
+        backend.start_epoch(epoch)
+        backend.train(True)
+        for x, y, ids in batches[::1 - 2 * epoch]:  # the second epoch in the other order
+            backend.train_step(x, y, ids)
+    for boundary in backend.boundaries:
+        sender, receiver = boundary.codecs.activation, boundary.receiver.activation
+        assert sender is not receiver and sender.cache.seen.all()
+        assert torch.equal(sender.cache.rows, receiver.cache.rows)

@@ -214,7 +214,7 @@ def test_the_meter_keeps_dtype_sized_and_fp32_bytes_through_a_merge() -> None:
     assert (s.raw_down_bytes_per_batch, s.raw_fp32_down_bytes_per_batch) == (4000, 6000)
     assert (s.activation_dtype, s.gradient_dtype) == ("bfloat16", "bfloat16+float32")
     assert s.compression_ratio == pytest.approx(6000 / 250) and s.fp32_ratio == pytest.approx(10000 / 250)
-    assert s.to_dict()["fp32_compression_ratio"] == s.fp32_ratio
+    assert s.to_dict()["fp32_compression_ratio"] == s.fp32_ratio and s.raw_fp32_bytes_per_batch == 10000
 
 
 def test_bf16_on_a_gpu_without_it_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -267,3 +267,14 @@ def test_cli_on_a_seed_sweep(seed_sweep: Path) -> None:
     md = (seed_sweep / "report.md").read_text()
     assert md.startswith(proc.stdout) and "![accuracy vs bytes](pareto.png)" in md
     assert main([str(seed_sweep)]) == 0
+
+
+def test_bytes_per_batch_are_the_whole_run_average(tmp_path: Path) -> None:
+    """delta sends 8-bit first visits in epoch 1, then small changes: its bytes in the ranking
+    and the Pareto plot are the run's average over its epochs, not the last epoch's."""
+    summary = _summary(90.0, done=3, comm=_comm(MB // 4))  # the last epoch: a quarter MB each way
+    for h, each_way in zip(summary.history, (MB, MB // 4, MB // 4)):
+        h.up_bytes_per_batch = h.down_bytes_per_batch = each_way
+    run = find_runs([_run_dir(tmp_path / "0_compressor=delta2", ["compressor=delta2"], summary)])[0]
+    assert pareto.payload_bytes(run) == pytest.approx(2 * (MB + MB // 2) / 3)
+    assert pareto.raw_ratio(run) == pytest.approx(8 * MB / (2 * (MB + MB // 2) / 3))

@@ -360,3 +360,32 @@ def test_shrunk_backends_sweep_has_the_seeds_layout(tmp_path: Path) -> None:
     # gpipe and dist run the same micro-batches through the same codecs: the same training
     gpipe, dist = (_summary(j) for j in jobs[1:])
     assert dist["train_loss"] == pytest.approx(gpipe["train_loss"], rel=1e-4)
+
+
+def test_compression_preset_sweeps_nine_methods_two_lrs_three_seeds() -> None:
+    params = _sweep_params(_compose("experiment=compression"))
+    assert params["schedule.lr"] == ["0.4", "0.1"] and params["seed"] == ["0", "1", "2"]
+    assert len(params["compressor"]) == len(set(params["compressor"])) == 9
+    for choice in params["compressor"]:  # each composes, and each named choice is its own name
+        assert _compose("experiment=compression", f"compressor={choice}").compressor.name == choice
+
+
+def test_a_sweep_over_seeds_reports_mean_std_n_and_ranks_the_methods(tmp_path: Path) -> None:
+    """3 seeds x 2 methods through the real train.py: the pivot and the ranking show each method
+    as mean ± std (n=3) of its seeds' own figures, and pareto.png is drawn."""
+    sweep = tmp_path / "seeds"
+    out = _train("-m", *TINY, "compressor=none,quantize2_sr_group", "seed=0,1,2",
+                 f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = _check_sweep(sweep, 6)
+    _report(sweep)
+    text = (sweep / "report.md").read_text()
+    best: dict[str, list[float]] = {}
+    for job in jobs:
+        best.setdefault(_overrides(job)["compressor"], []).append(_summary(job)["best_val_acc1"])
+    ranking = {row[1]: row for row in _table(text, "## Compression methods ranked")[1:]}
+    for method, values in best.items():
+        mean = sum(values) / 3
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+        assert f"{mean:.2f} ± {std:.2f} (n=3)" in ranking[method][3]
+    assert (sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

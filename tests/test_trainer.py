@@ -181,3 +181,13 @@ def test_a_non_finite_evaluation_stops_like_a_diverged_step(
     assert checkpoint.load(tmp_path / "checkpoint.pt")["epoch"] == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["status"], summary["epochs"], summary["error"]) == ("failed", 1, str(info.value))
+
+
+def test_compressor_warm_up_epochs_send_raw_values_and_count_them(make_cfg: Callable,
+                                                                  tmp_path: Path) -> None:
+    cfg = make_cfg("pipeline_backend=naive", "compressor=quantize4", "compressor.warmup_epochs=1")
+    summary = trainer.run(cfg, tmp_path, [])
+    raw = summary["comm"]["raw_up_bytes_per_batch"]
+    first, second = summary["history"]
+    assert raw <= first["up_bytes_per_batch"] < 1.001 * raw  # raw values and the codec headers
+    assert second["up_bytes_per_batch"] == pytest.approx(raw / 8, rel=0.01)  # 4-bit codes
