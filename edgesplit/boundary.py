@@ -11,6 +11,7 @@ from torchgpipe import is_checkpointing, is_recomputing
 from edgesplit.codecs import Codec, Crossing, Identity
 from edgesplit.comm import DIRECTION, CommMeter
 from edgesplit.compression import BoundaryCodecs
+from edgesplit.precision import dtype_name
 
 RAW = BoundaryCodecs(Identity(), Identity(), reuses_support=False)
 MASK64 = 2**64 - 1
@@ -46,7 +47,13 @@ class Boundary:
     record them).
 
     `meter` is None for a link between two cloud stages: raw values, nothing counted. Eval steps
-    send raw values too when `eval_compressed` is off."""
+    send raw values too when `eval_compressed` is off. Raw bytes are counted at the tensor's own
+    dtype size, and at 4 bytes an element beside them (the fp32-equivalent figure).
+
+    With `loss_scaled` (precision=fp16), a gradient that holds inf or NaN is a loss-scaler overflow,
+    not a divergence: it crosses with those values as zeros and the step's flag is raised
+    (`overflows()`: device tensors, no host sync), so the backend skips the step on every side.
+    `channels_last`: a received 4-D activation is handed on in that memory format."""
 
     def __init__(self, name: str, codecs: BoundaryCodecs, meter: Optional[CommMeter],
                  eval_compressed: bool = True, seed: int = 0,
@@ -60,6 +67,8 @@ class Boundary:
         self._batch_ids: List[Tensor] = []  # in one process: this step's micro-batches' ids
         self._forwards = 0
         self._measure_due = {"forward": False, "backward": False}
+        self.loss_scaled, self.channels_last = False, False
+        self._overflows: List[Tensor] = []  # this step's non-finite gradient flags (loss_scaled)
 
     @staticmethod
     def raw(name: str) -> "Boundary":
@@ -94,6 +103,17 @@ class Boundary:
         self._replay.clear()
         self._measure_due = {"forward": True, "backward": True}
         self._batch_ids, self._forwards = batch_ids or [], 0
+        self._overflows = []
+
+    def overflows(self) -> List[Tensor]:
+        """This train step's flags (bool device tensors): a gradient sent held inf or NaN."""
+        return list(self._overflows)
+
+    def _finite(self, x: Tensor) -> Tensor:
+        """x with inf/NaN as zeros; whether there were any joins this step's flags."""
+        finite = torch.isfinite(x)
+        self._overflows.append(~finite.all())  # list.append: atomic across torchgpipe's threads
+        return torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
     def _next_ids(self, rows: int) -> Optional[Tensor]:
         """The ids of the next micro-batch to cross forward in one process: torchgpipe runs a
@@ -123,6 +143,8 @@ class Boundary:
         """The payload of `x` (an activation for pass_='forward', a gradient for 'backward') of
         the micro-batch of dataset indices `ids`."""
         x = x.detach()
+        if self.loss_scaled and pass_ == "backward":
+            x = self._finite(x)
         codec, crossing = self.codec(pass_), self.crossing(pass_, ids)
         payload = codec.encode(x, support, crossing)
         decoded = None
@@ -131,8 +153,9 @@ class Boundary:
         if self.warm and crossing.update and pass_ == "forward":
             self.codecs.activation.observe(x, crossing)
         if self.meter is not None and self.training:
-            self.meter.record(self.name, pass_, payload.numel(), x.numel() * 4,
-                              codec.coded_bytes(payload), x.numel())
+            self.meter.record(self.name, pass_, payload.numel(), x.numel() * x.element_size(),
+                              codec.coded_bytes(payload), x.numel(), x.numel() * 4,
+                              dtype_name(x.dtype))
             if self._measure_due[pass_]:
                 self._measure_due[pass_] = False
                 if decoded is None:
@@ -146,6 +169,8 @@ class Boundary:
         out = self.codec(pass_, "decode").decode(payload, support, crossing)
         if self.warm and crossing.update and pass_ == "forward":
             self.receiver.activation.observe(out, crossing)
+        if self.channels_last and pass_ == "forward" and out.dim() == 4:
+            out = out.contiguous(memory_format=torch.channels_last)
         return out
 
     def support(self, forward_payload: Tensor) -> Optional[Tensor]:

@@ -6,7 +6,7 @@ A checkpoint is one dict (one file, loaded with `weights_only=True`):
   lr_scheduler  {process: scheduler state}               'edge', 'cloud_stage1', ...
   rng           {process: {'cpu': ..., 'cuda': [...]}}
   boundaries    {process: {boundary: codec state}}
-  grad_scaler   None (room for mixed precision)
+  grad_scaler   {process: GradScaler state}                precision=fp16 ({} otherwise)
 plus what the trainer adds (epoch, summary, config, and step_times: {'edge': the run's step-time
 histogram, edgesplit.steptimes}). Each process of a run contributes a `part`
 with the same keys; a process that has no slot of its own in a checkpoint (written with another
@@ -27,7 +27,7 @@ from edgesplit.rundir import atomic_write
 
 # DeferredBatchNorm's per-batch accumulators: transient, and absent from a plain BatchNorm.
 _TRANSIENT = ("sum", "sum_squares")
-PER_PROCESS = ("lr_scheduler", "rng", "boundaries")
+PER_PROCESS = ("lr_scheduler", "rng", "boundaries", "grad_scaler")
 NAME = "checkpoint.pt"  # in the run dir
 EDGE = "edge"
 
@@ -72,17 +72,17 @@ def part(process: str, units: Mapping[int, nn.Module], optimization: Optimizatio
         "lr_scheduler": {process: opt["lr_scheduler"]},
         "rng": {process: rng_state()},
         "boundaries": {process: {b.name: b.state_dict() for b in boundaries}},
-        "grad_scaler": None,
+        "grad_scaler": {process: optimization.scaling.state_dict()},
     }
 
 
 def merge(parts: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
     """One checkpoint dict from the parts of every process."""
     out: Dict[str, Any] = {"units": {}, "optimizer": {}, "lr_scheduler": {}, "rng": {},
-                           "boundaries": {}, "grad_scaler": None}
+                           "boundaries": {}, "grad_scaler": {}}
     for p in parts:
         for key in ("units", "optimizer", *PER_PROCESS):
-            out[key].update(p[key])
+            out[key].update(p.get(key) or {})
     return out
 
 
@@ -103,6 +103,7 @@ def load_part(state: Mapping[str, Any], process: str, units: Mapping[int, nn.Mod
     rng = _own(state, "rng", process)
     if rng is not None:
         set_rng_state(rng)
+    optimization.scaling.load_state_dict(_own(state, "grad_scaler", process))
     codec_states = _own(state, "boundaries", process) or {}
     for b in boundaries:
         b.load_state_dict(codec_states.get(b.name, {}))

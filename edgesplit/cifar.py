@@ -4,10 +4,12 @@ import urllib.error
 from pathlib import Path
 from typing import Optional, Tuple, Type
 
+import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from edgesplit.data import IMAGE_SHAPE, Datasets, absolute_root, first_n
 from edgesplit.errors import DataError
+from edgesplit.resident import ResidentImages
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -81,9 +83,15 @@ def _cifar(cls: Type[CIFAR10], label: str, stats: Tuple[Tuple[float, ...], Tuple
         raise DataError(f"{label} under {path} (data.root) cannot be read ({_one_line(exc)}); "
                         f"set data.download=true to fetch it again, {_WAYS_OUT}") from exc
     name = label.lower().replace("-", "")
+
+    def resident() -> ResidentImages:
+        """The raw uint8 arrays [N, 32, 32, 3], cropped, flipped and normalized per batch."""
+        return ResidentImages(torch.from_numpy(train.data), torch.tensor(train.targets, dtype=torch.int64),
+                              *stats, augment=bool(augment)).first(train_size)
+
     return Datasets(first_n(train, train_size, "data.train_size", f"{name} train"),
                     first_n(val, val_size, "data.val_size", f"{name} val"), len(train.classes),
-                    IMAGE_SHAPE)
+                    IMAGE_SHAPE, resident)
 
 
 def cifar10(root: str, download: bool, augment: bool, train_size: Optional[int] = None,

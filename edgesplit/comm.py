@@ -2,7 +2,7 @@
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
 BOUNDARIES = ("front", "back")  # front: edge-front -> cloud; back: cloud -> edge-back
 PASSES = ("forward", "backward")
@@ -18,7 +18,8 @@ DIRECTIONS = ("up", "down")
 
 @dataclass
 class CrossingFigures:
-    """One boundary x pass per batch: payload and raw fp32 bytes, and the codec's mean distortion."""
+    """One boundary x pass per batch: payload and raw bytes (at the dtype that crossed), and the
+    codec's mean distortion."""
     bytes_per_batch: float
     raw_bytes_per_batch: float
     rel_error: Optional[float] = None  # None: not measured
@@ -30,7 +31,14 @@ class CrossingFigures:
 @dataclass
 class CommFigures:
     """summary.json's `comm`: payload bytes (headers of the codecs included, transport excluded) per
-    batch each way, raw fp32 sizes, the four boundary x pass crossings, and the transport's overhead."""
+    batch each way, raw sizes, the four boundary x pass crossings, and the transport's overhead.
+
+    Raw bytes are the tensors' own: numel x the size of their dtype (2 bytes under bf16/fp16), so
+    `compression_ratio` is what the codec saves over sending the tensor as it is. The `raw_fp32_*`
+    figures and `fp32_compression_ratio` count every element at 4 bytes: comparable across
+    precisions (and equal to the raw ones in an fp32 run). `activation_dtype`/`gradient_dtype`
+    name the dtypes that crossed (several joined by '+'; None before anything crossed): the run
+    summary records them beside `comm`, whose figures are all numbers."""
     up_bytes_per_batch: float
     down_bytes_per_batch: float
     raw_up_bytes_per_batch: float
@@ -40,6 +48,22 @@ class CommFigures:
     # what a transport sends beside the payloads (dist's message headers); 0 in one process
     overhead_up_bytes_per_batch: float = 0.0
     overhead_down_bytes_per_batch: float = 0.0
+    raw_fp32_up_bytes_per_batch: Optional[float] = None  # None: as raw (summaries before them)
+    raw_fp32_down_bytes_per_batch: Optional[float] = None
+    fp32_compression_ratio: Optional[float] = None  # raw fp32 / payload bytes
+    activation_dtype: Optional[str] = None
+    gradient_dtype: Optional[str] = None
+
+    @property
+    def raw_fp32_bytes_per_batch(self) -> float:
+        """Raw bytes up and down together at 4 bytes a value."""
+        return (_or(self.raw_fp32_up_bytes_per_batch, self.raw_up_bytes_per_batch)
+                + _or(self.raw_fp32_down_bytes_per_batch, self.raw_down_bytes_per_batch))
+
+    @property
+    def fp32_ratio(self) -> float:
+        """Raw fp32-equivalent bytes / payload bytes: the ratio reports compare across precisions."""
+        return _or(self.fp32_compression_ratio, self.compression_ratio)
 
     def to_dict(self) -> Dict[str, float]:
         """The JSON keys: `<boundary>_<pass>_...` for each crossing; quality only where measured."""
@@ -62,11 +86,17 @@ class CommFigures:
         out["compression_ratio"] = self.compression_ratio
         out["overhead_up_bytes_per_batch"] = self.overhead_up_bytes_per_batch
         out["overhead_down_bytes_per_batch"] = self.overhead_down_bytes_per_batch
+        out["raw_fp32_up_bytes_per_batch"] = _or(self.raw_fp32_up_bytes_per_batch,
+                                                 self.raw_up_bytes_per_batch)
+        out["raw_fp32_down_bytes_per_batch"] = _or(self.raw_fp32_down_bytes_per_batch,
+                                                   self.raw_down_bytes_per_batch)
+        out["fp32_compression_ratio"] = self.fp32_ratio
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CommFigures":
-        """Inverse of to_dict; KeyError names a missing key (summaries before the overhead keys read 0)."""
+        """Inverse of to_dict; KeyError names a missing key (summaries before the overhead keys read 0,
+        before the fp32 keys as their raw ones); the dtypes are the run summary's."""
         crossings = {}
         for boundary, pass_ in DIRECTION:
             key = f"{boundary}_{pass_}"
@@ -75,6 +105,10 @@ class CommFigures:
             crossings[boundary, pass_] = CrossingFigures(
                 float(data[f"{key}_bytes_per_batch"]), float(data[f"raw_{key}_bytes_per_batch"]),
                 *(None if v is None else float(v) for v in optional))
+
+        def number(key: str) -> Optional[float]:
+            return None if data.get(key) is None else float(data[key])
+
         return cls(
             up_bytes_per_batch=float(data["up_bytes_per_batch"]),
             down_bytes_per_batch=float(data["down_bytes_per_batch"]),
@@ -84,12 +118,20 @@ class CommFigures:
             crossings=crossings,
             overhead_up_bytes_per_batch=float(data.get("overhead_up_bytes_per_batch", 0.0)),
             overhead_down_bytes_per_batch=float(data.get("overhead_down_bytes_per_batch", 0.0)),
+            raw_fp32_up_bytes_per_batch=number("raw_fp32_up_bytes_per_batch"),
+            raw_fp32_down_bytes_per_batch=number("raw_fp32_down_bytes_per_batch"),
+            fp32_compression_ratio=number("fp32_compression_ratio"),
         )
 
 
+def _or(value: Optional[float], default: float) -> float:
+    return default if value is None else value
+
+
 class CommMeter:
-    """Accumulates payload and raw (fp32) bytes, transport overhead and codec quality over the batches
-    since reset(). Thread-safe: torchgpipe runs partitions on worker threads."""
+    """Accumulates payload, raw and fp32-equivalent bytes, the dtypes that crossed, transport
+    overhead and codec quality over the batches since reset(). Thread-safe: torchgpipe runs
+    partitions on worker threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -99,6 +141,8 @@ class CommMeter:
         with self._lock:
             self.bytes: Dict[Tuple[str, str], int] = defaultdict(int)
             self.raw_bytes: Dict[Tuple[str, str], int] = defaultdict(int)
+            self.fp32_bytes: Dict[Tuple[str, str], int] = defaultdict(int)
+            self.dtypes: Dict[Tuple[str, str], Set[str]] = defaultdict(set)
             self.error_sum: Dict[Tuple[str, str], float] = defaultdict(float)
             self.sparsity_sum: Dict[Tuple[str, str], float] = defaultdict(float)
             self.samples: Dict[Tuple[str, str], int] = defaultdict(int)
@@ -108,14 +152,19 @@ class CommMeter:
             self.batches = 0
 
     def record(self, boundary: str, pass_: str, payload_bytes: int, raw_bytes: int,
-               coded_bytes: Optional[int] = None, elements: int = 0) -> None:
-        """One payload on the link: `payload_bytes` sent, `raw_bytes` had it been plain fp32,
-        `coded_bytes` before an entropy stage, for a tensor of `elements` values."""
+               coded_bytes: Optional[int] = None, elements: int = 0,
+               fp32_bytes: Optional[int] = None, dtype: Optional[str] = None) -> None:
+        """One payload on the link: `payload_bytes` sent, `raw_bytes` had the tensor (of `dtype`)
+        been sent as it is, `coded_bytes` before an entropy stage, for a tensor of `elements`
+        values, `fp32_bytes` had it been fp32 (default: raw_bytes)."""
         with self._lock:
             self.bytes[boundary, pass_] += int(payload_bytes)
             self.raw_bytes[boundary, pass_] += int(raw_bytes)
             self.coded_bytes[boundary, pass_] += int(payload_bytes if coded_bytes is None else coded_bytes)
             self.elements[boundary, pass_] += int(elements)
+            self.fp32_bytes[boundary, pass_] += int(raw_bytes if fp32_bytes is None else fp32_bytes)
+            if dtype is not None:
+                self.dtypes[boundary, pass_].add(dtype)
 
     def record_quality(self, boundary: str, pass_: str, rel_error: float, sparsity: float) -> None:
         with self._lock:
@@ -139,7 +188,8 @@ class CommMeter:
         with self._lock:
             return {
                 "crossings": [{"boundary": b, "pass": p, "bytes": self.bytes[b, p],
-                               "raw_bytes": self.raw_bytes[b, p], "error_sum": self.error_sum[b, p],
+                               "raw_bytes": self.raw_bytes[b, p], "fp32_bytes": self.fp32_bytes[b, p],
+                               "dtypes": sorted(self.dtypes[b, p]), "error_sum": self.error_sum[b, p],
                                "sparsity_sum": self.sparsity_sum[b, p], "samples": self.samples[b, p],
                                "coded_bytes": self.coded_bytes[b, p], "elements": self.elements[b, p]}
                               for b, p in DIRECTION],
@@ -156,6 +206,8 @@ class CommMeter:
                     raise ValueError(f"unknown boundary/pass {key} in a meter state")
                 self.bytes[key] += int(crossing["bytes"])
                 self.raw_bytes[key] += int(crossing["raw_bytes"])
+                self.fp32_bytes[key] += int(crossing.get("fp32_bytes", crossing["raw_bytes"]))
+                self.dtypes[key].update(str(d) for d in crossing.get("dtypes", []))
                 self.error_sum[key] += float(crossing["error_sum"])
                 self.sparsity_sum[key] += float(crossing["sparsity_sum"])
                 self.samples[key] += int(crossing["samples"])
@@ -180,7 +232,14 @@ class CommMeter:
             sent = {d: sum(self.bytes[k] for k, kd in DIRECTION.items() if kd == d) / n for d in DIRECTIONS}
             raw = {d: sum(self.raw_bytes[k] for k, kd in DIRECTION.items() if kd == d) / n
                    for d in DIRECTIONS}
+            fp32 = {d: sum(self.fp32_bytes[k] for k, kd in DIRECTION.items() if kd == d) / n
+                    for d in DIRECTIONS}
             total_sent = sent["up"] + sent["down"]
+
+            def dtypes(pass_: str) -> Optional[str]:
+                names = sorted(set().union(*(self.dtypes[b, pass_] for b in BOUNDARIES)))
+                return "+".join(names) or None
+
             return CommFigures(
                 up_bytes_per_batch=sent["up"], down_bytes_per_batch=sent["down"],
                 raw_up_bytes_per_batch=raw["up"], raw_down_bytes_per_batch=raw["down"],
@@ -188,4 +247,7 @@ class CommMeter:
                 crossings=crossings,
                 overhead_up_bytes_per_batch=self.overhead_bytes["up"] / n,
                 overhead_down_bytes_per_batch=self.overhead_bytes["down"] / n,
+                raw_fp32_up_bytes_per_batch=fp32["up"], raw_fp32_down_bytes_per_batch=fp32["down"],
+                fp32_compression_ratio=(fp32["up"] + fp32["down"]) / total_sent if total_sent else 1.0,
+                activation_dtype=dtypes("forward"), gradient_dtype=dtypes("backward"),
             )

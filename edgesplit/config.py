@@ -28,6 +28,10 @@ class LoaderConfig:
     batch_size: int = 1024
     eval_batch_size: Optional[int] = None  # null = batch_size
     num_workers: int = 2
+    # where the training set lives: cpu = the DataLoader (workers, per-sample transforms); cuda
+    # (or cuda:N) = the whole set resident on that GPU, augmented there per batch; cpu_resident =
+    # the same resident path on the host (tests, CPU runs without loader workers). See resident.py.
+    device: str = "cpu"
 
 
 LOADER_KEYS = frozenset(f.name for f in fields(LoaderConfig))
@@ -240,6 +244,10 @@ class Config:
     threads: Optional[int] = None  # torch threads; null = torch's default
     log_every: int = 10  # steps between console log lines
     hparam_keys: List[str] = field(default_factory=list)  # extra keys shown in TensorBoard's HParams
+    # fp32 | bf16 | fp16: torch.autocast on every side's device; fp16 scales the loss (GradScaler)
+    precision: str = "fp32"
+    channels_last: bool = False  # units and 4-D inputs in torch.channels_last memory format
+    loss_scale: float = 65536.0  # precision=fp16: the GradScaler's initial scale (torch's default)
 
 
 def register_configs() -> None:

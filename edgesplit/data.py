@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from edgesplit.config import LOADER_KEYS, instantiate_target
 from edgesplit.errors import ConfigError, DataError
+from edgesplit.resident import ResidentImages
 
 DIGITS_TRAIN = 1437  # of 1797; the other 360 are the validation split
 DIGITS_SPLIT_SEED = 0  # fixed: the digits split never depends on cfg.seed
@@ -25,11 +26,13 @@ IMAGE_SHAPE = (3, 32, 32)
 
 @dataclass
 class Datasets:
-    """What a `data._target_` returns: the splits, the class count and one sample's input shape."""
+    """What a `data._target_` returns: the splits, the class count and one sample's input shape;
+    `resident` (optional) makes the training set as tensors, for data.device=cuda (resident.py)."""
     train: Dataset
     val: Dataset
     num_classes: int
     input_shape: Tuple[int, ...]  # (C, H, W) of one sample, for the model probe and stage balancing
+    resident: Optional[Callable[[], ResidentImages]] = None
 
 
 def absolute_root(root: str) -> Path:
@@ -54,10 +57,13 @@ def digits(train_size: Optional[int] = None, val_size: Optional[int] = None) -> 
     train_idx, val_idx = perm[:DIGITS_TRAIN], perm[DIGITS_TRAIN:]
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
-    return Datasets(first_n(TensorDataset(x[train_idx], y[train_idx]), train_size, "data.train_size",
-                            "digits train"),
-                    first_n(TensorDataset(x[val_idx], y[val_idx]), val_size, "data.val_size", "digits val"),
-                    NUM_CLASSES, IMAGE_SHAPE)
+    train = first_n(TensorDataset(x[train_idx], y[train_idx]), train_size, "data.train_size",
+                    "digits train")
+    return Datasets(train, first_n(TensorDataset(x[val_idx], y[val_idx]), val_size, "data.val_size",
+                                   "digits val"),
+                    NUM_CLASSES, IMAGE_SHAPE,
+                    # resident: the normalized float images themselves (no augmentation here)
+                    lambda: ResidentImages(x[train_idx], y[train_idx]).first(train_size))
 
 
 # -------------------------------------------------------------------------------------- synthetic
@@ -87,8 +93,17 @@ def synthetic(train_size: Optional[int] = None, val_size: Optional[int] = None) 
     patterns = F.interpolate(coarse, size=IMAGE_SHAPE[1:], mode="bilinear", align_corners=False)
     train_n = SYNTHETIC_TRAIN if train_size is None else train_size
     val_n = SYNTHETIC_VAL if val_size is None else val_size
-    return Datasets(SyntheticImages(train_n, SYNTHETIC_SEED + 1, patterns),
-                    SyntheticImages(val_n, SYNTHETIC_SEED + 2, patterns), NUM_CLASSES, IMAGE_SHAPE)
+    train = SyntheticImages(train_n, SYNTHETIC_SEED + 1, patterns)
+    return Datasets(train, SyntheticImages(val_n, SYNTHETIC_SEED + 2, patterns), NUM_CLASSES,
+                    IMAGE_SHAPE, lambda: materialize(train))
+
+
+def materialize(dataset: Dataset) -> ResidentImages:
+    """Every (float image, label) sample of `dataset` stacked: the resident form of a set whose
+    samples are drawn without augmentation (synthetic: each generated once, float32 [N, C, H, W])."""
+    samples = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return ResidentImages(torch.stack([s[0] for s in samples]),
+                          torch.tensor([int(s[1]) for s in samples], dtype=torch.int64))
 
 
 # ------------------------------------------------------------------------------------------ build

@@ -1,7 +1,7 @@
 """The optimizer (`optimizer._target_`, the seed's SGD by default) and the seed's per-epoch LR
 schedule of one side's parameters, the same on every side."""
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -10,6 +10,7 @@ from torch.optim.lr_scheduler import ChainedScheduler, CosineAnnealingLR, Linear
 
 from edgesplit.config import instantiate_target
 from edgesplit.errors import ConfigError
+from edgesplit.precision import LossScaling
 
 
 def build_optimizer(params: Any, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -35,13 +36,15 @@ class Optimization:
     """SGD over named parameters (`units.<i>.<name>`) and its LR schedule, followed by epoch.
 
     Every process of a run (the trainer's backend, each cloud stage) holds one; `start_epoch`
-    steps the schedule to the epoch, so a resumed run's rates equal an uninterrupted run's."""
+    steps the schedule to the epoch, so a resumed run's rates equal an uninterrupted run's.
+    `scaling` is fp16's loss scaler of this process (disabled: every step is taken)."""
 
     def __init__(self, named: Mapping[str, nn.Parameter], schedule: DictConfig,
-                 optimizer: DictConfig) -> None:
+                 optimizer: DictConfig, scaling: Optional[LossScaling] = None) -> None:
         self.named = dict(named)
         self.optimizer = build_optimizer(list(self.named.values()), optimizer)
         self.scheduler = build_scheduler(self.optimizer, schedule)
+        self.scaling = scaling or LossScaling(False, 1.0, torch.device("cpu"))
         self.epoch = 0
 
     @property
@@ -51,8 +54,13 @@ class Optimization:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
-        self.optimizer.step()
+    def overflow(self, flags: Iterable[torch.Tensor] = ()) -> bool:
+        """fp16: whether a gradient of this process, or a flag of its boundaries, is not finite."""
+        return self.scaling.overflow(self.named.values(), flags)
+
+    def step(self, overflow: bool = False) -> bool:
+        """The optimizer step, skipped where the run's scaler decision says `overflow`."""
+        return self.scaling.step(self.optimizer, overflow)
 
     def start_epoch(self, epoch: int) -> None:
         with warnings.catch_warnings():

@@ -39,12 +39,13 @@ def payload_bytes(run: Run) -> Any:
 
 
 def raw_ratio(run: Run) -> Any:
-    """fp32 bytes over payload_bytes: the run's compression against raw values."""
+    """fp32 bytes over payload_bytes: the run's compression against raw fp32 values (whatever
+    the run's precision)."""
     sent = payload_bytes(run)
     comm = run.summary.comm if run.summary else None
     if comm is None or not sent:
         return None
-    return (comm.raw_up_bytes_per_batch + comm.raw_down_bytes_per_batch) / sent
+    return comm.raw_fp32_bytes_per_batch / sent  # fp32-equivalent: comparable across precisions
 
 
 @dataclass

@@ -37,7 +37,7 @@ def _summary_cells(s: RunSummary, overhead: bool) -> list[Any]:
     if overhead:
         cells.append(DASH if comm is None else f"{human_bytes(comm.overhead_up_bytes_per_batch)} / "
                                                f"{human_bytes(comm.overhead_down_bytes_per_batch)}")
-    return cells + [DASH if comm is None else f"{comm.compression_ratio:.2f}x"]
+    return cells + [DASH if comm is None else f"{comm.fp32_ratio:.2f}x"]
 
 
 def _has_overhead(run: Run) -> bool:
@@ -77,7 +77,7 @@ METRICS: list[tuple[str, Getter, Callable[[Any], str]]] = [
     ("down/batch", _comm(lambda c: c.down_bytes_per_batch), human_bytes),
     ("overhead up/batch", _comm(lambda c: c.overhead_up_bytes_per_batch), human_bytes),
     ("overhead down/batch", _comm(lambda c: c.overhead_down_bytes_per_batch), human_bytes),
-    ("compression", _comm(lambda c: c.compression_ratio), lambda v: DASH if v is None else f"{v:.2f}x"),
+    ("compression", _comm(lambda c: c.fp32_ratio), lambda v: DASH if v is None else f"{v:.2f}x"),
 ]
 
 

@@ -20,7 +20,10 @@ RESULT_NEUTRAL = (
     "pipeline_backend.devices", "pipeline_backend.checkpoint", "pipeline_backend.order",
     "pipeline_backend.link", "pipeline_backend.master_addr", "pipeline_backend.master_port",
     "pipeline_backend.role", "pipeline_backend.secret", "pipeline_backend.timeout_s", "logger",
+    "channels_last",  # the memory format: float sums in another order, as `threads`
 )
+# Keys added after checkpoints were written without them: absent there means this default.
+ADDED_DEFAULTS = {"precision": "fp32", "loss_scale": 65536.0, "data.device": "cpu"}
 _ABSENT = "<absent>"
 
 
@@ -41,6 +44,7 @@ def _neutral(key: str) -> bool:
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
     """(key, saved value, current value) for each key that changes the results, sorted."""
     old, new = _flat(saved), _flat(current)
+    old.update({k: v for k, v in ADDED_DEFAULTS.items() if k not in old and k in new})
     return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(old.keys() | new.keys())
             if not _neutral(k) and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
 

@@ -52,6 +52,10 @@ class EpochRecord:
     peak_memory_bytes: Optional[int] = None  # the run's so far: the largest process or device
     up_bytes_per_batch: Optional[float] = None
     down_bytes_per_batch: Optional[float] = None
+    # seconds the epoch's training loop waited for its batches (the loader, or the resident set's
+    # device augmentation, see resident.py), and the steps fp16's loss scaler skipped
+    data_s: Optional[float] = None
+    skipped_steps: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -63,7 +67,9 @@ class EpochRecord:
         return cls(int(data["epoch"]), **metrics, samples_per_s=_optional(data, "samples_per_s", float),
                    peak_memory_bytes=_optional(data, "peak_memory_bytes", int),
                    up_bytes_per_batch=_optional(data, "up_bytes_per_batch", float),
-                   down_bytes_per_batch=_optional(data, "down_bytes_per_batch", float))
+                   down_bytes_per_batch=_optional(data, "down_bytes_per_batch", float),
+                   data_s=_optional(data, "data_s", float),
+                   skipped_steps=_optional(data, "skipped_steps", int))
 
 
 _METRICS = ("lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "time_per_batch_s")
@@ -95,6 +101,11 @@ class RunSummary:
     load_avg_start: Optional[List[float]] = None
     load_avg_end: Optional[List[float]] = None
     cpus: Optional[int] = None
+    # the config's `precision`, and the dtypes that crossed the edge link (comm's raw bytes count
+    # at their size; comm.raw_fp32_* at 4 bytes an element)
+    precision: Optional[str] = None
+    activation_dtype: Optional[str] = None
+    gradient_dtype: Optional[str] = None
     comm: Optional[CommFigures] = None
     sides: Dict[str, SideStats] = field(default_factory=dict)
     history: List[EpochRecord] = field(default_factory=list)
@@ -112,6 +123,8 @@ class RunSummary:
         self.samples_per_s = batch_size / self.time_per_batch_s
         self.peak_memory_bytes = max((s.peak_memory_bytes for s in sides.values()), default=0)
         self.comm, self.sides = comm, dict(sides)
+        self.activation_dtype = comm.activation_dtype or self.activation_dtype
+        self.gradient_dtype = comm.gradient_dtype or self.gradient_dtype
         record.samples_per_s = batch_size / record.time_per_batch_s
         record.peak_memory_bytes = self.peak_memory_bytes
         record.up_bytes_per_batch = comm.up_bytes_per_batch
@@ -132,6 +145,7 @@ class RunSummary:
             "val/loss": self.val_loss, "val/acc1": self.val_acc1, "val/acc5": self.val_acc5,
             "val/best_acc1": self.best_val_acc1, "lr": self.history[-1].lr if self.history else None,
             "time/batch_s": self.time_per_batch_s, "memory/peak_bytes": self.peak_memory_bytes,
+            "time/data_s": self.history[-1].data_s if self.history else None,
         }
         if self.comm is not None:
             values.update({
@@ -179,6 +193,9 @@ class RunSummary:
                 peak_memory_bytes=_optional(data, "peak_memory_bytes", int),
                 load_avg_start=_optional(data, "load_avg_start", _floats),
                 load_avg_end=_optional(data, "load_avg_end", _floats), cpus=_optional(data, "cpus", int),
+                precision=_optional(data, "precision", str),
+                activation_dtype=_optional(data, "activation_dtype", str),
+                gradient_dtype=_optional(data, "gradient_dtype", str),
                 comm=None if comm is None else CommFigures.from_dict(comm),
                 sides={side: SideStats.from_dict(s) for side, s in (data.get("sides") or {}).items()},
                 history=[EpochRecord.from_dict(h) for h in data.get("history") or []],

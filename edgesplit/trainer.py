@@ -21,6 +21,7 @@ from edgesplit.data import build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logbook import Logbook, public_config
 from edgesplit.model import build_units, check_num_classes
+from edgesplit.resident import ResidentLoader, resident_train
 from edgesplit.resume import check_config, load_state
 from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.rundir import RunDirLock
@@ -44,9 +45,11 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
                dynamic_ncols=True, mininterval=1.0, disable=None)
     pace = Pace()
+    data_s, fetched = 0.0, time.perf_counter()  # the time spent waiting for batches
     for step, (x, y, ids) in enumerate(bar):
         interrupt.check()
         tic = time.perf_counter()
+        data_s += tic - fetched
         try:
             result = backend.train_step(x, y, ids)
         except NonFiniteError as e:
@@ -66,6 +69,7 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
         if bar.disable and (step == 0 or (step + 1) % cfg.log_every == 0):
             log.info(f"epoch {epoch + 1} step {step + 1}/{len(loader)} loss {loss:.4f} "
                      f"acc1 {acc1:.2f} | {pace.line()}")
+        fetched = time.perf_counter()
     if not step_times:
         raise UserError(f"no training batch: data.batch_size={cfg.data.batch_size} exceeds the "
                         f"training set ({len(loader.dataset)} samples) and the last partial batch is dropped")
@@ -73,6 +77,8 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
         "train_loss": total.loss_sum / total.count,
         "train_acc1": _percent(total.correct1, total.count),
         "time_per_batch_s": epoch_median(step_times, counted),
+        "data_s": data_s,
+        "skipped_steps": total.skipped,
     }
 
 
@@ -95,6 +101,7 @@ def _resumed_summary(state: Dict[str, Any], cfg: DictConfig, changes: List[str])
     summary = RunSummary.from_dict(state["summary"])
     summary.status, summary.error = "running", None
     summary.backend, summary.epochs_planned = cfg.pipeline_backend.name, cfg.schedule.epochs
+    summary.precision = cfg.precision
     summary.resumed_with_changes = sorted({*summary.resumed_with_changes, *changes})
     return summary
 
@@ -165,7 +172,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     validate_partition(cfg.partition, len(units))
     ckpt = run_dir / checkpoint.NAME
     summary = RunSummary(backend=cfg.pipeline_backend.name, epochs_planned=cfg.schedule.epochs,
-                         eval_compressed=cfg.compressor.eval_compressed, overrides=overrides)
+                         eval_compressed=cfg.compressor.eval_compressed, overrides=overrides,
+                         precision=cfg.precision)
     if state is not None:
         summary = _resumed_summary(state, cfg, check_config(cfg, state, ckpt))
         if state["epoch"] >= cfg.schedule.epochs:
@@ -187,6 +195,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             start = state["epoch"]
         val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
                                   train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
+        # data.device: the training set kept on that device (resident.py), or the CPU loader
+        resident = None if cfg.data.device == "cpu" else resident_train(datasets, cfg.data.device)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
                  f"{[list(split.cloud_range(s)) for s in range(cfg.partition.cloud_stages)]}, "
                  f"{len(cast(Sized, datasets.train))} train / {len(cast(Sized, datasets.val))} val "
@@ -198,9 +208,12 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             meter.reset()
             backend.start_epoch(epoch)
             lr = backend.lr
-            loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
-                                  epoch=epoch, num_workers=cfg.data.num_workers,
-                                  fixed_augment=cfg.data.get("augment") == "fixed")
+            fixed = cfg.data.get("augment") == "fixed"
+            loader: Any = (build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
+                                        epoch=epoch, num_workers=cfg.data.num_workers, fixed_augment=fixed)
+                           if resident is None else
+                           ResidentLoader(resident, cfg.data.batch_size, seed=cfg.seed, epoch=epoch,
+                                          fixed_augment=fixed, channels_last=cfg.channels_last))
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
             metrics.update(evaluate(backend, val_loader))
             for key in ("val_loss", "val_acc1"):
@@ -223,8 +236,10 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
                      f"train loss {metrics['train_loss']:.4f} acc1 {metrics['train_acc1']:.2f} | "
                      f"val loss {metrics['val_loss']:.4f} acc1 {metrics['val_acc1']:.2f} | "
                      f"{metrics['time_per_batch_s']:.3f} s/batch (run median "
-                     f"{summary.time_per_batch_s:.3f}) | up {comm.up_bytes_per_batch:.0f} "
-                     f"down {comm.down_bytes_per_batch:.0f} B/batch")
+                     f"{summary.time_per_batch_s:.3f}), data {metrics['data_s']:.2f} s | up "
+                     f"{comm.up_bytes_per_batch:.0f} down {comm.down_bytes_per_batch:.0f} B/batch"
+                     + (f" | {metrics['skipped_steps']} step(s) skipped by the fp16 loss scaler"
+                        if metrics["skipped_steps"] else ""))
     except UserError as e:
         summary.fail(str(e))
         _write_on_the_way_out(run_dir, summary)

@@ -4,6 +4,7 @@ import math
 from dataclasses import fields, is_dataclass
 from typing import Any, List
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.errors import ConfigError
@@ -18,6 +19,8 @@ CACHE_DTYPES = ("float16", "bfloat16", "float32")
 ROUNDINGS = ("nearest", "stochastic")
 SCALES = ("tensor", "channel", "group")
 ENTROPIES = ("none", "zlib", "zstd")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DATA_DEVICES = "cpu, cpu_resident, cuda, cuda:N"
 _ABSENT = object()
 
 
@@ -94,6 +97,10 @@ def validate(cfg: DictConfig) -> None:
     _check(b.checkpoint in CHECKPOINT_MODES, "pipeline_backend.checkpoint", b.checkpoint,
            f"allowed: {', '.join(CHECKPOINT_MODES)}")
     _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
+    _check(cfg.precision in PRECISIONS, "precision", cfg.precision, f"allowed: {', '.join(PRECISIONS)}")
+    _check(cfg.loss_scale > 0 and math.isfinite(cfg.loss_scale), "loss_scale", cfg.loss_scale,
+           "must be finite and > 0 (precision=fp16's initial loss scale)")
+    _data_device(d.device)
     _check(cfg.log_every >= 1, "log_every", cfg.log_every, "must be >= 1 (steps between log lines)")
     if cfg.logger.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
         raise ConfigError("logger=mlflow needs the mlflow package, which is not installed: "
@@ -110,6 +117,18 @@ def validate(cfg: DictConfig) -> None:
         _check(b.role in (None, "edge", "cloud"), "pipeline_backend.role", b.role,
                "allowed: edge, cloud, null")
         _check(b.order in ORDERS, "pipeline_backend.order", b.order, f"allowed: {', '.join(ORDERS)}")
+
+
+def _data_device(device: str) -> None:
+    """data.device: one of DATA_DEVICES, and a GPU that torch sees."""
+    kind, _, index = device.partition(":")
+    ok = device in ("cpu", "cpu_resident", "cuda") or (kind == "cuda" and index.isdigit())
+    _check(ok, "data.device", device, f"allowed: {DATA_DEVICES}")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        _check(count > int(index or 0), "data.device", device,
+               f"no such CUDA GPU ({count} here): allowed here: cpu, cpu_resident"
+               + (", cuda" if count else ""))
 
 
 def _compressor(c: DictConfig) -> None:

@@ -17,20 +17,23 @@ from edgesplit.run_summary import (EpochRecord, RunSummary, SideStats, SummaryFo
 SUMMARY_KEYS = ["status", "error", "epochs", "epochs_planned", "val_acc1", "val_acc5", "best_val_acc1",
                 "val_loss", "train_loss", "train_acc1", "time_per_batch_s", "samples_per_s",
                 "peak_memory_bytes", "backend", "eval_compressed", "overrides", "comm", "sides", "history",
-                "resumed_with_changes", "load_avg_start", "load_avg_end", "cpus"]
+                "resumed_with_changes", "load_avg_start", "load_avg_end", "cpus", "precision",
+                "activation_dtype", "gradient_dtype"]
 CROSSINGS = [f"{boundary}_{pass_}" for boundary in ("front", "back") for pass_ in ("forward", "backward")]
 COMM_KEYS = ["up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_batch",
              "raw_down_bytes_per_batch", "compression_ratio", "overhead_up_bytes_per_batch",
-             "overhead_down_bytes_per_batch"] + [
+             "overhead_down_bytes_per_batch", "raw_fp32_up_bytes_per_batch",
+             "raw_fp32_down_bytes_per_batch", "fp32_compression_ratio"] + [
     key for c in CROSSINGS
     for key in (f"{c}_bytes_per_batch", f"raw_{c}_bytes_per_batch", f"{c}_rel_error", f"{c}_sparsity")]
 SIDE_KEYS = ["parameters", "peak_memory_bytes", "compute_s_per_batch", "processes", "codec_state_bytes"]
 EPOCH_KEYS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
               "time_per_batch_s", "samples_per_s", "peak_memory_bytes", "up_bytes_per_batch",
-              "down_bytes_per_batch"]
+              "down_bytes_per_batch", "data_s", "skipped_steps"]
 # TensorBoard's per-epoch tags for a run with edge and cloud sides
 EPOCH_TAGS = ["train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5", "val/best_acc1", "lr",
-              "time/batch_s", "memory/peak_bytes", "comm/up_bytes", "comm/down_bytes", "comm/raw_up_bytes",
+              "time/batch_s", "time/data_s", "memory/peak_bytes", "comm/up_bytes", "comm/down_bytes",
+              "comm/raw_up_bytes",
               "comm/raw_down_bytes", "comm/overhead_up_bytes", "comm/overhead_down_bytes",
               "time/edge_compute_s", "memory/edge_peak_bytes", "time/cloud_compute_s",
               "memory/cloud_peak_bytes"] + [f"boundary/{c}/{stat}" for c in CROSSINGS
@@ -53,7 +56,8 @@ def _meter() -> CommMeter:
 
 def _epoch(epoch: int, val_acc1: float) -> EpochRecord:
     return EpochRecord(epoch, lr=0.1 * epoch, train_loss=1.0 / epoch, train_acc1=50.0 + epoch, val_loss=0.9,
-                       val_acc1=val_acc1, val_acc5=99.0, time_per_batch_s=0.5)
+                       val_acc1=val_acc1, val_acc5=99.0, time_per_batch_s=0.5, data_s=0.25 * epoch,
+                       skipped_steps=epoch - 1)
 
 
 def _finished() -> RunSummary:
@@ -108,6 +112,7 @@ def test_epoch_scalars_are_the_tensorboard_tags() -> None:
     scalars = _finished().epoch_scalars()
     assert sorted(scalars) == sorted(EPOCH_TAGS)
     assert scalars["lr"] == 0.2 and scalars["val/best_acc1"] == 70.0
+    assert scalars["time/data_s"] == 0.5  # the last epoch's wait for its batches
     assert scalars["comm/overhead_up_bytes"] == 32.0 and scalars["boundary/back_forward/sparsity"] == 0.5
 
 

@@ -16,14 +16,16 @@ from edgesplit.run_summary import SideStats
 
 @dataclass
 class StepResult:
-    """Sums over one batch: loss x samples, top-1 and top-5 hits, samples."""
+    """Sums over one batch (or several): loss x samples, top-1 and top-5 hits, samples, and the
+    train steps that fp16's loss scaler skipped (a gradient overflowed: no weight changed)."""
     loss_sum: float
     correct1: int
     correct5: int
     count: int
+    skipped: int = 0
 
     @staticmethod
-    def of(logits: Tensor, target: Tensor, loss: Tensor) -> "StepResult":
+    def of(logits: Tensor, target: Tensor, loss: Tensor, skipped: bool = False) -> "StepResult":
         """From a batch's logits and its mean loss."""
         with torch.no_grad():
             k = min(5, logits.shape[1])
@@ -34,11 +36,13 @@ class StepResult:
                 correct1=int(hits[:, 0].sum()),
                 correct5=int(hits.any(dim=1).sum()),
                 count=target.numel(),
+                skipped=int(skipped),
             )
 
     def __add__(self, other: "StepResult") -> "StepResult":
         return StepResult(self.loss_sum + other.loss_sum, self.correct1 + other.correct1,
-                          self.correct5 + other.correct5, self.count + other.count)
+                          self.correct5 + other.correct5, self.count + other.count,
+                          self.skipped + other.skipped)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -18,8 +18,9 @@ class GPipeBackend(LocalBackend):
                  meter: CommMeter) -> None:
         super().__init__(cfg, split, codecs, meter)
         b = cfg.pipeline_backend
-        layers = [m for part in self.partitions for m in part]
-        self.pipe = GPipe(nn.Sequential(*layers), balance=[len(p) for p in self.partitions],
+        # one module per partition: under autocast it is precision.Autocast, which enters autocast
+        # inside the partition on torchgpipe's worker thread (and in its recomputation)
+        self.pipe = GPipe(nn.Sequential(*self.partitions), balance=[1] * len(self.partitions),
                           devices=self.devices, chunks=b.chunks, checkpoint=b.checkpoint,
                           deferred_batch_norm=b.deferred_batch_norm)
         # GPipe keeps the unit objects (deferred BatchNorm swaps only their BatchNorm children)

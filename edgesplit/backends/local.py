@@ -16,25 +16,32 @@ from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs, build_codecs
 from edgesplit.lr_schedule import Optimization
 from edgesplit.partition import Split
+from edgesplit.precision import Precision
 from edgesplit.run_summary import SideStats
 
 
 class LocalBackend(Backend):
-    """All partitions in this process, each on its device; one optimizer over every unit."""
+    """All partitions in this process, each on its device; one optimizer over every unit.
+
+    `precision`: each partition runs under autocast on its device (entered inside the partition:
+    precision.Autocast) and, for fp16, one loss scaler over every unit decides each step."""
 
     def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
                  meter: CommMeter) -> None:
         self.split, self.meter, self.clock = split, meter, SideClock()
+        self.precision = Precision.of(cfg)
         # the receiving ends' own codec objects: per-sample state is each end's, as across hosts
         receivers = build_codecs(cfg.compressor)
         self.boundaries = [Boundary(name, codecs[name], meter, cfg.compressor.eval_compressed,
                                     cfg.seed, receivers[name]) for name in ("front", "back")]
-        self.partitions = build_partitions(split, self.boundaries, self.clock)
-        self.devices = resolve_devices(cfg.pipeline_backend.devices, len(self.partitions))
-        for part, device in zip(self.partitions, self.devices):
-            part.to(device)
+        for b in self.boundaries:
+            b.loss_scaled, b.channels_last = self.precision.scaled, self.precision.channels_last
+        parts = build_partitions(split, self.boundaries, self.clock)
+        self.devices = resolve_devices(cfg.pipeline_backend.devices, len(parts))
+        self.partitions = [self.precision.partition(part.to(device), device)
+                           for part, device in zip(parts, self.devices)]
         self.optimization = Optimization(named_unit_parameters(self.local_units()), cfg.schedule,
-                                         cfg.optimizer)
+                                         cfg.optimizer, self.precision.scaling(self.devices[0]))
         self.steps = 0
         self.chunks = int(cfg.pipeline_backend.chunks)  # as torchgpipe cuts a batch (torch.chunk)
 
@@ -53,20 +60,21 @@ class LocalBackend(Backend):
         for b in self.boundaries:
             b.new_step(list(ids.chunk(self.chunks)))
         self.optimization.zero_grad()
-        logits = self.forward(x)
+        logits = self.forward(self.precision.input(x))
         y = y.to(logits.device)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        self.optimization.step()
+        loss = F.cross_entropy(logits.float(), y)  # in fp32 whatever the logits' dtype
+        self.optimization.scaling.scale(loss).backward()
+        overflow = self.optimization.overflow([f for b in self.boundaries for f in b.overflows()])
+        stepped = self.optimization.step(overflow)
         self.meter.end_batch()
         self.steps += 1
-        return StepResult.of(logits, y, loss)
+        return StepResult.of(logits, y, loss, skipped=not stepped)
 
     @torch.no_grad()
     def eval_step(self, x: Tensor, y: Tensor) -> StepResult:
-        logits = self.forward(x)
+        logits = self.forward(self.precision.input(x))
         y = y.to(logits.device)
-        return StepResult.of(logits, y, F.cross_entropy(logits, y))
+        return StepResult.of(logits, y, F.cross_entropy(logits.float(), y))
 
     def start_epoch(self, epoch: int) -> None:
         self.optimization.start_epoch(epoch)

@@ -20,6 +20,7 @@ from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
 from edgesplit.errors import PeerError
 from edgesplit.lr_schedule import Optimization
+from edgesplit.precision import Precision
 from edgesplit.run_summary import SideStats
 
 
@@ -42,14 +43,19 @@ class CloudStage:
         # the edge link's codecs decide, on every link: the ids pass through the cloud stages
         carry_ids = any(Boundary(n, codecs[n], None).needs_ids for n in ("front", "back"))
         self.boundaries = [bd for bd in (self.inbound, self.outbound) if bd.meter is not None]
+        self.precision = precision = Precision.of(cfg)
+        for bd in (self.inbound, self.outbound):
+            bd.loss_scaled, bd.channels_last = precision.scaled, precision.channels_last
         module = nn.Sequential(OrderedDict((str(i), u) for i, u in sorted(self.units.items())))
-        runner = StageRunner(module, b.checkpoint, b.chunks, b.deferred_batch_norm)
+        runner = StageRunner(precision.partition(module, self.device), b.checkpoint, b.chunks,
+                             b.deferred_batch_norm)
         self.up, self.down = spec.rank - 1, (EDGE if spec.last else spec.rank + 1)
         self.source = LinkIn(transport, self.up, self.inbound, self.device, carry_ids)
         self.sink = LinkOut(transport, self.down, self.outbound, self.device, carry_ids)
         self.stage = Stage(runner, self.source, self.sink)
         self.order = b.order
-        self.optimization = Optimization(named_unit_parameters(self.units), cfg.schedule, cfg.optimizer)
+        self.optimization = Optimization(named_unit_parameters(self.units), cfg.schedule,
+                                         cfg.optimizer, precision.scaling(self.device))
         self.compute_s, self.steps = 0.0, 0
 
     # -- steps ---------------------------------------------------------------------------------
@@ -70,11 +76,26 @@ class CloudStage:
             self.optimization.zero_grad()
         compute = run_steps(steps, self.t)
         if info.train:
-            self.optimization.step()
+            self.optimization.step(self._overflow())
             self.compute_s += compute
             self.steps += 1
         self.source.flush()
         self.sink.flush()
+
+    def _overflow(self) -> bool:
+        """fp16: report whether a gradient here or in a later stage overflowed (behind the step's
+        gradients, toward the edge); return the edge's decision, passed on to the later stages."""
+        if not self.precision.scaled:
+            return False
+        flags = [f for b in (self.inbound, self.outbound) for f in b.overflows()]
+        mine = self.optimization.overflow(flags)
+        if not self.spec.last:
+            mine = self.sink.receive_overflow() or mine
+        self.source.report_overflow(mine)
+        skip = self.source.receive_decision()
+        if not self.spec.last:
+            self.sink.send_decision(skip)
+        return skip
 
     # -- control -------------------------------------------------------------------------------
     def control(self, command: Command, blobs: List[bytes]) -> Optional[bytes]:

@@ -25,6 +25,7 @@ from edgesplit.compression import BoundaryCodecs
 from edgesplit.errors import ConfigError
 from edgesplit.lr_schedule import Optimization
 from edgesplit.partition import Split
+from edgesplit.precision import Precision
 from edgesplit.run_summary import SideStats
 
 
@@ -48,11 +49,17 @@ class RemoteBackend(Backend):
         eval_compressed = cfg.compressor.eval_compressed
         self.boundaries = [Boundary(name, codecs[name], meter, eval_compressed, cfg.seed)
                            for name in ("front", "back")]
+        self.precision = precision = Precision.of(cfg)
+        for boundary in self.boundaries:
+            boundary.loss_scaled, boundary.channels_last = precision.scaled, precision.channels_last
         carry_ids = any(b.needs_ids for b in self.boundaries)
         mode, dbn = b.checkpoint, b.deferred_batch_norm
-        self.front = StageRunner(split.edge_front, mode, self.chunks, dbn)
-        self.back = StageRunner(split.edge_back, mode, self.chunks, dbn)
-        self.optimization = Optimization(named_unit_parameters(self._units), cfg.schedule, cfg.optimizer)
+        self.front = StageRunner(precision.partition(split.edge_front, self.device), mode,
+                                 self.chunks, dbn)
+        self.back = StageRunner(precision.partition(split.edge_back, self.device), mode,
+                                self.chunks, dbn)
+        self.optimization = Optimization(named_unit_parameters(self._units), cfg.schedule,
+                                         cfg.optimizer, precision.scaling(self.device))
         self.healthy, self.closed = False, False
         self.compute_s, self.steps = 0.0, 0
         self.world = self._launch(cfg, split, [str(d) for d in devices[1:-1]])
@@ -128,12 +135,12 @@ class RemoteBackend(Backend):
 
     def _step(self, x: Tensor, y: Tensor, ids: Optional[Tensor], train: bool) -> StepResult:
         """One step in the order of edge_steps; sends never block."""
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = self.precision.input(x.to(self.device)), y.to(self.device)
         xs, ys = list(x.chunk(self.chunks)), list(y.chunk(self.chunks))
         id_chunks: List[Optional[Tensor]] = (list(ids.chunk(self.chunks)) if ids is not None
                                              else [None] * len(xs))
         info = StepInfo(len(xs), train, self.front.module.training)
-        loss = Loss(ys)
+        loss = Loss(ys, self.optimization.scaling.scale)
         stages = {"front": Stage(self.front, Inputs(xs, id_chunks), self.to_cloud),
                   "back": Stage(self.back, self.from_cloud, loss)}
         for stage in stages.values():
@@ -147,12 +154,26 @@ class RemoteBackend(Backend):
         compute = run_steps(steps, self.t)
         self.to_cloud.flush()
         self.from_cloud.flush()
+        stepped = True
         if train:
-            self.optimization.step()
+            stepped = self.optimization.step(self._overflow())
+            self.to_cloud.flush()
             self.compute_s += compute
             self.steps += 1
             self.meter.end_batch()
-        return StepResult.of(torch.cat([loss.logits[i] for i in range(info.count)]), y, loss.mean())
+        return StepResult.of(torch.cat([loss.logits[i] for i in range(info.count)]), y, loss.mean(),
+                             skipped=not stepped)
+
+    def _overflow(self) -> bool:
+        """fp16: the run's one decision for this step, skip (True) or step. A gradient overflowed
+        on the edge (or a boundary's flag) or on a cloud stage: every stage reports, behind its
+        gradients, whether it or one after it did; the edge decides and tells them all."""
+        if not self.precision.scaled:
+            return False
+        mine = self.optimization.overflow([f for b in self.boundaries for f in b.overflows()])
+        skip = self.to_cloud.receive_overflow() or mine
+        self.to_cloud.send_decision(skip)
+        return skip
 
     # -- control -------------------------------------------------------------------------------
     def _control(self, command: Command, blobs: Optional[List[bytes]] = None) -> Tuple[Command, List[bytes]]:

@@ -5,7 +5,7 @@ output and runs its backward. On a link both ends call the same Boundary (encode
 at the sender; decode at the receiver); between cloud stages the boundary is a raw one."""
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,20 +68,21 @@ class Inputs(Source):
 
 class Loss(Sink):
     """The edge's labels: each micro-batch's loss scaled by its share of the batch, so the
-    gradients are those of the whole batch's mean loss (as GPipe's)."""
+    gradients are those of the whole batch's mean loss (as GPipe's); in fp32 whatever the logits'
+    dtype, and multiplied by fp16's loss scale (`scale`) before its backward."""
 
-    def __init__(self, labels: List[Tensor]) -> None:
-        self.labels = labels
+    def __init__(self, labels: List[Tensor], scale: Callable[[Tensor], Tensor] = lambda t: t) -> None:
+        self.labels, self.scale = labels, scale
         self.batch = sum(y.numel() for y in labels)
         self.logits: Dict[int, Tensor] = {}
         self.losses: Dict[int, Tensor] = {}
 
     def send(self, i: int, y: Tensor, ids: Ids) -> None:
-        self.losses[i] = F.cross_entropy(y, self.labels[i].to(y.device))
+        self.losses[i] = F.cross_entropy(y.float(), self.labels[i].to(y.device))
         self.logits[i] = y.detach()
 
     def backward(self, i: int, y: Tensor, ids: Ids) -> None:
-        (self.losses[i] * (self.labels[i].numel() / self.batch)).backward()
+        self.scale(self.losses[i] * (self.labels[i].numel() / self.batch)).backward()
 
     def mean(self) -> Tensor:
         return sum(self.losses[i].detach() * (y.numel() / self.batch)
@@ -129,6 +130,18 @@ class _Link:
     def flush(self) -> None:
         self.t.wait_sent(self.pending, self.peer)
 
+    def _send_flag(self, kind: Kind, pass_: str, value: bool) -> None:
+        """One byte of fp16's step agreement (transport overhead, as a header is)."""
+        self.boundary.add_overhead(pass_, 1)
+        self._send(pass_, Header(kind), torch.tensor([int(value)], dtype=torch.uint8))
+
+    def _recv_flag(self, kind: Kind) -> bool:
+        _, payload = self.t.recv(self.peer, kind)
+        if payload.numel() != 1 or int(payload[0]) > 1:
+            raise ValueError(f"a {kind.name} message of {payload.numel()} bytes: expected one "
+                             f"byte, 0 or 1")
+        return bool(payload[0])
+
 
 class LinkIn(_Link, Source):
     """Activations from the stage before; their gradients go back to it."""
@@ -160,6 +173,14 @@ class LinkIn(_Link, Source):
         payload = self.boundary.send("backward", grad, self.supports.pop(i), ids)
         self._send("backward", Header(Kind.BACKWARD, i, self.step.count), payload)
 
+    def report_overflow(self, overflow: bool) -> None:
+        """fp16: whether this stage or one after it overflowed, behind the step's gradients."""
+        self._send_flag(Kind.OVERFLOW, "backward", overflow)
+
+    def receive_decision(self) -> bool:
+        """fp16: the edge's decision for the step (True: skip it)."""
+        return self._recv_flag(Kind.SCALER)
+
 
 class LinkOut(_Link, Sink):
     """Activations to the stage after; their gradients come back from it."""
@@ -175,3 +196,11 @@ class LinkOut(_Link, Sink):
         _, payload = self.t.recv(self.peer, Kind.BACKWARD, i)
         grad = self.boundary.receive("backward", payload, self.supports.pop(i), ids)
         y.backward(grad.to(y.device))
+
+    def receive_overflow(self) -> bool:
+        """fp16: the report of the stages after this one (sent behind their gradients)."""
+        return self._recv_flag(Kind.OVERFLOW)
+
+    def send_decision(self, skip: bool) -> None:
+        """fp16: the step's decision, on to the stages after this one."""
+        self._send_flag(Kind.SCALER, "forward", skip)

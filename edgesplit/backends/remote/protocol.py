@@ -36,6 +36,9 @@ class Kind(IntEnum):
     BACKWARD = 3  # gradient of a train step
     CONTROL = 4  # a Command, edge -> cloud stages in order
     REPLY = 5  # the last cloud stage's Command with every stage's reply, back to the edge
+    # precision=fp16, after each train step's backwards: one byte, 0 or 1
+    OVERFLOW = 6  # a gradient of this stage or a later one overflowed; toward the edge, with gradients
+    SCALER = 7  # the edge's decision for every side (1: skip the step); edge -> cloud stages in order
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class Header:
 
 def tags(kind: Optional[Kind]) -> Tuple[int, int]:
     """(header tag, payload tag) of the stream that carries messages of `kind`."""
-    if kind == Kind.BACKWARD:
+    if kind in (Kind.BACKWARD, Kind.OVERFLOW):
         return GRAD_HEADER_TAG, GRAD_PAYLOAD_TAG
     return HEADER_TAG, PAYLOAD_TAG
 
