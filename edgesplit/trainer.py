@@ -4,10 +4,11 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sized, cast
+from typing import Any, Dict, List, Optional, Sized, Tuple, cast
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 from tqdm import tqdm
 
 from edgesplit import checkpoint, interrupt, memory
@@ -17,7 +18,7 @@ from edgesplit.codecs import NonFiniteError
 from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
 from edgesplit.validate import validate, validate_partition
-from edgesplit.data import build_datasets, build_loader
+from edgesplit.data import Datasets, build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logbook import Logbook, public_config
 from edgesplit.model import build_units, check_num_classes
@@ -159,17 +160,25 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
             memory.stop_job()
 
 
-def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunDirLock) -> Dict[str, Any]:
+def build_model(cfg: DictConfig) -> Tuple[Datasets, List[nn.Module]]:
+    """The datasets and the units initialised from the seed, checked against each other; the
+    config is resolved from the data (a cloud host has no dataset): model.num_classes and
+    compressor.num_samples (the rows of per-sample codec state). Sets cfg.threads first."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    state = load_state(cfg, run_dir)
     datasets = build_datasets(cfg.data)
     torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model, datasets.num_classes)  # initialised from the seed
-    cfg.model.num_classes = datasets.num_classes  # the resolved config: a cloud host has no dataset
-    cfg.compressor.num_samples = len(cast(Sized, datasets.train))  # rows of per-sample codec state
+    units = build_units(cfg.model, datasets.num_classes)
+    cfg.model.num_classes = datasets.num_classes
+    cfg.compressor.num_samples = len(cast(Sized, datasets.train))
     check_num_classes(units, datasets.num_classes, datasets.input_shape)
     validate_partition(cfg.partition, len(units))
+    return datasets, units
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunDirLock) -> Dict[str, Any]:
+    state = load_state(cfg, run_dir)
+    datasets, units = build_model(cfg)
     ckpt = run_dir / checkpoint.NAME
     summary = RunSummary(backend=cfg.pipeline_backend.name, epochs_planned=cfg.schedule.epochs,
                          eval_compressed=cfg.compressor.eval_compressed, overrides=overrides,

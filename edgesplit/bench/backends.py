@@ -44,19 +44,13 @@ def overrides_of(args: argparse.Namespace, name: str) -> List[str]:
 def measure(overrides: List[str], warmup: int, steps: int, plain: bool = False) -> Dict[str, Any]:
     """Build the backend (or plain's model) in this process, time `steps` train steps after `warmup` ones."""
     from edgesplit.backends import build_backend
+    from edgesplit.bottleneck import split_model
     from edgesplit.compression import build_codecs
     from edgesplit.config import compose_config
-    from edgesplit.data import build_datasets
-    from edgesplit.model import build_units
-    from edgesplit.bottleneck import split_model
+    from edgesplit.trainer import build_model
 
     cfg = compose_config(overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    datasets = build_datasets(cfg.data)
-    torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model, datasets.num_classes)
-    cfg.model.num_classes = datasets.num_classes
+    datasets, units = build_model(cfg)
     data = datasets.train
     x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
     y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])

@@ -6,8 +6,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sized, Tuple, cast
 
-import torch
-
 from edgesplit.bench._cifar_files import write_cifar10
 from edgesplit.bench.machine import header_lines
 
@@ -72,20 +70,13 @@ def measure(overrides: List[str], warmup: int, steps: Optional[int],
     from edgesplit.comm import CommMeter
     from edgesplit.compression import build_codecs
     from edgesplit.config import compose_config
-    from edgesplit.data import build_datasets, build_loader
+    from edgesplit.data import build_loader
     from edgesplit.logbook import Logbook
-    from edgesplit.model import build_units
     from edgesplit.steptimes import RunStepTimes
-    from edgesplit.trainer import evaluate, train_epoch
+    from edgesplit.trainer import build_model, evaluate, train_epoch
 
     cfg = compose_config(overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    datasets = build_datasets(cfg.data)
-    torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model, datasets.num_classes)
-    cfg.model.num_classes = datasets.num_classes
-    cfg.compressor.num_samples = len(cast(Sized, datasets.train))
+    datasets, units = build_model(cfg)
     backend = build_backend(cfg, split_model(units, cfg, datasets.input_shape),
                             build_codecs(cfg.compressor), CommMeter())
     d = cfg.data
