@@ -142,6 +142,11 @@ class Boundary:
              ids: Optional[Tensor] = None) -> Tensor:
         """The payload of `x` (an activation for pass_='forward', a gradient for 'backward') of
         the micro-batch of dataset indices `ids`."""
+        return self._encode(pass_, x, support, ids)[0]
+
+    def _encode(self, pass_: str, x: Tensor, support: Optional[Tensor],
+                ids: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor], Crossing]:
+        """(payload, its decode where the sender made one, the crossing)."""
         x = x.detach()
         if self.loss_scaled and pass_ == "backward":
             x = self._finite(x)
@@ -161,12 +166,27 @@ class Boundary:
                 if decoded is None:
                     decoded = codec.decode(payload, support, replace(crossing, update=False))
                 self.meter.record_quality(self.name, pass_, *quality(x, decoded))
-        return payload
+        return payload, decoded, crossing
 
     def receive(self, pass_: str, payload: Tensor, support: Optional[Tensor] = None,
                 ids: Optional[Tensor] = None) -> Tensor:
         crossing = self.crossing(pass_, ids)
-        out = self.codec(pass_, "decode").decode(payload, support, crossing)
+        return self._received(pass_, self.codec(pass_, "decode").decode(payload, support, crossing),
+                              crossing)
+
+    def exchange(self, pass_: str, x: Tensor, support: Optional[Tensor] = None,
+                 ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """send, then receive, in one process: (payload, what the receiver decodes). The decode
+        the sender made to measure the codec is the receiver's too where decoding keeps no state
+        (no second decode of the step's first crossing)."""
+        payload, decoded, crossing = self._encode(pass_, x, support, ids)
+        decoder = self.codec(pass_, "decode")
+        if decoded is None or decoder.per_sample or self.receiver.activation.per_sample:
+            return payload, self.receive(pass_, payload, support, ids)
+        return payload, self._received(pass_, decoded, crossing)
+
+    def _received(self, pass_: str, out: Tensor, crossing: Crossing) -> Tensor:
+        """What a decoded tensor becomes on the receiving side."""
         if self.warm and crossing.update and pass_ == "forward":
             self.receiver.activation.observe(out, crossing)
         if self.channels_last and pass_ == "forward" and out.dim() == 4:
@@ -192,8 +212,7 @@ class Boundary:
         if is_recomputing():
             return self._replay.pop(x.data_ptr())
         ids = self._next_ids(x.shape[0])
-        payload = self.send("forward", x, ids=ids)
-        crossed = payload, self.receive("forward", payload, ids=ids), ids
+        crossed = (*self.exchange("forward", x, ids=ids), ids)
         if is_checkpointing():
             self._replay[x.data_ptr()] = crossed
         return crossed
@@ -237,9 +256,8 @@ class _Cross(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None]:
-        boundary, support, ids = ctx.boundary, ctx.support, ctx.ids
-        payload = boundary.send("backward", grad, support, ids)
-        return boundary.receive("backward", payload, support, ids), None
+        _, out = ctx.boundary.exchange("backward", grad, ctx.support, ctx.ids)
+        return out, None
 
 
 class BoundaryLayer(nn.Module):
