@@ -81,8 +81,7 @@ class Boundary:
 
     @property
     def needs_ids(self) -> bool:
-        """Whether a crossing needs its micro-batch's dataset indices (across hosts they travel)."""
-        return any(c.random or c.per_sample for c in (self.codecs.activation, self.codecs.gradient))
+        return self.codecs.needs_ids
 
     def codec(self, pass_: str, end: str = "encode") -> Codec:
         """The codec that encodes (end='encode') or decodes a pass."""
@@ -111,9 +110,8 @@ class Boundary:
 
     def _finite(self, x: Tensor) -> Tensor:
         """x with inf/NaN as zeros; whether there were any joins this step's flags."""
-        finite = torch.isfinite(x)
-        self._overflows.append(~finite.all())  # list.append: atomic across torchgpipe's threads
-        return torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        self._overflows.append(~torch.isfinite(x).all())  # list.append: atomic across threads
+        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _next_ids(self, rows: int) -> Optional[Tensor]:
         """The ids of the next micro-batch to cross forward in one process: torchgpipe runs a

@@ -20,6 +20,11 @@ class BoundaryCodecs:
     reuses_support: bool  # the gradient travels only at the positions the activation kept
     warmup_epochs: int = 0  # the first epochs send raw values
 
+    @property
+    def needs_ids(self) -> bool:
+        """Whether a crossing needs its micro-batch's dataset indices (across hosts they travel)."""
+        return any(c.random or c.per_sample for c in (self.activation, self.gradient))
+
 
 def _codec(spec: Any, key: str, cache: Optional[CacheSpec]) -> Codec:
     try:

@@ -8,7 +8,6 @@ figure is the job's. A peak shorter than SAMPLE_S that stays below an earlier jo
 A process that runs no job (a dist cloud stage) reports its whole life's ru_maxrss."""
 import ctypes
 import gc
-import os
 import resource
 import threading
 from typing import Optional
@@ -17,16 +16,11 @@ import psutil
 import torch
 
 SAMPLE_S = 0.05
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def rss_bytes() -> int:
-    """This process's resident set size now (/proc/self/statm on Linux, else psutil)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return int(psutil.Process().memory_info().rss)
+    """This process's resident set size now."""
+    return int(psutil.Process().memory_info().rss)
 
 
 def max_rss_bytes() -> int:

@@ -1,5 +1,5 @@
 """Delta (AQ-SGD): each sample's activation as the quantized change from its previous visit."""
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -47,13 +47,13 @@ class Delta(Codec):
     def random(self) -> bool:  # type: ignore[override]
         return self.delta.random or self.first.random
 
-    def _rows(self, crossing: Crossing, x_rows: int) -> Tensor:
-        """The seen flags of the crossing's samples (CPU bool), after checking its ids."""
+    def _rows(self, crossing: Crossing, x_rows: int) -> Tuple[Tensor, Tensor]:
+        """(the crossing's ids, checked; their seen flags), CPU tensors."""
         assert crossing.ids is not None
         ids = self.cache.check_ids(crossing.ids)
         if ids.numel() != x_rows:
             raise ValueError(f"{self.name}: {ids.numel()} sample ids for a tensor of {x_rows} rows")
-        return self.cache.seen[ids]
+        return ids, self.cache.seen[ids]
 
     def encode(self, x: Tensor, support: Optional[Tensor] = None,
                crossing: Optional[Crossing] = None) -> Tensor:
@@ -65,11 +65,12 @@ class Delta(Codec):
         if x.dim() < 1 or not self.cache.shape_ok(tuple(x.shape[1:])):
             raise ValueError(f"{self.name}: rows of shape {tuple(x.shape[1:])} do not match the "
                              f"per-sample cache")
-        seen = self._rows(crossing, x.shape[0]).to(x.device)
+        ids, seen_cpu = self._rows(crossing, x.shape[0])
+        seen = seen_cpu.to(x.device)
         first = self.first.encode(x[~seen], crossing=crossing)
         changes = x[seen].float()
         if changes.numel():
-            changes -= self.cache.get(crossing.ids[seen.cpu()], x.device)
+            changes -= self.cache.get(ids[seen_cpu], x.device)
         delta = self.delta.encode(changes.to(x.dtype), crossing=Crossing(key=crossing.key + 1))
         header = encode_header(DELTA, x.dtype, tuple(x.shape),
                                DELTA_FIELDS.pack(first.numel(), delta.numel()))
@@ -90,8 +91,7 @@ class Delta(Codec):
         if h.size + first_bytes + delta_bytes != payload.numel() or not h.shape:
             raise ValueError(f"{self.name}: payload of {payload.numel()} bytes, its header declares "
                              f"{h.size} + {first_bytes} + {delta_bytes}")
-        seen = self._rows(crossing, h.shape[0])
-        ids = self.cache.check_ids(crossing.ids)
+        ids, seen = self._rows(crossing, h.shape[0])
         row = tuple(h.shape[1:])
         if not self.cache.shape_ok(row):
             raise ValueError(f"{self.name}: payload rows of shape {row} do not match the cache")

@@ -41,7 +41,7 @@ class CloudStage:
         self.outbound = (Boundary("back", codecs["back"], self.meter, eval_compressed, cfg.seed)
                          if spec.last else Boundary.raw(f"stage{spec.rank}"))
         # the edge link's codecs decide, on every link: the ids pass through the cloud stages
-        carry_ids = any(Boundary(n, codecs[n], None).needs_ids for n in ("front", "back"))
+        carry_ids = any(c.needs_ids for c in codecs.values())
         self.boundaries = [bd for bd in (self.inbound, self.outbound) if bd.meter is not None]
         self.precision = precision = Precision.of(cfg)
         for bd in (self.inbound, self.outbound):
