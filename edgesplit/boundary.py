@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 from torchgpipe import is_checkpointing, is_recomputing
 
-from edgesplit.codecs import Codec, Crossing, Identity
+from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError
+from edgesplit.codecs.fused import nonfinite
 from edgesplit.comm import DIRECTION, CommMeter
 from edgesplit.compression import BoundaryCodecs
 from edgesplit.precision import dtype_name
@@ -17,12 +18,14 @@ RAW = BoundaryCodecs(Identity(), Identity(), reuses_support=False)
 MASK64 = 2**64 - 1
 
 
-def quality(x: Tensor, y: Tensor) -> Tuple[float, float]:
-    """Relative error ||x - y|| / ||x|| and the fraction of zeros in what arrived."""
+def quality(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    """Relative error ||x - y|| / ||x|| (0 when x is 0) and the fraction of zeros in what arrived,
+    as 0-d tensors on x's device: the meter reads them once the step ends."""
     x32, y32 = x.detach().float(), y.detach().float()
-    norm = float(torch.linalg.vector_norm(x32))
-    err = float(torch.linalg.vector_norm(x32 - y32))
-    return (err / norm if norm > 0 else 0.0), float((y32 == 0).float().mean())
+    norm = torch.linalg.vector_norm(x32)
+    err = torch.linalg.vector_norm(x32 - y32)
+    rel = torch.where(norm > 0, err / torch.where(norm > 0, norm, 1.0), 0.0)
+    return rel, (y32 == 0).float().mean()
 
 
 def draw_key(seed: int, step: int, boundary: str, pass_: str, first_id: int) -> int:
@@ -69,6 +72,7 @@ class Boundary:
         self._measure_due = {"forward": False, "backward": False}
         self.loss_scaled, self.channels_last = False, False
         self._overflows: List[Tensor] = []  # this step's non-finite gradient flags (loss_scaled)
+        self._nonfinite: List[Tuple[str, Tensor]] = []  # fused encodes' flags, read once a step
 
     @staticmethod
     def raw(name: str) -> "Boundary":
@@ -103,6 +107,16 @@ class Boundary:
         self._measure_due = {"forward": True, "backward": True}
         self._batch_ids, self._forwards = batch_ids or [], 0
         self._overflows = []
+        self._nonfinite = []
+
+    def check_finite(self) -> None:
+        """NonFiniteError if a tensor a fused (device) encode sent since the last check held NaN
+        or inf: what the host path raises at the encode, read here once (a wait for the device)."""
+        flags, self._nonfinite = self._nonfinite, []
+        if flags and bool(torch.stack([f for _, f in flags]).any()):
+            pass_ = next(p for p, f in flags if bool(f))
+            raise NonFiniteError(f"boundary {self.name}: the {pass_} tensor to encode holds NaN "
+                                 f"or inf")
 
     def overflows(self) -> List[Tensor]:
         """This train step's flags (bool device tensors): a gradient sent held inf or NaN."""
@@ -139,8 +153,11 @@ class Boundary:
     def send(self, pass_: str, x: Tensor, support: Optional[Tensor] = None,
              ids: Optional[Tensor] = None) -> Tensor:
         """The payload of `x` (an activation for pass_='forward', a gradient for 'backward') of
-        the micro-batch of dataset indices `ids`."""
-        return self._encode(pass_, x, support, ids)[0]
+        the micro-batch of dataset indices `ids`, for the link: the payload goes to the host next,
+        so a fused encode's finiteness is checked now."""
+        payload = self._encode(pass_, x, support, ids)[0]
+        self.check_finite()
+        return payload
 
     def _encode(self, pass_: str, x: Tensor, support: Optional[Tensor],
                 ids: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor], Crossing]:
@@ -150,6 +167,9 @@ class Boundary:
             x = self._finite(x)
         codec, crossing = self.codec(pass_), self.crossing(pass_, ids)
         payload = codec.encode(x, support, crossing)
+        flag = nonfinite(payload)
+        if flag is not None:
+            self._nonfinite.append((pass_, flag))  # list.append: atomic across threads
         decoded = None
         if codec.mirrors and crossing.update:  # the sender's state follows the receiver's
             decoded = codec.decode(payload, support, crossing)

@@ -2,7 +2,10 @@
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
+
+import torch
+from torch import Tensor
 
 BOUNDARIES = ("front", "back")  # front: edge-front -> cloud; back: cloud -> edge-back
 PASSES = ("forward", "backward")
@@ -150,6 +153,8 @@ class CommMeter:
             self.elements: Dict[Tuple[str, str], int] = defaultdict(int)
             self.overhead_bytes: Dict[str, int] = defaultdict(int)
             self.batches = 0
+            # quality figures still on a device: read at the batch's end (no sync per crossing)
+            self._pending: List[Tuple[Tuple[str, str], Tensor, Tensor]] = []
 
     def record(self, boundary: str, pass_: str, payload_bytes: int, raw_bytes: int,
                coded_bytes: Optional[int] = None, elements: int = 0,
@@ -166,11 +171,25 @@ class CommMeter:
             if dtype is not None:
                 self.dtypes[boundary, pass_].add(dtype)
 
-    def record_quality(self, boundary: str, pass_: str, rel_error: float, sparsity: float) -> None:
+    def record_quality(self, boundary: str, pass_: str, rel_error: Union[float, Tensor],
+                       sparsity: Union[float, Tensor]) -> None:
+        """One measured crossing; tensors (0-d, on any device) are read when the batch ends."""
         with self._lock:
+            if isinstance(rel_error, Tensor) or isinstance(sparsity, Tensor):
+                self._pending.append(((boundary, pass_), torch.as_tensor(rel_error),
+                                      torch.as_tensor(sparsity)))
+                return
             self.error_sum[boundary, pass_] += rel_error
             self.sparsity_sum[boundary, pass_] += sparsity
             self.samples[boundary, pass_] += 1
+
+    def _settle(self) -> None:
+        """Add the pending quality figures (the lock held): one wait for the devices."""
+        for key, rel_error, sparsity in self._pending:
+            self.error_sum[key] += float(rel_error)
+            self.sparsity_sum[key] += float(sparsity)
+            self.samples[key] += 1
+        self._pending = []
 
     def record_overhead(self, direction: str, nbytes: int) -> None:
         """Transport bytes beside the payloads (message headers, ...) sent `direction` ('up' or 'down')."""
@@ -181,11 +200,13 @@ class CommMeter:
 
     def end_batch(self) -> None:
         with self._lock:
+            self._settle()
             self.batches += 1
 
     def state(self) -> Dict[str, Any]:
         """The sums (not the batch count) as JSON-able data, for merge() into another process's meter."""
         with self._lock:
+            self._settle()
             return {
                 "crossings": [{"boundary": b, "pass": p, "bytes": self.bytes[b, p],
                                "raw_bytes": self.raw_bytes[b, p], "fp32_bytes": self.fp32_bytes[b, p],
@@ -221,6 +242,7 @@ class CommMeter:
     def summary(self) -> CommFigures:
         """Per-batch means: up/down totals, the four crossings, raw sizes, quality and overhead."""
         with self._lock:
+            self._settle()
             n = max(self.batches, 1)
             crossings = {}
             for key in DIRECTION:

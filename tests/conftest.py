@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from edgesplit.codecs import fused
 from edgesplit.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +28,16 @@ def make_cfg() -> Callable[..., DictConfig]:
 def _pinned_threads() -> None:
     # Float reduction order depends on the thread count: equality tests need it fixed.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _eager_fused_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The device-path tests on CPU tensors run the fused kernels op by op: compiling each bits,
+    # dtype and rounding they cover would take minutes. Tests marked `compiled` (and every
+    # `cuda` one) run them compiled, as a GPU does.
+    if request.node.get_closest_marker("compiled") is None \
+            and request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(fused, "COMPILE", False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:

@@ -20,6 +20,8 @@ def test_the_sender_counts_payload_bytes_and_measures_the_first_crossing_of_a_st
     payloads = [b.send("forward", x) for _ in range(3)]
     assert b.meter.bytes["front", "forward"] == sum(p.numel() for p in payloads)
     assert b.meter.raw_bytes["front", "forward"] == 3 * 40 * 4
+    assert b.meter.samples["front", "forward"] == 0  # the measure is read when the batch ends
+    b.meter.end_batch()
     assert b.meter.samples["front", "forward"] == 1  # measured once per step
     b.receive("forward", payloads[0])  # the receiver counts nothing
     assert b.meter.bytes["front", "forward"] == sum(p.numel() for p in payloads)

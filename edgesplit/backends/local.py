@@ -64,6 +64,8 @@ class LocalBackend(Backend):
         y = y.to(logits.device)
         loss = F.cross_entropy(logits.float(), y)  # in fp32 whatever the logits' dtype
         self.optimization.scaling.scale(loss).backward()
+        for b in self.boundaries:  # before any step: a NaN never reaches the weights
+            b.check_finite()
         overflow = self.optimization.overflow([f for b in self.boundaries for f in b.overflows()])
         stepped = self.optimization.step(overflow)
         self.meter.end_batch()
@@ -73,6 +75,8 @@ class LocalBackend(Backend):
     @torch.no_grad()
     def eval_step(self, x: Tensor, y: Tensor) -> StepResult:
         logits = self.forward(self.precision.input(x))
+        for b in self.boundaries:
+            b.check_finite()
         y = y.to(logits.device)
         return StepResult.of(logits, y, F.cross_entropy(logits.float(), y))
 

@@ -133,6 +133,21 @@ def check_finite(name: str, lo: float, hi: float) -> None:
                              f"(min {lo}, max {hi})")
 
 
+KEPT = "_edgesplit_kept"
+
+
+def kept_support(mask: Tensor, where: Tensor) -> Tensor:
+    """A support mask that carries its ascending int64 positions (a fused top-k payload's), so
+    a gradient codec compacts along it and scatters back with no host read of the mask."""
+    setattr(mask, KEPT, where)
+    return mask
+
+
+def support_positions(support: Tensor) -> Optional[Tensor]:
+    """The positions kept_support attached to a support mask, else None."""
+    return getattr(support, KEPT, None)
+
+
 def encode_input(name: str, x: Tensor, support: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """(x or x[support], the same as a contiguous 1-D tensor): what an encode works on, after
     checking the dtype and the support mask."""
@@ -141,7 +156,8 @@ def encode_input(name: str, x: Tensor, support: Optional[Tensor]) -> Tuple[Tenso
         if support.dtype != torch.bool or tuple(support.shape) != tuple(x.shape):
             raise ValueError(f"{name}: support must be a bool tensor of shape {tuple(x.shape)}, "
                              f"got {support.dtype} of shape {tuple(support.shape)}")
-        x = x[support]
+        where = support_positions(support)
+        x = x[support] if where is None else x.reshape(-1)[where]
     return x, flat(x)
 
 
@@ -152,6 +168,12 @@ def scatter_support(name: str, values: Tensor, support: Optional[Tensor]) -> Ten
     if support.dtype != torch.bool:
         raise ValueError(f"{name}: support must be a bool tensor, got {support.dtype}")
     out = torch.zeros(support.shape, dtype=values.dtype, device=values.device)
+    where = support_positions(support)
+    if where is not None:  # its count is host metadata: no read of the mask
+        if values.dim() != 1 or values.numel() != where.numel():
+            raise ValueError(f"{name}: payload holds {values.numel()} values but the support "
+                             f"has {where.numel()} positions")
+        return out.view(-1).index_copy_(0, where, values).view(support.shape)
     count = int(torch.count_nonzero(support))
     if values.dim() != 1 or values.numel() != count:
         raise ValueError(f"{name}: payload holds {values.numel()} values but the support "

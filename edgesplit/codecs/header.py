@@ -1,8 +1,9 @@
 """The payload header: codec id, dtype, shape and codec fields, packed little-endian in front."""
+import functools
 import math
 import struct
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -74,11 +75,26 @@ def encode_header(codec: int, dtype: torch.dtype, shape: Tuple[int, ...],
                        *shape) + fields
 
 
+# A payload made off the CPU carries its header's bytes as this attribute too: its decoder in
+# the same process reads them there instead of from the device (a read would wait for it).
+HOST_HEADER = "_edgesplit_header"
+
+
+@functools.lru_cache(maxsize=256)
+def device_head(header: bytes, device: torch.device) -> Tensor:
+    """The header as a uint8 tensor on `device`, made once: a copy from pageable host memory on
+    every crossing would wait for the device's queue. Headers repeat every step."""
+    return torch.frombuffer(bytearray(header), dtype=torch.uint8).to(device)
+
+
 def new_payload(header: bytes, body: int, device: torch.device) -> Tensor:
     """A payload of len(header) + body bytes on `device` with the header filled in."""
     payload = torch.empty(len(header) + body, dtype=torch.uint8, device=device)
-    head = torch.frombuffer(bytearray(header), dtype=torch.uint8)
-    payload[:len(header)].copy_(head)
+    if device.type == "cpu":
+        payload[:len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
+        return payload
+    payload[:len(header)].copy_(device_head(header, device))
+    setattr(payload, HOST_HEADER, header)
     return payload
 
 
@@ -86,6 +102,9 @@ def _read(payload: Tensor, start: int, count: int) -> bytes:
     if payload.numel() < start + count:
         raise ValueError(f"payload of {payload.numel()} bytes is truncated (header needs "
                          f"{start + count})")
+    host: Optional[bytes] = getattr(payload, HOST_HEADER, None)
+    if host is not None and start + count <= len(host):
+        return host[start:start + count]
     return bytes(payload[start:start + count].cpu().tolist())
 
 

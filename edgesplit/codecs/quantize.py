@@ -4,12 +4,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Codec, Crossing, encode_input, scatter_support
+from . import fused
+from .base import Codec, Crossing, aligned, encode_input, scatter_support
 from .bitpack import packed_size
 from .groups import MODES, SCALES, Groups, channel_groups, dequantize_groups, flat_groups
 from .groups import group_params, quantize_groups_into, read_params, write_params
 from .header import GROUPQ_FIELDS, QUANT_FIELDS, QUANTIZE, QUANTIZE_GROUPED, check_body
-from .header import check_quant_fields, decode_header, encode_header, new_payload
+from .header import check_quant_fields, decode_header, device_head, encode_header, new_payload
 from .uniform import ROUNDINGS, Noise, check_bits, check_choice, dequantize, minmax_params
 from .uniform import quantize_into, zero_grid
 
@@ -66,6 +67,13 @@ class Quantize(Codec):
                crossing: Optional[Crossing] = None) -> Tensor:
         x, v = encode_input(self.name, x, support)
         noise = Noise(v.numel(), crossing, v.device) if self.random else None
+        if self.fusable and fused.active(v):
+            header = encode_header(QUANTIZE, x.dtype, tuple(x.shape),
+                                   QUANT_FIELDS.pack(self.bits, 0.0, 0.0))  # scale: the device's
+            payload, bad = fused.quantize_payload(device_head(header, x.device), v, self.bits,
+                                                  None if noise is None else noise.take(v.numel()))
+            return fused.mark(payload, fused.Made(self.settings, x.dtype, tuple(x.shape),
+                                                  len(header)), bad)
         if self.scale == "tensor":
             offset, scale = minmax_params(self.name, v, self.bits)
             if self.zero_point:
@@ -89,8 +97,23 @@ class Quantize(Codec):
         quantize_groups_into(v, g, self.bits, offsets, scales, body[g.params_bytes:], noise)
         return payload
 
+    @property
+    def fusable(self) -> bool:
+        """Whether the device path runs fused kernels (edgesplit.codecs.fused): tensor scales."""
+        return self.scale == "tensor" and not self.zero_point
+
+    @property
+    def settings(self) -> tuple:
+        """What decides the wire form: a fused payload is decoded fused by equal settings only."""
+        return (self.name, self.bits, self.rounding, self.scale, self.zero_point)
+
     def decode(self, payload: Tensor, support: Optional[Tensor] = None,
                crossing: Optional[Crossing] = None) -> Tensor:
+        made = fused.made_by(payload, self.settings)
+        if made is not None:  # made in this process: the header's facts are known on the host
+            params = aligned(payload[made.head - 8:made.head], torch.float32)
+            out = fused.dequantize(params, payload[made.head:], self.bits, made.numel, made.dtype)
+            return scatter_support(self.name, out.view(made.shape), support)
         if self.scale == "tensor":
             h = decode_header(payload, QUANTIZE, QUANT_FIELDS)
             bits, offset, scale = h.fields

@@ -116,6 +116,7 @@ class RandTopK(TopK):
     name = "RandTopK"
     code, fields = RANDTOPK, TOPK_FIELDS
     random = True
+    fused_bits = None  # its own encode: no fused path
 
     def __init__(self, ratio: float = 0.1, explore: float = 0.1) -> None:
         super().__init__(ratio)

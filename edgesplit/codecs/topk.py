@@ -6,11 +6,14 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Codec, Crossing, aligned, check_finite, encode_input, scatter_support
+from . import fused
+from .base import Codec, Crossing, aligned, check_finite, encode_input, kept_support
+from .base import scatter_support
 from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, check_body, decode_header
-from .header import encode_header, new_payload
+from .header import device_head, encode_header, new_payload
 from .masks import copy_into, count, flatnonzero, minmax, pack_mask_into, put, unpack_mask, zeros
 from .select import Cut, cut_masks, topk_select
+from .uniform import Noise
 
 
 def check_ratio(name: str, ratio: object) -> float:
@@ -118,9 +121,19 @@ class TopK(Codec):
     def __repr__(self) -> str:
         return f"TopK(ratio={self.ratio})"
 
+    # the fused device path (edgesplit.codecs.fused): which settings decide the wire form, and
+    # the bits of the kept values' codes (0: raw values); None: no fused path
+    fused_bits: Optional[int] = 0
+
+    @property
+    def settings(self) -> tuple:
+        return (self.name, self.ratio)
+
     def encode(self, x: Tensor, support: Optional[Tensor] = None,
                crossing: Optional[Crossing] = None) -> Tensor:
         x, v = encode_input(self.name, x, support)
+        if self.fused_bits is not None and fused.active(v):
+            return self._encode_fused(x, v, crossing)
         k, cut, kept, nonneg = select(self.name, v, self.ratio)
         fmt, index_bytes = index_format(v.numel(), k)
         extra, value_bytes, write_values = self._values(kept, k, crossing)
@@ -130,6 +143,29 @@ class TopK(Codec):
         write_index(v, cut, nonneg, fmt, body[:index_bytes])
         write_values(body[index_bytes:])
         return payload
+
+    def _encode_fused(self, x: Tensor, v: Tensor, crossing: Optional[Crossing]) -> Tensor:
+        """encode's fused kernels: the same bytes, with no host read of the tensor."""
+        k = k_for(self.ratio, v.numel())
+        fmt, _ = index_format(v.numel(), k)
+        bits = self.fused_bits or 0
+        fields = self.fields.pack(fmt, k, bits, 0.0, 0.0) if bits else self.fields.pack(fmt, k)
+        header = encode_header(self.code, x.dtype, tuple(x.shape), fields)
+        noise = Noise(k, crossing, v.device).take(k) if self.random else None
+        head = device_head(header, x.device)
+        payload, keep, where, bad = fused.topk_payload(head, v, k, fmt == BITMAP, bits, noise)
+        made = fused.Made(self.settings, x.dtype, tuple(x.shape), len(header), keep, where)
+        return fused.mark(payload, made, bad)
+
+    def _decode_fused(self, made: fused.Made, payload: Tensor) -> Tensor:
+        """The kept values of a payload this process's fused encode made."""
+        assert made.where is not None
+        k = made.where.numel()
+        body = payload[made.head + index_format(made.numel, k)[1]:]
+        if not self.fused_bits:
+            return aligned(body, made.dtype)
+        params = aligned(payload[made.head - 8:made.head], torch.float32)
+        return fused.dequantize(params, body, self.fused_bits, k, made.dtype)
 
     def _values(self, kept: Tensor, k: int, crossing: Optional[Crossing]
                 ) -> Tuple[tuple, int, Callable[[Tensor], None]]:
@@ -167,10 +203,17 @@ class TopK(Codec):
 
     def decode(self, payload: Tensor, support: Optional[Tensor] = None,
                crossing: Optional[Crossing] = None) -> Tensor:
+        made = fused.made_by(payload, self.settings)
+        if made is not None and made.where is not None:
+            out = fused.place(self._decode_fused(made, payload), made.where, made.numel)
+            return scatter_support(self.name, out.view(made.shape), support)
         h, section, values = self._parse(payload)
         out = place(self._decode_values(h, values), section, h.fields[0], h.numel, h.dtype)
         return scatter_support(self.name, out.view(h.shape), support)
 
     def support_of(self, payload: Tensor) -> Optional[Tensor]:
+        made = fused.made_by(payload, self.settings)
+        if made is not None and made.keep is not None and made.where is not None:
+            return kept_support(made.keep.view(made.shape), made.where)
         h, section, _ = self._parse(payload)
         return support_mask(h, section, h.fields[0])

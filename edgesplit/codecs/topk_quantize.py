@@ -34,8 +34,13 @@ class TopKQuantize(TopK):
         self.scale = check_choice(self.name, "scale", scale, SCALES)
         self.group_size = check_group_size(self.name, group_size)
         self.random = self.rounding == "stochastic"
+        self.fused_bits = self.bits if self.scale == "tensor" else None
         if self.scale == "group":
             self.code, self.fields = TOPK_QUANTIZE_GROUPED, TOPKQG_FIELDS
+
+    @property
+    def settings(self) -> tuple:
+        return (self.name, self.ratio, self.bits, self.rounding, self.scale, self.group_size)
 
     def __repr__(self) -> str:
         extra = "" if self.rounding == "nearest" else f", rounding={self.rounding!r}"
