@@ -12,7 +12,7 @@
 # DEVICE=cpu bash bench/gpu.sh OUTDIR checks the script without a GPU: every step at a tiny size.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DEFAULT="codecs backends backends_bf16 gpipe_never quantize epoch sweep"
+DEFAULT="codecs backends backends_bf16 gpipe_never quantize codec_share epoch sweep"
 ALL="$DEFAULT backends_cl prune none_gpu_edge prune_gpu_edge quantize_gpu_edge"
 out=${1:-${OUT:-bench-out}}
 shift || true
@@ -72,6 +72,9 @@ for step in $steps; do
     gpipe_never) if [ "$precision" = 1 ]; then p=("${bf16[@]}"); else p=(); fi
                  run "$step" 45 backends "${common[@]}" --compressor none --backends plain,naive,gpipe \
                    --override pipeline_backend.checkpoint=never ${p[@]+"${p[@]}"} ;;
+    # the codecs' share of a bf16 + channels_last step: each backend again with compressor none
+    codec_share) needs_precision "$step" && run "$step" 70 backends "${common[@]}" --compressor quantize \
+                   --backends naive,gpipe --codec-share "${bf16[@]}" ;;
     quantize|prune) run "$step" 60 backends "${common[@]}" --compressor "$step" --backends plain,gpipe,dist ;;
     *_gpu_edge) run "backends_$step" 70 backends "${common[@]}" --compressor "${step%_gpu_edge}" \
                   --backends gpipe,dist --dist-edge "$device" ;;

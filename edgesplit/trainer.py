@@ -22,7 +22,7 @@ from edgesplit.data import Datasets, build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logbook import Logbook, public_config
 from edgesplit.model import build_units, check_num_classes
-from edgesplit.resident import ResidentLoader, resident_train
+from edgesplit.resident import ResidentImages, ResidentLoader, resident_train
 from edgesplit.resume import check_config, load_state
 from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.rundir import RunDirLock
@@ -160,6 +160,18 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
             memory.stop_job()
 
 
+def train_loader(cfg: DictConfig, datasets: Datasets, resident: Optional[ResidentImages],
+                 epoch: int) -> Any:
+    """An epoch's training batches (x, y, dataset indices): the CPU loader, or batches of the set
+    kept on data.device (`resident`, from resident_train)."""
+    fixed = cfg.data.get("augment") == "fixed"
+    if resident is None:
+        return build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
+                            epoch=epoch, num_workers=cfg.data.num_workers, fixed_augment=fixed)
+    return ResidentLoader(resident, cfg.data.batch_size, seed=cfg.seed, epoch=epoch,
+                          fixed_augment=fixed, channels_last=cfg.channels_last)
+
+
 def build_model(cfg: DictConfig) -> Tuple[Datasets, List[nn.Module]]:
     """The datasets and the units initialised from the seed, checked against each other; the
     config is resolved from the data (a cloud host has no dataset): model.num_classes and
@@ -217,12 +229,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             meter.reset()
             backend.start_epoch(epoch)
             lr = backend.lr
-            fixed = cfg.data.get("augment") == "fixed"
-            loader: Any = (build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
-                                        epoch=epoch, num_workers=cfg.data.num_workers, fixed_augment=fixed)
-                           if resident is None else
-                           ResidentLoader(resident, cfg.data.batch_size, seed=cfg.seed, epoch=epoch,
-                                          fixed_augment=fixed, channels_last=cfg.channels_last))
+            loader = train_loader(cfg, datasets, resident, epoch)
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
             metrics.update(evaluate(backend, val_loader))
             for key in ("val_loss", "val_acc1"):

@@ -13,11 +13,19 @@ def _rows(out: str) -> list:
 @pytest.mark.slow
 def test_bench_backends_prints_a_row_per_backend_with_ratios_to_gpipe(capsys: pytest.CaptureFixture) -> None:
     args = ["--backends", "naive,gpipe", "--width", "0.125", "--batch", "8", "--chunks", "2",
-            "--warmup", "1", "--steps", "1", "--threads", "1", "--compressor", "quantize"]
+            "--warmup", "1", "--steps", "1", "--threads", "1", "--compressor", "quantize",
+            "--codec-share"]
     assert backends.main(args) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].strip() == "python -m edgesplit.bench backends " + " ".join(args)
-    rows = {r[0]: r for r in _rows(out)}
+    main_table, share_table = out.split("\n\n")[-2:]
+    # the codec's share: each backend again with compressor none, in the same run
+    shares = {r[0]: r for r in _rows(share_table)}
+    assert set(shares) == {"naive", "gpipe"}
+    for r in shares.values():
+        t, t0 = float(r[1]), float(r[2])
+        assert float(r[3].rstrip("%")) == pytest.approx(100 * (1 - t0 / t), abs=1.0)  # 4 digits
+    rows = {r[0]: r for r in _rows(main_table)}
     assert set(rows) == {"naive", "gpipe"}
     assert rows["gpipe"][6] == "1.00x" and rows["gpipe"][7] == "1.00x"
     assert float(rows["naive"][1]) > 0 and int(rows["naive"][8]) > 0

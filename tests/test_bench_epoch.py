@@ -76,6 +76,7 @@ def test_a_cut_epoch_is_projected_and_the_studies_add_up_their_jobs() -> None:
     results = {f"gpipe:{c}": _cell(48, 48, 10.0, 0.5, 10, 10, 2.0) for c in ("prune", "none", "quantize8")}
     results["gpipe:quantize4"] = _cell(48, 48, 11.0, 0.5, 10, 10, 1.0)  # 12 s/epoch
     results["naive:none"] = _cell(48, 48, 6.0, 0.5, 10, 10, 2.0)  # 8 s/epoch
+    results["naive:none"]["data_device"] = "cuda"
     text = epoch.tables(results)
     rows = {r[0]: r for r in ([c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
                               if line.startswith("| "))}
@@ -83,7 +84,8 @@ def test_a_cut_epoch_is_projected_and_the_studies_add_up_their_jobs() -> None:
     assert rows["quant_lr"][2] == "gpipe none: 40.0 min; gpipe quantize8: 40.0 min; gpipe quantize4: 40.0 min"
     assert rows["quant_lr"][3] == "6.0 h"
     assert rows["backends"][3] == "needs --cells dist:none"  # not measured: no guess
-    assert "| gpipe | prune | 48 | all | 10.0 | 0.50 | 5.0% | 2.0 | 12.0 | 4915 |" in text
+    assert "| gpipe | prune | loader, 2 workers | 48 | all | 10.0 | 0.50 | 5.0% | 2.0 | 12.0 | 4915 |" in text
+    assert "| naive | none | resident on cuda | 48 |" in text
 
 
 @pytest.mark.slow
@@ -97,14 +99,22 @@ def test_bench_epoch_runs_the_real_loader_and_projects(capsys: pytest.CaptureFix
     assert ("256 generated training images in CIFAR-10's format, batch 64, width 0.125, "
             "data.num_workers 1") in out
     cells = ([c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| "))
-    rows = {(r[0], r[1]): r for r in cells if len(r) == 10}
+    rows = {(r[0], r[1]): r for r in cells if len(r) == 11}
     for cell in (("gpipe", "prune"), ("naive", "none")):
         r = rows[cell]
-        assert r[2:4] == ["4", "2 steps, projected"]  # 256 // 64 steps; 2 timed
-        train_s, wait_s, eval_s, epoch_s = float(r[4]), float(r[5]), float(r[7]), float(r[8])
+        assert r[2:5] == ["loader, 1 workers", "4", "2 steps, projected"]  # 256 // 64 steps; 2 timed
+        train_s, wait_s, eval_s, epoch_s = float(r[5]), float(r[6]), float(r[8]), float(r[9])
         assert 0 < wait_s < train_s and epoch_s == pytest.approx(train_s + eval_s, abs=0.11)
     assert "| edge_grid | 9 x 200 |" in out
     assert (tmp_path / FOLDER / "data_batch_1").is_file()  # kept where --data-root put it
+    # data.device: the set kept resident and augmented per batch, as the trainer runs it
+    assert epoch.main(args[:-4] + ["--cells", "naive:none", "--data-root", str(tmp_path),
+                                   "--override", "data.device=cpu_resident"]) == 0
+    out = capsys.readouterr().out
+    cells = ([c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| "))
+    r = next(r for r in cells if len(r) == 11 and r[0] == "naive")
+    assert r[2:5] == ["resident on cpu_resident", "4", "2 steps, projected"]
+    assert 0 < float(r[6]) < float(r[5])
 
 
 def test_bench_sweep_runs_the_grid_and_reports_the_speed_up() -> None:

@@ -133,6 +133,21 @@ def table(results: Dict[str, Dict[str, Any]], batch: int) -> str:
     return "\n".join(lines)
 
 
+def share_table(results: Dict[str, Dict[str, Any]], without: Dict[str, Dict[str, Any]]) -> str:
+    """The codec's share of each backend's step: 1 - (step with compressor none) / (step with the
+    codec), both measured in this run (on a GPU the codec kernels run asynchronously, so timing
+    them one by one would measure the launches, not the work)."""
+    lines = ["| backend | median step, codec (s) | median step, none (s) | codec share |",
+             "|---|---|---|---|"]
+    for name, r in results.items():
+        other = without.get(name, {})
+        if "times" not in r or "times" not in other:
+            continue
+        t, t0 = statistics.median(r["times"]), statistics.median(other["times"])
+        lines.append(f"| {name} | {t:.4f} | {t0:.4f} | {100 * (1 - t0 / t):.1f}% |")
+    return "\n".join(lines)
+
+
 def parse(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m edgesplit.bench backends", description=__doc__)
     p.add_argument("--backends", default="plain,naive,gpipe,dist", help=f"subset of {','.join(BACKENDS)}")
@@ -152,6 +167,8 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--override", action="append", default=[], help="extra train.py override (repeatable)")
+    p.add_argument("--codec-share", action="store_true",
+                   help="also time every backend with compressor none: the codec's share of a step")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -167,14 +184,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         print(f"--backends: unknown {unknown}; allowed: {', '.join(BACKENDS)}", file=sys.stderr)
         return 2
-    results = {}
+    results, without = {}, {}
     for name in names:
         results[name] = run_cell(overrides_of(args, name), args.warmup, args.steps, name == "plain")
         print(f"{name}: done", file=sys.stderr)
+        if args.codec_share and name != "plain" and args.compressor != "none":
+            without[name] = run_cell(overrides_of(args, name) + ["compressor=none"], args.warmup,
+                                     args.steps)
+            print(f"{name} with compressor none: done", file=sys.stderr)
     print("\n".join(header_lines("backends", argv if argv is not None else sys.argv[1:])))
     print()
     print(table(results, args.batch))
-    return 1 if any("error" in r for r in results.values()) else 0
+    if without:
+        print()
+        print(share_table(results, without))
+    failed = any("error" in r for r in [*results.values(), *without.values()])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

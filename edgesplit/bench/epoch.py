@@ -72,31 +72,32 @@ def measure(overrides: List[str], warmup: int, steps: Optional[int],
     from edgesplit.config import compose_config
     from edgesplit.data import build_loader
     from edgesplit.logbook import Logbook
+    from edgesplit.resident import resident_train
     from edgesplit.steptimes import RunStepTimes
-    from edgesplit.trainer import build_model, evaluate, train_epoch
+    from edgesplit.trainer import build_model, evaluate, train_epoch, train_loader
 
     cfg = compose_config(overrides)
     datasets, units = build_model(cfg)
     backend = build_backend(cfg, split_model(units, cfg, datasets.input_shape),
                             build_codecs(cfg.compressor), CommMeter())
     d = cfg.data
-
-    def loader(train: bool, epoch: int) -> Any:
-        return build_loader(datasets.train if train else datasets.val,
-                            d.batch_size if train else d.eval_batch_size or d.batch_size, train=train,
-                            seed=cfg.seed, epoch=epoch, num_workers=d.num_workers,
-                            fixed_augment=d.get("augment") == "fixed")
+    # data.device: the set kept on the device and augmented there, as the trainer does; its copy
+    # to the device is made once per run, before the epoch, so it is not timed either
+    resident = None if d.device == "cpu" else resident_train(datasets, d.device)
     try:
         backend.start_epoch(0)
         backend.train(True)
-        for x, y, ids in TimedLoader(loader(True, 0), warmup):  # compilation, autotuning: not timed
+        warm = TimedLoader(train_loader(cfg, datasets, resident, 0), warmup)
+        for x, y, ids in warm:  # compilation, autotuning: not timed
             backend.train_step(x, y, ids)
-        train = TimedLoader(loader(True, 1), steps)
+        train = TimedLoader(train_loader(cfg, datasets, resident, 1), steps)
         backend.start_epoch(1)
         tic = time.perf_counter()
         train_epoch(backend, train, 1, cfg, cast(Logbook, _NoLog()), "", RunStepTimes())
         train_s = time.perf_counter() - tic
-        val = TimedLoader(loader(False, 0), eval_batches)
+        val = TimedLoader(build_loader(datasets.val, d.eval_batch_size or d.batch_size, train=False,
+                                       seed=cfg.seed, epoch=0, num_workers=d.num_workers),
+                          eval_batches)
         tic = time.perf_counter()
         evaluate(backend, val)
         eval_s = time.perf_counter() - tic
@@ -105,7 +106,7 @@ def measure(overrides: List[str], warmup: int, steps: Optional[int],
     return {"steps": len(train), "steps_per_epoch": len(train.loader), "train_s": train_s,
             "data_wait_s": train.wait_s, "eval_batches": len(val), "eval_batches_per_epoch": len(val.loader),
             "eval_s": eval_s, "images": len(cast(Sized, datasets.train)), "batch": d.batch_size,
-            "num_workers": d.num_workers}
+            "num_workers": d.num_workers, "data_device": str(d.device)}
 
 
 def per_epoch(r: Dict[str, Any]) -> Dict[str, float]:
@@ -125,19 +126,22 @@ def duration(seconds: float) -> str:
 
 
 def tables(results: Dict[str, Dict[str, Any]]) -> str:
-    lines = ["| backend | compressor | steps/epoch | timed | train s/epoch | data wait s/epoch | "
+    lines = ["| backend | compressor | data | steps/epoch | timed | train s/epoch | data wait s/epoch | "
              "data share | eval s/epoch | s/epoch | train images/s |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     epoch_s: Dict[Tuple[str, str], float] = {}
     for cell, r in results.items():
         backend, compressor = cell.split(":")
         if "error" in r:
-            lines.append(f"| {backend} | {compressor} | failed: {r['error']} |" + " |" * 7)
+            lines.append(f"| {backend} | {compressor} | failed: {r['error']} |" + " |" * 8)
             continue
         e = per_epoch(r)
         epoch_s[backend, compressor] = e["epoch_s"]
         timed = "all" if r["steps"] == r["steps_per_epoch"] else f"{r['steps']} steps, projected"
-        lines.append(f"| {backend} | {compressor} | {r['steps_per_epoch']} | {timed} | {e['train_s']:.1f} | "
+        device = r.get("data_device", "cpu")
+        data = f"loader, {r['num_workers']} workers" if device == "cpu" else f"resident on {device}"
+        lines.append(f"| {backend} | {compressor} | {data} | {r['steps_per_epoch']} | {timed} | "
+                     f"{e['train_s']:.1f} | "
                      f"{e['data_s']:.2f} | {100 * e['data_s'] / e['train_s']:.1f}% | {e['eval_s']:.1f} | "
                      f"{e['epoch_s']:.1f} | {r['steps_per_epoch'] * r['batch'] / e['train_s']:.0f} |")
     lines += ["", "Projected wall time of the seed's studies on this machine at the sizes above (jobs one "
