@@ -50,6 +50,7 @@ def test_pack_lays_codes_out_as_bitpack_and_unpack_inverts_it(bits: int) -> None
 def test_compiled_kernels_give_the_host_paths_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     g = torch.Generator().manual_seed(3)
     inputs = {"relu fp32 4-D": torch.randn(4, 8, 9, 9, generator=g).relu(),  # ties at 0
+              "tied": torch.randint(-3, 4, (40, 60), generator=g).float(),  # top-k ties
               "bf16 strided": torch.randn(20, 33, generator=g).bfloat16().t(),
               "tiny": torch.randn(5, generator=g)}
     codecs = [Quantize(8), Quantize(3), Quantize(4, rounding="stochastic"), TopK(0.1),
