@@ -317,3 +317,34 @@ def test_pareto_labels_of_crowded_points_do_not_overlap(tmp_path: Path) -> None:
     assert boxes == _label_boxes(pareto.plot_pareto(_crowded()))  # deterministic
     from edgesplit.curves import save_png
     save_png(fig, tmp_path / "pareto.png")  # and the figure still saves
+
+
+def test_vs_fp32_of_a_bottleneck_counts_the_models_tensor_before_the_encoder(tmp_path: Path) -> None:
+    """bottleneck4 sends half the channels at 4 bits: 1/16 of what an uncompressed split sends
+    (the model's tensor in fp32), not 1/8 (the encoder's half-size tensor in fp32)."""
+    import torch
+
+    from edgesplit.bottleneck import boundary_channels
+    from edgesplit.boundary import Boundary
+    from edgesplit.compression import build_codecs
+    from edgesplit.config import compose_config
+
+    c = compose_config(["compressor=bottleneck4"]).compressor
+    c.shapes = [[8, 32, 32], [16, 4, 4]]  # what with_bottlenecks records: the model's tensors
+    codecs, meter = build_codecs(c), CommMeter()
+    for name, shape in zip(("front", "back"), c.shapes):
+        channels = boundary_channels(c, name)
+        assert channels == (shape[0], shape[0] // 2)
+        boundary = Boundary(name, codecs[name], meter, channels=channels)
+        boundary.new_step()
+        boundary.send("forward", torch.randn(64, shape[0] // 2, *shape[1:]))  # the encoder's output
+    meter.end_batch()
+    comm = meter.summary()
+    model_fp32 = 64 * 4 * (8 * 32 * 32 + 16 * 4 * 4)  # bytes: the model's tensors, fp32
+    assert comm.raw_fp32_up_bytes_per_batch + comm.raw_fp32_down_bytes_per_batch == model_fp32
+    assert comm.raw_up_bytes_per_batch + comm.raw_down_bytes_per_batch == model_fp32 // 2  # as sent
+    run = find_runs([_run_dir(tmp_path / "0_compressor=bottleneck4", ["compressor=bottleneck4"],
+                              _summary(90.0, comm=comm))])[0]
+    assert pareto.raw_ratio(run) == pytest.approx(model_fp32 / pareto.payload_bytes(run))
+    assert 15 < pareto.raw_ratio(run) <= 16  # headers aside
+    assert boundary_channels(compose_config(["compressor=quantize4"]).compressor, "front") == (1, 1)
