@@ -157,10 +157,9 @@ def spread_labels(ax: Axes, labels: Sequence[Annotation]) -> None:
         return
     fig = ax.get_figure()
     assert isinstance(fig, Figure)
-    if not isinstance(fig.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(fig)  # a renderer to measure text with (savefig renders the same sizes)
-    fig.canvas.draw()  # fixes the axis limits and so each point's place on the figure
-    renderer = fig.canvas.get_renderer()
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # fixes the axis limits and so each point's place on the figure
+    renderer = canvas.get_renderer()  # measures text as savefig renders it
     px_per_pt = fig.dpi / 72.0
     placed: list[Bbox] = []
     order = sorted(labels, key=lambda a: tuple(ax.transData.transform(a.xy)))
