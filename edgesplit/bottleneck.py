@@ -46,6 +46,21 @@ def reduced(channels: int, ratio: float) -> int:
     return max(1, math.ceil(channels * ratio))
 
 
+def boundary_channels(compressor: DictConfig, boundary: str) -> Tuple[int, int]:
+    """(channels of the model's own tensor at `boundary`, channels that cross it): the encoder of
+    a bottleneck sends reduced(C, channel_ratio) of C; (1, 1) without a bottleneck. The meter
+    counts a crossing's fp32 bytes as the model's tensor's, so `vs fp32` compares a bottleneck
+    with what an uncompressed split would send (compressor.shapes: set by with_bottlenecks)."""
+    ratio, shapes = compressor.get("channel_ratio"), compressor.get("shapes")
+    if ratio is None:
+        return 1, 1
+    if shapes is None:
+        raise ConfigError("compressor.channel_ratio: compressor.shapes is not set yet; "
+                          "build the split (bottleneck.split_model) before the boundaries")
+    channels = int(shapes[("front", "back").index(boundary)][0])
+    return channels, reduced(channels, ratio)
+
+
 def boundary_shapes(units: List[nn.Module], front: int, back: int,
                     input_shape: Tuple[int, ...]) -> List[List[int]]:
     """Per-sample shapes of the tensors that cross the front and back boundaries (a probe

@@ -51,7 +51,9 @@ class Boundary:
 
     `meter` is None for a link between two cloud stages: raw values, nothing counted. Eval steps
     send raw values too when `eval_compressed` is off. Raw bytes are counted at the tensor's own
-    dtype size, and at 4 bytes an element beside them (the fp32-equivalent figure).
+    dtype size, and at 4 bytes an element beside them (the fp32-equivalent figure) of the model's
+    tensor at the boundary: behind a bottleneck's encoder (`channels` = (C, reduced C)) the one
+    before it, C/reduced C times the crossing tensor.
 
     With `loss_scaled` (precision=fp16), a gradient that holds inf or NaN is a loss-scaler overflow,
     not a divergence: it crosses with those values as zeros and the step's flag is raised
@@ -60,8 +62,10 @@ class Boundary:
 
     def __init__(self, name: str, codecs: BoundaryCodecs, meter: Optional[CommMeter],
                  eval_compressed: bool = True, seed: int = 0,
-                 receiver: Optional[BoundaryCodecs] = None) -> None:
+                 receiver: Optional[BoundaryCodecs] = None,
+                 channels: Tuple[int, int] = (1, 1)) -> None:
         self.name, self.codecs, self.meter = name, codecs, meter
+        self.channels = channels  # (the model's, what crosses): bottleneck.boundary_channels
         self.receiver = receiver or codecs
         self.eval_compressed, self.seed = eval_compressed, seed
         self.training, self.warm = True, False
@@ -177,8 +181,8 @@ class Boundary:
             self.codecs.activation.observe(x, crossing)
         if self.meter is not None and self.training:
             self.meter.record(self.name, pass_, payload.numel(), x.numel() * x.element_size(),
-                              codec.coded_bytes(payload), x.numel(), x.numel() * 4,
-                              dtype_name(x.dtype))
+                              codec.coded_bytes(payload), x.numel(),
+                              x.numel() * 4 * self.channels[0] // self.channels[1], dtype_name(x.dtype))
             if self._measure_due[pass_]:
                 self._measure_due[pass_] = False
                 if decoded is None:

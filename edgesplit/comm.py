@@ -38,8 +38,10 @@ class CommFigures:
 
     Raw bytes are the tensors' own: numel x the size of their dtype (2 bytes under bf16/fp16), so
     `compression_ratio` is what the codec saves over sending the tensor as it is. The `raw_fp32_*`
-    figures and `fp32_compression_ratio` count every element at 4 bytes: comparable across
-    precisions (and equal to the raw ones in an fp32 run). `activation_dtype`/`gradient_dtype`
+    figures and `fp32_compression_ratio` count every element of the model's tensor at the boundary
+    at 4 bytes: comparable across precisions and methods (equal to the raw ones in an fp32 run,
+    except behind a bottleneck's encoder: there they count the tensor before it, the raw ones the
+    encoder's smaller output). `activation_dtype`/`gradient_dtype`
     name the dtypes that crossed (several joined by '+'; None before anything crossed): the run
     summary records them beside `comm`, whose figures are all numbers."""
     up_bytes_per_batch: float

@@ -53,6 +53,11 @@ class CifarConfig(DataConfig):
 
 
 @dataclass
+class DigitsConfig(DataConfig):
+    augment: Any = False  # true | false | fixed: a random crop (padding 4), no flip (data.digits)
+
+
+@dataclass
 class PartitionConfig:
     front: int = 1
     back: int = 1
@@ -257,6 +262,7 @@ def register_configs() -> None:
     cs.store(name="schema", node=Config)
     for group, name, node in [
             ("model", "base", ModelConfig), ("data", "base", DataConfig), ("data", "cifar10", CifarConfig),
+            ("data", "digits", DigitsConfig),
             ("data", "imagefolder", ImageFolderConfig), ("optimizer", "sgd", SGDConfig),
             ("optimizer", "adamw", AdamWConfig),
             ("partition", "base", PartitionConfig), ("schedule", "base", ScheduleConfig),

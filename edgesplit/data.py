@@ -41,11 +41,16 @@ def absolute_root(root: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- digits
-def digits(train_size: Optional[int] = None, val_size: Optional[int] = None) -> Datasets:
+def digits(train_size: Optional[int] = None, val_size: Optional[int] = None,
+           augment: Any = False) -> Datasets:
     """sklearn's 1797 8x8 digits in [0, 1], bilinear to 32x32, 3 channels, train-normalized.
 
-    No augmentation: flips turn digits into other shapes and the set is small enough that the
-    bundled data trains to >95% without it.
+    `augment` (data.augment, default false): true crops each training image at random, as the
+    seed's CIFAR crop (torchvision's RandomCrop(32, padding=4); the padding is the background,
+    raw 0), drawn afresh each epoch; "fixed" draws each sample's crop once from the seed and keeps
+    it every epoch (build_loader's fixed_augment). No horizontal flip: a mirrored digit is another
+    shape (a 2, 3, 7 or 9 flipped is no digit, a mirrored 5 looks like a 2). Validation is never
+    augmented. The augmented set runs on the CPU loader only (data.device=cpu).
     """
     from sklearn.datasets import load_digits
 
@@ -57,13 +62,41 @@ def digits(train_size: Optional[int] = None, val_size: Optional[int] = None) -> 
     train_idx, val_idx = perm[:DIGITS_TRAIN], perm[DIGITS_TRAIN:]
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
-    train = first_n(TensorDataset(x[train_idx], y[train_idx]), train_size, "data.train_size",
-                    "digits train")
+    plain: Dataset = TensorDataset(x[train_idx], y[train_idx])
+    # the background (raw 0) normalized: what the crop's padding fills in
+    train_set = RandomCropped(plain, float(-mean / std)) if augment else plain
+
+    def resident() -> ResidentImages:
+        """The normalized float images themselves: the resident path does not crop them."""
+        if augment:
+            raise ConfigError(f"data.augment={str(augment).lower()} with data.device other than cpu: "
+                              "digits' crop runs in the CPU loader only; use data.device=cpu or "
+                              "data.augment=false")
+        return ResidentImages(x[train_idx], y[train_idx]).first(train_size)
+
+    train = first_n(train_set, train_size, "data.train_size", "digits train")
     return Datasets(train, first_n(TensorDataset(x[val_idx], y[val_idx]), val_size, "data.val_size",
                                    "digits val"),
-                    NUM_CLASSES, IMAGE_SHAPE,
-                    # resident: the normalized float images themselves (no augmentation here)
-                    lambda: ResidentImages(x[train_idx], y[train_idx]).first(train_size))
+                    NUM_CLASSES, IMAGE_SHAPE, resident)
+
+
+class RandomCropped(Dataset):
+    """(image, label) samples of `dataset` with the image padded by 4 (`fill`) and cropped back to
+    its size at a random offset: torchvision's RandomCrop, drawn from the global torch RNG, which
+    EpochSeeded seeds per (epoch seed, sample index)."""
+
+    def __init__(self, dataset: Dataset, fill: float) -> None:
+        import torchvision.transforms as T
+
+        self.dataset = dataset
+        self.crop = T.RandomCrop(IMAGE_SHAPE[1], padding=4, fill=fill)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, Any]:
+        image, label = self.dataset[index]
+        return self.crop(image), label
 
 
 # -------------------------------------------------------------------------------------- synthetic

@@ -1,10 +1,13 @@
 """Compression sweeps: methods ranked by accuracy, and accuracy against bytes per batch (pareto.png)."""
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Annotation
+from matplotlib.transforms import Bbox
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from edgesplit.curves import label as _label
@@ -108,6 +111,7 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
     and each series' Pareto frontier dashed."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
+    labels: list[Annotation] = []
     for i, series in enumerate(dict.fromkeys(p.series for p in pts)):
         color, known = f"C{i % 10}", [p for p in pts if p.series == series and p.acc and _x(p) > 0]
         suffix = f" ({series})" if series else ""
@@ -124,9 +128,8 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
         if front:
             ax.plot([_x(p) for p in front], [_y(p) for p in front], "--", color=color, alpha=0.7,
                     marker="o", markersize=13, markerfacecolor="none", label="Pareto frontier" + suffix)
-        for p in known:
-            ax.annotate(p.method, (_x(p), _y(p)), textcoords="offset points", xytext=(9, 6),
-                        fontsize="small", color=color)
+        labels += [ax.annotate(p.method, (_x(p), _y(p)), textcoords="offset points",
+                               xytext=LABEL_OFFSET, fontsize="small", color=color) for p in known]
     _bytes_axis(ax, [_x(p) for p in pts if p.acc and _x(p) > 0])
     ax.set_xlabel("payload bytes per batch, up + down (log scale)")
     ax.set_ylabel("best val acc1 (%), mean ± std over seeds")
@@ -137,7 +140,52 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
     else:
         ax.text(0.5, 0.5, "no run with an accuracy and bytes yet", ha="center", va="center",
                 transform=ax.transAxes)
+    spread_labels(ax, labels)
     return fig
+
+
+LABEL_OFFSET = (9.0, 6.0)  # a point's label: up and right of it, in points
+LABEL_GAP = 4.0  # pixels at least between two labels' boxes
+
+
+def spread_labels(ax: Axes, labels: Sequence[Annotation]) -> None:
+    """Move point labels apart where their boxes would overlap on the drawn figure: left to right
+    (by the point's place, then bottom to top), each label takes the free slot nearest its
+    default place, one label height (and LABEL_GAP) up or down at a time (up first); a moved label
+    gets a thin leader line to its point. Deterministic: the same points give the same figure."""
+    if not labels:
+        return
+    fig = ax.get_figure()
+    assert isinstance(fig, Figure)
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # fixes the axis limits and so each point's place on the figure
+    renderer = canvas.get_renderer()  # measures text as savefig renders it
+    px_per_pt = fig.dpi / 72.0
+    placed: list[Bbox] = []
+    order = sorted(labels, key=lambda a: tuple(ax.transData.transform(a.xy)))
+    for ann in order:
+        box = ann.get_window_extent(renderer).padded(LABEL_GAP / 2)  # kept apart by LABEL_GAP
+        step = box.height  # pixels
+        shift = next(k for k in _slots() if not any(
+            box.translated(0, k * step).overlaps(other) for other in placed))
+        placed.append(box.translated(0, shift * step))
+        if shift:  # the same label, moved, with its leader line
+            ann.remove()
+            ax.annotate(ann.get_text(), ann.xy, textcoords="offset points",
+                        xytext=(LABEL_OFFSET[0], LABEL_OFFSET[1] + shift * step / px_per_pt),
+                        fontsize=ann.get_fontsize(), color=ann.get_color(),
+                        arrowprops=dict(arrowstyle="-", color=ann.get_color(), linewidth=0.6,
+                                        alpha=0.7, shrinkA=0, shrinkB=3))
+
+
+def _slots() -> Iterator[int]:
+    """0, 1, -1, 2, -2, ...: label heights up (+) or down (-) from the default place."""
+    k = 0
+    while True:
+        yield k
+        k += 1
+        yield k
+        yield -k
 
 
 def _bytes_axis(ax: Axes, xs: Sequence[float]) -> None:

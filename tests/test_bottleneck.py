@@ -55,6 +55,10 @@ def test_a_bottleneck_run_trains_and_counts_its_halves_on_each_side(
     # a quarter of the channels at 8 bits: about a quarter of plain 8-bit quantization's bytes
     for key in ("up_bytes_per_batch", "down_bytes_per_batch"):
         assert summary["comm"][key] == pytest.approx(plain["comm"][key] / 4, rel=0.1)
+        # fp32 figures are the model's tensors at the boundaries, as plain quantization's: so
+        # `vs fp32` compares the bottleneck with an uncompressed split (not with its own quarter)
+        assert summary["comm"][f"raw_fp32_{key}"] == plain["comm"][f"raw_fp32_{key}"]
+        assert summary["comm"][f"raw_{key}"] < plain["comm"][f"raw_{key}"] / 3  # what was encoded
     units = build_units(cfg.model, 10)
     shapes = cfg.compressor.shapes
     enc_f, dec_f = Encoder(tuple(shapes[0]), 0.25), Decoder(tuple(shapes[0]), 0.25)

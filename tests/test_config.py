@@ -115,6 +115,7 @@ def test_simple_keys_drive_the_codec_specs() -> None:
     (["data.batch_size=0"], "data.batch_size=0 is invalid: must be >= 1"),
     (["data.eval_batch_size=0"], "data.eval_batch_size=0 is invalid: must be >= 1 or null"),
     (["data.num_workers=-1"], "data.num_workers=-1 is invalid: must be >= 0"),
+    (["data=digits", "data.augment=maybe"], "data.augment='maybe' is invalid: allowed: true, false, fixed"),
     (["model.num_classes=0"], "model.num_classes=0 is invalid: must be >= 1 or null"),
     (["hparam_keys=[seed,schedule.nope]"],
      "hparam_keys='schedule.nope' is invalid: not a key of this config"),

@@ -234,6 +234,76 @@ def test_digits_train_size_limits() -> None:
         build_datasets(_cfg("digits", val_size=361))
 
 
+def _digits_by_sample(ds: Any, epoch: int, fixed: bool) -> dict[int, torch.Tensor]:
+    loader = build_loader(ds.train, 64, train=True, seed=5, epoch=epoch, num_workers=0,
+                          fixed_augment=fixed)
+    return {i: row for x, _, ids in loader for row, i in zip(x, ids.tolist())}
+
+
+def test_digits_without_augmentation_are_the_old_tensors_exactly() -> None:
+    """data.augment defaults to false and then gives, bit for bit, what digits gave before it
+    had the key: the old code's operations, repeated here."""
+    from sklearn.datasets import load_digits
+
+    assert compose_config(["data=digits"]).data.augment is False
+    ds = build_datasets(_cfg("digits"))
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear",
+                                        align_corners=False).repeat(1, 3, 1, 1)
+    perm = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    train_idx, val_idx = perm[:1437], perm[1437:]
+    x = (x - x[train_idx].mean()) / x[train_idx].std()
+    assert torch.equal(ds.train.tensors[0], x[train_idx])  # type: ignore[attr-defined]
+    assert torch.equal(ds.val.tensors[0], x[val_idx])  # type: ignore[attr-defined]
+    loaded = _digits_by_sample(ds, 1, False)  # the loader hands out the images as they are
+    assert all(torch.equal(row, x[train_idx][i]) for i, row in loaded.items())
+
+
+def _shifts(image: torch.Tensor, fill: float) -> list[torch.Tensor]:
+    """Every crop RandomCrop(32, padding=4, fill) can make of `image`, unflipped."""
+    padded = torch.nn.functional.pad(image, (4, 4, 4, 4), value=fill)
+    return [padded[:, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+
+
+def test_digits_augment_true_crops_each_sample_afresh_every_epoch() -> None:
+    plain = build_datasets(_cfg("digits")).train
+    ds = build_datasets(_cfg("digits", augment=True))
+    assert torch.equal(ds.val.tensors[0], build_datasets(_cfg("digits")).val.tensors[0])  # type: ignore
+    a, b = _digits_by_sample(ds, 0, False), _digits_by_sample(ds, 1, False)
+    shared = sorted(a.keys() & b.keys())
+    assert len(shared) > 1300
+    changed = sum(not torch.equal(a[i], b[i]) for i in shared)
+    assert changed > 0.9 * len(shared)  # 80 of 81 offsets differ from a given one
+    fill = float(plain[0][0].min())  # the background (raw 0), normalized
+    for i in shared[:50]:  # each is a crop of its own image, padded with the background, no flip
+        assert any(torch.equal(a[i], crop) for crop in _shifts(plain[i][0], fill))
+        assert not torch.equal(a[i], plain[i][0].flip(-1))
+
+
+def test_digits_augment_fixed_keeps_each_samples_crop_every_epoch() -> None:
+    plain = build_datasets(_cfg("digits")).train
+    ds = build_datasets(_cfg("digits", augment="fixed"))
+    epochs = [_digits_by_sample(ds, epoch, True) for epoch in (0, 1, 2)]
+    shared = sorted(epochs[0].keys() & epochs[1].keys() & epochs[2].keys())
+    assert len(shared) > 1200
+    assert all(torch.equal(epochs[0][i], epochs[e][i]) for i in shared for e in (1, 2))
+    cropped = sum(not torch.equal(epochs[0][i], plain[i][0]) for i in shared)
+    assert cropped > 0.9 * len(shared)  # 1 in 81 crops is the image itself
+
+
+def test_augmented_digits_have_no_resident_form() -> None:
+    from edgesplit.errors import ConfigError
+    from edgesplit.resident import resident_train
+
+    for augment in (True, "fixed"):
+        ds = build_datasets(_cfg("digits", augment=augment))
+        with pytest.raises(ConfigError) as err:
+            resident_train(ds, "cpu_resident")
+        msg = str(err.value)
+        assert "data.augment" in msg and "data.device" in msg and "\n" not in msg
+
+
 # ------------------------------------------------------------------------------------ synthetic
 def test_synthetic_is_deterministic_and_sized() -> None:
     a = build_datasets(_cfg("synthetic"))

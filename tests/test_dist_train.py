@@ -36,6 +36,7 @@ def _same_as_gpipe(cfg, batches, epochs=2):
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert dict(m_dist.bytes) == dict(m_gpipe.bytes) and set(m_gpipe.bytes) == set(DIRECTION)
     assert dict(m_dist.raw_bytes) == dict(m_gpipe.raw_bytes)
+    assert dict(m_dist.fp32_bytes) == dict(m_gpipe.fp32_bytes)  # a bottleneck's: before its encoder
     assert m_dist.batches == m_gpipe.batches == len(got)
     return m_gpipe, m_dist
 

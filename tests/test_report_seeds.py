@@ -278,3 +278,73 @@ def test_bytes_per_batch_are_the_whole_run_average(tmp_path: Path) -> None:
     run = find_runs([_run_dir(tmp_path / "0_compressor=delta2", ["compressor=delta2"], summary)])[0]
     assert pareto.payload_bytes(run) == pytest.approx(2 * (MB + MB // 2) / 3)
     assert pareto.raw_ratio(run) == pytest.approx(8 * MB / (2 * (MB + MB // 2) / 3))
+
+
+def _crowded() -> list[pareto.Point]:
+    """Eight methods within half a percent of each other at two byte counts (as around 98% on digits)."""
+    def point(method: str, nbytes: float, acc: float) -> pareto.Point:
+        return pareto.Point((), "", method, method == "none", [], pareto.stat([acc, acc + 0.4]),
+                            pareto.stat([nbytes]))
+    return [point("none", 6.8e6, 98.1), point("quantize4", 8.5e5, 98.2),
+            point("quantize4_sr_group", 8.8e5, 98.0), point("quantize2", 4.3e5, 97.9),
+            point("quantize2_sr_group", 4.5e5, 98.0), point("delta2", 4.6e5, 98.1),
+            point("bottleneck4", 4.3e5, 98.05), point("delta4", 8.6e5, 98.1)]
+
+
+def _label_boxes(fig: Figure) -> dict[str, tuple[float, float, float, float]]:
+    """Each point label's text box on the rendered figure (pixels), leader lines left out."""
+    from matplotlib.text import Annotation, Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    return {t.get_text(): tuple(Text.get_window_extent(t, renderer).extents)  # type: ignore
+            for t in fig.axes[0].texts if isinstance(t, Annotation)}
+
+
+def test_pareto_labels_of_crowded_points_do_not_overlap(tmp_path: Path) -> None:
+    from matplotlib.text import Annotation
+    from matplotlib.transforms import Bbox
+
+    fig = pareto.plot_pareto(_crowded())
+    boxes = _label_boxes(fig)
+    assert sorted(boxes) == sorted(p.method for p in _crowded())
+    bbs = {name: Bbox.from_extents(*ext) for name, ext in boxes.items()}
+    clashes = [(a, b) for a in bbs for b in bbs if a < b and bbs[a].padded(1).overlaps(bbs[b].padded(1))]
+    assert clashes == []
+    # a moved label keeps a leader line to its point; labels in their default place have none
+    moved = [t for t in fig.axes[0].texts if isinstance(t, Annotation) and t.arrow_patch is not None]
+    assert moved and all(t.xyann != pareto.LABEL_OFFSET for t in moved)
+    assert boxes == _label_boxes(pareto.plot_pareto(_crowded()))  # deterministic
+    from edgesplit.curves import save_png
+    save_png(fig, tmp_path / "pareto.png")  # and the figure still saves
+
+
+def test_vs_fp32_of_a_bottleneck_counts_the_models_tensor_before_the_encoder(tmp_path: Path) -> None:
+    """bottleneck4 sends half the channels at 4 bits: 1/16 of what an uncompressed split sends
+    (the model's tensor in fp32), not 1/8 (the encoder's half-size tensor in fp32)."""
+    import torch
+
+    from edgesplit.bottleneck import boundary_channels
+    from edgesplit.boundary import Boundary
+    from edgesplit.compression import build_codecs
+    from edgesplit.config import compose_config
+
+    c = compose_config(["compressor=bottleneck4"]).compressor
+    c.shapes = [[8, 32, 32], [16, 4, 4]]  # what with_bottlenecks records: the model's tensors
+    codecs, meter = build_codecs(c), CommMeter()
+    for name, shape in zip(("front", "back"), c.shapes):
+        channels = boundary_channels(c, name)
+        assert channels == (shape[0], shape[0] // 2)
+        boundary = Boundary(name, codecs[name], meter, channels=channels)
+        boundary.new_step()
+        boundary.send("forward", torch.randn(64, shape[0] // 2, *shape[1:]))  # the encoder's output
+    meter.end_batch()
+    comm = meter.summary()
+    model_fp32 = 64 * 4 * (8 * 32 * 32 + 16 * 4 * 4)  # bytes: the model's tensors, fp32
+    assert comm.raw_fp32_up_bytes_per_batch + comm.raw_fp32_down_bytes_per_batch == model_fp32
+    assert comm.raw_up_bytes_per_batch + comm.raw_down_bytes_per_batch == model_fp32 // 2  # as sent
+    run = find_runs([_run_dir(tmp_path / "0_compressor=bottleneck4", ["compressor=bottleneck4"],
+                              _summary(90.0, comm=comm))])[0]
+    assert pareto.raw_ratio(run) == pytest.approx(model_fp32 / pareto.payload_bytes(run))
+    assert 15 < pareto.raw_ratio(run) <= 16  # headers aside
+    assert boundary_channels(compose_config(["compressor=quantize4"]).compressor, "front") == (1, 1)

@@ -12,6 +12,7 @@ from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, 
 from edgesplit.backends.stages import build_partitions, resolve_devices
 from edgesplit.backends.timing import SideClock
 from edgesplit.boundary import Boundary
+from edgesplit.bottleneck import boundary_channels
 from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs, build_codecs
 from edgesplit.lr_schedule import Optimization
@@ -33,7 +34,8 @@ class LocalBackend(Backend):
         # the receiving ends' own codec objects: per-sample state is each end's, as across hosts
         receivers = build_codecs(cfg.compressor)
         self.boundaries = [Boundary(name, codecs[name], meter, cfg.compressor.eval_compressed,
-                                    cfg.seed, receivers[name]) for name in ("front", "back")]
+                                    cfg.seed, receivers[name], boundary_channels(cfg.compressor, name))
+                           for name in ("front", "back")]
         for b in self.boundaries:
             b.loss_scaled, b.channels_last = self.precision.scaled, self.precision.channels_last
         parts = build_partitions(split, self.boundaries, self.clock)

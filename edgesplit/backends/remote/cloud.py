@@ -15,6 +15,7 @@ from edgesplit.backends.remote.runner import StageRunner
 from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.backends.remote.stage import Stage, run_steps
 from edgesplit.backends.remote.transport import EDGE, Transport
+from edgesplit.bottleneck import boundary_channels
 from edgesplit.boundary import Boundary
 from edgesplit.comm import CommMeter
 from edgesplit.compression import build_codecs
@@ -36,9 +37,11 @@ class CloudStage:
         self.meter = CommMeter()
         codecs = build_codecs(cfg.compressor)
         eval_compressed = cfg.compressor.eval_compressed
-        self.inbound = (Boundary("front", codecs["front"], self.meter, eval_compressed, cfg.seed)
+        self.inbound = (Boundary("front", codecs["front"], self.meter, eval_compressed, cfg.seed,
+                                 channels=boundary_channels(cfg.compressor, "front"))
                         if spec.stage == 0 else Boundary.raw(f"stage{spec.rank - 1}"))
-        self.outbound = (Boundary("back", codecs["back"], self.meter, eval_compressed, cfg.seed)
+        self.outbound = (Boundary("back", codecs["back"], self.meter, eval_compressed, cfg.seed,
+                                  channels=boundary_channels(cfg.compressor, "back"))
                          if spec.last else Boundary.raw(f"stage{spec.rank}"))
         # the edge link's codecs decide, on every link: the ids pass through the cloud stages
         carry_ids = any(c.needs_ids for c in codecs.values())

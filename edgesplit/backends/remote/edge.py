@@ -19,6 +19,7 @@ from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.backends.remote.stage import Stage, run_steps
 from edgesplit.backends.remote.transport import EDGE, Transport
 from edgesplit.backends.stages import resolve_devices
+from edgesplit.bottleneck import boundary_channels
 from edgesplit.boundary import Boundary
 from edgesplit.comm import CommMeter
 from edgesplit.compression import BoundaryCodecs
@@ -47,7 +48,8 @@ class RemoteBackend(Backend):
         self.device = devices[0]
         self._units = {i: split.units[i].to(self.device) for i in split.edge_indices}
         eval_compressed = cfg.compressor.eval_compressed
-        self.boundaries = [Boundary(name, codecs[name], meter, eval_compressed, cfg.seed)
+        self.boundaries = [Boundary(name, codecs[name], meter, eval_compressed, cfg.seed,
+                                    channels=boundary_channels(cfg.compressor, name))
                            for name in ("front", "back")]
         self.precision = precision = Precision.of(cfg)
         for boundary in self.boundaries:
