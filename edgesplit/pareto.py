@@ -146,6 +146,7 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
 
 LABEL_OFFSET = (9.0, 6.0)  # a point's label: up and right of it, in points
 LABEL_GAP = 4.0  # pixels at least between two labels' boxes
+MAX_SLOTS = 100  # label heights a label may move; with no free slot it keeps its place
 
 
 def spread_labels(ax: Axes, labels: Sequence[Annotation]) -> None:
@@ -162,12 +163,16 @@ def spread_labels(ax: Axes, labels: Sequence[Annotation]) -> None:
     renderer = canvas.get_renderer()  # measures text as savefig renders it
     px_per_pt = fig.dpi / 72.0
     placed: list[Bbox] = []
+    area = ax.bbox  # labels stay inside the axes: above them is the title, below the ticks
+
+    def inside(b: Bbox) -> bool:
+        return area.y0 <= b.y0 and b.y1 <= area.y1
     order = sorted(labels, key=lambda a: tuple(ax.transData.transform(a.xy)))
     for ann in order:
         box = ann.get_window_extent(renderer).padded(LABEL_GAP / 2)  # kept apart by LABEL_GAP
         step = box.height  # pixels
-        shift = next(k for k in _slots() if not any(
-            box.translated(0, k * step).overlaps(other) for other in placed))
+        shift = next((k for k in _slots(MAX_SLOTS) if inside(box.translated(0, k * step))
+                      and not any(box.translated(0, k * step).overlaps(o) for o in placed)), 0)
         placed.append(box.translated(0, shift * step))
         if shift:  # the same label, moved, with its leader line
             ann.remove()
@@ -178,12 +183,11 @@ def spread_labels(ax: Axes, labels: Sequence[Annotation]) -> None:
                                         alpha=0.7, shrinkA=0, shrinkB=3))
 
 
-def _slots() -> Iterator[int]:
-    """0, 1, -1, 2, -2, ...: label heights up (+) or down (-) from the default place."""
-    k = 0
-    while True:
-        yield k
-        k += 1
+def _slots(most: int) -> Iterator[int]:
+    """0, 1, -1, 2, -2, ... up to +-most: label heights up (+) or down (-) from the default
+    place."""
+    yield 0
+    for k in range(1, most + 1):
         yield k
         yield -k
 

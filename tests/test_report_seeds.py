@@ -311,12 +311,27 @@ def test_pareto_labels_of_crowded_points_do_not_overlap(tmp_path: Path) -> None:
     bbs = {name: Bbox.from_extents(*ext) for name, ext in boxes.items()}
     clashes = [(a, b) for a in bbs for b in bbs if a < b and bbs[a].padded(1).overlaps(bbs[b].padded(1))]
     assert clashes == []
+    area = fig.axes[0].bbox  # inside the axes: not over the title or the tick labels
+    assert all(area.y0 <= b.y0 and b.y1 <= area.y1 for b in bbs.values())
     # a moved label keeps a leader line to its point; labels in their default place have none
     moved = [t for t in fig.axes[0].texts if isinstance(t, Annotation) and t.arrow_patch is not None]
     assert moved and all(t.xyann != pareto.LABEL_OFFSET for t in moved)
     assert boxes == _label_boxes(pareto.plot_pareto(_crowded()))  # deterministic
     from edgesplit.curves import save_png
     save_png(fig, tmp_path / "pareto.png")  # and the figure still saves
+
+
+def test_pareto_labels_of_points_at_the_top_stay_inside_the_axes() -> None:
+    from matplotlib.transforms import Bbox
+
+    def point(method: str, acc: float) -> pareto.Point:
+        return pareto.Point((), "", method, method == "none", [], pareto.stat([acc]),
+                            pareto.stat([4.3e5 if method != "none" else 6.8e6]))
+    top = [point(f"method{i}", 99.0) for i in range(6)]  # one place, the highest accuracy
+    fig = pareto.plot_pareto(top + [point("low", 20.0), point("none", 60.0)])
+    area = fig.axes[0].bbox
+    boxes = [Bbox.from_extents(*ext) for ext in _label_boxes(fig).values()]
+    assert len(boxes) == 8 and all(area.y0 <= b.y0 and b.y1 <= area.y1 for b in boxes)
 
 
 def test_vs_fp32_of_a_bottleneck_counts_the_models_tensor_before_the_encoder(tmp_path: Path) -> None:

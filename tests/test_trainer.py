@@ -55,7 +55,8 @@ def test_run_writes_the_contract_files_and_learns(make_cfg: Callable, tmp_path: 
     assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx([h["val_acc1"] for h in history])
 
 
-@pytest.mark.parametrize("codec", [["compressor=quantize"], ["compressor=delta", "compressor.bits=2", "data.augment=fixed"],
+@pytest.mark.parametrize("codec", [["compressor=quantize"],
+                                   ["compressor=delta", "compressor.bits=2", "data.augment=fixed"],
                                    ["compressor=quantize", "compressor.error_feedback=true"],
                                    ["compressor=quantize2_sr_group"]])
 def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable, tmp_path: Path,
