@@ -91,12 +91,12 @@ def test_own_model_and_dataset_build_by_target() -> None:
 
 
 def test_num_classes_that_disagree_with_the_dataset_are_one_line_naming_both() -> None:
-    cfg = compose_config([MODEL, "data=digits", BLOBS, "model.num_classes=10"])
+    cfg = compose_config([MODEL, "data=synthetic", BLOBS, "model.num_classes=10"])
     with pytest.raises(ConfigError) as info:
         build_units(cfg.model, build_datasets(cfg.data).num_classes)
     msg = str(info.value)
     assert "model.num_classes=10 differs from the dataset's 4 classes" in msg and "\n" not in msg
-    agreeing = compose_config([MODEL, "data=digits", BLOBS, "model.num_classes=4"])
+    agreeing = compose_config([MODEL, "data=synthetic", BLOBS, "model.num_classes=4"])
     assert len(build_units(agreeing.model, 4)) == 5
 
     # a model that outputs another number of classes than the dataset has, whatever it was asked for
