@@ -14,6 +14,9 @@ from .uniform import NOISE_OFFSET, NOISE_STEP
 # Off (EDGESPLIT_COMPILE_CODECS=0): the same kernels run op by op, for a GPU where Triton fails.
 COMPILE = os.environ.get("EDGESPLIT_COMPILE_CODECS", "1") != "0"
 _compiled: Dict[str, Callable[..., Any]] = {}
+# Triton's fp32 `/` is approximate (within 2 ulp) unless inductor is told to round as eager
+# does: codes are rounded quotients, so one ulp can change a code and the payload's bytes.
+EXACT_DIVISION = {"eager_numerics.division_rounding": True}
 # Graphs a kernel may have: one per bits, dtype and rounding of the run's codecs (every shape
 # shares one); torch's default of 8 is below what the tests' many codecs need.
 RECOMPILE_LIMIT = 64
@@ -34,7 +37,8 @@ def _kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
         if compiled is None:
             config = torch._dynamo.config
             config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-            compiled = _compiled[fn.__name__] = torch.compile(fn, dynamic=True, fullgraph=True)
+            compiled = _compiled[fn.__name__] = torch.compile(
+                fn, dynamic=True, fullgraph=True, options=EXACT_DIVISION)
         return compiled(*args)
     run.__doc__, run.__name__ = fn.__doc__, fn.__name__
     return run
@@ -89,7 +93,8 @@ def _quantized(v: Tensor, bits: int, noise: Optional[Tensor]) -> Tuple[Tensor, T
     range overflows float32. noise: stochastic rounding's int16 numbers (uniform.Noise)."""
     lo, hi = torch.aminmax(v)
     lo, hi = lo.float(), hi.float()
-    scale = (hi - lo) / float(2 ** bits - 1)
+    # a tensor divisor (not a constant): inductor's exact division applies to tensor operands
+    scale = (hi - lo) / torch.full_like(hi, float(2 ** bits - 1))
     bad = ~(torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(scale))
     f = (v.float() - lo) / scale
     f = f.round() if noise is None else f + (noise.float() + NOISE_OFFSET) * NOISE_STEP
