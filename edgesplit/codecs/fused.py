@@ -2,7 +2,7 @@
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,8 @@ COMPILE = os.environ.get("EDGESPLIT_COMPILE_CODECS", "1") != "0"
 _compiled: Dict[str, Callable[..., Any]] = {}
 # Triton's fp32 `/` is approximate (within 2 ulp) unless inductor is told to round as eager
 # does: codes are rounded quotients, so one ulp can change a code and the payload's bytes.
-EXACT_DIVISION = {"eager_numerics.division_rounding": True}
+EXACT_DIVISION: Dict[str, Union[str, int, bool, Callable[..., Any]]] = {
+    "eager_numerics.division_rounding": True}
 # Graphs a kernel may have: one per bits, dtype and rounding of the run's codecs (every shape
 # shares one); torch's default of 8 is below what the tests' many codecs need.
 RECOMPILE_LIMIT = 64
