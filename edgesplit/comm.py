@@ -4,7 +4,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
-import torch
 from torch import Tensor
 
 BOUNDARIES = ("front", "back")  # front: edge-front -> cloud; back: cloud -> edge-back
@@ -156,7 +155,7 @@ class CommMeter:
             self.overhead_bytes: Dict[str, int] = defaultdict(int)
             self.batches = 0
             # quality figures still on a device: read at the batch's end (no sync per crossing)
-            self._pending: List[Tuple[Tuple[str, str], Tensor, Tensor]] = []
+            self._pending: List[Tuple[Tuple[str, str], Union[float, Tensor], Union[float, Tensor]]] = []
 
     def record(self, boundary: str, pass_: str, payload_bytes: int, raw_bytes: int,
                coded_bytes: Optional[int] = None, elements: int = 0,
@@ -175,15 +174,10 @@ class CommMeter:
 
     def record_quality(self, boundary: str, pass_: str, rel_error: Union[float, Tensor],
                        sparsity: Union[float, Tensor]) -> None:
-        """One measured crossing; tensors (0-d, on any device) are read when the batch ends."""
+        """One measured crossing; the figures (numbers, or 0-d tensors on any device) are read
+        when the batch ends."""
         with self._lock:
-            if isinstance(rel_error, Tensor) or isinstance(sparsity, Tensor):
-                self._pending.append(((boundary, pass_), torch.as_tensor(rel_error),
-                                      torch.as_tensor(sparsity)))
-                return
-            self.error_sum[boundary, pass_] += rel_error
-            self.sparsity_sum[boundary, pass_] += sparsity
-            self.samples[boundary, pass_] += 1
+            self._pending.append(((boundary, pass_), rel_error, sparsity))
 
     def _settle(self) -> None:
         """Add the pending quality figures (the lock held): one wait for the devices."""

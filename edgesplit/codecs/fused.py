@@ -1,4 +1,5 @@
 """Fused device kernels of quantize and top-k: torch.compile'd, no host sync per crossing."""
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -13,7 +14,6 @@ from .uniform import NOISE_OFFSET, NOISE_STEP
 
 # Off (EDGESPLIT_COMPILE_CODECS=0): the same kernels run op by op, for a GPU where Triton fails.
 COMPILE = os.environ.get("EDGESPLIT_COMPILE_CODECS", "1") != "0"
-_compiled: Dict[str, Callable[..., Any]] = {}
 # Triton's fp32 `/` is approximate (within 2 ulp) unless inductor is told to round as eager
 # does: codes are rounded quotients, so one ulp can change a code and the payload's bytes.
 EXACT_DIVISION: Dict[str, Union[str, int, bool, Callable[..., Any]]] = {
@@ -29,19 +29,21 @@ def active(x: Tensor) -> bool:
 
 
 def _kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """fn compiled once, for every shape (dynamic) and as one graph (a break would be a sync);
-    eager on the meta device, where the tests prove that nothing reads a value on the host."""
+    """fn compiled on its first call, for every shape (dynamic) and as one graph (a break would
+    be a sync); eager on the meta device, where the tests prove that nothing reads a value on the
+    host, and when COMPILE is off."""
+    compiled: Optional[Callable[..., Any]] = None
+
+    @functools.wraps(fn)
     def run(*args: Any) -> Any:
+        nonlocal compiled
         if not COMPILE or args[0].device.type == "meta":
             return fn(*args)
-        compiled = _compiled.get(fn.__name__)
         if compiled is None:
             config = torch._dynamo.config
             config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-            compiled = _compiled[fn.__name__] = torch.compile(
-                fn, dynamic=True, fullgraph=True, options=EXACT_DIVISION)
+            compiled = torch.compile(fn, dynamic=True, fullgraph=True, options=EXACT_DIVISION)
         return compiled(*args)
-    run.__doc__, run.__name__ = fn.__doc__, fn.__name__
     return run
 
 
@@ -103,19 +105,13 @@ def _quantized(v: Tensor, bits: int, noise: Optional[Tensor]) -> Tuple[Tensor, T
     return torch.stack([lo, scale]), pack(codes, bits), bad
 
 
+@_kernel
 def quantize_payload(head: Tensor, v: Tensor, bits: int,
-                     noise: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                     noise: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """(payload, bad) of Quantize(scale='tensor'): `head` (the header, its offset and scale
     fields last) with this tensor's offset and scale, then the codes."""
-    return _quantize_payload(head, v, bits, noise)
-
-
-@_kernel
-def _quantize_payload(head: Tensor, v: Tensor, bits: int,
-                      noise: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     params, body, bad = _quantized(v, bits, noise)
-    payload = torch.cat([head[:-8], params.view(torch.uint8), body])
-    return payload, bad
+    return torch.cat([head[:-8], params.view(torch.uint8), body]), bad
 
 
 @_kernel
@@ -135,17 +131,12 @@ def _keep(v: Tensor, k: int) -> Tuple[Tensor, Tensor, Tensor]:
     return keep, torch.nonzero_static(keep, size=k).view(-1), ~torch.isfinite(a).all()
 
 
-def topk_payload(head: Tensor, v: Tensor, k: int, bitmap: bool, bits: int = 0,
-                 noise: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+@_kernel
+def topk_payload(head: Tensor, v: Tensor, k: int, bitmap: bool, bits: int,
+                 noise: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(payload, kept mask, kept positions, bad) of TopK (bits 0: raw values) or
     TopKQuantize(scale='tensor') (`head`'s last fields the offset and scale): the header, the
     index section (a bitmap of the mask, or int32 positions), the kept values in index order."""
-    return _topk_payload(head, v, k, bitmap, bits, noise)
-
-
-@_kernel
-def _topk_payload(head: Tensor, v: Tensor, k: int, bitmap: bool, bits: int,
-                  noise: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     keep, where, bad = _keep(v, k)
     index = pack(keep.to(torch.int64), 1) if bitmap else where.to(torch.int32).view(torch.uint8)
     kept = v[where]
