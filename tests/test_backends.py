@@ -87,16 +87,25 @@ def test_explicit_devices_must_list_every_partition(make_cfg: Callable) -> None:
         train_losses(cfg, steps=1)
 
 
-def _trained(cfg: DictConfig) -> Tuple[Backend, List[torch.nn.Module], Tuple[torch.Tensor, torch.Tensor]]:
-    """A backend after one train step, its units and the batch."""
+Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def ready_backend(cfg: DictConfig) -> Tuple[Backend, List[torch.nn.Module], Batch]:
+    """A backend in training mode at epoch 0, its units and the first training batch (x, y, ids)."""
     datasets = build_datasets(cfg.data)
     units = build_units(cfg.model, datasets.num_classes)
     split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), CommMeter())
-    x, y, ids = next(iter(build_loader(datasets.train, cfg.data.batch_size, train=True, seed=0,
-                                       epoch=0, num_workers=0)))
+    batch = next(iter(build_loader(datasets.train, cfg.data.batch_size, train=True, seed=0,
+                                   epoch=0, num_workers=0)))
     backend.start_epoch(0)
     backend.train(True)
+    return backend, units, batch
+
+
+def _trained(cfg: DictConfig) -> Tuple[Backend, List[torch.nn.Module], Tuple[torch.Tensor, torch.Tensor]]:
+    """A backend after one train step, its units and the batch."""
+    backend, units, (x, y, ids) = ready_backend(cfg)
     backend.train_step(x, y, ids)
     return backend, units, (x, y)
 

@@ -6,16 +6,13 @@ import torch
 from torch import Tensor
 
 import edgesplit.codecs.base as base
-from edgesplit.backends import build_backend
 from edgesplit.boundary import Boundary
 from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
 from edgesplit.codecs import fused
 from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs, build_codecs
-from edgesplit.data import build_datasets, build_loader
-from edgesplit.model import build_units
-from edgesplit.partition import split_units
+from edgesplit.compression import BoundaryCodecs
 from tests.codec_reference import ref_pack
+from tests.test_backends import ready_backend
 
 
 @pytest.fixture
@@ -107,15 +104,8 @@ def test_a_non_finite_tensor_is_reported_once_a_step(device_path: None) -> None:
 
 def test_a_nan_stops_the_step_before_any_weight_changes(make_cfg: Callable,
                                                         device_path: None) -> None:
-    cfg = make_cfg("pipeline_backend=gpipe", "compressor=quantize")
-    datasets = build_datasets(cfg.data)
-    units = build_units(cfg.model, datasets.num_classes)
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
-    backend = build_backend(cfg, split, build_codecs(cfg.compressor), CommMeter())
-    x, y, ids = next(iter(build_loader(datasets.train, cfg.data.batch_size, train=True, seed=0,
-                                       epoch=0, num_workers=0)))
-    backend.start_epoch(0)
-    backend.train(True)
+    backend, units, (x, y, ids) = ready_backend(make_cfg("pipeline_backend=gpipe",
+                                                         "compressor=quantize"))
     before = [p.detach().clone() for u in units for p in u.parameters()]
     x[0, 0, 0, 0] = float("nan")
     try:
