@@ -11,10 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from edgesplit import launchers
+from edgesplit.run import launchers
 from edgesplit.config import register_configs
 from edgesplit.errors import ConfigError, UserError
-from edgesplit.trainer import run
+from edgesplit.run.trainer import run
 
 log = logging.getLogger("edgesplit")
 register_configs()

@@ -39,7 +39,7 @@ LOADER_KEYS = frozenset(f.name for f in fields(LoaderConfig))
 
 @dataclass
 class DataConfig(LoaderConfig):
-    """`_target_` returns edgesplit.data.Datasets, cut to the first train_size/val_size samples."""
+    """`_target_` returns edgesplit.data.datasets.Datasets, cut to the first train_size/val_size samples."""
     _target_: str = MISSING
     train_size: Optional[int] = None  # null = whole split
     val_size: Optional[int] = None
@@ -132,7 +132,7 @@ class DeltaConfig(QuantizingConfig):
 
 @dataclass
 class BottleneckConfig(QuantizingConfig):
-    """A trainable encoder/decoder pair at each boundary (edgesplit.bottleneck), then a quantizer."""
+    """A trainable encoder/decoder pair at each boundary (edgesplit.model.bottleneck), then a quantizer."""
     name: str = "bottleneck"
     channel_ratio: float = 0.25  # channels the encoder keeps
     shapes: Optional[List[List[int]]] = None  # set by the trainer: the boundary tensors' shapes
@@ -221,14 +221,14 @@ class DistConfig(BackendConfig):
 class LoggerConfig:
     """What a run logs besides TensorBoard, summary.json and metrics.csv (always written):
     `_target_` a class taking run_dir, config, overrides and the option's other keys (see
-    edgesplit.logbook.build_logger); null = nothing more."""
+    edgesplit.logs.logbook.build_logger); null = nothing more."""
     _target_: Optional[str] = None
     name: str = "tensorboard"
 
 
 @dataclass
 class MLflowConfig(LoggerConfig):
-    _target_: Optional[str] = "edgesplit.mlflow_log.MLflowLogger"
+    _target_: Optional[str] = "edgesplit.logs.mlflow_log.MLflowLogger"
     name: str = "mlflow"
     tracking_uri: Optional[str] = None  # null = sqlite:///<sweep dir>/mlflow.db (one run: its run dir)
     experiment_name: Optional[str] = None  # null = the name of that dir

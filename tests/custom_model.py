@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from edgesplit.data import Datasets
+from edgesplit.data.datasets import Datasets
 
 BLOBS_SHAPE = (3, 16, 16)
 BLOBS_CLASSES = 4

@@ -8,8 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from edgesplit.backends import Backend
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs, build_codecs
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs, build_codecs
 from edgesplit.config import compose_config
 
 
@@ -67,7 +67,7 @@ def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
           units: Optional[List[nn.Module]] = None) -> Backend:
     """Backend `name` ('naive', 'gpipe' or 'dist') on tiny_units as cfg says."""
     from edgesplit.backends import build_backend
-    from edgesplit.bottleneck import split_model
+    from edgesplit.model.bottleneck import split_model
     cfg = copy.deepcopy(cfg)
     target = {"naive": "edgesplit.backends.naive.NaiveBackend",
               "gpipe": "edgesplit.backends.gpipe.GPipeBackend",

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from edgesplit.backends import Backend, build_backend
-from edgesplit.comm import CommMeter
-from edgesplit.compression import build_codecs
-from edgesplit.data import build_datasets, build_loader
-from edgesplit.model import build_units
-from edgesplit.partition import split_units
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import build_codecs
+from edgesplit.data.datasets import build_datasets, build_loader
+from edgesplit.model.mobilenetv2 import build_units
+from edgesplit.model.partition import split_units
 
 
 def train_losses(cfg: DictConfig, steps: int = 4) -> Tuple[List[float], CommMeter]:

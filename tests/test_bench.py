@@ -2,7 +2,7 @@
 import pytest
 
 from edgesplit.bench import backends, link
-from edgesplit.comm import CommMeter
+from edgesplit.boundary.meter import CommMeter
 
 
 def _rows(out: str) -> list:

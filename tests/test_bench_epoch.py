@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 
 from edgesplit.bench import epoch
 from edgesplit.bench._cifar_files import FOLDER, write_cifar10
-from edgesplit.cifar import CIFAR_MEAN, CIFAR_STD
+from edgesplit.data.cifar import CIFAR_MEAN, CIFAR_STD
 from edgesplit.config import CONF_DIR, compose_config, register_configs
-from edgesplit.data import build_datasets
+from edgesplit.data.datasets import build_datasets
 from edgesplit.errors import DataError
 
 

@@ -8,12 +8,12 @@ import torch
 from edgesplit.backends import build_backend
 from edgesplit.bench import backends
 from edgesplit.bench._plain import PlainStep
-from edgesplit.bottleneck import split_model
-from edgesplit.comm import CommMeter
-from edgesplit.compression import build_codecs
+from edgesplit.model.bottleneck import split_model
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import build_codecs
 from edgesplit.config import compose_config
-from edgesplit.data import build_datasets
-from edgesplit.model import build_units
+from edgesplit.data.datasets import build_datasets
+from edgesplit.model.mobilenetv2 import build_units
 
 
 def _rows(out: str) -> list:

@@ -5,11 +5,11 @@ from typing import Callable
 import pytest
 import torch
 
-from edgesplit import checkpoint, trainer
-from edgesplit.bottleneck import Decoder, Encoder, boundary_shapes, with_bottlenecks
+from edgesplit.run import checkpoint, trainer
+from edgesplit.model.bottleneck import Decoder, Encoder, boundary_shapes, with_bottlenecks
 from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError
-from edgesplit.model import build_units
+from edgesplit.model.mobilenetv2 import build_units
 
 
 def _params(module: torch.nn.Module) -> int:

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torchgpipe.checkpoint import enable_checkpointing, enable_recomputing
 
-from edgesplit.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary, BoundaryLayer
 from edgesplit.codecs import Entropy, Identity, Quantize, TopK
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
 
 
 def boundary(name: str = "front", reuses_support: bool = True, **kw: bool) -> Boundary:

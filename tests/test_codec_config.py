@@ -3,7 +3,7 @@ every codec, and one-line errors that name the key and the allowed values."""
 import pytest
 
 from edgesplit.codecs import Entropy, Identity, Quantize, RandTopK, TopK, TopKQuantize
-from edgesplit.compression import build_codecs
+from edgesplit.codecs.build import build_codecs
 from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError
 from edgesplit.validate import validate

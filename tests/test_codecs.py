@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 import edgesplit.codecs.base as base
 import edgesplit.codecs.select as select
 from tests.codec_reference import ref_encode, ref_pack, ref_topk_mask
-from edgesplit.boundary import Boundary, BoundaryLayer
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.boundary.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.codecs import Codec, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
 from edgesplit.codecs.bitpack import code_dtype, pack_codes_into, packed_size, unpack_codes_from
 from edgesplit.codecs.masks import pack_mask_into, unpack_mask
@@ -371,7 +371,7 @@ def test_wrong_payload_rejected() -> None:
 # --- gradient rules ----------------------------------------------------------------------------
 
 def crossing(fwd: Codec, grad_codec: Codec) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The real in-process boundary (edgesplit.boundary) with these codecs, as a function."""
+    """The real in-process boundary (edgesplit.boundary.boundary) with these codecs, as a function."""
     return BoundaryLayer(Boundary("front", BoundaryCodecs(fwd, grad_codec, reuses_support=True),
                                   CommMeter()))
 

@@ -14,9 +14,9 @@ from tests.conftest import ROOT
 
 def test_defaults_are_the_seeds_first_study() -> None:
     cfg = compose_config([])
-    assert cfg.model._target_ == "edgesplit.model.mobilenetv2_units" and cfg.model.width == 1.0
+    assert cfg.model._target_ == "edgesplit.model.mobilenetv2.mobilenetv2_units" and cfg.model.width == 1.0
     assert cfg.model.num_classes is None  # the dataset's
-    assert cfg.data.name == "cifar10" and cfg.data._target_ == "edgesplit.cifar.cifar10"
+    assert cfg.data.name == "cifar10" and cfg.data._target_ == "edgesplit.data.cifar.cifar10"
     assert cfg.data.batch_size == 1024 and cfg.data.augment and cfg.data.download and cfg.data.root == "data"
     assert (cfg.partition.front, cfg.partition.back) == (1, 1)
     assert cfg.compressor.name == "prune" and cfg.compressor.ratio == 0.1
@@ -33,9 +33,9 @@ def test_defaults_are_the_seeds_first_study() -> None:
 
 
 @pytest.mark.parametrize("option, target, batch_size", [
-    ("cifar10", "edgesplit.cifar.cifar10", 1024),
-    ("digits", "edgesplit.data.digits", 128),
-    ("synthetic", "edgesplit.data.synthetic", 256),
+    ("cifar10", "edgesplit.data.cifar.cifar10", 1024),
+    ("digits", "edgesplit.data.datasets.digits", 128),
+    ("synthetic", "edgesplit.data.datasets.synthetic", 256),
 ])
 def test_data_options_are_targets_with_their_own_defaults(option: str, target: str, batch_size: int) -> None:
     d = compose_config([f"data={option}"]).data
@@ -204,7 +204,7 @@ def test_a_sweep_preset_with_each_swept_key_given_is_one_job(tmp_path) -> None:
 
 def test_each_boundary_can_have_its_own_codec() -> None:
     from edgesplit.codecs import Identity, Quantize
-    from edgesplit.compression import build_codecs
+    from edgesplit.codecs.build import build_codecs
     cfg = compose_config(["compressor=quantize", "compressor.bits=4",
                           "compressor.front={activation: {_target_: edgesplit.codecs.Identity}}"])
     codecs = build_codecs(cfg.compressor)
@@ -214,7 +214,7 @@ def test_each_boundary_can_have_its_own_codec() -> None:
 
 
 def test_a_codec_target_that_is_not_a_codec_is_a_config_error() -> None:
-    from edgesplit.compression import build_codecs
+    from edgesplit.codecs.build import build_codecs
     cfg = compose_config(["compressor.activation={_target_: collections.OrderedDict}"])
     with pytest.raises(ConfigError, match="compressor.activation: _target_ must build an edgesplit"):
         build_codecs(cfg.compressor)
@@ -224,7 +224,7 @@ def test_a_codec_target_that_is_not_a_codec_is_a_config_error() -> None:
 
 
 def test_hparam_keys_add_to_the_hparams_view() -> None:
-    from edgesplit.logbook import hparam_values
+    from edgesplit.logs.logbook import hparam_values
     cfg = compose_config(["hparam_keys=[schedule.momentum,data.num_workers]"])
     validate(cfg)
     values = hparam_values(cfg, ["compressor=prune"])
@@ -234,21 +234,22 @@ def test_hparam_keys_add_to_the_hparams_view() -> None:
 
 
 def test_a_model_or_data_target_that_cannot_be_built_is_one_line_naming_the_key() -> None:
-    from edgesplit.data import build_datasets
-    from edgesplit.model import build_units
+    from edgesplit.data.datasets import build_datasets
+    from edgesplit.model.mobilenetv2 import build_units
     cases = [
-        (lambda: build_units(compose_config(["model._target_=edgesplit.model.nope"]).model, 10),
-         "model._target_='edgesplit.model.nope' cannot be built: "),
+        (lambda: build_units(compose_config(["model._target_=edgesplit.model.mobilenetv2.nope"]).model, 10),
+         "model._target_='edgesplit.model.mobilenetv2.nope' cannot be built: "),
         (lambda: build_units(compose_config(["+model.depth=3"]).model, 10),
          "unexpected keyword argument 'depth'"),
         (lambda: build_units(compose_config(["model._target_=collections.OrderedDict"]).model, 10),
          "model._target_='collections.OrderedDict' must return a list of torch.nn.Module layer units"),
         (lambda: build_datasets(compose_config(["data=digits", "data._target_=nopkg.data"]).data),
          "data._target_='nopkg.data' cannot be built: "),
-        (lambda: build_datasets(compose_config(["data=digits", "data._target_=edgesplit.data.first_n"]).data),
-         "data._target_='edgesplit.data.first_n' cannot be built: "),
+        (lambda: build_datasets(compose_config(["data=digits",
+                                                "data._target_=edgesplit.data.datasets.first_n"]).data),
+         "data._target_='edgesplit.data.datasets.first_n' cannot be built: "),
         (lambda: build_datasets(compose_config(["data=digits", "data._target_=builtins.dict"]).data),
-         "data._target_='builtins.dict' must return edgesplit.data.Datasets, got dict"),
+         "data._target_='builtins.dict' must return edgesplit.data.datasets.Datasets, got dict"),
     ]
     for build, message in cases:
         with pytest.raises(ConfigError) as info:
@@ -257,7 +258,7 @@ def test_a_model_or_data_target_that_cannot_be_built_is_one_line_naming_the_key(
 
 
 def test_a_data_error_of_the_target_passes_through(tmp_path) -> None:
-    from edgesplit.data import build_datasets
+    from edgesplit.data.datasets import build_datasets
     from edgesplit.errors import DataError
     cfg = compose_config([f"data.root={tmp_path}", "data.download=false"])
     with pytest.raises(DataError, match=f"CIFAR-10 not found under {tmp_path} \\(data.root\\)"):

@@ -8,13 +8,13 @@ import torch
 from torch import Tensor
 
 from tests.codec_reference import ref_encode
-from edgesplit import trainer
-from edgesplit.backends.stages import resolve_devices
-from edgesplit.boundary import Boundary
+from edgesplit.run import trainer
+from edgesplit.backends.partitions import resolve_devices
+from edgesplit.boundary.boundary import Boundary
 from edgesplit.codecs import Codec, Quantize, TopK, TopKQuantize
-from edgesplit.compression import BoundaryCodecs
-from edgesplit.comm import CommMeter
-from edgesplit.model import build_units
+from edgesplit.codecs.build import BoundaryCodecs
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.model.mobilenetv2 import build_units
 from tests.test_backends import train_losses
 from tests.test_codec_paths import codecs, inputs, ref_kind, wire
 from tests.test_fused import CROSSINGS

@@ -6,8 +6,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
-from edgesplit import trainer
-from edgesplit.resident import ResidentLoader, resident_train
+from edgesplit.run import trainer
+from edgesplit.data.resident import ResidentLoader, resident_train
 from tests.precision_units import PROBES
 from tests.test_backends import train_losses
 from tests.test_data import data_tiny_cifar  # noqa: F401 (a fixture)

@@ -12,10 +12,10 @@ from torch import nn
 
 from edgesplit.codecs import Quantize
 from edgesplit.config import compose_config
-from edgesplit.data import build_datasets
+from edgesplit.data.datasets import build_datasets
 from edgesplit.errors import ConfigError
-from edgesplit.model import build_units, check_num_classes
-from edgesplit.partition import split_units
+from edgesplit.model.mobilenetv2 import build_units, check_num_classes
+from edgesplit.model.partition import split_units
 from tests import custom_model
 from tests.conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""Tests of edgesplit.data: CIFAR-10 on tiny real-format files, digits, synthetic, loaders."""
+"""Tests of edgesplit.data.datasets: CIFAR-10 on tiny real-format files, digits, synthetic, loaders."""
 import hashlib
 import pickle
 import urllib.error
@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10
 
 from edgesplit.config import compose_config
-from edgesplit.cifar import CIFAR_MEAN, CIFAR_STD
-from edgesplit.data import build_datasets, build_loader
+from edgesplit.data.cifar import CIFAR_MEAN, CIFAR_STD
+from edgesplit.data.datasets import build_datasets, build_loader
 from edgesplit.errors import DataError
 
 N_PER_BATCH, N_TEST = 4, 6  # 5 train batches -> 20 train images
@@ -294,7 +294,7 @@ def test_digits_augment_fixed_keeps_each_samples_crop_every_epoch() -> None:
 
 def test_augmented_digits_have_no_resident_form() -> None:
     from edgesplit.errors import ConfigError
-    from edgesplit.resident import resident_train
+    from edgesplit.data.resident import resident_train
 
     for augment in (True, "fixed"):
         ds = build_datasets(_cfg("digits", augment=augment))
@@ -441,7 +441,7 @@ def data_tiny_cifar100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[
 
 
 def test_cifar100_reads_100_classes_the_pixels_and_fine_labels(data_tiny_cifar100: dict[str, Any]) -> None:
-    from edgesplit.cifar import CIFAR100_MEAN, CIFAR100_STD
+    from edgesplit.data.cifar import CIFAR100_MEAN, CIFAR100_STD
     ds = build_datasets(_cfg("cifar100", root=str(data_tiny_cifar100["root"]), download=False,
                              augment=False))
     assert (len(ds.train), len(ds.val), ds.num_classes) == (30, 10, 100)  # type: ignore[arg-type]
@@ -462,7 +462,7 @@ def test_cifar100_missing_names_cifar100_and_its_folder(tmp_path: Path) -> None:
 
 def test_cifar100_trains_a_resnet18(data_tiny_cifar100: dict[str, Any], tmp_path: Path) -> None:
     """Through the trainer (in-process: the md5 table above is this process's), split ResNet-18."""
-    from edgesplit import trainer
+    from edgesplit.run import trainer
     cfg = compose_config(["data=cifar100", f"data.root={data_tiny_cifar100['root']}", "data.download=false",
                           "data.batch_size=10", "model=resnet18", "model.width=0.125",
                           "partition.front=2", "partition.back=2", "pipeline_backend=gpipe",

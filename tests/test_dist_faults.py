@@ -61,7 +61,7 @@ def test_killed_cloud_rank_mid_epoch(tmp_path):
     assert errors and "cloud rank 1" in errors[-1], out[-2000:]
     assert "killed by signal 9" in errors[-1], out[-2000:]
     assert "Traceback" not in out
-    from edgesplit import checkpoint
+    from edgesplit.run import checkpoint
     state = checkpoint.load(run / "checkpoint.pt")  # intact, the cloud's units in it
     assert state["epoch"] >= 1 and len(state["units"]) == 20 and "cloud_stage1" in state["lr_scheduler"]
     assert sorted(p.name for p in run.glob("*.pt")) == ["checkpoint.pt"]

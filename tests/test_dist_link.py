@@ -5,7 +5,7 @@ import time
 import pytest
 
 from edgesplit.backends.remote.protocol import HEADER_BYTES
-from edgesplit.comm import CommMeter
+from edgesplit.boundary.meter import CommMeter
 from tests.dist_helpers import build, config, data, dist_process_count
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from edgesplit.comm import CommMeter
+from edgesplit.boundary.meter import CommMeter
 from tests.dist_helpers import build, config, data, dist_process_count, run_backend
 from tests.precision_units import loud_units
 

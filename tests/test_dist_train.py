@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from edgesplit import checkpoint
+from edgesplit.run import checkpoint
 from edgesplit.backends.remote.protocol import HEADER_BYTES
-from edgesplit.comm import DIRECTION, CommMeter
+from edgesplit.boundary.meter import DIRECTION, CommMeter
 from tests.dist_helpers import build, config, data, dist_process_count, run_backend
 
 pytestmark = pytest.mark.slow

@@ -10,11 +10,11 @@ import zstandard
 from torch import Tensor
 
 from tests.codec_reference import ref_encode, ref_entropy
-from edgesplit.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary, BoundaryLayer
 from edgesplit.codecs import Codec, Crossing, Entropy, Identity, Quantize, RandTopK, TopK
 from edgesplit.codecs import TopKQuantize
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
 
 METHODS = ["zlib", "zstd"]
 INNER = [Identity(), Quantize(4), Quantize(8, "stochastic", "group", 64), TopK(0.1),

@@ -10,8 +10,8 @@ from typing import Any, Callable, List
 import pytest
 import torch
 
-from edgesplit import checkpoint, memory, trainer
-from edgesplit.steptimes import Pace, RunStepTimes, StepHistogram, epoch_median
+from edgesplit.run import checkpoint, memory, trainer
+from edgesplit.run.steptimes import Pace, RunStepTimes, StepHistogram, epoch_median
 from tests.test_trainer import Interrupt
 
 
@@ -86,7 +86,7 @@ def test_time_per_batch_is_the_median_of_every_step_after_the_first(
     steps: List[float] = []
     _slowed(monkeypatch, lambda epoch: 0.5 if epoch < 2 else 0.0, steps)
     cfg = make_cfg("pipeline_backend=naive", "pipeline_backend.chunks=1", "schedule.epochs=3", "log_every=2")
-    with caplog.at_level("INFO", logger="edgesplit.trainer"):
+    with caplog.at_level("INFO", logger="edgesplit.run.trainer"):
         summary = trainer.run(cfg, tmp_path, [])
     assert len(steps) == 12  # 3 epochs of 256 / 64
     assert summary["time_per_batch_s"] == pytest.approx(statistics.median(steps[1:]), rel=0.02)

@@ -6,11 +6,11 @@ import torch
 from torch import Tensor
 
 import edgesplit.codecs.base as base
-from edgesplit.boundary import Boundary
+from edgesplit.boundary.boundary import Boundary
 from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
 from edgesplit.codecs import fused
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
 from tests.codec_reference import ref_pack
 from tests.test_backends import ready_backend
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from edgesplit.config import compose_config
-from edgesplit.data import Datasets, build_datasets
+from edgesplit.data.datasets import Datasets, build_datasets
 from edgesplit.errors import DataError
 from tests.conftest import ROOT
 

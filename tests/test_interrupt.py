@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from edgesplit import interrupt
+from edgesplit.run import interrupt
 
 
 def test_the_first_ctrl_c_is_a_request_the_second_stops_at_once() -> None:

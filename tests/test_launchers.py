@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 import pytest
 from hydra import compose, initialize_config_dir
 
-from edgesplit import launchers
+from edgesplit.run import launchers
 from edgesplit.config import register_configs
 from tests.test_studies import (REPO, RUN_FILES, TINY, _env, _jobs, _report, _summary, _table, _train,
                                 _train_cmd)
@@ -68,7 +68,7 @@ def test_launcher_options_compose_and_the_callback_is_configured() -> None:
     assert launchers.launcher_kind(slurm) == "submitit_slurm"  # our preset extends submitit_slurm
     assert (slurm.gpus_per_node, slurm.cpus_per_task, slurm.partition) == (1, 8, "gpu")
     assert slurm.max_num_timeout == 3 and slurm.timeout_min >= 60
-    assert joblib.callbacks.sweep_jobs._target_ == "edgesplit.launchers.SweepJobs"
+    assert joblib.callbacks.sweep_jobs._target_ == "edgesplit.run.launchers.SweepJobs"
 
 
 def test_failures_and_ctrl_c_of_job_processes_reach_the_launching_process(

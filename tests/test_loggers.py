@@ -7,9 +7,9 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from edgesplit import trainer
+from edgesplit.run import trainer
 from edgesplit.errors import ConfigError
-from edgesplit.metrics_csv import COLUMNS
+from edgesplit.logs.metrics_csv import COLUMNS
 from tests.test_trainer import Interrupt, interrupt_after_first_epoch
 
 needs_mlflow = pytest.mark.skipif(
@@ -88,8 +88,8 @@ def test_mlflow_holds_the_runs_params_and_metrics_and_a_resume_goes_on_in_the_sa
 
 
 def test_mlflow_params_leave_out_the_secret_and_the_tracking_uri(make_cfg: Callable) -> None:
-    from edgesplit.logbook import public_config
-    from edgesplit.mlflow_log import flat_params
+    from edgesplit.logs.logbook import public_config
+    from edgesplit.logs.mlflow_log import flat_params
     cfg = make_cfg("pipeline_backend=dist", "pipeline_backend.secret=0123456789abcdef0123",
                    "logger=mlflow", "logger.tracking_uri=http://user:pw@host:5000")
     params = flat_params(public_config(cfg))

@@ -6,7 +6,7 @@ import torch
 
 from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError
-from edgesplit.model import build_units, check_num_classes, mobilenetv2_units
+from edgesplit.model.mobilenetv2 import build_units, check_num_classes, mobilenetv2_units
 
 
 def test_twenty_units_and_the_seeds_parameter_count() -> None:

@@ -1,8 +1,8 @@
 """Cutting the unit list into edge-front | cloud stage(s) | edge-back."""
 import pytest
 
-from edgesplit.model import mobilenetv2_units
-from edgesplit.partition import split_units, unit_costs
+from edgesplit.model.mobilenetv2 import mobilenetv2_units
+from edgesplit.model.partition import split_units, unit_costs
 
 
 def test_front_and_back_count_units_from_each_end() -> None:

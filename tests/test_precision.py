@@ -8,17 +8,17 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from edgesplit import checkpoint, trainer
+from edgesplit.run import checkpoint, trainer
 from edgesplit.backends import Backend, build_backend
-from edgesplit.boundary import Boundary
+from edgesplit.boundary.boundary import Boundary
 from edgesplit.codecs import Identity, NonFiniteError, Quantize, TopK, TopKQuantize
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs, build_codecs
-from edgesplit.data import build_datasets, build_loader
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs, build_codecs
+from edgesplit.data.datasets import build_datasets, build_loader
 from edgesplit.errors import ConfigError
-from edgesplit.model import build_units
-from edgesplit.partition import split_units
-from edgesplit.precision import Precision
+from edgesplit.model.mobilenetv2 import build_units
+from edgesplit.model.partition import split_units
+from edgesplit.run.precision import Precision
 from edgesplit.validate import validate
 from tests.precision_units import PROBES
 from tests.test_backends import train_losses

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from tests.codec_reference import ref_pack, ref_topk_mask
-from edgesplit.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary, BoundaryLayer
 from edgesplit.codecs import Crossing, Identity, NonFiniteError, RandTopK, TopK
 from edgesplit.codecs.randtopk import explore_count
 from edgesplit.codecs.topk import k_for
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
 
 
 def hdr(ndim: int) -> int:

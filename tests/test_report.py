@@ -1,4 +1,4 @@
-"""Tests of edgesplit.report on fake Hydra run dirs: tables, pivots, backends, curves, CLI."""
+"""Tests of edgesplit.report.build on fake Hydra run dirs: tables, pivots, backends, curves, CLI."""
 import dataclasses
 import json
 import os
@@ -13,12 +13,12 @@ import pytest
 
 from matplotlib.figure import Figure
 
-from edgesplit import report
-from edgesplit.comm import CommFigures, CommMeter
-from edgesplit.curves import run_label
-from edgesplit.report import (ReportError, build_report, find_runs, human_bytes, main,
-                              plot_curves, swept_keys, write_report)
-from edgesplit.run_summary import EpochRecord, RunSummary, SideStats, write_summary
+from edgesplit.report import build as report
+from edgesplit.boundary.meter import CommFigures, CommMeter
+from edgesplit.report.curves import run_label
+from edgesplit.report.build import (ReportError, build_report, find_runs, human_bytes, main,
+                                    plot_curves, swept_keys, write_report)
+from edgesplit.logs.summary import EpochRecord, RunSummary, SideStats, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 # The seed's first study (front x back -> val_acc1 %).

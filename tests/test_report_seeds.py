@@ -1,4 +1,4 @@
-"""Tests of edgesplit.report over seeds: mean ± std (n) in every table, bands, loss.png, pareto.png."""
+"""Tests of edgesplit.report.build over seeds: mean ± std (n) in every table, bands, loss.png, pareto.png."""
 import math
 from pathlib import Path
 from typing import Optional
@@ -10,12 +10,12 @@ from matplotlib.colors import to_rgb
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from edgesplit import pareto, report
-from edgesplit.comm import CommFigures, CommMeter
-from edgesplit.report import build_report, find_runs, main, write_report
-from edgesplit.run_summary import RunSummary
-from edgesplit.runs import group_runs
-from edgesplit.tables import stat_cell
+from edgesplit.report import pareto, build as report
+from edgesplit.boundary.meter import CommFigures, CommMeter
+from edgesplit.report.build import build_report, find_runs, main, write_report
+from edgesplit.logs.summary import RunSummary
+from edgesplit.report.runs import group_runs
+from edgesplit.report.tables import stat_cell
 from tests.test_report import PNG_SIGNATURE, _cli, _run_dir, _summary, _table
 
 MB = 1_000_000
@@ -317,7 +317,7 @@ def test_pareto_labels_of_crowded_points_do_not_overlap(tmp_path: Path) -> None:
     moved = [t for t in fig.axes[0].texts if isinstance(t, Annotation) and t.arrow_patch is not None]
     assert moved and all(t.xyann != pareto.LABEL_OFFSET for t in moved)
     assert boxes == _label_boxes(pareto.plot_pareto(_crowded()))  # deterministic
-    from edgesplit.curves import save_png
+    from edgesplit.report.curves import save_png
     save_png(fig, tmp_path / "pareto.png")  # and the figure still saves
 
 
@@ -339,9 +339,9 @@ def test_vs_fp32_of_a_bottleneck_counts_the_models_tensor_before_the_encoder(tmp
     (the model's tensor in fp32), not 1/8 (the encoder's half-size tensor in fp32)."""
     import torch
 
-    from edgesplit.bottleneck import boundary_channels
-    from edgesplit.boundary import Boundary
-    from edgesplit.compression import build_codecs
+    from edgesplit.model.bottleneck import boundary_channels
+    from edgesplit.boundary.boundary import Boundary
+    from edgesplit.codecs.build import build_codecs
     from edgesplit.config import compose_config
 
     c = compose_config(["compressor=bottleneck4"]).compressor

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from edgesplit import trainer
-from edgesplit.cifar import CIFAR_MEAN, CIFAR_STD
-from edgesplit.data import Datasets, build_datasets, build_loader, epoch_seed
+from edgesplit.run import trainer
+from edgesplit.data.cifar import CIFAR_MEAN, CIFAR_STD
+from edgesplit.data.datasets import Datasets, build_datasets, build_loader, epoch_seed
 from edgesplit.errors import ConfigError
-from edgesplit.resident import PAD, ResidentLoader, draws, resident_train
+from edgesplit.data.resident import PAD, ResidentLoader, draws, resident_train
 from tests.test_data import _cfg, data_tiny_cifar  # noqa: F401 (a fixture)
 
 

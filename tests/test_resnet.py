@@ -2,8 +2,8 @@
 import torch
 
 from edgesplit.config import compose_config
-from edgesplit.model import build_units
-from edgesplit.resnet import resnet18_units
+from edgesplit.model.mobilenetv2 import build_units
+from edgesplit.model.resnet import resnet18_units
 
 
 def test_ten_units_and_the_standard_parameter_count() -> None:

@@ -13,11 +13,11 @@ from typing import Any, Callable, Dict
 import pytest
 from omegaconf import OmegaConf
 
-from edgesplit import checkpoint, rundir, trainer
-from edgesplit.checkpoint import CheckpointError
+from edgesplit.run import checkpoint, rundir, trainer
+from edgesplit.run.checkpoint import CheckpointError
 from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError, UserError
-from edgesplit.resume import config_changes
+from edgesplit.run.resume import config_changes
 from tests.conftest import ROOT, TINY
 
 
@@ -152,7 +152,7 @@ def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(tmp_path: Path) ->
 
 
 def test_the_checkpoint_keeps_the_config_without_the_link_secret(tmp_path: Path) -> None:
-    from edgesplit.trainer import _saved_config
+    from edgesplit.run.trainer import _saved_config
     cfg = compose_config(["pipeline_backend=dist", "pipeline_backend.secret=0123456789abcdef0123"])
     saved = _saved_config(cfg)
     assert "secret" not in saved["pipeline_backend"] and saved["pipeline_backend"]["chunks"] == 4

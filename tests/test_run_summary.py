@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit import rundir
-from edgesplit.comm import CommFigures, CommMeter
+from edgesplit.run import rundir
+from edgesplit.boundary.meter import CommFigures, CommMeter
 from edgesplit.errors import UserError
-from edgesplit.run_summary import (EpochRecord, RunSummary, SideStats, SummaryFormatError, read_summary,
-                                   write_summary)
+from edgesplit.logs.summary import (EpochRecord, RunSummary, SideStats, SummaryFormatError, read_summary,
+                                    write_summary)
 
 # README's 'Where results land', summary.json row.
 SUMMARY_KEYS = ["status", "error", "epochs", "epochs_planned", "val_acc1", "val_acc5", "best_val_acc1",

@@ -10,9 +10,9 @@ from typing import Callable
 
 import pytest
 
-from edgesplit import trainer
+from edgesplit.run import trainer
 from edgesplit.errors import RunDirBusy, UserError
-from edgesplit.rundir import FOREIGN_STALE_S, RunDirLock
+from edgesplit.run.rundir import FOREIGN_STALE_S, RunDirLock
 from tests.conftest import ROOT, TINY
 
 
@@ -46,7 +46,7 @@ def test_a_live_run_holds_its_dir(make_cfg: Callable, tmp_path: Path) -> None:
 
 def test_a_second_train_py_in_a_held_dir_is_one_line(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from edgesplit.rundir import "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from edgesplit.run.rundir import "
          "RunDirLock\nwith RunDirLock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(120)",
          str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

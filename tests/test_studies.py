@@ -17,8 +17,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.config import register_configs
-from edgesplit.curves import run_label
-from edgesplit.report import find_runs, plot_curves, swept_keys
+from edgesplit.report.curves import run_label
+from edgesplit.report.build import find_runs, plot_curves, swept_keys
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from edgesplit import checkpoint, trainer
+from edgesplit.run import checkpoint, trainer
 from edgesplit.errors import TrainingDiverged
-from edgesplit.model import build_units
+from edgesplit.model.mobilenetv2 import build_units
 
 CONTRACT_TAGS = {"train/loss", "train/acc1", "val/loss", "val/acc1", "lr", "time/batch_s",
                  "memory/peak_bytes", "comm/up_bytes", "comm/down_bytes"}

@@ -6,10 +6,10 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from edgesplit.backends.base import Backend, StepResult
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.errors import ConfigError
-from edgesplit.partition import Split
+from edgesplit.model.partition import Split
 
 __all__ = ["Backend", "StepResult", "build_backend"]
 

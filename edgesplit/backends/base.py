@@ -7,11 +7,11 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from edgesplit import memory
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
-from edgesplit.partition import Split
-from edgesplit.run_summary import SideStats
+from edgesplit.run import memory
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
+from edgesplit.model.partition import Split
+from edgesplit.logs.summary import SideStats
 
 
 @dataclass
@@ -47,7 +47,7 @@ class StepResult:
 
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory of this job on `device`: CUDA allocations on a GPU, else the resident set size
-    (edgesplit.memory: per job in a sweep too)."""
+    (edgesplit.run.memory: per job in a sweep too)."""
     return memory.peak_memory_bytes(device)
 
 
@@ -62,7 +62,7 @@ class Backend(ABC):
 
     A train step is forward, backward and each side's optimizer step. `start_epoch` sets every
     side's learning rate; `state_dict()` holds every side's state keyed by layer unit and
-    parameter name (see edgesplit.checkpoint), so one checkpoint goes through one path."""
+    parameter name (see edgesplit.run.checkpoint), so one checkpoint goes through one path."""
 
     name: str = "base"
 
@@ -106,7 +106,7 @@ class Backend(ABC):
 
     @abstractmethod
     def state_dict(self) -> Dict[str, Any]:
-        """Every side's units, optimizer, schedule, RNG and codec state (edgesplit.checkpoint)."""
+        """Every side's units, optimizer, schedule, RNG and codec state (edgesplit.run.checkpoint)."""
 
     @abstractmethod
     def load_state_dict(self, state: Dict[str, Any]) -> None:

@@ -6,9 +6,9 @@ from torch import Tensor, nn
 from torchgpipe import GPipe
 
 from edgesplit.backends.local import LocalBackend
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
-from edgesplit.partition import Split
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
+from edgesplit.model.partition import Split
 
 
 class GPipeBackend(LocalBackend):

@@ -7,18 +7,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from edgesplit import checkpoint
+from edgesplit.run import checkpoint
 from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, peak_memory_bytes
-from edgesplit.backends.stages import build_partitions, resolve_devices
+from edgesplit.backends.partitions import build_partitions, resolve_devices
 from edgesplit.backends.timing import SideClock
-from edgesplit.boundary import Boundary
-from edgesplit.bottleneck import boundary_channels
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs, build_codecs
-from edgesplit.lr_schedule import Optimization
-from edgesplit.partition import Split
-from edgesplit.precision import Precision
-from edgesplit.run_summary import SideStats
+from edgesplit.boundary.boundary import Boundary
+from edgesplit.model.bottleneck import boundary_channels
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs, build_codecs
+from edgesplit.run.lr_schedule import Optimization
+from edgesplit.model.partition import Split
+from edgesplit.run.precision import Precision
+from edgesplit.logs.summary import SideStats
 
 
 class LocalBackend(Backend):

@@ -6,9 +6,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from edgesplit.comm import CommMeter
-from edgesplit.memory import peak_memory_bytes
-from edgesplit.run_summary import SideStats
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.run.memory import peak_memory_bytes
+from edgesplit.logs.summary import SideStats
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -29,7 +29,7 @@ class PlainStep:
     config has them, and the run's optimizer and learning rate."""
 
     def __init__(self, units: List[nn.Module], cfg: DictConfig, device: torch.device) -> None:
-        from edgesplit.lr_schedule import Optimization
+        from edgesplit.run.lr_schedule import Optimization
 
         self.device = device
         self.channels_last = bool(cfg.get("channels_last", False))

@@ -11,8 +11,8 @@ import torch
 
 from edgesplit.bench._plain import measure_plain
 from edgesplit.bench.machine import header_lines, human_bytes
-from edgesplit.comm import CommFigures, CommMeter
-from edgesplit.run_summary import SideStats
+from edgesplit.boundary.meter import CommFigures, CommMeter
+from edgesplit.logs.summary import SideStats
 
 # plain: the same units as one nn.Sequential, no split, no codec, a plain PyTorch step (the baseline);
 # dist+link: dist under the emulated link of --link-mbps / --latency-ms
@@ -44,10 +44,10 @@ def overrides_of(args: argparse.Namespace, name: str) -> List[str]:
 def measure(overrides: List[str], warmup: int, steps: int, plain: bool = False) -> Dict[str, Any]:
     """Build the backend (or plain's model) in this process, time `steps` train steps after `warmup` ones."""
     from edgesplit.backends import build_backend
-    from edgesplit.bottleneck import split_model
-    from edgesplit.compression import build_codecs
+    from edgesplit.model.bottleneck import split_model
+    from edgesplit.codecs.build import build_codecs
     from edgesplit.config import compose_config
-    from edgesplit.trainer import build_model
+    from edgesplit.run.trainer import build_model
 
     cfg = compose_config(overrides)
     datasets, units = build_model(cfg)

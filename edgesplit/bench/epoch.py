@@ -66,15 +66,15 @@ def measure(overrides: List[str], warmup: int, steps: Optional[int],
     """One epoch as the trainer runs it (its loaders, train_epoch, evaluate) after `warmup` untimed
     steps; `steps` / `eval_batches` cut it short, and the figures are projected to the whole epoch."""
     from edgesplit.backends import build_backend
-    from edgesplit.bottleneck import split_model
-    from edgesplit.comm import CommMeter
-    from edgesplit.compression import build_codecs
+    from edgesplit.model.bottleneck import split_model
+    from edgesplit.boundary.meter import CommMeter
+    from edgesplit.codecs.build import build_codecs
     from edgesplit.config import compose_config
-    from edgesplit.data import build_loader
-    from edgesplit.logbook import Logbook
-    from edgesplit.resident import resident_train
-    from edgesplit.steptimes import RunStepTimes
-    from edgesplit.trainer import build_model, evaluate, train_epoch, train_loader
+    from edgesplit.data.datasets import build_loader
+    from edgesplit.logs.logbook import Logbook
+    from edgesplit.data.resident import resident_train
+    from edgesplit.run.steptimes import RunStepTimes
+    from edgesplit.run.trainer import build_model, evaluate, train_epoch, train_loader
 
     cfg = compose_config(overrides)
     datasets, units = build_model(cfg)

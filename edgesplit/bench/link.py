@@ -10,10 +10,10 @@ import torch
 
 from edgesplit.bench.backends import run_cell
 from edgesplit.bench.machine import header_lines, human_bytes
-from edgesplit.comm import CommFigures, CommMeter
-from edgesplit.compression import build_codecs
+from edgesplit.boundary.meter import CommFigures, CommMeter
+from edgesplit.codecs.build import build_codecs
 from edgesplit.config import compose_config
-from edgesplit.model import build_units
+from edgesplit.model.mobilenetv2 import build_units
 
 CODECS = {"none": ["compressor=none"], "prune": ["compressor=prune"],
           "quantize8": ["compressor=quantize", "compressor.bits=8"],

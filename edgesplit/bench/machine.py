@@ -7,7 +7,7 @@ from typing import List
 
 import torch
 
-from edgesplit.report import human_bytes
+from edgesplit.report.build import human_bytes
 
 __all__ = ["header_lines", "human_bytes"]
 

@@ -5,7 +5,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
-from edgesplit import checkpoint
+from edgesplit.run import checkpoint
 from edgesplit.backends.base import named_unit_parameters, peak_memory_bytes
 from edgesplit.backends.remote.order import stage_steps
 from edgesplit.backends.remote.ports import LinkIn, LinkOut, StepInfo
@@ -15,14 +15,14 @@ from edgesplit.backends.remote.runner import StageRunner
 from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.backends.remote.stage import Stage, run_steps
 from edgesplit.backends.remote.transport import EDGE, Transport
-from edgesplit.bottleneck import boundary_channels
-from edgesplit.boundary import Boundary
-from edgesplit.comm import CommMeter
-from edgesplit.compression import build_codecs
+from edgesplit.model.bottleneck import boundary_channels
+from edgesplit.boundary.boundary import Boundary
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import build_codecs
 from edgesplit.errors import PeerError
-from edgesplit.lr_schedule import Optimization
-from edgesplit.precision import Precision
-from edgesplit.run_summary import SideStats
+from edgesplit.run.lr_schedule import Optimization
+from edgesplit.run.precision import Precision
+from edgesplit.logs.summary import SideStats
 
 
 class CloudStage:

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from edgesplit import checkpoint
+from edgesplit.run import checkpoint
 from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, peak_memory_bytes
 from edgesplit.backends.remote import auth, launch
 from edgesplit.backends.remote.link import LinkSpec
@@ -18,16 +18,16 @@ from edgesplit.backends.remote.runner import StageRunner
 from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.backends.remote.stage import Stage, run_steps
 from edgesplit.backends.remote.transport import EDGE, Transport
-from edgesplit.backends.stages import resolve_devices
-from edgesplit.bottleneck import boundary_channels
-from edgesplit.boundary import Boundary
-from edgesplit.comm import CommMeter
-from edgesplit.compression import BoundaryCodecs
+from edgesplit.backends.partitions import resolve_devices
+from edgesplit.model.bottleneck import boundary_channels
+from edgesplit.boundary.boundary import Boundary
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.errors import ConfigError
-from edgesplit.lr_schedule import Optimization
-from edgesplit.partition import Split
-from edgesplit.precision import Precision
-from edgesplit.run_summary import SideStats
+from edgesplit.run.lr_schedule import Optimization
+from edgesplit.model.partition import Split
+from edgesplit.run.precision import Precision
+from edgesplit.logs.summary import SideStats
 
 
 class RemoteBackend(Backend):

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from edgesplit.backends.remote.protocol import HEADER_BYTES, Header, Kind
 from edgesplit.backends.remote.transport import SendHandle, Transport
-from edgesplit.boundary import Boundary
+from edgesplit.boundary.boundary import Boundary
 
 
 @dataclass(frozen=True)

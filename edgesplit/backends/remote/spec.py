@@ -7,8 +7,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from edgesplit.bottleneck import with_bottlenecks
-from edgesplit.model import build_units
+from edgesplit.model.bottleneck import with_bottlenecks
+from edgesplit.model.mobilenetv2 import build_units
 
 
 @dataclass

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from edgesplit import checkpoint
+from edgesplit.run import checkpoint
 from edgesplit.validate import resume_mode
 from edgesplit.errors import ConfigError
 

@@ -10,9 +10,9 @@ from torchgpipe import is_checkpointing, is_recomputing
 
 from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError
 from edgesplit.codecs.fused import nonfinite
-from edgesplit.comm import DIRECTION, CommMeter
-from edgesplit.compression import BoundaryCodecs
-from edgesplit.precision import dtype_name
+from edgesplit.boundary.meter import DIRECTION, CommMeter
+from edgesplit.codecs.build import BoundaryCodecs
+from edgesplit.run.precision import dtype_name
 
 RAW = BoundaryCodecs(Identity(), Identity(), reuses_support=False)
 MASK64 = 2**64 - 1

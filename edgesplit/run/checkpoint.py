@@ -8,7 +8,7 @@ A checkpoint is one dict (one file, loaded with `weights_only=True`):
   boundaries    {process: {boundary: codec state}}
   grad_scaler   {process: GradScaler state}                precision=fp16 ({} otherwise)
 plus what the trainer adds (epoch, summary, config, and step_times: {'edge': the run's step-time
-histogram, edgesplit.steptimes}). Each process of a run contributes a `part`
+histogram, edgesplit.run.steptimes}). Each process of a run contributes a `part`
 with the same keys; a process that has no slot of its own in a checkpoint (written with another
 topology) takes the edge's.
 """
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torchgpipe.batchnorm import DeferredBatchNorm
 
-from edgesplit.boundary import Boundary
+from edgesplit.boundary.boundary import Boundary
 from edgesplit.errors import UserError
-from edgesplit.lr_schedule import Optimization
-from edgesplit.rundir import atomic_write
+from edgesplit.run.lr_schedule import Optimization
+from edgesplit.run.rundir import atomic_write
 
 # DeferredBatchNorm's per-batch accumulators: transient, and absent from a plain BatchNorm.
 _TRANSIENT = ("sum", "sum_squares")

@@ -7,9 +7,9 @@ from typing import Optional, Tuple, Type
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from edgesplit.data import IMAGE_SHAPE, Datasets, absolute_root, first_n
+from edgesplit.data.datasets import IMAGE_SHAPE, Datasets, absolute_root, first_n
 from edgesplit.errors import DataError
-from edgesplit.resident import ResidentImages
+from edgesplit.data.resident import ResidentImages
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

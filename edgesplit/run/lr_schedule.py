@@ -10,7 +10,7 @@ from torch.optim.lr_scheduler import ChainedScheduler, CosineAnnealingLR, Linear
 
 from edgesplit.config import instantiate_target
 from edgesplit.errors import ConfigError
-from edgesplit.precision import LossScaling
+from edgesplit.run.precision import LossScaling
 
 
 def build_optimizer(params: Any, cfg: DictConfig) -> torch.optim.Optimizer:

@@ -8,8 +8,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from edgesplit.errors import ConfigError
-from edgesplit.model import eval_mode
-from edgesplit.partition import Split, split_units
+from edgesplit.model.mobilenetv2 import eval_mode
+from edgesplit.model.partition import Split, split_units
 
 
 def _layer(kind: int, c_in: int, c_out: int) -> nn.Module:

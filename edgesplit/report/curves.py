@@ -8,7 +8,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from edgesplit.run_summary import EpochRecord
+from edgesplit.logs.summary import EpochRecord
 
 # (label, the histories of the group's runs): one history is a line, several a mean and a band
 Series = tuple[str, Sequence[Sequence[EpochRecord]]]

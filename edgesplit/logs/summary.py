@@ -5,8 +5,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, TypeVar
 
-from edgesplit.comm import CommFigures
-from edgesplit.rundir import atomic_write
+from edgesplit.boundary.meter import CommFigures
+from edgesplit.run.rundir import atomic_write
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 T = TypeVar("T")

@@ -5,7 +5,7 @@ from typing import Any, Callable, List, Tuple
 import torch
 from torch import nn
 
-from edgesplit.model import eval_mode
+from edgesplit.model.mobilenetv2 import eval_mode
 
 
 @dataclass

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from edgesplit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # data.py builds the resident forms of its datasets with this module's class
-    from edgesplit.data import Datasets
+    from edgesplit.data.datasets import Datasets
 
 PAD = 4  # the seed's RandomCrop(32, padding=4): offsets 0..2*PAD
 _MASK32 = 0xFFFFFFFF
@@ -98,7 +98,7 @@ class ResidentLoader:
             raise DataError(f"data.batch_size={batch_size} is larger than the training set "
                             f"({len(data)} samples, see data.train_size): with the last partial "
                             "batch dropped no batch is left")
-        from edgesplit.data import epoch_seed  # data.py imports this module
+        from edgesplit.data.datasets import epoch_seed  # data.py imports this module
         self.data, self.dataset, self.batch_size = data, data, batch_size
         self.order_seed = epoch_seed(seed, epoch)
         self.draw_seed = epoch_seed(seed, 0) if fixed_augment else self.order_seed

@@ -3,7 +3,7 @@ from typing import List
 
 from torch import Tensor, nn
 
-from edgesplit.model import conv_bn
+from edgesplit.model.mobilenetv2 import conv_bn
 
 # (out channels, stride) of each of the 8 basic blocks: four stages of two
 BLOCKS = [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]

@@ -11,22 +11,22 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from edgesplit import checkpoint, interrupt, memory
+from edgesplit.run import checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
-from edgesplit.bottleneck import split_model
+from edgesplit.model.bottleneck import split_model
 from edgesplit.codecs import NonFiniteError
-from edgesplit.comm import CommMeter
-from edgesplit.compression import build_codecs
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs.build import build_codecs
 from edgesplit.validate import validate, validate_partition
-from edgesplit.data import Datasets, build_datasets, build_loader
+from edgesplit.data.datasets import Datasets, build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
-from edgesplit.logbook import Logbook, public_config
-from edgesplit.model import build_units, check_num_classes
-from edgesplit.resident import ResidentImages, ResidentLoader, resident_train
-from edgesplit.resume import check_config, load_state
-from edgesplit.run_summary import EpochRecord, RunSummary, read_summary, write_summary
-from edgesplit.rundir import RunDirLock
-from edgesplit.steptimes import Pace, RunStepTimes, epoch_median
+from edgesplit.logs.logbook import Logbook, public_config
+from edgesplit.model.mobilenetv2 import build_units, check_num_classes
+from edgesplit.data.resident import ResidentImages, ResidentLoader, resident_train
+from edgesplit.run.resume import check_config, load_state
+from edgesplit.logs.summary import EpochRecord, RunSummary, read_summary, write_summary
+from edgesplit.run.rundir import RunDirLock
+from edgesplit.run.steptimes import Pace, RunStepTimes, epoch_median
 
 log = logging.getLogger(__name__)
 

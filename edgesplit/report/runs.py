@@ -8,9 +8,9 @@ from typing import Optional, Sequence
 
 import yaml
 
-from edgesplit.curves import label as _label, number as _num
+from edgesplit.report.curves import label as _label, number as _num
 from edgesplit.errors import UserError
-from edgesplit.run_summary import EpochRecord, RunSummary, SummaryFormatError, read_summary
+from edgesplit.logs.summary import EpochRecord, RunSummary, SummaryFormatError, read_summary
 
 SEED_KEY = "seed"
 IGNORED_KEYS = ("resume",)  # overrides that do not change what a run computes

@@ -5,8 +5,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from edgesplit.curves import number as _num
-from edgesplit.runs import Run
+from edgesplit.report.curves import number as _num
+from edgesplit.report.runs import Run
 
 DASH = "—"
 Getter = Callable[[Run], Any]  # a run's figure (a number or None) from its summary

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from edgesplit.backends.timing import SideClock, Stamp
-from edgesplit.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary, BoundaryLayer
 from edgesplit.errors import ConfigError
-from edgesplit.partition import Split
+from edgesplit.model.partition import Split
 
 
 def resolve_devices(spec: Any, partitions: int) -> List[torch.device]:

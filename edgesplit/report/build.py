@@ -6,12 +6,14 @@ from typing import Any, Callable, Optional, Sequence
 
 from matplotlib.figure import Figure
 
-from edgesplit import pareto
-from edgesplit.curves import Series, label as _label, plot_train_loss, plot_validation, run_label, save_png
-from edgesplit.runs import SEED_KEY, Group, ReportError, Run, find_runs, group_runs, swept_keys, value_order
-from edgesplit.run_summary import RunSummary
-from edgesplit.tables import (DASH, Getter, fmt as _fmt, group_cell, human_bytes, markdown_table, run_cell,
-                              states)
+from edgesplit.report import pareto
+from edgesplit.report.curves import (Series, label as _label, plot_train_loss, plot_validation, run_label,
+                                     save_png)
+from edgesplit.report.runs import (SEED_KEY, Group, ReportError, Run, find_runs, group_runs, swept_keys,
+                                   value_order)
+from edgesplit.logs.summary import RunSummary
+from edgesplit.report.tables import (DASH, Getter, fmt as _fmt, group_cell, human_bytes, markdown_table,
+                                     run_cell, states)
 
 __all__ = ["ReportError", "Run", "build_report", "find_runs", "human_bytes", "main", "plot_curves",
            "plot_loss", "swept_keys", "write_report"]

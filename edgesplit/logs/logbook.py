@@ -10,8 +10,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from edgesplit.errors import ConfigError
-from edgesplit.metrics_csv import epoch_rows, write_metrics_csv
-from edgesplit.run_summary import RunSummary
+from edgesplit.logs.metrics_csv import epoch_rows, write_metrics_csv
+from edgesplit.logs.summary import RunSummary
 
 log = logging.getLogger(__name__)
 # The keys every run shows in the HParams view, besides its command-line overrides.
@@ -46,7 +46,7 @@ def public_config(cfg: DictConfig) -> Dict[str, Any]:
 def build_logger(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Any:
     """The `logger` option's extra logger (None for logger=tensorboard): `logger._target_` called with
     the option's other keys and run_dir, config (public_config) and overrides; it offers
-    log_epochs(rows), the rows of every finished epoch (edgesplit.metrics_csv), and close(status)."""
+    log_epochs(rows), the rows of every finished epoch (edgesplit.logs.metrics_csv), and close(status)."""
     spec = cfg.get("logger")
     if spec is None or spec.get("_target_") is None:
         return None

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from edgesplit.config import LOADER_KEYS, instantiate_target
 from edgesplit.errors import ConfigError, DataError
-from edgesplit.resident import ResidentImages
+from edgesplit.data.resident import ResidentImages
 
 DIGITS_TRAIN = 1437  # of 1797; the other 360 are the validation split
 DIGITS_SPLIT_SEED = 0  # fixed: the digits split never depends on cfg.seed
@@ -156,7 +156,7 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     spec = {key: cfg[key] for key in cfg if key not in LOADER_KEYS}  # a missing `name` is no error here
     datasets = instantiate_target(spec, "data._target_")
     if not isinstance(datasets, Datasets):
-        raise ConfigError(f"data._target_={cfg._target_!r} must return edgesplit.data.Datasets, "
+        raise ConfigError(f"data._target_={cfg._target_!r} must return edgesplit.data.datasets.Datasets, "
                           f"got {type(datasets).__name__}")
     return datasets
 

@@ -6,8 +6,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, List
 
-from edgesplit.rundir import atomic_write
-from edgesplit.run_summary import EpochRecord, RunSummary
+from edgesplit.run.rundir import atomic_write
+from edgesplit.logs.summary import EpochRecord, RunSummary
 
 NAME = "metrics.csv"
 # EpochRecord's figures in its order, with the best validation accuracy so far after val_acc5

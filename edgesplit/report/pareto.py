@@ -10,9 +10,9 @@ from matplotlib.text import Annotation
 from matplotlib.transforms import Bbox
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from edgesplit.curves import label as _label
-from edgesplit.runs import Group, Run, value_order
-from edgesplit.tables import DASH, Stat, group_cell, human_bytes, markdown_table, stat, states
+from edgesplit.report.curves import label as _label
+from edgesplit.report.runs import Group, Run, value_order
+from edgesplit.report.tables import DASH, Stat, group_cell, human_bytes, markdown_table, stat, states
 
 COMPRESSOR = "compressor"
 UNCOMPRESSED = "none"

@@ -7,7 +7,7 @@ import torchvision.transforms as T
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
-from edgesplit.data import Datasets, absolute_root, first_n
+from edgesplit.data.datasets import Datasets, absolute_root, first_n
 from edgesplit.errors import DataError
 
 SPLIT_SEED = 0  # fixed: the train/val split never depends on cfg.seed

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from edgesplit.codecs import Codec, Entropy, ErrorFeedback
 from edgesplit.codecs.sample_cache import CacheSpec
-from edgesplit.comm import BOUNDARIES
+from edgesplit.boundary.meter import BOUNDARIES
 from edgesplit.errors import ConfigError
 
 

@@ -1,0 +1,1 @@
+"""A compression boundary and the meter of what crosses it."""

@@ -1,0 +1,1 @@
+"""Datasets, their loaders and the resident training set."""

@@ -1,0 +1,1 @@
+"""A run's records: summary.json, TensorBoard, metrics.csv, MLflow."""

@@ -1,0 +1,1 @@
+"""Models as flat lists of layer units, their partition into sides, and learned bottlenecks."""

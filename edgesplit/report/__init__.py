@@ -1,0 +1,1 @@
+"""`python -m edgesplit.report DIR...`: seed-style tables and curves of run dirs."""

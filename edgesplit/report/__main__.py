@@ -1,0 +1,7 @@
+"""`python -m edgesplit.report DIR...`."""
+import sys
+
+from edgesplit.report.build import main
+
+if __name__ == "__main__":
+    sys.exit(main())

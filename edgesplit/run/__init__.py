@@ -1,0 +1,1 @@
+"""A run: the training loop, checkpoints, resume, LR schedule, precision, the run dir."""
