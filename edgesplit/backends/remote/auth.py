@@ -1,9 +1,19 @@
-"""The shared secret: where it comes from, and the challenge-response that admits a cloud process.
+"""The shared secret: where it comes from, the challenge-response that admits a cloud process, and
+the message key of one session.
 
-A cloud process takes a ticket from the edge's store and says hello; the edge answers with a
-random challenge; the cloud answers HMAC(secret, challenge); only then does the edge give it a
-stage number, itself tagged with the secret, so the cloud knows the edge is real too. A wrong
-answer is refused with a log line and takes no stage: the edge keeps waiting for the real one."""
+A cloud process takes a ticket from the edge's store and says hello with a fresh random nonce; the
+edge answers with a fresh random challenge; the cloud answers HMAC(secret, ticket, challenge,
+nonce); only then does the edge give it a stage number, tagged likewise, so the cloud knows the
+edge is real too. Once every stage is admitted the edge publishes the session record (each stage's
+challenge and nonce, in rank order, tagged), and every rank derives the session's message key from
+the secret and that record. Both sides' nonces are fresh, so nothing recorded in one session (a
+handshake answer, a sealed message) verifies in another. A wrong answer is refused with a log line
+and takes no stage: the edge keeps waiting for the real one.
+
+What the store exposes to anyone who can reach its port: the hellos (the pid, address and stage a
+process claims, its nonce), the challenges, the proofs and stage answers (HMAC tags bound to both
+nonces), the session record (nonces and its tag) and the ranks' last error lines. No key is derivable
+from them without the secret; a weak secret could be guessed offline from a tag, hence MIN_SECRET."""
 import hashlib
 import hmac
 import json
@@ -12,6 +22,7 @@ import secrets
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -24,7 +35,9 @@ from edgesplit.errors import ConfigError, PeerError
 ENV = "EDGESPLIT_SECRET"
 MIN_SECRET = 16  # characters: `openssl rand -hex 32` gives 64
 PREFIX = "edgesplit/auth/"
+SESSION = f"{PREFIX}session"
 REFUSED = "refused"
+NONCE_HEX = 32  # a nonce or challenge: 16 random bytes as hex
 
 
 def resolve_secret(configured: Optional[str], local: bool) -> str:
@@ -48,8 +61,20 @@ def derive(secret: str, purpose: str) -> bytes:
     return hmac.new(secret.encode(), f"edgesplit {purpose} v1".encode(), hashlib.sha256).digest()
 
 
+def session_key(secret: str, pairs: List[List[str]]) -> bytes:
+    """The message key of one session: `pairs` holds each cloud stage's [edge challenge, cloud
+    nonce] in rank order, so the key binds both sides' fresh nonces and the stages' order."""
+    return hmac.new(derive(secret, "message"), f"session {json.dumps(pairs)}".encode(),
+                    hashlib.sha256).digest()
+
+
 def _mac(key: bytes, *parts: object) -> str:
     return hmac.new(key, "|".join(str(p) for p in parts).encode(), hashlib.sha256).hexdigest()
+
+
+def _is_nonce(value: object) -> bool:
+    return (isinstance(value, str) and len(value) == NONCE_HEX
+            and all(c in "0123456789abcdef" for c in value))
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -71,28 +96,65 @@ def _own_address(host: str, port: int) -> str:
         return socket.gethostname()
 
 
-def join(store: dist.Store, secret: str, want: int, host: str, port: int,
-         timeout_s: float) -> int:
-    """Cloud side: prove the secret to the edge behind `store`; returns the stage rank it gives
-    (`want`, or any free one when want is 0)."""
-    key = derive(secret, "join")
+@dataclass(frozen=True)
+class Admission:
+    """What a cloud process holds once the edge admitted it."""
+    rank: int
+    challenge: str  # the edge's, for this ticket
+    nonce: str  # this process's
+
+
+def _not_the_edge(host: str, port: int, why: str) -> PeerError:
+    return PeerError(f"the process at {host}:{port} did not prove it knows the secret ({why}): "
+                     f"it is not the edge of this run, or it replays another session")
+
+
+def _admit(store: dist.Store, key: bytes, want: int, host: str, port: int,
+           timeout_s: float) -> Admission:
     ticket = int(store.add(f"{PREFIX}tickets", 1))
-    hello = {"want": want, "pid": os.getpid(), "address": _own_address(host, port)}
+    nonce = secrets.token_hex(NONCE_HEX // 2)
+    hello = {"want": want, "pid": os.getpid(), "address": _own_address(host, port), "nonce": nonce}
     store.set(f"{PREFIX}hello/{ticket}", json.dumps(hello))
     wait = timedelta(seconds=timeout_s)
     store.wait([f"{PREFIX}challenge/{ticket}"], wait)
-    challenge = store.get(f"{PREFIX}challenge/{ticket}").decode()
-    store.set(f"{PREFIX}proof/{ticket}", _mac(key, "cloud", ticket, challenge))
+    challenge = store.get(f"{PREFIX}challenge/{ticket}").decode(errors="replace")
+    store.set(f"{PREFIX}proof/{ticket}", _mac(key, "cloud", ticket, challenge, nonce))
     store.wait([f"{PREFIX}stage/{ticket}"], wait)
-    answer = store.get(f"{PREFIX}stage/{ticket}").decode()
+    answer = store.get(f"{PREFIX}stage/{ticket}").decode(errors="replace")
     if answer == REFUSED:
         raise PeerError(f"the edge at {host}:{port} refused this cloud process: its secret differs "
                         f"(set the same {ENV} or pipeline_backend.secret on every host)")
     rank, _, tag = answer.partition(":")
-    if not (rank.isdigit() and hmac.compare_digest(tag, _mac(key, "edge", ticket, challenge, rank))):
-        raise PeerError(f"the process at {host}:{port} did not prove it knows the secret: "
-                        f"it is not the edge of this run")
-    return int(rank)
+    if not (rank.isdigit() and hmac.compare_digest(tag, _mac(key, "edge", ticket, challenge, nonce,
+                                                             rank))):
+        raise _not_the_edge(host, port, "its stage answer's tag is wrong")
+    return Admission(int(rank), challenge, nonce)
+
+
+def join(store: dist.Store, secret: str, want: int, host: str, port: int,
+         timeout_s: float) -> int:
+    """Cloud side: prove the secret to the edge behind `store`; returns the stage rank it gives
+    (`want`, or any free one when want is 0)."""
+    return _admit(store, derive(secret, "join"), want, host, port, timeout_s).rank
+
+
+def join_session(store: dist.Store, secret: str, want: int, host: str, port: int,
+                 timeout_s: float) -> Tuple[int, bytes]:
+    """join(), then (once the edge has admitted every stage) the session's message key."""
+    key = derive(secret, "join")
+    admitted = _admit(store, key, want, host, port, timeout_s)
+    store.wait([SESSION], timedelta(seconds=timeout_s))
+    text, _, tag = store.get(SESSION).decode(errors="replace").rpartition("|")
+    if not hmac.compare_digest(tag, _mac(key, "session", text)):
+        raise _not_the_edge(host, port, "its session record's tag is wrong")
+    try:
+        pairs = json.loads(text)
+        mine = pairs[admitted.rank - 1]
+    except (ValueError, TypeError, IndexError, KeyError):
+        mine = None
+    if mine != [admitted.challenge, admitted.nonce]:
+        raise _not_the_edge(host, port, "its session record is not this session's")
+    return admitted.rank, session_key(secret, pairs)
 
 
 class Gate:
@@ -101,10 +163,12 @@ class Gate:
     def __init__(self, store: dist.Store, secret: str, world_size: int,
                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
                                                                  flush=True)) -> None:
-        self.store, self.key, self.world_size, self.log = store, derive(secret, "join"), world_size, log
+        self.store, self.secret, self.world_size, self.log = store, secret, world_size, log
+        self.key = derive(secret, "join")
         self.seen = 0  # tickets handled so far
         self.pending: Dict[int, Tuple[str, Dict[str, Any]]] = {}  # ticket -> challenge, hello
         self.admitted: Dict[int, int] = {}  # stage rank -> ticket
+        self.pairs: Dict[int, List[str]] = {}  # stage rank -> [challenge, its nonce]
 
     def missing(self) -> List[int]:
         return [r for r in range(1, self.world_size) if r not in self.admitted]
@@ -116,27 +180,33 @@ class Gate:
             if not self.store.check([f"{PREFIX}hello/{ticket}"]):
                 break  # it took its ticket and has not said hello yet
             self.seen = ticket
-            challenge = secrets.token_hex(16)
+            challenge = secrets.token_hex(NONCE_HEX // 2)
             self.pending[ticket] = (challenge, _hello(self.store.get(f"{PREFIX}hello/{ticket}")))
             self.store.set(f"{PREFIX}challenge/{ticket}", challenge)
         for ticket, (challenge, hello) in list(self.pending.items()):
-            if not self.store.check([f"{PREFIX}proof/{ticket}"]):
-                continue
-            del self.pending[ticket]
-            proof = self.store.get(f"{PREFIX}proof/{ticket}").decode(errors="replace")
-            rank = self._stage_for(hello)
-            who = f"cloud process {hello.get('address', '?')} pid {hello.get('pid', '?')}"
-            if not hmac.compare_digest(proof, _mac(self.key, "cloud", ticket, challenge)):
-                self.log(f"edgesplit: refused {who}: it does not know the secret "
-                         f"(still waiting for {', '.join(map(str, self.missing()))})")
-                self.store.set(f"{PREFIX}stage/{ticket}", REFUSED)
-            elif rank is None:
-                self.log(f"edgesplit: refused {who}: no free stage for it (wanted {hello.get('want')})")
-                self.store.set(f"{PREFIX}stage/{ticket}", REFUSED)
-            else:
-                self.admitted[rank] = ticket
-                self.store.set(f"{PREFIX}stage/{ticket}",
-                               f"{rank}:{_mac(self.key, 'edge', ticket, challenge, rank)}")
+            if self.store.check([f"{PREFIX}proof/{ticket}"]):
+                del self.pending[ticket]
+                self._judge(ticket, challenge, hello)
+
+    def _judge(self, ticket: int, challenge: str, hello: Dict[str, Any]) -> None:
+        proof = self.store.get(f"{PREFIX}proof/{ticket}").decode(errors="replace")
+        nonce = hello.get("nonce")
+        rank = self._stage_for(hello)
+        who = f"cloud process {hello.get('address', '?')} pid {hello.get('pid', '?')}"
+        if not _is_nonce(nonce):
+            self.log(f"edgesplit: refused {who}: its hello carries no nonce (another edgesplit "
+                     f"version, or not edgesplit)")
+        elif not hmac.compare_digest(proof, _mac(self.key, "cloud", ticket, challenge, nonce)):
+            self.log(f"edgesplit: refused {who}: it does not know the secret, or it replays "
+                     f"another session (still waiting for {', '.join(map(str, self.missing()))})")
+        elif rank is None:
+            self.log(f"edgesplit: refused {who}: no free stage for it (wanted {hello.get('want')})")
+        else:
+            self.admitted[rank], self.pairs[rank] = ticket, [challenge, str(nonce)]
+            self.store.set(f"{PREFIX}stage/{ticket}",
+                           f"{rank}:{_mac(self.key, 'edge', ticket, challenge, nonce, rank)}")
+            return
+        self.store.set(f"{PREFIX}stage/{ticket}", REFUSED)
 
     def _stage_for(self, hello: Dict[str, Any]) -> Optional[int]:
         free = self.missing()
@@ -145,10 +215,18 @@ class Gate:
             return int(want)
         return free[0] if want == 0 and free else None
 
+    def session(self) -> bytes:
+        """Every stage admitted: publish the session record; returns the session's message key."""
+        pairs = [self.pairs[r] for r in range(1, self.world_size)]
+        text = json.dumps(pairs)
+        self.store.set(SESSION, f"{text}|{_mac(self.key, 'session', text)}")
+        return session_key(self.secret, pairs)
+
     def wait(self, timeout_s: float, check: Callable[[List[int]], None] = lambda missing: None,
-             where: str = "") -> None:
+             where: str = "") -> bytes:
         """Until every stage is admitted; `check(missing)` may raise (a local child died). Every few
-        seconds a line names the ranks still missing and `where` (the store's host:port)."""
+        seconds a line names the ranks still missing and `where` (the store's host:port). Returns
+        the session's message key."""
         deadline = time.monotonic() + timeout_s
 
         def missing() -> str:
@@ -158,7 +236,7 @@ class Gate:
             while True:
                 self.poll()
                 if not self.missing():
-                    return
+                    return self.session()
                 check(self.missing())
                 if time.monotonic() > deadline:
                     raise PeerError(f"{missing()} did not connect to the edge within {timeout_s:g} s "

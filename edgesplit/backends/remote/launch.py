@@ -48,17 +48,17 @@ def die_with_parent() -> None:
 
 @dataclass
 class World:
-    """This process's place: logical rank (0 = edge), torch.distributed ranks, store, the shared
-    secret, children."""
+    """This process's place: logical rank (0 = edge), torch.distributed ranks, store, the
+    session's message key (auth.session_key), children."""
     rank: int
     global_ranks: List[int]
     store: dist.Store
     timeout_s: float
-    secret: str
+    key: bytes
     children: List[Any] = field(default_factory=list)  # subprocess.Popen of local cloud ranks
 
     def __post_init__(self) -> None:
-        self.sealer = Sealer(auth.derive(self.secret, "message"))
+        self.sealer = Sealer(self.key)
 
     @property
     def size(self) -> int:
@@ -108,12 +108,13 @@ def init_group(store: dist.Store, rank: int, world_size: int, timeout_s: float) 
 
 
 def _join_edge(host: str, port: int, secret: str, want: int,
-               timeout_s: float) -> Tuple[dist.TCPStore, int]:
-    """Cloud side: reach the edge's store at host:port and be admitted (a line every few seconds)."""
+               timeout_s: float) -> Tuple[dist.TCPStore, int, bytes]:
+    """Cloud side: reach the edge's store at host:port and be admitted (a line every few
+    seconds); returns the store, the stage rank and the session's message key."""
     who = f"cloud rank {want}" if want else "a cloud process"
     with Waiting(f"the edge at {host}:{port} to admit {who}", timeout_s):
         store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
-        return store, auth.join(store, secret, want, host, port, timeout_s)
+        return (store, *auth.join_session(store, secret, want, host, port, timeout_s))
 
 
 def _serve_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
@@ -139,7 +140,6 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
     store = _serve_store("127.0.0.1", 0, timeout_s)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     children: List[Any] = []
-    world = World(EDGE, list(range(world_size)), store, timeout_s, secret, children)
     try:
         for s in range(stages):
             argv = [sys.executable, "-m", "edgesplit.backends.remote", str(s + 1), str(world_size),
@@ -159,23 +159,23 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
                     raise PeerError(f"{rank_name(rank, world_size)} (pid {proc.pid}) exited with "
                                     f"status {proc.returncode} before connecting to the edge")
         # children start python and torch first: under load that alone can take a while
-        auth.Gate(store, secret, world_size).wait(max(timeout_s, LOCAL_START_S), check,
-                                                  where=f"127.0.0.1:{store.port}")
+        key = auth.Gate(store, secret, world_size).wait(max(timeout_s, LOCAL_START_S), check,
+                                                        where=f"127.0.0.1:{store.port}")
         init_group(store, EDGE, world_size, timeout_s)
     except BaseException:
         stop_children(children, grace_s=0)
         raise
-    return world
+    return World(EDGE, list(range(world_size)), store, timeout_s, key, children)
 
 
 def connect_local(rank: int, world_size: int, host: str, port: int, secret: str,
                   timeout_s: float) -> World:
     """Cloud side of start_local()."""
-    store, got = _join_edge(host, port, secret, rank, timeout_s)
+    store, got, key = _join_edge(host, port, secret, rank, timeout_s)
     if got != rank:
         raise PeerError(f"the edge gave stage {got} to cloud rank {rank}")
     init_group(store, rank, world_size, timeout_s)
-    return World(rank, list(range(world_size)), store, timeout_s, secret)
+    return World(rank, list(range(world_size)), store, timeout_s, key)
 
 
 def start_by_role(role: str, stages: int, host: str, port: int, secret: str,
@@ -186,15 +186,15 @@ def start_by_role(role: str, stages: int, host: str, port: int, secret: str,
     try:
         if role == "edge":
             store = _serve_store(host, port, timeout_s)
-            auth.Gate(store, secret, world_size).wait(timeout_s, where=f"{host}:{port}")
+            key = auth.Gate(store, secret, world_size).wait(timeout_s, where=f"{host}:{port}")
             rank = EDGE
         else:
-            store, rank = _join_edge(host, port, secret, 0, timeout_s)
+            store, rank, key = _join_edge(host, port, secret, 0, timeout_s)
     except (RuntimeError, dist.DistError) as e:
         raise PeerError(f"{role} could not reach the edge's store at {host}:{port} within "
                         f"{timeout_s:g} s: {str(e).splitlines()[0][:200]}") from None
     init_group(store, rank, world_size, timeout_s)
-    return World(rank, list(range(world_size)), store, timeout_s, secret)
+    return World(rank, list(range(world_size)), store, timeout_s, key)
 
 
 def start_torchrun(role: str, stages: int, secret: str, timeout_s: float) -> World:
@@ -217,12 +217,12 @@ def start_torchrun(role: str, stages: int, secret: str, timeout_s: float) -> Wor
     me = order.index(dist.get_rank())
     store = dist.distributed_c10d._get_default_store()
     if me == EDGE:
-        auth.Gate(store, secret, len(order)).wait(timeout_s, where=f"{where} (torchrun's store)")
+        key = auth.Gate(store, secret, len(order)).wait(timeout_s, where=f"{where} (torchrun's store)")
     else:
         addr = os.environ.get("MASTER_ADDR", "?"), int(os.environ.get("MASTER_PORT", "0"))
         with Waiting(f"the edge to admit cloud rank {me} (torchrun's store at {where})", timeout_s):
-            auth.join(store, secret, me, addr[0], addr[1], timeout_s)
-    return World(me, order, store, timeout_s, secret)
+            _, key = auth.join_session(store, secret, me, addr[0], addr[1], timeout_s)
+    return World(me, order, store, timeout_s, key)
 
 
 def stop_children(children: List[Any], grace_s: float) -> None:

@@ -157,8 +157,8 @@ class Transport:
             self.sealer.check(payload, mac, context)
         except IntegrityError as e:
             raise PeerError(f"{self.name(self.rank)} refused a message from {self.name(src)} while "
-                            f"{what}: {e}: not sent by a holder of the shared secret, or modified "
-                            f"on the way") from None
+                            f"{what}: {e}: not sealed with this session's key (forged, modified "
+                            f"on the way, or replayed from another session)") from None
         except RuntimeError as e:
             raise self.peer_error(src, what, e) from None
         finally:
