@@ -16,6 +16,10 @@ DEFAULT_LEVELS = {"zlib": 1, "zstd": 1}
 MAX_INNER = 2 ** 32 - 1  # the header's u32
 # A zstd block of 4 bytes expands to at most 128 KiB: no frame holds more than 32768 bytes per byte
 ZSTD_MAX_RATIO = 1 << 16
+# deflate codes at most 258 bytes in 2 bits: no zlib stream inflates more than 1032 bytes per byte
+ZLIB_MAX_RATIO = 1100
+CHUNK = 1 << 20  # zlib: inflated per step: memory follows the real output, never the declared size
+ZSTD_STEP = 64  # zstd: compressed bytes fed per step (at most 4 MiB out)
 
 
 class Entropy(Codec):
@@ -136,21 +140,44 @@ class Entropy(Codec):
         self.inner.observe(x, crossing)
 
 
+def _plausible(method: str, body: bytes, size: int, ratio: int) -> None:
+    """A declared size no stream of this length can hold is refused before anything is decoded."""
+    if size > ratio * len(body) + 64:
+        raise ValueError(f"Entropy: header field inner size {size} is more than a {method} "
+                         f"{'frame' if method == 'zstd' else 'stream'} of {len(body)} bytes can hold")
+
+
+def _too_long(method: str, size: int) -> ValueError:
+    return ValueError(f"Entropy: the {method} stream holds more than its header field inner size "
+                      f"{size}, or is followed by other bytes")
+
+
 def _unzlib(body: bytes, size: int) -> bytes:
-    """One zlib stream, decompressed into at most size + 1 bytes (the output grows as it comes)."""
+    """One zlib stream, inflated CHUNK bytes at a time into at most size bytes (zlib's bounded
+    API): a stream that holds more is refused as soon as it passes size."""
+    _plausible("zlib", body, size, ZLIB_MAX_RATIO)
     d = zlib.decompressobj()
-    out = d.decompress(body, size + 1)
+    out = bytearray(d.decompress(body, min(size, CHUNK)))
+    while not d.eof and d.unconsumed_tail and len(out) < size:
+        out += d.decompress(d.unconsumed_tail, min(size - len(out), CHUNK))
     if len(out) == size and (not d.eof or d.unused_data or d.unconsumed_tail):
-        raise ValueError(f"Entropy: the zlib stream is truncated or followed by other bytes "
-                         f"(inner size {size})")
-    return out
+        raise _too_long("zlib", size)
+    return bytes(out)
 
 
 def _unzstd(body: bytes, size: int) -> bytes:
-    """One zstd frame of at most size bytes: a size no frame of this length can hold is refused
-    before the output buffer (size bytes) is allocated."""
-    if size > ZSTD_MAX_RATIO * len(body):
-        raise ValueError(f"Entropy: header field inner size {size} is more than a zstd frame of "
-                         f"{len(body)} bytes can hold")
-    return zstandard.ZstdDecompressor().decompress(body, max_output_size=size,
-                                                   allow_extra_data=False)
+    """One zstd frame of at most size bytes, fed ZSTD_STEP bytes at a time (at most
+    ZSTD_STEP * ZSTD_MAX_RATIO bytes come out of each): no buffer of the declared size is allocated
+    before the frame shows it holds that much, and one that holds more is refused once it does."""
+    _plausible("zstd", body, size, ZSTD_MAX_RATIO)
+    d = zstandard.ZstdDecompressor().decompressobj()
+    out = bytearray()
+    for start in range(0, len(body), ZSTD_STEP):
+        out += d.decompress(body[start:start + ZSTD_STEP])
+        if len(out) > size or (d.eof and (d.unused_data or start + ZSTD_STEP < len(body))):
+            raise _too_long("zstd", size)
+        if d.eof:
+            break
+    if not d.eof:
+        raise ValueError(f"Entropy: the zstd frame is truncated (inner size {size})")
+    return bytes(out)

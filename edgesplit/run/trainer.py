@@ -206,9 +206,10 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     run_times = RunStepTimes((state or {}).get("step_times", {}).get(checkpoint.EDGE))
     split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
-    backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
+    backend: Optional[Backend] = None
     logbook: Optional[Logbook] = None
-    try:
+    try:  # a peer that fails while the backend starts (dist) ends the run as any failure does
+        backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
         logbook = Logbook(run_dir, cfg, overrides)  # logger=mlflow's store opens here
         start = 0
         if state is not None:
@@ -269,5 +270,6 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     finally:
         if logbook is not None:
             logbook.close(summary.status)
-        backend.close()
+        if backend is not None:
+            backend.close()
     return summary.to_dict()

@@ -124,8 +124,9 @@ class CloudStage:
         elif command.op == Op.LOAD:
             if not blobs:
                 raise PeerError(f"cloud rank {self.spec.rank}: a load command without its state")
-            checkpoint.load_part(unpack_state(blobs.pop(0)), self.process, self.units,
-                                 self.optimization, self.boundaries)
+            with self.t.decoding(self.up, "state to load"):
+                checkpoint.load_part(unpack_state(blobs.pop(0)), self.process, self.units,
+                                     self.optimization, self.boundaries)
         command.replies.append(reply)
         return out
 
@@ -139,7 +140,8 @@ class CloudStage:
             if header.kind != Kind.CONTROL:
                 raise PeerError(f"cloud rank {self.spec.rank} got {header.kind.name} from "
                                 f"{self.t.name(self.up)} between steps: protocol out of sync")
-            command, blobs = Command.unpack(payload)
+            with self.t.decoding(self.up, "control message"):
+                command, blobs = Command.unpack(payload)
             added = self.control(command, blobs)
             if added is not None:
                 blobs.append(added)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from edgesplit.backends.remote import auth, launch
 from edgesplit.backends.remote.cloud import CloudStage
 from edgesplit.backends.remote.link import LinkSpec
-from edgesplit.backends.remote.protocol import Kind
+from edgesplit.backends.remote.protocol import Kind, loads_bounded
 from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.backends.remote.transport import EDGE, Transport
 
@@ -68,7 +68,11 @@ def run_cloud(cfg: Any) -> None:
                       world.diagnose)
         _, payload = t.recv(EDGE, Kind.CONTROL)
         t.close()
-        _serve(world, StageSpec.from_json(payload.numpy().tobytes().decode()))
+        with t.decoding(EDGE, "stage spec"):
+            text = payload.numpy().tobytes()
+            loads_bounded(text, "stage spec")  # its depth checked before from_json parses it
+            spec = StageSpec.from_json(text.decode())
+        _serve(world, spec)
     except BaseException as e:
         if world is not None:
             world.report_error(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -183,7 +183,8 @@ class RemoteBackend(Backend):
         def go() -> Tuple[Command, List[bytes]]:
             self.t.wait_sent([self.t.send(1, Header(Kind.CONTROL), command.pack(blobs))], 1)
             _, payload = self.t.recv(self.stages, Kind.REPLY)
-            return Command.unpack(payload)
+            with self.t.decoding(self.stages, f"reply to {command.op.value}"):
+                return Command.unpack(payload)
         return self._guard(go)
 
     def start_epoch(self, epoch: int) -> None:
@@ -206,11 +207,12 @@ class RemoteBackend(Backend):
                          codec_state_bytes=sum(b.state_bytes() for b in self.boundaries))
         reply, _ = self._control(Command(Op.STATS))
         out = {"edge": edge}
-        for r in reply.replies:
-            assert r.side is not None and r.meter is not None
-            out[f"cloud_stage{r.stage}"] = SideStats.from_dict(r.side)
-            self.meter.merge(r.meter)
-        stages = [out[f"cloud_stage{s + 1}"] for s in range(self.stages)]
+        with self.t.decoding(self.stages, "reply to stats"):
+            for r in reply.replies:
+                assert r.side is not None and r.meter is not None, "a stage's stats are missing"
+                out[f"cloud_stage{r.stage}"] = SideStats.from_dict(r.side)
+                self.meter.merge(r.meter)
+            stages = [out[f"cloud_stage{s + 1}"] for s in range(self.stages)]
         out["cloud"] = SideStats(parameters=sum(s.parameters for s in stages),
                                  peak_memory_bytes=max(s.peak_memory_bytes for s in stages),
                                  compute_s_per_batch=sum(s.compute_s_per_batch for s in stages),
@@ -222,9 +224,12 @@ class RemoteBackend(Backend):
         """The edge's part and every cloud stage's, which travel to the edge: one checkpoint
         on the edge's disk, across hosts too."""
         _, blobs = self._control(Command(Op.SAVE))
-        parts = [unpack_state(blob) for blob in blobs]
-        return checkpoint.merge([checkpoint.part(checkpoint.EDGE, self._units, self.optimization,
-                                                 self.boundaries), *parts])
+        with self.t.decoding(self.stages, "checkpoint part"):
+            if len(blobs) != self.stages:
+                raise ValueError(f"{len(blobs)} state blobs for {self.stages} cloud stages")
+            parts = [unpack_state(blob) for blob in blobs]
+            return checkpoint.merge([checkpoint.part(checkpoint.EDGE, self._units, self.optimization,
+                                                     self.boundaries), *parts])
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         missing = [i for i in range(self.split.num_units) if i not in state["units"]]

@@ -14,6 +14,7 @@ from torch import Tensor
 from edgesplit.backends.remote.protocol import HEADER_BYTES, Header, Kind
 from edgesplit.backends.remote.transport import SendHandle, Transport
 from edgesplit.boundary.boundary import Boundary
+from edgesplit.errors import PeerError
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,9 @@ class _Link:
     def _recv_flag(self, kind: Kind) -> bool:
         _, payload = self.t.recv(self.peer, kind)
         if payload.numel() != 1 or int(payload[0]) > 1:
-            raise ValueError(f"a {kind.name} message of {payload.numel()} bytes: expected one "
-                             f"byte, 0 or 1")
+            raise PeerError(f"{self.t.name(self.t.rank)} got a malformed {kind.name} message from "
+                            f"{self.t.name(self.peer)}: {payload.numel()} bytes, expected one, "
+                            f"0 or 1")
         return bool(payload[0])
 
 
@@ -161,10 +163,12 @@ class LinkIn(_Link, Source):
             self.first = None
         else:
             _, message = self.t.recv(self.peer, self.step.kind, i)
-        ids, payload = self._split_ids(message)
-        x = self.boundary.receive("forward", payload, ids=ids).to(self.device)
+        with self.t.decoding(self.peer, f"{self.step.kind.name} payload #{i}"):
+            ids, payload = self._split_ids(message)
+            x = self.boundary.receive("forward", payload, ids=ids).to(self.device)
+            if self.step.train:
+                self.supports[i] = self.boundary.support(payload)
         if self.step.train:
-            self.supports[i] = self.boundary.support(payload)
             x.requires_grad_(True)
         return x, ids
 
@@ -194,7 +198,8 @@ class LinkOut(_Link, Sink):
 
     def backward(self, i: int, y: Tensor, ids: Ids) -> None:
         _, payload = self.t.recv(self.peer, Kind.BACKWARD, i)
-        grad = self.boundary.receive("backward", payload, self.supports.pop(i), ids)
+        with self.t.decoding(self.peer, f"BACKWARD payload #{i}"):
+            grad = self.boundary.receive("backward", payload, self.supports.pop(i), ids)
         y.backward(grad.to(y.device))
 
     def receive_overflow(self) -> bool:

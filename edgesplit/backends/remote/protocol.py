@@ -4,6 +4,7 @@ Data only: headers are int64 fields, control messages JSON, unit state `torch.sa
 with `weights_only=True`. Nothing that arrives is unpickled."""
 import io
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from enum import Enum, IntEnum
@@ -21,6 +22,7 @@ from edgesplit.backends.remote.seal import HEAD_BYTES
 HEADER_FIELDS = 4
 HEADER_BYTES = HEAD_BYTES
 MAX_PAYLOAD_BYTES = 1 << 34  # 16 GiB: a header declaring more is corrupt or hostile
+MAX_JSON_DEPTH = 32  # a control message or stage spec nests a few levels: deeper is hostile
 # Tags keep the message streams of a pair apart: headers and payloads, and the pipeline's two
 # directions (gradients apart from activations and control), so each stream is matched in order
 # whatever the order of steps interleaves (1F1B sends both ways on one link when there is one stage).
@@ -138,11 +140,33 @@ def unpack_message(payload: Tensor) -> Tuple[Dict[str, Any], List[bytes]]:
         pos += n
         return data[pos - n:pos]
 
-    body = json.loads(take(_U64.unpack(take(8))[0]))
+    body = loads_bounded(take(_U64.unpack(take(8))[0]), "control message")
     if not isinstance(body, dict):
         raise ValueError("malformed control message: the body is not a JSON object")
     blobs = [take(_U64.unpack(take(8))[0]) for _ in range(_U64.unpack(take(8))[0])]
     return body, blobs
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+
+
+def loads_bounded(text: bytes, what: str) -> Any:
+    """JSON whose nesting is checked (at most MAX_JSON_DEPTH) before the parser recurses into it."""
+    depth = deepest = 0
+    for c in _NOT_BRACKET.sub(b"", _STRING.sub(b"", text)):
+        depth += 1 if c in b"[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_JSON_DEPTH:
+        raise ValueError(f"malformed {what}: JSON nested {deepest} deep (at most {MAX_JSON_DEPTH})")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"malformed {what}: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+class StateError(ValueError):
+    """A state blob that is not data-only torch.save output of a dict: the one error of unpack_state."""
 
 
 def pack_state(state: Dict[str, Any]) -> bytes:
@@ -152,5 +176,13 @@ def pack_state(state: Dict[str, Any]) -> bytes:
 
 
 def unpack_state(blob: bytes) -> Dict[str, Any]:
-    """Tensors, numbers, strings and containers only: `weights_only=True` runs no code."""
-    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    """Tensors, numbers, strings and containers only: `weights_only=True` runs no code. Whatever is
+    wrong with the blob is one StateError with the reason."""
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, IndexError...)
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise StateError(f"malformed state blob ({len(blob)} bytes): {type(e).__name__}: {reason}") from None
+    if not isinstance(state, dict):
+        raise StateError(f"malformed state blob: a {type(state).__name__}, not a dict")
+    return state

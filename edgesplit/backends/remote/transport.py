@@ -1,9 +1,11 @@
 """Point-to-point messages (a sealed header, then a uint8 payload) over torch.distributed; link
 byte counts."""
+import pickle
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -16,6 +18,11 @@ from edgesplit.backends.remote.seal import IntegrityError, Sealer
 from edgesplit.errors import PeerError
 
 EDGE = 0  # logical rank of the edge; cloud stage s (0-based) is logical rank s + 1
+# What decoding a payload may raise when the payload (authenticated: a peer with the secret sent it)
+# is malformed: JSON, state blobs, codec payloads, the fields of replies. Caught only around the
+# decoding of what arrived, never around this process's own computation.
+PAYLOAD_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError,
+                  RecursionError, OverflowError, RuntimeError, MemoryError, pickle.UnpicklingError)
 
 
 def rank_name(rank: int, world_size: int) -> str:
@@ -95,6 +102,17 @@ class Transport:
         msg = (f"{self.name(self.rank)} lost {self.name(peer)} while {what}: "
                f"{_reason(e, self.timeout_s)}")
         return PeerError(msg + (f"; {detail}" if detail else ""))
+
+    @contextmanager
+    def decoding(self, peer: int, what: str) -> Iterator[None]:
+        """A payload of `peer` that fails to decode ends this process as any peer failure does:
+        one PeerError naming the peer and what was wrong."""
+        try:
+            yield
+        except PAYLOAD_ERRORS as e:
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            raise PeerError(f"{self.name(self.rank)} got a malformed {what} from {self.name(peer)}: "
+                            f"{reason}") from None
 
     def send(self, dst: int, header: Header, payload: Tensor) -> SendHandle:
         """Send header + payload without blocking; payload is a 1-D uint8 tensor."""

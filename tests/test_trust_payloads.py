@@ -1,0 +1,164 @@
+"""Bad payloads from an authenticated peer (it knows the secret): one error type per loader, bounded
+JSON depth and decompressed sizes, and a run that ends `failed` with its summary.json, naming the peer."""
+import json
+import os
+import pickle
+import random
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+import zlib
+from pathlib import Path
+from typing import Any, Tuple
+
+import pytest
+import torch
+import zstandard
+
+from edgesplit.backends.remote.protocol import (Command, Op, StateError, loads_bounded, pack_state,
+                                                unpack_state)
+from edgesplit.codecs.entropy import Entropy
+from edgesplit.codecs.header import ENTROPY, ENTROPY_HEADER, ZLIB, ZSTD
+from edgesplit.codecs import Identity
+from edgesplit.config import compose_config
+from edgesplit.errors import PeerError
+from edgesplit.run.trainer import run
+from tests.dist_helpers import REPO, SECRET, free_port
+
+
+class Exploit:
+    """A pickle that would create `path` if anything unpickled it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_the_state_loader_raises_one_error_type_with_the_reason(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(Exploit(str(marker)))
+    with pytest.raises(StateError, match="malformed state blob .*UnpicklingError"):
+        unpack_state(evil)
+    blob = pack_state({"units": {0: {"w": torch.randn(3, 3)}}, "optimizer": {}})
+    rng = random.Random(0)
+    refused = 0
+    for _ in range(150):
+        fuzzed = bytearray(blob)
+        for _ in range(rng.randint(1, 8)):
+            fuzzed[rng.randrange(len(fuzzed))] = rng.randrange(256)
+        try:
+            unpack_state(bytes(fuzzed))
+        except StateError:
+            refused += 1
+    with pytest.raises(StateError, match="not a dict"):
+        unpack_state(pack_state([1, 2]))  # type: ignore[arg-type]
+    assert refused > 50 and not marker.exists()
+
+
+def test_json_nesting_is_bounded_before_parsing() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ValueError, match="control message: JSON nested 100000 deep"):
+        loads_bounded(deep, "control message")
+    message = Command(Op.STATS).pack().numpy().tobytes()
+    body = json.dumps({"op": "stats", "epoch": 0, "replies": [{"stage": 1, "side": "[[{{\\\"]"}]})
+    assert loads_bounded(body.encode(), "x")["replies"][0]["side"] == '[[{{\\"]'  # brackets in strings
+    forged = message[:4] + struct.pack("<Q", len(deep)) + deep + struct.pack("<Q", 0)
+    with pytest.raises(ValueError, match="nested 100000 deep"):
+        Command.unpack(torch.frombuffer(bytearray(forged), dtype=torch.uint8))
+
+
+def _refused_fast(codec: Entropy, payload: bytes, match: str) -> Tuple[float, int]:
+    """(seconds, peak bytes allocated) until the payload is refused."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        codec.decode(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return seconds, peak
+
+
+def test_a_4_gib_zstd_header_is_refused_with_bounded_memory() -> None:
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(os.urandom(64 << 10))
+    payload = ENTROPY_HEADER.pack(ENTROPY, ZSTD, 2 ** 32 - 1) + frame
+    seconds, peak = _refused_fast(Entropy(Identity(), "zstd"), payload, "decompresses to 65536 bytes")
+    assert peak < 16 << 20, peak  # not the 4 GiB it declares
+    print(f"4 GiB zstd header: refused in {seconds:.3f} s, peak {peak >> 20} MiB")
+
+
+def _zlib_bomb() -> bytes:
+    """A valid zlib stream of 1 GiB of zeros in about 1 MB: one 16 MiB block, flushed so that it
+    stands alone, 64 times (cheaper than compressing 1 GiB)."""
+    zeros, c = bytes(16 << 20), zlib.compressobj(9, zlib.DEFLATED, -15)
+    block, end = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH), c.flush()
+    adler = 1
+    for _ in range(64):
+        adler = zlib.adler32(zeros, adler)
+    return b"\x78\xda" + block * 64 + end + struct.pack(">I", adler)
+
+
+def test_a_zlib_bomb_is_refused_with_bounded_memory() -> None:
+    bomb = _zlib_bomb()  # 1 GiB in 1 MB: zlib.decompress(bomb) is 1 GiB of zeros
+    codec = Entropy(Identity(), "zlib")
+    for declared, match in ((2 ** 32 - 1, "more than a zlib stream"), (1 << 20, "holds more than")):
+        payload = ENTROPY_HEADER.pack(ENTROPY, ZLIB, declared) + bomb
+        seconds, peak = _refused_fast(codec, payload, match)
+        assert peak < 64 << 20, peak
+        print(f"zlib bomb of {len(bomb)} bytes declaring {declared}: refused in {seconds:.3f} s, "
+              f"peak {peak >> 20} MiB")
+
+
+FAKE_CLOUD = """
+import os, pickle, sys, torch
+from edgesplit.backends.remote import cloud, cloud_main, transport
+from edgesplit.config import compose_config
+port, kind, nth, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch " + marker,))
+evil = pickle.dumps(Exploit())
+if kind == "blob":  # a state blob (the reply to SAVE) that is a pickle
+    cloud.pack_state = lambda state: evil
+real, sent = transport.Transport.send, []
+def send(self, dst, header, payload):
+    sent.append(header.kind.name)
+    if header.kind.name == kind and sent.count(kind) == nth:
+        payload = torch.frombuffer(bytearray(evil), dtype=torch.uint8)
+    return real(self, dst, header, payload)
+transport.Transport.send = send
+cloud_main.run_cloud(compose_config(["pipeline_backend=dist", "pipeline_backend.role=cloud",
+                                     "pipeline_backend.master_port=" + port]))
+"""
+
+
+@pytest.mark.parametrize("kind,nth", [("REPLY", 1), ("BACKWARD", 1),
+                                      pytest.param("FORWARD", 1, marks=pytest.mark.slow),
+                                      pytest.param("blob", 0, marks=pytest.mark.slow)],
+                         ids=["json-at-start", "gradient", "activation", "state-blob"])
+def test_an_authenticated_cloud_sending_a_pickle_fails_the_run_tidily(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, nth: int) -> None:
+    monkeypatch.setenv("EDGESPLIT_SECRET", SECRET)
+    port, marker = free_port(), tmp_path / "pwned"
+    cfg = compose_config(["pipeline_backend=dist", "pipeline_backend.role=edge", "data=synthetic",
+                          f"pipeline_backend.master_port={port}", "pipeline_backend.timeout_s=60",
+                          "model._target_=tests.dist_helpers.tiny_units", "model.num_classes=10",
+                          "data.train_size=32", "data.val_size=16", "data.batch_size=16",
+                          "schedule.epochs=1", "compressor=quantize", "threads=1"])
+    fake = subprocess.Popen([sys.executable, "-c", FAKE_CLOUD, str(port), kind, str(nth), str(marker)],
+                            env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        with pytest.raises(PeerError, match=r"^edge rank 0 got a malformed .* from cloud rank 1 "
+                                            r"\(stage 1 of 1\): "):
+            run(cfg, tmp_path, [])
+    finally:
+        fake.kill()
+        fake.wait(30)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "got a malformed" in summary["error"]
+    assert not marker.exists()
