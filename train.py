@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from edgesplit.run import launchers
 from edgesplit.config import register_configs
 from edgesplit.errors import ConfigError, UserError
+from edgesplit.logs.logbook import redact
 from edgesplit.run.trainer import run
 
 log = logging.getLogger("edgesplit")
@@ -59,7 +60,7 @@ def set_job_threads(cfg: DictConfig, hydra_cfg: HydraConf) -> None:
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = redact(list(hydra_cfg.overrides.task))  # they reach logs and records: no secret
     if launchers.sweep_interrupted():  # Ctrl-C stopped the sweep: a queued job does not start
         log.warning("not started: the sweep was interrupted")
         return

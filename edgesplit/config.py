@@ -215,6 +215,7 @@ class DistConfig(BackendConfig):
     order: str = "gpipe"  # gpipe | 1f1b: the order of micro-batch forwards and backwards
     # shared secret of the edge and the cloud hosts (else $EDGESPLIT_SECRET; a local run makes one)
     secret: Optional[str] = None
+    secret_file: Optional[str] = None  # a file that holds the secret (the command line may not)
 
 
 @dataclass

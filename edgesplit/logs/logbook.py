@@ -20,12 +20,24 @@ HPARAM_KEYS = ["model.width", "data.name", "data.batch_size", "partition.front",
                "schedule.lr", "schedule.epochs", "pipeline_backend.name", "pipeline_backend.chunks", "seed"]
 
 
+SECRET_KEY = "pipeline_backend.secret"
+REDACTED = "<redacted>"
+
+
+def redact(overrides: List[str]) -> List[str]:
+    """The overrides as records may keep them: the dist link's secret replaced by REDACTED."""
+    return [f"{o.split('=', 1)[0]}={REDACTED}" if o.lstrip("+~").split("=", 1)[0] == SECRET_KEY
+            else o for o in overrides]
+
+
 def hparam_values(cfg: DictConfig, overrides: List[str]) -> Dict[str, Any]:
     """Flat key -> int/float/str/bool for the HParams view: HPARAM_KEYS, the config's `hparam_keys`
     and the overrides (lists stringified, None left out)."""
     given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
     out: Dict[str, Any] = {}
     for key in dict.fromkeys(HPARAM_KEYS + list(cfg.hparam_keys) + list(given)):
+        if key == SECRET_KEY:
+            continue
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig):  # a config group: its chosen option, e.g. compressor=quantize4
             value = given.get(key)

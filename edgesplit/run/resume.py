@@ -19,7 +19,8 @@ RESULT_NEUTRAL = (
     "partition.cloud_stages", "pipeline_backend._target_", "pipeline_backend.name",
     "pipeline_backend.devices", "pipeline_backend.checkpoint", "pipeline_backend.order",
     "pipeline_backend.link", "pipeline_backend.master_addr", "pipeline_backend.master_port",
-    "pipeline_backend.role", "pipeline_backend.secret", "pipeline_backend.timeout_s", "logger",
+    "pipeline_backend.role", "pipeline_backend.secret", "pipeline_backend.secret_file",
+    "pipeline_backend.timeout_s", "logger",
     "channels_last",  # the memory format: float sums in another order, as `threads`
 )
 # Keys added after checkpoints were written without them: absent there means this default.

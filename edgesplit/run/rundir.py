@@ -110,6 +110,23 @@ class RunDirLock:
         self.fd = None
 
 
+def check_free(run_dir: Path) -> None:
+    """RunDirBusy if a live run of this host holds run_dir's lock; creates and writes nothing (so a
+    refused run can be told before anything of it lands in the dir)."""
+    path = run_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock: free (RunDirLock takes it later and says more where needed)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunDirBusy(f"{run_dir} is in use by a live run ({_holder_text(RunDirLock._read(fd))}): "
+                         f"wait for it or pick another hydra.run.dir") from None
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write a temporary file of this process, fsync, rename: a crash mid-write leaves the previous
     file intact, and two processes never share a temporary name. A failure is one line naming the

@@ -20,7 +20,7 @@ from edgesplit.codecs.build import build_codecs
 from edgesplit.validate import validate, validate_partition
 from edgesplit.data.datasets import Datasets, build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
-from edgesplit.logs.logbook import Logbook, public_config
+from edgesplit.logs.logbook import Logbook, public_config, redact
 from edgesplit.model.mobilenetv2 import build_units, check_num_classes
 from edgesplit.data.resident import ResidentImages, ResidentLoader, resident_train
 from edgesplit.run.resume import check_config, load_state
@@ -152,6 +152,7 @@ def _cpus() -> Optional[int]:
 def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     """Train as `cfg` says, writing tb/, summary.json and checkpoint.pt into run_dir (locked meanwhile)."""
     validate(cfg)
+    overrides = redact(overrides)  # every record of the run keeps them: never the secret
     with RunDirLock(run_dir) as lock, interrupt.stop_at_step_boundaries():
         memory.start_job()  # this job's peak, also after other jobs of a sweep in this process
         try:

@@ -40,8 +40,15 @@ REFUSED = "refused"
 NONCE_HEX = 32  # a nonce or challenge: 16 random bytes as hex
 
 
-def resolve_secret(configured: Optional[str], local: bool) -> str:
-    """`pipeline_backend.secret`, else $EDGESPLIT_SECRET, else (local runs only) a fresh one."""
+def resolve_secret(configured: Optional[str], local: bool, secret_file: Optional[str] = None) -> str:
+    """`pipeline_backend.secret`, else the file `pipeline_backend.secret_file` names, else
+    $EDGESPLIT_SECRET, else (local runs only) a fresh one."""
+    if not configured and secret_file:
+        try:
+            configured = open(secret_file).read().strip()
+        except OSError as e:
+            raise ConfigError(f"pipeline_backend.secret_file={secret_file} cannot be read: "
+                              f"{e.strerror or e}") from None
     secret = configured or os.environ.get(ENV)
     if secret:
         if len(secret) < MIN_SECRET:

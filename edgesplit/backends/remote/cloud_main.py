@@ -56,7 +56,7 @@ def run_cloud(cfg: Any) -> None:
     threads = launch.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
                                       cfg.get("threads"))
     torch.set_num_threads(threads)
-    secret = auth.resolve_secret(b.get("secret"), local=False)
+    secret = auth.resolve_secret(b.get("secret"), local=False, secret_file=b.get("secret_file"))
     world = None
     try:
         if launch.under_torchrun():

@@ -95,7 +95,7 @@ class RemoteBackend(Backend):
     def _launch(self, cfg: DictConfig, split: Split, devices: List[str]) -> launch.World:
         b = cfg.pipeline_backend
         local = b.role is None and not launch.under_torchrun()
-        secret = auth.resolve_secret(b.get("secret"), local)
+        secret = auth.resolve_secret(b.get("secret"), local, b.get("secret_file"))
         # Local ranks share this host's cores: the cloud stages, which hold most of the compute,
         # split all of them; the edge (a few units, mostly waiting on the link) takes its share.
         torch.set_num_threads(launch.threads_per_rank(self.stages + 1 if local else 1, cfg.threads))
