@@ -1,6 +1,7 @@
 """A run's records never hold the secret, a refused run leaves a live run's dir untouched, and
-temporary files of an interrupted write are removed."""
+temporary files of an interrupted write are removed at the next start."""
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,16 @@ def test_a_refused_second_run_leaves_the_live_runs_dir_untouched(tmp_path: Path)
         out = _train(f"hydra.run.dir={run_dir}", "schedule.epochs=1")
     assert out.returncode == 1 and "is in use by a live run" in out.stderr, out.stderr[-2000:]
     assert _hashes(run_dir) == before
+
+
+def test_temporaries_of_interrupted_writes_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that is gone
+    stale = [tmp_path / f"{name}.{dead}.tmp" for name in ("checkpoint.pt", "summary.json", "metrics.csv")]
+    kept = [tmp_path / f"checkpoint.pt.{os.getppid()}.tmp",  # a live process's (not this run's lock)
+            tmp_path / f"notes.txt.{dead}.tmp", tmp_path / "checkpoint.pt.x.tmp"]  # not edgesplit's
+    for path in stale + kept:
+        path.write_bytes(b"partial")
+    with RunDirLock(tmp_path):
+        assert [p for p in stale if p.exists()] == []
+        assert all(p.exists() for p in kept)

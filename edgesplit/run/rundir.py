@@ -15,6 +15,8 @@ from edgesplit.errors import RunDirBusy, write_failed
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
+# The files a run writes with atomic_write: their temporaries are `<name>.<pid>.tmp`
+ATOMIC_NAMES = ("checkpoint.pt", "summary.json", "metrics.csv")
 # A lock written on another host, whose flock this host may not see (a shared file system without
 # lock support): taken over once its holder has shown no sign of life (an epoch end) for this long.
 FOREIGN_STALE_S = 24 * 3600.0
@@ -57,6 +59,7 @@ class RunDirLock:
                 raise
             self.fd = fd
         self._write_holder()
+        remove_stale_temps(self.path.parent)
         return self
 
     def _replaced(self, fd: int) -> bool:
@@ -125,6 +128,27 @@ def check_free(run_dir: Path) -> None:
                          f"wait for it or pick another hydra.run.dir") from None
     finally:
         os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temps(run_dir: Path) -> None:
+    """Remove the temporaries of interrupted writes (ATOMIC_NAMES' `<name>.<pid>.tmp`) whose
+    process is gone; called with the dir's lock held, so no live run of this host writes them."""
+    for name in ATOMIC_NAMES:
+        for tmp in run_dir.glob(f"{name}.*.tmp"):
+            pid = tmp.name[len(name) + 1:-len(".tmp")]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                log.info(f"removed {tmp}, left by an interrupted write of pid {pid}")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
