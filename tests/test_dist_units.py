@@ -12,7 +12,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch import nn
 
-from edgesplit.backends.remote import auth, transport
+from edgesplit.backends.remote import auth, protocol, transport
 from edgesplit.backends.remote.link import LinkSpec, ShapedLink
 from edgesplit.backends.remote.protocol import (HEADER_BYTES, HEADER_FIELDS, MAX_PAYLOAD_BYTES, Command,
                                                 Header, Kind, Op, Reply, pack_state, unpack_state)
@@ -57,7 +57,7 @@ def test_state_blobs_load_data_only(tmp_path, monkeypatch):
     state = {"units": {1: {"w": torch.ones(2)}}, "rng": {"edge": {"cpu": torch.get_rng_state()}}}
     assert torch.equal(unpack_state(pack_state(state))["units"][1]["w"], torch.ones(2))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(protocol.StateError, match="UnpicklingError"):
         unpack_state(pack_state({"x": _Exploit()}))  # torch.save pickles it; loading refuses
     assert not (tmp_path / "PWNED").exists()
 
