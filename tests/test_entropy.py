@@ -10,7 +10,8 @@ import zstandard
 from torch import Tensor
 
 from tests.codec_reference import ref_encode, ref_entropy
-from edgesplit.boundary.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary
+from edgesplit.boundary.layer import BoundaryLayer
 from edgesplit.codecs import Codec, Crossing, Entropy, Identity, Quantize, RandTopK, TopK
 from edgesplit.codecs import TopKQuantize
 from edgesplit.boundary.meter import CommMeter

@@ -18,15 +18,12 @@ from typing import Any, Dict, Iterable, Mapping
 
 import torch
 from torch import nn
-from torchgpipe.batchnorm import DeferredBatchNorm
 
 from edgesplit.boundary.boundary import Boundary
 from edgesplit.errors import UserError
 from edgesplit.run.lr_schedule import Optimization
 from edgesplit.run.rundir import atomic_write
 
-# DeferredBatchNorm's per-batch accumulators: transient, and absent from a plain BatchNorm.
-_TRANSIENT = ("sum", "sum_squares")
 PER_PROCESS = ("lr_scheduler", "rng", "boundaries", "grad_scaler")
 NAME = "checkpoint.pt"  # in the run dir
 EDGE = "edge"
@@ -37,15 +34,13 @@ class CheckpointError(UserError):
 
 
 def unit_state(unit: nn.Module) -> Dict[str, torch.Tensor]:
-    """A unit's state_dict on the CPU, the same whichever backend (and BatchNorm flavour) holds it."""
-    skip = {f"{name}.{b}" if name else b
-            for name, m in unit.named_modules() if isinstance(m, DeferredBatchNorm) for b in _TRANSIENT}
-    return {k: v.detach().cpu().clone() for k, v in unit.state_dict().items() if k not in skip}
+    """A unit's state_dict on the CPU, the same whichever backend holds it (gpipe's deferred
+    BatchNorm keeps its accumulators out of it: backends.gpipe_recompute)."""
+    return {k: v.detach().cpu().clone() for k, v in unit.state_dict().items()}
 
 
 def load_unit(unit: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     missing, unexpected = unit.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k.rsplit(".", 1)[-1] not in _TRANSIENT]
     if missing or unexpected:
         raise CheckpointError(f"the checkpoint does not fit the model: missing {missing}, "
                               f"unexpected {unexpected}")

@@ -14,7 +14,6 @@ from tqdm import tqdm
 from edgesplit.run import checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.model.bottleneck import split_model
-from edgesplit.codecs import NonFiniteError
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import build_codecs
 from edgesplit.validate import validate, validate_partition
@@ -53,7 +52,7 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
         data_s += tic - fetched
         try:
             result = backend.train_step(x, y, ids)
-        except NonFiniteError as e:
+        except TrainingDiverged as e:  # a boundary's: where the run was and what is kept
             raise TrainingDiverged(f"{e} at epoch {epoch + 1} step {step + 1}; {last_good}") from None
         loss = result.loss_sum / result.count
         if not math.isfinite(loss):
@@ -231,7 +230,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             lr = backend.lr
             loader = train_loader(cfg, datasets, resident, epoch)
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
-            metrics.update(evaluate(backend, val_loader))
+            try:
+                metrics.update(evaluate(backend, val_loader))
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"{e} in the evaluation after epoch {epoch + 1} "
+                                       f"(schedule.lr={cfg.schedule.lr}); {last_good}") from None
             for key in ("val_loss", "val_acc1"):
                 if not math.isfinite(metrics[key]):
                     raise TrainingDiverged(f"{key} is {metrics[key]} after epoch {epoch + 1} "
