@@ -61,23 +61,6 @@ def test_payload_is_the_oracles_and_compresses(method: str) -> None:
     assert relu.encode(x).numel() < 0.9 * Quantize(4).encode(x).numel()
 
 
-def test_stats_count_elements_and_bytes_before_and_after() -> None:
-    c = Entropy(Quantize(4), "zstd")
-    assert c.stats()["elements"] == 0 and c.stats()["entropy_bits_per_element"] == 0.0
-    x, y = torch.zeros(10, 100), torch.randn(5, 40)
-    p, q = c.encode(x), c.encode(y)
-    inner = Quantize(4).encode(x).numel() + Quantize(4).encode(y).numel()
-    stats = c.stats()
-    assert stats == {"elements": 1200, "inner_bytes": inner, "entropy_bytes": p.numel() + q.numel(),
-                     "inner_bits_per_element": 8 * inner / 1200,
-                     "entropy_bits_per_element": 8 * (p.numel() + q.numel()) / 1200}
-    assert stats["entropy_bits_per_element"] < stats["inner_bits_per_element"] < 4.5
-    c.decode(p)  # decoding counts nothing
-    assert c.stats() == stats
-    c.reset_stats()
-    assert c.stats()["elements"] == c.stats()["inner_bytes"] == c.stats()["entropy_bytes"] == 0
-
-
 class Stateful(Identity):
     """An Identity that keeps a counter as its state, and draws and keeps per-sample state."""
     random = True

@@ -152,9 +152,9 @@ def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(tmp_path: Path) ->
 
 
 def test_the_checkpoint_keeps_the_config_without_the_link_secret(tmp_path: Path) -> None:
-    from edgesplit.run.trainer import _saved_config
+    from edgesplit.logs.logbook import public_config
     cfg = compose_config(["pipeline_backend=dist", "pipeline_backend.secret=0123456789abcdef0123"])
-    saved = _saved_config(cfg)
+    saved = public_config(cfg)
     assert "secret" not in saved["pipeline_backend"] and saved["pipeline_backend"]["chunks"] == 4
     assert cfg.pipeline_backend.secret == "0123456789abcdef0123"  # the run's own config is intact
     checkpoint.atomic_save({"config": saved}, tmp_path / "c.pt")

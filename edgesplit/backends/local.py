@@ -8,7 +8,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from edgesplit.run import checkpoint
-from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, peak_memory_bytes
+from edgesplit.backends.base import Backend, StepResult, named_unit_parameters
+from edgesplit.run.memory import peak_memory_bytes
 from edgesplit.backends.partitions import build_partitions, resolve_devices
 from edgesplit.backends.timing import SideClock
 from edgesplit.boundary.boundary import Boundary
@@ -112,9 +113,9 @@ class LocalBackend(Backend):
                 for side in ("edge", "cloud")}
 
     def state_dict(self) -> Dict[str, Any]:
-        return checkpoint.merge([checkpoint.part(checkpoint.EDGE, self.local_units(),
+        return checkpoint.merge([checkpoint.part(checkpoint.EDGE_PROCESS, self.local_units(),
                                                  self.optimization, self.boundaries)])
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        checkpoint.load_part(state, checkpoint.EDGE, self.local_units(), self.optimization,
+        checkpoint.load_part(state, checkpoint.EDGE_PROCESS, self.local_units(), self.optimization,
                              self.boundaries)

@@ -26,7 +26,7 @@ from edgesplit.run.rundir import atomic_write
 
 PER_PROCESS = ("lr_scheduler", "rng", "boundaries", "grad_scaler")
 NAME = "checkpoint.pt"  # in the run dir
-EDGE = "edge"
+EDGE_PROCESS = "edge"  # the edge process's slot; cloud stages are "cloud_stage1", ...
 
 
 class CheckpointError(UserError):
@@ -83,7 +83,7 @@ def merge(parts: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
 
 def _own(state: Mapping[str, Any], key: str, process: str) -> Any:
     slots = state.get(key) or {}
-    return slots.get(process, slots.get(EDGE))
+    return slots.get(process, slots.get(EDGE_PROCESS))
 
 
 def load_part(state: Mapping[str, Any], process: str, units: Mapping[int, nn.Module],

@@ -131,12 +131,6 @@ def _write_on_the_way_out(run_dir: Path, summary: RunSummary) -> None:
         log.warning(f"{e}")
 
 
-def _saved_config(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config a checkpoint keeps, without the dist link's secret (a checkpoint may be
-    handed to others; resuming does not compare the secret)."""
-    return public_config(cfg)
-
-
 def _load_avg() -> Optional[List[float]]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -202,7 +196,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             log.info(f"{run_dir} finished all {state['epoch']} epochs already: nothing to resume")
             return summary.to_dict()
     summary.load_avg_start, summary.cpus = _load_avg(), _cpus()
-    run_times = RunStepTimes((state or {}).get("step_times", {}).get(checkpoint.EDGE))
+    run_times = RunStepTimes((state or {}).get("step_times", {}).get(checkpoint.EDGE_PROCESS))
     split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
@@ -244,10 +238,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             summary.record_epoch(EpochRecord.from_dict({"epoch": epoch + 1, "lr": lr, **metrics}),
                                  cfg.data.batch_size, comm, sides, time_per_batch_s=run_times.median())
             summary.load_avg_end = _load_avg()
+            step_times = {checkpoint.EDGE_PROCESS: run_times.histogram.state_dict()}
+            # the config without the dist link's secret: a checkpoint may be handed to others
             checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1,
-                                    "summary": summary.to_dict(), "config": _saved_config(cfg),
-                                    "step_times": {checkpoint.EDGE: run_times.histogram.state_dict()}},
-                                   ckpt)
+                                    "summary": summary.to_dict(), "config": public_config(cfg),
+                                    "step_times": step_times}, ckpt)
             write_summary(run_dir, summary)
             lock.refresh()
             logbook.record_epoch(summary)
