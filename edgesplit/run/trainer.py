@@ -21,7 +21,7 @@ from edgesplit.data.datasets import Datasets, build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logs.logbook import Logbook, public_config
 from edgesplit.model.mobilenetv2 import build_units, check_num_classes
-from edgesplit.data.resident import ResidentImages, ResidentLoader, resident_train
+from edgesplit.data.resident import ResidentImages, ResidentLoader
 from edgesplit.run.resume import check_config, load_state
 from edgesplit.logs.summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.run.rundir import RunDirLock
@@ -156,7 +156,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
 def train_loader(cfg: DictConfig, datasets: Datasets, resident: Optional[ResidentImages],
                  epoch: int) -> Any:
     """An epoch's training batches (x, y, dataset indices): the CPU loader, or batches of the set
-    kept on data.device (`resident`, from resident_train)."""
+    kept on data.device (`resident`, from Datasets.resident_train)."""
     fixed = cfg.data.get("augment") == "fixed"
     if resident is None:
         return build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
@@ -210,7 +210,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
         val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
                                   train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
         # data.device: the training set kept on that device (resident.py), or the CPU loader
-        resident = None if cfg.data.device == "cpu" else resident_train(datasets, cfg.data.device)
+        resident = None if cfg.data.device == "cpu" else datasets.resident_train(cfg.data.device)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
                  f"{[list(split.cloud_range(s)) for s in range(cfg.partition.cloud_stages)]}, "
                  f"{len(cast(Sized, datasets.train))} train / {len(cast(Sized, datasets.val))} val "
