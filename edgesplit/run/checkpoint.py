@@ -4,7 +4,8 @@ A checkpoint is one dict (one file, loaded with `weights_only=True`):
   units         {unit index: state_dict}                 every unit of the model
   optimizer     {'units.<i>.<name>': optimizer state}    every parameter, whichever side holds it
   lr_scheduler  {process: scheduler state}               'edge', 'cloud_stage1', ...
-  rng           {process: {'cpu': ..., 'cuda': [...]}}
+  rng           {process: {'cpu': ..., 'cuda': [...]}}   what a dist cloud stage draws dropout from
+                                                         (the trainer reseeds its own every epoch)
   boundaries    {process: {boundary: codec state}}
   grad_scaler   {process: GradScaler state}                precision=fp16 ({} otherwise)
 plus what the trainer adds (epoch, summary, config, and step_times: {'edge': the run's step-time
