@@ -17,7 +17,7 @@ class DataError(UserError):
 
 
 class TrainingDiverged(UserError):
-    """A NaN or inf appeared in a training step; the last good checkpoint is kept."""
+    """A NaN or inf appeared in a train step or an evaluation; the last good checkpoint is kept."""
 
 
 class PeerError(UserError):

@@ -3,7 +3,9 @@ import pytest
 import torch
 from torchgpipe.checkpoint import enable_checkpointing, enable_recomputing
 
-from edgesplit.boundary.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary
+from edgesplit.backends.gpipe_recompute import ReplayingBoundaryLayer
+from edgesplit.boundary.layer import BoundaryLayer
 from edgesplit.codecs import Entropy, Identity, Quantize, TopK
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import BoundaryCodecs
@@ -54,13 +56,20 @@ def test_eval_is_raw_when_eval_compressed_is_off_and_never_counted() -> None:
 
 def test_recomputation_replays_the_first_payload_and_counts_once() -> None:
     b = boundary()
+    layer = ReplayingBoundaryLayer(b)
     b.new_step()
     x = torch.randn(6, 6)
     with enable_checkpointing():
-        first = b.cross_forward(x)
+        first = layer.cross_forward(x)
     with enable_recomputing():
-        again = b.cross_forward(x)
+        again = layer.cross_forward(x)
     assert again is first and b.meter.bytes["front", "forward"] == first[0].numel()
+    with enable_checkpointing():
+        layer.cross_forward(x)  # a step that never ran its backward
+    b.new_step()
+    with enable_checkpointing():
+        layer.cross_forward(torch.randn(6, 6))
+    assert len(layer._first_pass) == 1  # the failed step's first pass went
 
 
 def test_a_raw_link_between_cloud_stages_counts_nothing() -> None:

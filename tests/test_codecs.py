@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 import edgesplit.codecs.base as base
 import edgesplit.codecs.select as select
 from tests.codec_reference import ref_encode, ref_pack, ref_topk_mask
-from edgesplit.boundary.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary
+from edgesplit.boundary.layer import BoundaryLayer
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.codecs import Codec, Identity, NonFiniteError, Quantize, TopK, TopKQuantize

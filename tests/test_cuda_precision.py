@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgesplit.run import trainer
-from edgesplit.data.resident import ResidentLoader, resident_train
+from edgesplit.data.resident import ResidentLoader
 from tests.precision_units import PROBES
 from tests.test_backends import train_losses
 from tests.test_data import data_tiny_cifar  # noqa: F401 (a fixture)
@@ -32,8 +32,8 @@ def test_resident_batches_on_the_gpu_are_the_host_paths(
     ds = _cifar(data_tiny_cifar, augment)
     for epoch in (0, 1):
         kwargs = dict(seed=3, epoch=epoch, fixed_augment=augment == "fixed", channels_last=True)
-        gpu = list(ResidentLoader(resident_train(ds, "cuda"), 6, **kwargs))
-        host = list(ResidentLoader(resident_train(ds, "cpu_resident"), 6, **kwargs))
+        gpu = list(ResidentLoader(ds.resident_train("cuda"), 6, **kwargs))
+        host = list(ResidentLoader(ds.resident_train("cpu_resident"), 6, **kwargs))
         assert len(gpu) == len(host) == 3
         for (x, y, ids), (hx, hy, hids) in zip(gpu, host):
             assert x.device.type == "cuda" and ids.device.type == "cpu"

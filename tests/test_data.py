@@ -294,12 +294,11 @@ def test_digits_augment_fixed_keeps_each_samples_crop_every_epoch() -> None:
 
 def test_augmented_digits_have_no_resident_form() -> None:
     from edgesplit.errors import ConfigError
-    from edgesplit.data.resident import resident_train
 
     for augment in (True, "fixed"):
         ds = build_datasets(_cfg("digits", augment=augment))
         with pytest.raises(ConfigError) as err:
-            resident_train(ds, "cpu_resident")
+            ds.resident_train("cpu_resident")
         msg = str(err.value)
         assert "data.augment" in msg and "data.device" in msg and "\n" not in msg
 

@@ -7,8 +7,9 @@ from torch import Tensor
 
 import edgesplit.codecs.base as base
 from edgesplit.boundary.boundary import Boundary
-from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError, Quantize, TopK, TopKQuantize
+from edgesplit.codecs import Codec, Crossing, Identity, Quantize, TopK, TopKQuantize
 from edgesplit.codecs import fused
+from edgesplit.errors import TrainingDiverged
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import BoundaryCodecs
 from tests.codec_reference import ref_pack
@@ -95,10 +96,10 @@ def test_a_non_finite_tensor_is_reported_once_a_step(device_path: None) -> None:
     b.check_finite()  # finite: nothing to report
     x[1, 7] = float("nan")
     b.exchange("forward", x)  # no host read here
-    with pytest.raises(NonFiniteError, match="boundary back: the forward tensor .* NaN or inf"):
+    with pytest.raises(TrainingDiverged, match="boundary back: the forward tensor .* NaN or inf"):
         b.check_finite()
     b.check_finite()  # reported once
-    with pytest.raises(NonFiniteError, match="backward"):  # send: before the payload goes out
+    with pytest.raises(TrainingDiverged, match="backward"):  # send: before the payload goes out
         b.send("backward", torch.full((5,), float("inf")))
 
 
@@ -109,7 +110,7 @@ def test_a_nan_stops_the_step_before_any_weight_changes(make_cfg: Callable,
     before = [p.detach().clone() for u in units for p in u.parameters()]
     x[0, 0, 0, 0] = float("nan")
     try:
-        with pytest.raises(NonFiniteError, match="boundary front: the forward tensor"):
+        with pytest.raises(TrainingDiverged, match="boundary front: the forward tensor"):
             backend.train_step(x, y, ids)
     finally:
         backend.close()

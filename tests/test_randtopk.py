@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.codec_reference import ref_pack, ref_topk_mask
-from edgesplit.boundary.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary
+from edgesplit.boundary.layer import BoundaryLayer
 from edgesplit.codecs import Crossing, Identity, NonFiniteError, RandTopK, TopK
 from edgesplit.codecs.randtopk import explore_count
 from edgesplit.codecs.topk import k_for

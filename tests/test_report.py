@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from edgesplit.report import build as report
 from edgesplit.boundary.meter import CommFigures, CommMeter
 from edgesplit.report.curves import run_label
+from edgesplit.report.tables import run_cell
 from edgesplit.report.build import (ReportError, build_report, find_runs, human_bytes, main,
                                     plot_curves, swept_keys, write_report)
 from edgesplit.logs.summary import EpochRecord, RunSummary, SideStats, write_summary
@@ -152,7 +153,7 @@ def test_an_interrupted_run_shows_as_interrupted(tmp_path: Path) -> None:
     assert [r.status for r in runs] == ["interrupted 2/3", "finished"]
     row = report.runs_table(runs, ["seed"]).splitlines()[2]
     assert [cell.strip() for cell in row.split("|")[1:5]] == ["0", "1", "interrupted 2/3", "2"]
-    assert report._pivot_value(runs[0]) == "70.00 (interrupted)"
+    assert run_cell(runs[0], report.BEST) == "70.00 (interrupted)"
 
 
 # ------------------------------------------------------------------------- backends study

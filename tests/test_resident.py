@@ -10,9 +10,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from edgesplit.run import trainer
 from edgesplit.data.cifar import CIFAR_MEAN, CIFAR_STD
-from edgesplit.data.datasets import Datasets, build_datasets, build_loader, epoch_seed
+from edgesplit.data.datasets import Datasets, build_datasets, build_loader
+from edgesplit.data.seeding import epoch_seed
 from edgesplit.errors import ConfigError
-from edgesplit.data.resident import PAD, ResidentLoader, draws, resident_train
+from edgesplit.data.resident import PAD, ResidentLoader, draws
 from tests.test_data import _cfg, data_tiny_cifar  # noqa: F401 (a fixture)
 
 
@@ -38,7 +39,7 @@ def _candidates(image: torch.Tensor) -> torch.Tensor:
 def test_without_augmentation_it_yields_the_cpu_loaders_batches(
         data_tiny_cifar: dict) -> None:  # noqa: F811
     ds = _cifar(data_tiny_cifar, False)
-    resident = resident_train(ds, "cpu_resident")
+    resident = ds.resident_train("cpu_resident")
     assert resident.images.dtype == torch.uint8 and tuple(resident.images.shape) == (20, 32, 32, 3)
     for epoch in (0, 1):
         cpu = _batches(build_loader(ds.train, 6, train=True, seed=3, epoch=epoch, num_workers=0))
@@ -52,7 +53,7 @@ def test_without_augmentation_it_yields_the_cpu_loaders_batches(
 
 def test_augmentation_crops_and_flips_each_sample_reproducibly(data_tiny_cifar: dict) -> None:  # noqa: F811
     ds = _cifar(data_tiny_cifar, True)
-    resident = resident_train(ds, "cpu_resident")
+    resident = ds.resident_train("cpu_resident")
     loader = ResidentLoader(resident, 5, seed=3, epoch=0, channels_last=True)
     first = _batches(loader)
     cpu = _batches(build_loader(ds.train, 5, train=True, seed=3, epoch=0, num_workers=0))
@@ -74,7 +75,7 @@ def test_augmentation_crops_and_flips_each_sample_reproducibly(data_tiny_cifar: 
 
 def test_fixed_augmentation_keeps_each_samples_crop_and_flip_every_epoch(
         data_tiny_cifar: dict) -> None:  # noqa: F811
-    resident = resident_train(_cifar(data_tiny_cifar, "fixed"), "cpu_resident")
+    resident = _cifar(data_tiny_cifar, "fixed").resident_train("cpu_resident")
 
     def by_sample(epoch: int) -> dict:
         loader = ResidentLoader(resident, 4, seed=5, epoch=epoch, fixed_augment=True)
@@ -101,7 +102,7 @@ def test_draws_depend_on_the_seed_and_the_sample_alone() -> None:
 @pytest.mark.parametrize("option", ["digits", "synthetic"])
 def test_digits_and_synthetic_stay_float_and_give_the_cpu_batches(option: str) -> None:
     ds = build_datasets(_cfg(option, train_size=96))
-    resident = resident_train(ds, "cpu_resident")
+    resident = ds.resident_train("cpu_resident")
     assert resident.images.dtype == torch.float32 and len(resident) == 96
     cpu = _batches(build_loader(ds.train, 32, train=True, seed=1, epoch=2, num_workers=0))
     got = _batches(ResidentLoader(resident, 32, seed=1, epoch=2))
@@ -114,7 +115,7 @@ def test_a_dataset_without_a_resident_form_names_the_key() -> None:
     ds = build_datasets(_cfg("digits"))
     ds.resident = None  # as a custom dataset or imagefolder
     with pytest.raises(ConfigError, match="data.device='cpu_resident': .* allowed for it: cpu"):
-        resident_train(ds, "cpu_resident")
+        ds.resident_train("cpu_resident")
 
 
 def test_a_run_on_resident_data_records_each_epochs_data_time(make_cfg: Callable, tmp_path: Path,

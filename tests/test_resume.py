@@ -152,10 +152,40 @@ def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(tmp_path: Path) ->
 
 
 def test_the_checkpoint_keeps_the_config_without_the_link_secret(tmp_path: Path) -> None:
-    from edgesplit.run.trainer import _saved_config
+    from edgesplit.logs.logbook import public_config
     cfg = compose_config(["pipeline_backend=dist", "pipeline_backend.secret=0123456789abcdef0123"])
-    saved = _saved_config(cfg)
+    saved = public_config(cfg)
     assert "secret" not in saved["pipeline_backend"] and saved["pipeline_backend"]["chunks"] == 4
     assert cfg.pipeline_backend.secret == "0123456789abcdef0123"  # the run's own config is intact
     checkpoint.atomic_save({"config": saved}, tmp_path / "c.pt")
     assert b"0123456789abcdef0123" not in (tmp_path / "c.pt").read_bytes()
+
+
+def test_a_cloud_stage_resumes_its_dropout_draws_from_the_checkpoint(tmp_path: Path) -> None:
+    """A dist cloud process draws dropout from its own RNG, which the trainer's per-epoch seed does
+    not reach: its checkpoint slot makes a resumed stage draw as the uninterrupted one does."""
+    from tests.dist_helpers import build, config, data
+    from tests.dropout_units import units
+    cfg = config(chunks=2, stages=1)
+    cfg.model._target_ = "tests.dropout_units.units"
+    batches = data(4)
+
+    def losses(backend: Any, some: list) -> list:
+        return [r.loss_sum / r.count for r in (backend.train_step(x, y, ids) for x, y, ids in some)]
+    backend = build("dist", cfg, units=units())
+    try:
+        backend.start_epoch(0)
+        backend.train(True)
+        losses(backend, batches[:2])
+        state = {**backend.state_dict(), "epoch": 1}
+        expected = losses(backend, batches[2:])
+    finally:
+        backend.close()
+    resumed = build("dist", cfg, units=units())
+    try:
+        resumed.load_state_dict(state)
+        resumed.start_epoch(0)
+        resumed.train(True)
+        assert losses(resumed, batches[2:]) == expected
+    finally:
+        resumed.close()

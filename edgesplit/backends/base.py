@@ -7,7 +7,6 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from edgesplit.run import memory
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.model.partition import Split
@@ -43,12 +42,6 @@ class StepResult:
         return StepResult(self.loss_sum + other.loss_sum, self.correct1 + other.correct1,
                           self.correct5 + other.correct5, self.count + other.count,
                           self.skipped + other.skipped)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of this job on `device`: CUDA allocations on a GPU, else the resident set size
-    (edgesplit.run.memory: per job in a sweep too)."""
-    return memory.peak_memory_bytes(device)
 
 
 def named_unit_parameters(units: Dict[int, nn.Module]) -> Dict[str, nn.Parameter]:

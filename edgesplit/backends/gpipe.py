@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchgpipe import GPipe
 
+from edgesplit.backends.gpipe_recompute import ReplayingBoundaryLayer, plain_state_batch_norm
 from edgesplit.backends.local import LocalBackend
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import BoundaryCodecs
@@ -13,6 +14,7 @@ from edgesplit.model.partition import Split
 
 class GPipeBackend(LocalBackend):
     name = "gpipe"
+    boundary_layer = ReplayingBoundaryLayer
 
     def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
                  meter: CommMeter) -> None:
@@ -23,6 +25,7 @@ class GPipeBackend(LocalBackend):
         self.pipe = GPipe(nn.Sequential(*self.partitions), balance=[1] * len(self.partitions),
                           devices=self.devices, chunks=b.chunks, checkpoint=b.checkpoint,
                           deferred_batch_norm=b.deferred_batch_norm)
+        plain_state_batch_norm(self.pipe)
         # GPipe keeps the unit objects (deferred BatchNorm swaps only their BatchNorm children)
         self.partitions = list(self.pipe.partitions)
 

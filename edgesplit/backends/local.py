@@ -1,6 +1,6 @@
 """What the single-process backends (naive, gpipe) share: partitions, optimizer, state, side stats."""
 from abc import abstractmethod
-from typing import Any, Dict
+from typing import Any, Dict, Type
 
 import torch
 import torch.nn.functional as F
@@ -8,10 +8,12 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from edgesplit.run import checkpoint
-from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, peak_memory_bytes
+from edgesplit.backends.base import Backend, StepResult, named_unit_parameters
+from edgesplit.run.memory import peak_memory_bytes
 from edgesplit.backends.partitions import build_partitions, resolve_devices
 from edgesplit.backends.timing import SideClock
 from edgesplit.boundary.boundary import Boundary
+from edgesplit.boundary.layer import BoundaryLayer
 from edgesplit.model.bottleneck import boundary_channels
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import BoundaryCodecs, build_codecs
@@ -25,7 +27,10 @@ class LocalBackend(Backend):
     """All partitions in this process, each on its device; one optimizer over every unit.
 
     `precision`: each partition runs under autocast on its device (entered inside the partition:
-    precision.Autocast) and, for fp16, one loss scaler over every unit decides each step."""
+    precision.Autocast) and, for fp16, one loss scaler over every unit decides each step.
+    `boundary_layer`: how a boundary crosses inside a partition (gpipe's replays recomputations)."""
+
+    boundary_layer: Type[BoundaryLayer] = BoundaryLayer
 
     def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
                  meter: CommMeter) -> None:
@@ -38,7 +43,7 @@ class LocalBackend(Backend):
                            for name in ("front", "back")]
         for b in self.boundaries:
             b.loss_scaled, b.channels_last = self.precision.scaled, self.precision.channels_last
-        parts = build_partitions(split, self.boundaries, self.clock)
+        parts = build_partitions(split, self.boundaries, self.clock, self.boundary_layer)
         self.devices = resolve_devices(cfg.pipeline_backend.devices, len(parts))
         self.partitions = [self.precision.partition(part.to(device), device)
                            for part, device in zip(parts, self.devices)]
@@ -108,9 +113,9 @@ class LocalBackend(Backend):
                 for side in ("edge", "cloud")}
 
     def state_dict(self) -> Dict[str, Any]:
-        return checkpoint.merge([checkpoint.part(checkpoint.EDGE, self.local_units(),
+        return checkpoint.merge([checkpoint.part(checkpoint.EDGE_PROCESS, self.local_units(),
                                                  self.optimization, self.boundaries)])
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        checkpoint.load_part(state, checkpoint.EDGE, self.local_units(), self.optimization,
+        checkpoint.load_part(state, checkpoint.EDGE_PROCESS, self.local_units(), self.optimization,
                              self.boundaries)

@@ -1,11 +1,12 @@
 """Devices and the partition list of the in-process backends: [edge_front, cloud stage(s), edge_back]."""
-from typing import Any, List
+from typing import Any, List, Type
 
 import torch
 from torch import nn
 
 from edgesplit.backends.timing import SideClock, Stamp
-from edgesplit.boundary.boundary import Boundary, BoundaryLayer
+from edgesplit.boundary.boundary import Boundary
+from edgesplit.boundary.layer import BoundaryLayer
 from edgesplit.errors import ConfigError
 from edgesplit.model.partition import Split
 
@@ -36,13 +37,14 @@ def resolve_devices(spec: Any, partitions: int) -> List[torch.device]:
     return devices
 
 
-def build_partitions(split: Split, boundaries: List[Boundary], clock: SideClock) -> List[nn.Sequential]:
-    """[edge_front, cloud stage(s), edge_back]; each boundary sits first in the partition that
-    receives, so it sees that partition's input."""
+def build_partitions(split: Split, boundaries: List[Boundary], clock: SideClock,
+                     layer: Type[BoundaryLayer] = BoundaryLayer) -> List[nn.Sequential]:
+    """[edge_front, cloud stage(s), edge_back]; each boundary, as a `layer`, sits first in the
+    partition that receives, so it sees that partition's input."""
     def stamped(side: str, *layers: nn.Module) -> nn.Sequential:
         return nn.Sequential(Stamp(clock, side, entry=True), *layers, Stamp(clock, side, entry=False))
 
-    front, back = (BoundaryLayer(b) for b in boundaries)
+    front, back = (layer(b) for b in boundaries)
     clouds = [list(stage) for stage in split.cloud_stages]
     clouds[0].insert(0, front)
     return [

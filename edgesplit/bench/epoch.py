@@ -72,7 +72,6 @@ def measure(overrides: List[str], warmup: int, steps: Optional[int],
     from edgesplit.config import compose_config
     from edgesplit.data.datasets import build_loader
     from edgesplit.logs.logbook import Logbook
-    from edgesplit.data.resident import resident_train
     from edgesplit.run.steptimes import RunStepTimes
     from edgesplit.run.trainer import build_model, evaluate, train_epoch, train_loader
 
@@ -83,7 +82,7 @@ def measure(overrides: List[str], warmup: int, steps: Optional[int],
     d = cfg.data
     # data.device: the set kept on the device and augmented there, as the trainer does; its copy
     # to the device is made once per run, before the epoch, so it is not timed either
-    resident = None if d.device == "cpu" else resident_train(datasets, d.device)
+    resident = None if d.device == "cpu" else datasets.resident_train(d.device)
     try:
         backend.start_epoch(0)
         backend.train(True)

@@ -1,14 +1,14 @@
-"""A compression boundary: its codecs, the forward support, byte counts, quality, replay and state."""
+"""A compression boundary: its codecs, the forward support, byte counts, quality and state."""
 import zlib
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torchgpipe import is_checkpointing, is_recomputing
+from torch import Tensor
 
 from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError
+from edgesplit.errors import TrainingDiverged
 from edgesplit.codecs.fused import nonfinite
 from edgesplit.boundary.meter import DIRECTION, CommMeter
 from edgesplit.codecs.build import BoundaryCodecs
@@ -58,7 +58,8 @@ class Boundary:
     With `loss_scaled` (precision=fp16), a gradient that holds inf or NaN is a loss-scaler overflow,
     not a divergence: it crosses with those values as zeros and the step's flag is raised
     (`overflows()`: device tensors, no host sync), so the backend skips the step on every side.
-    `channels_last`: a received 4-D activation is handed on in that memory format."""
+    `channels_last`: a received 4-D activation is handed on in that memory format. Any other
+    tensor to encode that holds NaN or inf ends the run: TrainingDiverged."""
 
     def __init__(self, name: str, codecs: BoundaryCodecs, meter: Optional[CommMeter],
                  eval_compressed: bool = True, seed: int = 0,
@@ -70,7 +71,6 @@ class Boundary:
         self.eval_compressed, self.seed = eval_compressed, seed
         self.training, self.warm = True, False
         self.step = 0  # train steps so far: part of each crossing's draw key
-        self._replay: Dict[int, Tuple[Tensor, Tensor, Optional[Tensor]]] = {}
         self._batch_ids: List[Tensor] = []  # in one process: this step's micro-batches' ids
         self._forwards = 0
         self._measure_due = {"forward": False, "backward": False}
@@ -104,23 +104,25 @@ class Boundary:
         self.warm = epoch < self.codecs.warmup_epochs
 
     def new_step(self, batch_ids: Optional[List[Tensor]] = None) -> None:
-        """A train step begins: measure the codecs on its first crossing; drop stale replays.
+        """A train step begins: measure the codecs on its first crossing.
         In one process `batch_ids` are its micro-batches' dataset indices, in micro-batch order."""
         self.step += 1
-        self._replay.clear()
         self._measure_due = {"forward": True, "backward": True}
         self._batch_ids, self._forwards = batch_ids or [], 0
         self._overflows = []
         self._nonfinite = []
 
     def check_finite(self) -> None:
-        """NonFiniteError if a tensor a fused (device) encode sent since the last check held NaN
+        """TrainingDiverged if a tensor a fused (device) encode sent since the last check held NaN
         or inf: what the host path raises at the encode, read here once (a wait for the device)."""
         flags, self._nonfinite = self._nonfinite, []
         if flags and bool(torch.stack([f for _, f in flags]).any()):
-            pass_ = next(p for p, f in flags if bool(f))
-            raise NonFiniteError(f"boundary {self.name}: the {pass_} tensor to encode holds NaN "
-                                 f"or inf")
+            raise self._diverged(next(p for p, f in flags if bool(f)))
+
+    def _diverged(self, pass_: str) -> TrainingDiverged:
+        """A codec refused a non-finite tensor: the run's error, in training and evaluation alike
+        (the trainer adds where the run was)."""
+        return TrainingDiverged(f"boundary {self.name}: the {pass_} tensor to encode holds NaN or inf")
 
     def overflows(self) -> List[Tensor]:
         """This train step's flags (bool device tensors): a gradient sent held inf or NaN."""
@@ -131,9 +133,9 @@ class Boundary:
         self._overflows.append(~torch.isfinite(x).all())  # list.append: atomic across threads
         return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def _next_ids(self, rows: int) -> Optional[Tensor]:
-        """The ids of the next micro-batch to cross forward in one process: torchgpipe runs a
-        partition's micro-batches in order (recomputations are replays, not crossings)."""
+    def next_ids(self, rows: int) -> Optional[Tensor]:
+        """The ids of the next micro-batch to cross forward in one process: a pipeline runs a
+        partition's micro-batches in order (a recomputation replays a crossing: not one)."""
         if not (self.training and self.needs_ids):
             return None
         if self._forwards >= len(self._batch_ids):
@@ -170,7 +172,10 @@ class Boundary:
         if self.loss_scaled and pass_ == "backward":
             x = self._finite(x)
         codec, crossing = self.codec(pass_), self.crossing(pass_, ids)
-        payload = codec.encode(x, support, crossing)
+        try:
+            payload = codec.encode(x, support, crossing)
+        except NonFiniteError:
+            raise self._diverged(pass_) from None
         flag = nonfinite(payload)
         if flag is not None:
             self._nonfinite.append((pass_, flag))  # list.append: atomic across threads
@@ -226,19 +231,6 @@ class Boundary:
         if self.meter is not None and self.training:
             self.meter.record_overhead(DIRECTION[self.name, pass_], nbytes)
 
-    def cross_forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """(forward payload, what the receiver decodes, the micro-batch's ids) in one process.
-        torchgpipe's checkpoint recomputation (which runs the forward again during backward)
-        gets the first pass's back: the same mask and scale, no bytes counted twice, no codec
-        state updated twice."""
-        if is_recomputing():
-            return self._replay.pop(x.data_ptr())
-        ids = self._next_ids(x.shape[0])
-        crossed = (*self.exchange("forward", x, ids=ids), ids)
-        if is_checkpointing():
-            self._replay[x.data_ptr()] = crossed
-        return crossed
-
     # -- codec state (error-feedback residuals, per-sample references) ---------------------------
     def state_dict(self) -> Dict[str, Any]:
         state = {"step": self.step, "activation": self.codecs.activation.state_dict(),
@@ -263,41 +255,3 @@ class Boundary:
         if not forward_sender and codecs is self.codecs:
             return 0  # one end in this process
         return codecs.activation.state_bytes() + codecs.gradient.state_bytes()
-
-
-class _Cross(torch.autograd.Function):
-    """The in-process crossing: forward sends the activation, backward sends the gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, boundary: Boundary) -> Tensor:
-        payload, out, ids = boundary.cross_forward(x)
-        ctx.boundary, ctx.ids = boundary, ids
-        # the support is needed only by a backward: not in eval nor in a checkpoint's first pass
-        ctx.support = boundary.support(payload) if ctx.needs_input_grad[0] else None
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None]:
-        _, out = ctx.boundary.exchange("backward", grad, ctx.support, ctx.ids)
-        return out, None
-
-
-class BoundaryLayer(nn.Module):
-    """A boundary as the first layer of the partition that receives (naive, gpipe)."""
-
-    def __init__(self, boundary: Boundary) -> None:
-        super().__init__()
-        self.boundary = boundary
-
-    def train(self, mode: bool = True) -> "BoundaryLayer":
-        self.boundary.training = mode
-        return super().train(mode)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.boundary.compressed:
-            return x
-        return _Cross.apply(x, self.boundary)
-
-    def extra_repr(self) -> str:
-        c = self.boundary.codecs
-        return f"{self.boundary.name}: activation={c.activation!r}, gradient={c.gradient!r}"

@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 from torch import Tensor
 
 BOUNDARIES = ("front", "back")  # front: edge-front -> cloud; back: cloud -> edge-back
-PASSES = ("forward", "backward")
 # Direction of each (boundary, pass) on the link: up = edge -> cloud, down = cloud -> edge.
 DIRECTION = {
     ("front", "forward"): "up",

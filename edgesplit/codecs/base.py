@@ -7,6 +7,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .sidecar import Sidecar
+
 
 class NonFiniteError(ValueError):
     """The tensor to encode holds NaN or inf."""
@@ -133,19 +135,19 @@ def check_finite(name: str, lo: float, hi: float) -> None:
                              f"(min {lo}, max {hi})")
 
 
-KEPT = "_edgesplit_kept"
+# a support mask's ascending int64 positions, where a fused top-k payload made both
+_KEPT_POSITIONS: Sidecar[Tensor] = Sidecar()
 
 
 def kept_support(mask: Tensor, where: Tensor) -> Tensor:
-    """A support mask that carries its ascending int64 positions (a fused top-k payload's), so
-    a gradient codec compacts along it and scatters back with no host read of the mask."""
-    setattr(mask, KEPT, where)
-    return mask
+    """A support mask with its ascending int64 positions kept beside it (a fused top-k
+    payload's), so a gradient codec compacts along it and scatters back with no host read."""
+    return _KEPT_POSITIONS.put(mask, where)
 
 
 def support_positions(support: Tensor) -> Optional[Tensor]:
-    """The positions kept_support attached to a support mask, else None."""
-    return getattr(support, KEPT, None)
+    """The positions kept_support keeps beside a support mask, else None."""
+    return _KEPT_POSITIONS.get(support)
 
 
 def encode_input(name: str, x: Tensor, support: Optional[Tensor]) -> Tuple[Tensor, Tensor]:

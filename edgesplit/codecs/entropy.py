@@ -1,4 +1,4 @@
-"""Entropy: a lossless stage (zlib or zstd) over any codec's payload, with byte counters."""
+"""Entropy: a lossless stage (zlib or zstd) over any codec's payload."""
 import zlib
 from typing import Any, Dict, Optional
 
@@ -26,11 +26,8 @@ class Entropy(Codec):
     """The inner codec's payload compressed losslessly: header (codec id, method, inner payload
     bytes: 6 bytes), then the zlib stream or zstd frame. Encode and decode run on host bytes (a
     CUDA payload is copied to the CPU and back). support_of, `random`, `per_sample` and the state
-    are the inner codec's.
-
-    `stats()` counts what encode saw: elements (of the tensors given to encode, before any
-    support), inner payload bytes and entropy-coded bytes sent, with bits per element of each.
-    """
+    are the inner codec's (the boundary's meter counts the bytes before and after this stage:
+    coded_bytes)."""
 
     name = "Entropy"
 
@@ -49,21 +46,9 @@ class Entropy(Codec):
             raise ValueError(f"{self.name}: {method} level must be in {bounds[0]}..{bounds[1]}, "
                              f"got {level!r}")
         self.random, self.per_sample, self.mirrors = inner.random, inner.per_sample, inner.mirrors
-        self.elements = self.inner_bytes = self.entropy_bytes = 0
 
     def __repr__(self) -> str:
         return f"Entropy({self.inner!r}, method={self.method!r}, level={self.level})"
-
-    def stats(self) -> Dict[str, float]:
-        """Counters of the payloads encoded so far (see the class docstring)."""
-        per = 8 / self.elements if self.elements else 0.0
-        return {"elements": self.elements, "inner_bytes": self.inner_bytes,
-                "entropy_bytes": self.entropy_bytes,
-                "inner_bits_per_element": self.inner_bytes * per,
-                "entropy_bits_per_element": self.entropy_bytes * per}
-
-    def reset_stats(self) -> None:
-        self.elements = self.inner_bytes = self.entropy_bytes = 0
 
     def _compress(self, raw: bytes) -> bytes:
         if self.method == "zlib":
@@ -79,11 +64,7 @@ class Entropy(Codec):
                              f"(at most {MAX_INNER})")
         body = self._compress(inner.cpu().numpy().tobytes())
         head = ENTROPY_HEADER.pack(ENTROPY, METHODS[self.method], inner.numel())
-        payload = torch.frombuffer(bytearray(head + body), dtype=torch.uint8).to(inner.device)
-        self.elements += x.numel()
-        self.inner_bytes += inner.numel()
-        self.entropy_bytes += payload.numel()
-        return payload
+        return torch.frombuffer(bytearray(head + body), dtype=torch.uint8).to(inner.device)
 
     def coded_bytes(self, payload: Tensor) -> int:
         if payload.numel() < ENTROPY_HEADER.size:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import on_host
+from .sidecar import Sidecar
 from .uniform import NOISE_OFFSET, NOISE_STEP
 
 # Off (EDGESPLIT_COMPILE_CODECS=0): the same kernels run op by op, for a GPU where Triton fails.
@@ -170,24 +171,22 @@ class Made:
         return math.prod(self.shape)
 
 
-MADE = "_edgesplit_made"
-NONFINITE = "_edgesplit_nonfinite"
+# a fused payload's Made and its non-finite flag (a device tensor the boundary checks once a step)
+_MADE: Sidecar[Tuple[Made, Tensor]] = Sidecar()
 
 
 def mark(payload: Tensor, made: Made, bad: Tensor) -> Tensor:
-    """payload, carrying `made` and its non-finite flag (a device tensor the boundary checks once
-    a step) as attributes: they never leave this process."""
-    setattr(payload, MADE, made)
-    setattr(payload, NONFINITE, bad)
-    return payload
+    """payload, with `made` and its non-finite flag kept beside it in this process."""
+    return _MADE.put(payload, (made, bad))
 
 
 def made_by(payload: Tensor, codec: Tuple[Any, ...]) -> Optional[Made]:
     """The Made of a payload a fused encode with these settings made in this process, else None."""
-    made = getattr(payload, MADE, None)
-    return made if isinstance(made, Made) and made.codec == codec else None
+    marked = _MADE.get(payload)
+    return marked[0] if marked is not None and marked[0].codec == codec else None
 
 
 def nonfinite(payload: Tensor) -> Optional[Tensor]:
     """The payload's non-finite flag (bool device tensor), if a fused encode made it."""
-    return getattr(payload, NONFINITE, None)
+    marked = _MADE.get(payload)
+    return None if marked is None else marked[1]

@@ -3,10 +3,12 @@ import functools
 import math
 import struct
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
+
+from .sidecar import Sidecar
 
 # codec ids (byte 0)
 IDENTITY, QUANTIZE, TOPK, TOPK_QUANTIZE = 1, 2, 3, 4
@@ -42,7 +44,7 @@ MAX_NUMEL = 2 ** 31
 
 
 @dataclass
-class Header:
+class PayloadHeader:
     """The decoded header: what was encoded and where the body starts."""
     codec: int
     dtype: torch.dtype
@@ -75,9 +77,9 @@ def encode_header(codec: int, dtype: torch.dtype, shape: Tuple[int, ...],
                        *shape) + fields
 
 
-# A payload made off the CPU carries its header's bytes as this attribute too: its decoder in
-# the same process reads them there instead of from the device (a read would wait for it).
-HOST_HEADER = "_edgesplit_header"
+# The header bytes of a payload made off the CPU, beside it: its decoder in the same process
+# reads them there instead of from the device (a read would wait for it).
+_HOST_HEADERS: Sidecar[bytes] = Sidecar()
 
 
 @functools.lru_cache(maxsize=256)
@@ -94,21 +96,20 @@ def new_payload(header: bytes, body: int, device: torch.device) -> Tensor:
         payload[:len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
         return payload
     payload[:len(header)].copy_(device_head(header, device))
-    setattr(payload, HOST_HEADER, header)
-    return payload
+    return _HOST_HEADERS.put(payload, header)
 
 
 def _read(payload: Tensor, start: int, count: int) -> bytes:
     if payload.numel() < start + count:
         raise ValueError(f"payload of {payload.numel()} bytes is truncated (header needs "
                          f"{start + count})")
-    host: Optional[bytes] = getattr(payload, HOST_HEADER, None)
+    host = _HOST_HEADERS.get(payload)
     if host is not None and start + count <= len(host):
         return host[start:start + count]
     return bytes(payload[start:start + count].cpu().tolist())
 
 
-def decode_header(payload: Tensor, codec: int, fields: struct.Struct) -> Header:
+def decode_header(payload: Tensor, codec: int, fields: struct.Struct) -> PayloadHeader:
     """Parse a payload's header, checking it was made by `codec`."""
     if payload.dtype != torch.uint8 or payload.dim() != 1:
         raise TypeError(f"{CODEC_NAMES[codec]}: a payload is a 1-D uint8 tensor, got "
@@ -130,7 +131,7 @@ def decode_header(payload: Tensor, codec: int, fields: struct.Struct) -> Header:
         raise ValueError(f"{CODEC_NAMES[codec]}: payload declares shape {shape} of "
                          f"{math.prod(shape)} elements, at most {MAX_NUMEL}")
     values = fields.unpack_from(raw, 4 * ndim)
-    return Header(codec, CODE_DTYPES[dcode], tuple(shape), values, size)
+    return PayloadHeader(codec, CODE_DTYPES[dcode], tuple(shape), values, size)
 
 
 def check_body(name: str, body: int, expected: int) -> None:

@@ -9,7 +9,7 @@ from torch import Tensor
 from . import fused
 from .base import Codec, Crossing, aligned, check_finite, encode_input, kept_support
 from .base import scatter_support
-from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, Header, check_body, decode_header
+from .header import BITMAP, INDICES, TOPK, TOPK_FIELDS, PayloadHeader, check_body, decode_header
 from .header import device_head, encode_header, new_payload
 from .masks import copy_into, count, flatnonzero, minmax, pack_mask_into, put, unpack_mask, zeros
 from .select import Cut, cut_masks, topk_select
@@ -98,7 +98,7 @@ def place(values: Tensor, section: Tensor, fmt: int, n: int, dtype: torch.dtype)
     return put(out, flatnonzero(where) if fmt == BITMAP else where, values.to(dtype))
 
 
-def support_mask(h: Header, section: Tensor, fmt: int) -> Tensor:
+def support_mask(h: PayloadHeader, section: Tensor, fmt: int) -> Tensor:
     """The kept-positions mask (shape of the encoded tensor) of an index section."""
     where = read_index(section, fmt, h.numel)
     if fmt == INDICES:
@@ -172,15 +172,15 @@ class TopK(Codec):
         """(extra header fields, bytes, writer) of the kept values' section: here, raw values."""
         return (), k * kept.element_size(), lambda out: copy_into(out, kept.view(torch.uint8))
 
-    def _value_bytes(self, h: Header) -> int:
+    def _value_bytes(self, h: PayloadHeader) -> int:
         """Bytes of the values section of a payload with header h: here, k raw values."""
         return h.fields[1] * torch.empty((), dtype=h.dtype).element_size()
 
-    def _decode_values(self, h: Header, section: Tensor) -> Tensor:
+    def _decode_values(self, h: PayloadHeader, section: Tensor) -> Tensor:
         """The k kept values (1-D, in the encoded dtype) of a values section."""
         return aligned(section, h.dtype)
 
-    def _parse(self, payload: Tensor) -> Tuple[Header, Tensor, Tensor]:
+    def _parse(self, payload: Tensor) -> Tuple[PayloadHeader, Tensor, Tensor]:
         """(header, index section, values section) of a payload: every field, the size and the
         index checked against each other before anything of the declared size is allocated."""
         h = decode_header(payload, self.code, self.fields)

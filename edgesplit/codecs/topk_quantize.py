@@ -7,7 +7,7 @@ from .base import Crossing
 from .bitpack import packed_size
 from .groups import dequantize_groups, flat_groups, group_params, quantize_groups_into
 from .groups import read_params, write_params
-from .header import TOPK_QUANTIZE, TOPK_QUANTIZE_GROUPED, TOPKQ_FIELDS, TOPKQG_FIELDS, Header
+from .header import TOPK_QUANTIZE, TOPK_QUANTIZE_GROUPED, TOPKQ_FIELDS, TOPKQG_FIELDS, PayloadHeader
 from .header import check_quant_fields
 from .quantize import check_group_size
 from .uniform import ROUNDINGS, Noise, check_bits, check_choice, dequantize, minmax_params
@@ -63,7 +63,7 @@ class TopKQuantize(TopK):
             quantize_groups_into(kept, g, self.bits, offsets, scales, out[g.params_bytes:], noise)
         return (self.bits, self.group_size), g.body_bytes(self.bits), write
 
-    def _value_bytes(self, h: Header) -> int:
+    def _value_bytes(self, h: PayloadHeader) -> int:
         if self.scale == "tensor":
             _, k, bits, offset, scale = h.fields
             check_quant_fields(self.name, h.dtype, bits, offset, scale)
@@ -75,7 +75,7 @@ class TopKQuantize(TopK):
                              f"{self.group_size}")
         return flat_groups(k, size).body_bytes(bits)
 
-    def _decode_values(self, h: Header, section: Tensor) -> Tensor:
+    def _decode_values(self, h: PayloadHeader, section: Tensor) -> Tensor:
         if self.scale == "tensor":
             _, k, bits, offset, scale = h.fields
             return dequantize(section, bits, k, offset, scale, h.dtype)

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import to_absolute_path
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from edgesplit.config import LOADER_KEYS, instantiate_target
 from edgesplit.errors import ConfigError, DataError
 from edgesplit.data.resident import ResidentImages
+from edgesplit.data.seeding import epoch_seed
 
 DIGITS_TRAIN = 1437  # of 1797; the other 360 are the validation split
 DIGITS_SPLIT_SEED = 0  # fixed: the digits split never depends on cfg.seed
@@ -33,6 +33,15 @@ class Datasets:
     num_classes: int
     input_shape: Tuple[int, ...]  # (C, H, W) of one sample, for the model probe and stage balancing
     resident: Optional[Callable[[], ResidentImages]] = None
+
+    def resident_train(self, device: str) -> ResidentImages:
+        """The training set on `device` ('cpu_resident': the host), or a ConfigError for a
+        dataset that offers no resident form (`resident` None)."""
+        if self.resident is None:
+            raise ConfigError(f"data.device={device!r}: this dataset keeps no resident form (its "
+                              f"Datasets.resident is None; cifar10, cifar100, digits and synthetic "
+                              f"do): allowed for it: cpu")
+        return self.resident().to(torch.device("cpu" if device == "cpu_resident" else device))
 
 
 def absolute_root(root: str) -> Path:
@@ -159,12 +168,6 @@ def build_datasets(cfg: DictConfig) -> Datasets:
         raise ConfigError(f"data._target_={cfg._target_!r} must return edgesplit.data.datasets.Datasets, "
                           f"got {type(datasets).__name__}")
     return datasets
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed that depends on (seed, epoch) only."""
-    state = np.random.SeedSequence([seed & (2**64 - 1), epoch & (2**64 - 1)]).generate_state(2)
-    return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
 
 
 class EpochSeeded(Dataset):

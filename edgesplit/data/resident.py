@@ -1,16 +1,14 @@
 """Resident training data (`data.device=cuda`): the whole set on one device, augmented there per batch."""
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from edgesplit.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # data.py builds the resident forms of its datasets with this module's class
-    from edgesplit.data.datasets import Datasets
+from edgesplit.data.seeding import epoch_seed
+from edgesplit.errors import DataError
 
 PAD = 4  # the seed's RandomCrop(32, padding=4): offsets 0..2*PAD
 _MASK32 = 0xFFFFFFFF
@@ -72,17 +70,6 @@ class ResidentImages:
         return replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
 
-def resident_train(datasets: "Datasets", device: str) -> ResidentImages:
-    """The training set of `datasets` on `device` ('cpu_resident': the host), or a ConfigError
-    for a dataset that offers no resident form (Datasets.resident)."""
-    if datasets.resident is None:
-        raise ConfigError(f"data.device={device!r}: this dataset keeps no resident form (its "
-                          f"Datasets.resident is None; cifar10, cifar100, digits and synthetic do): "
-                          f"allowed for it: cpu")
-    target = torch.device("cpu" if device == "cpu_resident" else device)
-    return datasets.resident().to(target)
-
-
 class ResidentLoader:
     """Training batches (x, y, dataset indices) of a resident set, like build_loader's: the same
     shuffled order and batches (its sampler, seeded by (seed, epoch)), last partial batch dropped.
@@ -98,7 +85,6 @@ class ResidentLoader:
             raise DataError(f"data.batch_size={batch_size} is larger than the training set "
                             f"({len(data)} samples, see data.train_size): with the last partial "
                             "batch dropped no batch is left")
-        from edgesplit.data.datasets import epoch_seed  # data.py imports this module
         self.data, self.dataset, self.batch_size = data, data, batch_size
         self.order_seed = epoch_seed(seed, epoch)
         self.draw_seed = epoch_seed(seed, 0) if fixed_augment else self.order_seed

@@ -13,7 +13,7 @@ from edgesplit.report.runs import (SEED_KEY, Group, ReportError, Run, find_runs,
                                    value_order)
 from edgesplit.logs.summary import RunSummary
 from edgesplit.report.tables import (DASH, Getter, fmt as _fmt, group_cell, human_bytes, markdown_table,
-                                     run_cell, states)
+                                     states)
 
 __all__ = ["ReportError", "Run", "build_report", "find_runs", "human_bytes", "main", "plot_curves",
            "plot_loss", "swept_keys", "write_report"]
@@ -91,10 +91,6 @@ def seeds_table(groups: Sequence[Group], keys: Sequence[str]) -> str:
              ", ".join(_label(r.overrides.get(SEED_KEY)) for r in g.runs), states(g.runs),
              *(group_cell(g.runs, get, show, notes=False) for _, get, show in metrics)] for g in groups]
     return markdown_table([*keys, "seeds", "runs", *(m[0] for m in metrics)], rows)
-
-
-def _pivot_value(run: Run) -> str:
-    return run_cell(run, BEST)
 
 
 def _where(runs: Sequence[Run], **values: Optional[str]) -> list[Run]:

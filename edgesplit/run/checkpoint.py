@@ -4,7 +4,8 @@ A checkpoint is one dict (one file, loaded with `weights_only=True`):
   units         {unit index: state_dict}                 every unit of the model
   optimizer     {'units.<i>.<name>': optimizer state}    every parameter, whichever side holds it
   lr_scheduler  {process: scheduler state}               'edge', 'cloud_stage1', ...
-  rng           {process: {'cpu': ..., 'cuda': [...]}}
+  rng           {process: {'cpu': ..., 'cuda': [...]}}   what a dist cloud stage draws dropout from
+                                                         (the trainer reseeds its own every epoch)
   boundaries    {process: {boundary: codec state}}
   grad_scaler   {process: GradScaler state}                precision=fp16 ({} otherwise)
 plus what the trainer adds (epoch, summary, config, and step_times: {'edge': the run's step-time
@@ -18,18 +19,15 @@ from typing import Any, Dict, Iterable, Mapping
 
 import torch
 from torch import nn
-from torchgpipe.batchnorm import DeferredBatchNorm
 
 from edgesplit.boundary.boundary import Boundary
 from edgesplit.errors import UserError
 from edgesplit.run.lr_schedule import Optimization
 from edgesplit.run.rundir import atomic_write
 
-# DeferredBatchNorm's per-batch accumulators: transient, and absent from a plain BatchNorm.
-_TRANSIENT = ("sum", "sum_squares")
 PER_PROCESS = ("lr_scheduler", "rng", "boundaries", "grad_scaler")
 NAME = "checkpoint.pt"  # in the run dir
-EDGE = "edge"
+EDGE_PROCESS = "edge"  # the edge process's slot; cloud stages are "cloud_stage1", ...
 
 
 class CheckpointError(UserError):
@@ -37,15 +35,13 @@ class CheckpointError(UserError):
 
 
 def unit_state(unit: nn.Module) -> Dict[str, torch.Tensor]:
-    """A unit's state_dict on the CPU, the same whichever backend (and BatchNorm flavour) holds it."""
-    skip = {f"{name}.{b}" if name else b
-            for name, m in unit.named_modules() if isinstance(m, DeferredBatchNorm) for b in _TRANSIENT}
-    return {k: v.detach().cpu().clone() for k, v in unit.state_dict().items() if k not in skip}
+    """A unit's state_dict on the CPU, the same whichever backend holds it (gpipe's deferred
+    BatchNorm keeps its accumulators out of it: backends.gpipe_recompute)."""
+    return {k: v.detach().cpu().clone() for k, v in unit.state_dict().items()}
 
 
 def load_unit(unit: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     missing, unexpected = unit.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k.rsplit(".", 1)[-1] not in _TRANSIENT]
     if missing or unexpected:
         raise CheckpointError(f"the checkpoint does not fit the model: missing {missing}, "
                               f"unexpected {unexpected}")
@@ -88,7 +84,7 @@ def merge(parts: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
 
 def _own(state: Mapping[str, Any], key: str, process: str) -> Any:
     slots = state.get(key) or {}
-    return slots.get(process, slots.get(EDGE))
+    return slots.get(process, slots.get(EDGE_PROCESS))
 
 
 def load_part(state: Mapping[str, Any], process: str, units: Mapping[int, nn.Module],

@@ -33,7 +33,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig) -> LRSche
 
 
 class Optimization:
-    """SGD over named parameters (`units.<i>.<name>`) and its LR schedule, followed by epoch.
+    """The configured optimizer (`optimizer._target_`: SGD, AdamW, ...) over named parameters
+    (`units.<i>.<name>`) and its LR schedule, followed by epoch.
 
     Every process of a run (the trainer's backend, each cloud stage) holds one; `start_epoch`
     steps the schedule to the epoch, so a resumed run's rates equal an uninterrupted run's.

@@ -1,7 +1,6 @@
 """Mixed precision and memory format on every side: autocast inside each partition, fp16 loss scaling."""
-import contextlib
 from dataclasses import dataclass
-from typing import Any, ContextManager, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -122,11 +121,6 @@ class Precision:
     def scaled(self) -> bool:
         """fp16: the loss is scaled and non-finite gradients skip the step."""
         return self.name == "fp16"
-
-    def autocast(self, device: torch.device) -> ContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.dtype)
 
     def partition(self, module: nn.Module, device: torch.device) -> nn.Module:
         """`module` (already on `device`) in the memory format, its forward under autocast."""

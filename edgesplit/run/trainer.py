@@ -14,7 +14,6 @@ from tqdm import tqdm
 from edgesplit.run import checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.model.bottleneck import split_model
-from edgesplit.codecs import NonFiniteError
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import build_codecs
 from edgesplit.validate import validate, validate_partition
@@ -22,7 +21,7 @@ from edgesplit.data.datasets import Datasets, build_datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logs.logbook import Logbook, public_config, redact
 from edgesplit.model.mobilenetv2 import build_units, check_num_classes
-from edgesplit.data.resident import ResidentImages, ResidentLoader, resident_train
+from edgesplit.data.resident import ResidentImages, ResidentLoader
 from edgesplit.run.resume import check_config, load_state
 from edgesplit.logs.summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.run.rundir import RunDirLock
@@ -53,7 +52,7 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
         data_s += tic - fetched
         try:
             result = backend.train_step(x, y, ids)
-        except NonFiniteError as e:
+        except TrainingDiverged as e:  # a boundary's: where the run was and what is kept
             raise TrainingDiverged(f"{e} at epoch {epoch + 1} step {step + 1}; {last_good}") from None
         loss = result.loss_sum / result.count
         if not math.isfinite(loss):
@@ -132,12 +131,6 @@ def _write_on_the_way_out(run_dir: Path, summary: RunSummary) -> None:
         log.warning(f"{e}")
 
 
-def _saved_config(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config a checkpoint keeps, without the dist link's secret (a checkpoint may be
-    handed to others; resuming does not compare the secret)."""
-    return public_config(cfg)
-
-
 def _load_avg() -> Optional[List[float]]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -164,7 +157,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Dict[str, Any]:
 def train_loader(cfg: DictConfig, datasets: Datasets, resident: Optional[ResidentImages],
                  epoch: int) -> Any:
     """An epoch's training batches (x, y, dataset indices): the CPU loader, or batches of the set
-    kept on data.device (`resident`, from resident_train)."""
+    kept on data.device (`resident`, from Datasets.resident_train)."""
     fixed = cfg.data.get("augment") == "fixed"
     if resident is None:
         return build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed,
@@ -204,7 +197,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             log.info(f"{run_dir} finished all {state['epoch']} epochs already: nothing to resume")
             return summary.to_dict()
     summary.load_avg_start, summary.cpus = _load_avg(), _cpus()
-    run_times = RunStepTimes((state or {}).get("step_times", {}).get(checkpoint.EDGE))
+    run_times = RunStepTimes((state or {}).get("step_times", {}).get(checkpoint.EDGE_PROCESS))
     split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend: Optional[Backend] = None
@@ -219,7 +212,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
         val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
                                   train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
         # data.device: the training set kept on that device (resident.py), or the CPU loader
-        resident = None if cfg.data.device == "cpu" else resident_train(datasets, cfg.data.device)
+        resident = None if cfg.data.device == "cpu" else datasets.resident_train(cfg.data.device)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
                  f"{[list(split.cloud_range(s)) for s in range(cfg.partition.cloud_stages)]}, "
                  f"{len(cast(Sized, datasets.train))} train / {len(cast(Sized, datasets.val))} val "
@@ -233,7 +226,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             lr = backend.lr
             loader = train_loader(cfg, datasets, resident, epoch)
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
-            metrics.update(evaluate(backend, val_loader))
+            try:
+                metrics.update(evaluate(backend, val_loader))
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"{e} in the evaluation after epoch {epoch + 1} "
+                                       f"(schedule.lr={cfg.schedule.lr}); {last_good}") from None
             for key in ("val_loss", "val_acc1"):
                 if not math.isfinite(metrics[key]):
                     raise TrainingDiverged(f"{key} is {metrics[key]} after epoch {epoch + 1} "
@@ -243,10 +240,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             summary.record_epoch(EpochRecord.from_dict({"epoch": epoch + 1, "lr": lr, **metrics}),
                                  cfg.data.batch_size, comm, sides, time_per_batch_s=run_times.median())
             summary.load_avg_end = _load_avg()
+            step_times = {checkpoint.EDGE_PROCESS: run_times.histogram.state_dict()}
+            # the config without the dist link's secret: a checkpoint may be handed to others
             checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1,
-                                    "summary": summary.to_dict(), "config": _saved_config(cfg),
-                                    "step_times": {checkpoint.EDGE: run_times.histogram.state_dict()}},
-                                   ckpt)
+                                    "summary": summary.to_dict(), "config": public_config(cfg),
+                                    "step_times": step_times}, ckpt)
             write_summary(run_dir, summary)
             lock.refresh()
             logbook.record_epoch(summary)

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from edgesplit.run import checkpoint
-from edgesplit.backends.base import named_unit_parameters, peak_memory_bytes
+from edgesplit.backends.base import named_unit_parameters
+from edgesplit.run.memory import peak_memory_bytes
 from edgesplit.backends.remote.order import stage_steps
 from edgesplit.backends.remote.ports import LinkIn, LinkOut, StepInfo
 from edgesplit.backends.remote.protocol import (Command, Header, Kind, Op, Reply, pack_state,

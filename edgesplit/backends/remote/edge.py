@@ -8,7 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from edgesplit.run import checkpoint
-from edgesplit.backends.base import Backend, StepResult, named_unit_parameters, peak_memory_bytes
+from edgesplit.backends.base import Backend, StepResult, named_unit_parameters
+from edgesplit.run.memory import peak_memory_bytes
 from edgesplit.backends.remote import auth, launch
 from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.order import edge_steps
@@ -228,15 +229,15 @@ class RemoteBackend(Backend):
             if len(blobs) != self.stages:
                 raise ValueError(f"{len(blobs)} state blobs for {self.stages} cloud stages")
             parts = [unpack_state(blob) for blob in blobs]
-            return checkpoint.merge([checkpoint.part(checkpoint.EDGE, self._units, self.optimization,
-                                                     self.boundaries), *parts])
+            return checkpoint.merge([checkpoint.part(checkpoint.EDGE_PROCESS, self._units,
+                                                     self.optimization, self.boundaries), *parts])
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         missing = [i for i in range(self.split.num_units) if i not in state["units"]]
         if missing:
             raise checkpoint.CheckpointError(f"the checkpoint holds no state for layer units "
                                              f"{missing}: it was written for another model")
-        checkpoint.load_part(state, checkpoint.EDGE, self._units, self.optimization,
+        checkpoint.load_part(state, checkpoint.EDGE_PROCESS, self._units, self.optimization,
                              self.boundaries)
         self._load_cloud(state)
 

@@ -197,7 +197,3 @@ class Transport:
         for shaper in self._shapers.values():
             shaper.close()
         self._shapers.clear()
-
-
-def pg_timeout(timeout_s: float) -> timedelta:
-    return timedelta(seconds=timeout_s)
