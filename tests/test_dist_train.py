@@ -83,7 +83,6 @@ def test_per_sample_codecs_match_gpipe_and_keep_equal_state_on_both_ends(options
     cfg = config(chunks=2, stages=2, compressor=options.pop("compressor"), threads=1)
     for key, value in options.items():
         cfg.compressor[key] = value
-    cfg.compressor.num_samples = 30
     base = data(3, batch=10)
     # then the same samples shuffled into other batches: a sample's state must follow its id
     every = [torch.cat(parts) for parts in zip(*base)]

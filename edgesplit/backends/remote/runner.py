@@ -8,6 +8,8 @@ from torch.utils.checkpoint import checkpoint
 from torchgpipe.batchnorm import DeferredBatchNorm
 from torchgpipe.checkpoint import enable_recomputing
 
+from edgesplit.options import CheckpointMode
+
 
 def _recompute_context() -> Tuple[ContextManager, ContextManager]:
     # torchgpipe's DeferredBatchNorm skips statistics while torchgpipe.is_recomputing() is true
@@ -19,7 +21,7 @@ class StageRunner:
     first `checkpoint_stop` micro-batches keep only their input and recompute the forward during
     backward ('always': all, 'except_last': all but the last, 'never': none)."""
 
-    def __init__(self, module: nn.Module, checkpoint_mode: str = "except_last",
+    def __init__(self, module: nn.Module, checkpoint_mode: CheckpointMode = "except_last",
                  chunks: int = 1, deferred_batch_norm: bool = False) -> None:
         if deferred_batch_norm:  # in place: the units keep their parameters and buffers
             module = DeferredBatchNorm.convert_deferred_batch_norm(module, chunks)
