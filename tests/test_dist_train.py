@@ -96,7 +96,7 @@ def test_per_sample_codecs_match_gpipe_and_keep_equal_state_on_both_ends(options
     if cfg.compressor.name != "delta":
         return
     for name in ("gpipe", "dist"):
-        backend = build(name, cfg)
+        backend = build(name, cfg, samples=30)  # the 30 samples of `batches`: a row each
         try:
             for epoch in range(2):
                 backend.start_epoch(epoch)
