@@ -2,14 +2,14 @@
 import logging
 import math
 import sys
-from typing import List
+from typing import List, cast
 from pathlib import Path
 
 import hydra
 from hydra.conf import HydraConf
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.run import launchers
 from edgesplit.config import register_configs
@@ -47,14 +47,17 @@ def resume_hint(hydra_cfg: HydraConf, overrides: List[str]) -> str:
             f"hydra.run.dir={hydra_cfg.runtime.output_dir}").replace("  ", " ")
 
 
-def set_job_threads(cfg: DictConfig, hydra_cfg: HydraConf) -> None:
-    """A job of a parallel launcher with `threads` null takes its share of the CPUs, not all of them."""
-    if cfg.threads is None:
-        threads = launchers.job_threads(hydra_cfg.launcher, launchers.available_cpus())
-        if threads is not None:
-            cfg.threads = threads
-            log.info(f"threads={threads} torch threads for this job "
-                     f"({launchers.launcher_kind(hydra_cfg.launcher)} launcher; set threads to change)")
+def with_job_threads(cfg: DictConfig, hydra_cfg: HydraConf) -> DictConfig:
+    """The job's config: a job of a parallel launcher with `threads` null takes its share of the
+    CPUs, not all of them (a new config; Hydra's is not written to)."""
+    if cfg.threads is not None:
+        return cfg
+    threads = launchers.job_threads(hydra_cfg.launcher, launchers.available_cpus())
+    if threads is None:
+        return cfg
+    log.info(f"threads={threads} torch threads for this job "
+             f"({launchers.launcher_kind(hydra_cfg.launcher)} launcher; set threads to change)")
+    return cast(DictConfig, OmegaConf.merge(cfg, {"threads": threads}))
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -67,7 +70,7 @@ def main(cfg: DictConfig) -> None:
     with launchers.job_process():
         try:
             check_single_run_is_no_sweep(hydra_cfg)
-            set_job_threads(cfg, hydra_cfg)
+            cfg = with_job_threads(cfg, hydra_cfg)
             if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
                 from edgesplit.backends.remote import run_cloud  # serves the edge; writes no results
                 return run_cloud(cfg)

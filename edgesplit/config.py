@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig
 
 from edgesplit.errors import ConfigError, UserError
+from edgesplit.options import DEFAULT_LOSS_SCALE
 
 
 @dataclass
@@ -82,11 +83,10 @@ class CompressorConfig:
     error_feedback: bool = False
     # Per-sample state (delta references, error-feedback residuals): its dtype, and a folder for
     # on-disk memmaps (null: in RAM).
-    cache_dtype: str = "float16"
+    cache_dtype: str = "float16"  # CacheDtype
     cache_dir: Optional[str] = None
-    num_samples: Optional[int] = None  # set by the trainer: the training set's size (cache rows)
-    # none | zlib | zstd: a lossless stage (edgesplit.codecs.Entropy) around every codec built here
-    entropy: str = "none"
+    # a lossless stage (edgesplit.codecs.Entropy) around every codec built here, or none
+    entropy: str = "none"  # EntropyMethod
 
 
 @dataclass
@@ -111,8 +111,8 @@ class RandTopKConfig(CompressorConfig):
 class QuantizingConfig(CompressorConfig):
     """The keys of every quantizing option (see edgesplit.codecs.Quantize)."""
     bits: int = 8
-    rounding: str = "nearest"  # nearest | stochastic
-    scale: str = "tensor"  # tensor | channel | group (prune_quantize: tensor | group)
+    rounding: str = "nearest"  # Rounding
+    scale: str = "tensor"  # Scale (prune_quantize: tensor | group)
     group_size: int = 512  # elements per scale group (scale=group)
 
 
@@ -135,7 +135,6 @@ class BottleneckConfig(QuantizingConfig):
     """A trainable encoder/decoder pair at each boundary (edgesplit.model.bottleneck), then a quantizer."""
     name: str = "bottleneck"
     channel_ratio: float = 0.25  # channels the encoder keeps
-    shapes: Optional[List[List[int]]] = None  # set by the trainer: the boundary tensors' shapes
 
 
 @dataclass
@@ -199,7 +198,7 @@ class BackendConfig:
     name: str = MISSING  # naive | gpipe | dist: the label in summary.json and reports
     chunks: int = 4
     devices: Any = "auto"  # 'auto' or a list such as [cpu, cpu, cpu] / [0, 1, 0]
-    checkpoint: str = "except_last"  # always | except_last | never
+    checkpoint: str = "except_last"  # CheckpointMode
     deferred_batch_norm: bool = False
 
 
@@ -211,8 +210,8 @@ class DistConfig(BackendConfig):
     master_addr: str = "127.0.0.1"
     master_port: int = 29533
     timeout_s: float = 60.0  # the longest silence tolerated from a peer (and the time one gets to connect)
-    role: Optional[str] = None  # edge | cloud (under torchrun); null = start every rank locally
-    order: str = "gpipe"  # gpipe | 1f1b: the order of micro-batch forwards and backwards
+    role: Optional[str] = None  # Role (under torchrun); null = start every rank locally
+    order: str = "gpipe"  # Order
     # shared secret of the edge and the cloud hosts (else $EDGESPLIT_SECRET; a local run makes one)
     secret: Optional[str] = None
     secret_file: Optional[str] = None  # a file that holds the secret (the command line may not)
@@ -246,14 +245,14 @@ class Config:
     pipeline_backend: Any = MISSING
     logger: Any = MISSING
     seed: int = 0
-    resume: Any = False  # false | true | force (see RESUME_MODES)
+    resume: Any = False  # ResumeMode (the command line gives a bool for true/false)
     threads: Optional[int] = None  # torch threads; null = torch's default
     log_every: int = 10  # steps between console log lines
     hparam_keys: List[str] = field(default_factory=list)  # extra keys shown in TensorBoard's HParams
-    # fp32 | bf16 | fp16: torch.autocast on every side's device; fp16 scales the loss (GradScaler)
+    # PrecisionName: torch.autocast on every side's device; fp16 scales the loss (GradScaler)
     precision: str = "fp32"
     channels_last: bool = False  # units and 4-D inputs in torch.channels_last memory format
-    loss_scale: float = 65536.0  # precision=fp16: the GradScaler's initial scale (torch's default)
+    loss_scale: float = DEFAULT_LOSS_SCALE  # precision=fp16: the GradScaler's initial scale
 
 
 def register_configs() -> None:

@@ -8,18 +8,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.errors import ConfigError
+from edgesplit.options import (MAX_BITS, CacheDtype, CheckpointMode, EntropyMethod, Order, PrecisionName,
+                               ResumeMode, Role, Rounding, Scale, options)
 
-CHECKPOINT_MODES = ("always", "except_last", "never")
-RESUME_MODES = ("false", "true", "force")
 MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at 100 ~22 G
 # Groups whose extra keys (`+model.depth=3`) go to their `_target_`, which names any it does not take.
 OPEN_GROUPS = ("model", "data")
-ORDERS = ("gpipe", "1f1b")
-CACHE_DTYPES = ("float16", "bfloat16", "float32")
-ROUNDINGS = ("nearest", "stochastic")
-SCALES = ("tensor", "channel", "group")
-ENTROPIES = ("none", "zlib", "zstd")
-PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_DEVICES = "cpu, cpu_resident, cuda, cuda:N"
 _ABSENT = object()
 
@@ -29,11 +23,16 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
+def _one_of(kind: Any, key: str, value: Any) -> None:
+    """`value` one of the option list `kind` (edgesplit.options)."""
+    _check(value in options(kind), key, value, f"allowed: {', '.join(options(kind))}")
+
+
 def resume_mode(cfg: DictConfig) -> str:
-    """`resume` as one of RESUME_MODES: the command line gives a bool for true/false, a str for force."""
+    """`resume` as a ResumeMode: the command line gives a bool for true/false, a str for force."""
     value = cfg.resume
     mode = str(value).lower() if isinstance(value, (bool, str)) else repr(value)
-    _check(mode in RESUME_MODES, "resume", value, f"allowed: {', '.join(RESUME_MODES)}")
+    _check(mode in options(ResumeMode), "resume", value, f"allowed: {', '.join(options(ResumeMode))}")
     return mode
 
 
@@ -94,10 +93,9 @@ def validate(cfg: DictConfig) -> None:
            f"must be in 1..data.batch_size ({d.batch_size})")
     _check(b.name != "naive" or b.chunks == 1, "pipeline_backend.chunks", b.chunks,
            "naive runs the whole batch at once: must be 1 (micro-batches: pipeline_backend=gpipe or dist)")
-    _check(b.checkpoint in CHECKPOINT_MODES, "pipeline_backend.checkpoint", b.checkpoint,
-           f"allowed: {', '.join(CHECKPOINT_MODES)}")
+    _one_of(CheckpointMode, "pipeline_backend.checkpoint", b.checkpoint)
     _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
-    _check(cfg.precision in PRECISIONS, "precision", cfg.precision, f"allowed: {', '.join(PRECISIONS)}")
+    _one_of(PrecisionName, "precision", cfg.precision)
     _check(cfg.loss_scale > 0 and math.isfinite(cfg.loss_scale), "loss_scale", cfg.loss_scale,
            "must be finite and > 0 (precision=fp16's initial loss scale)")
     _data_device(d.device)
@@ -114,9 +112,9 @@ def validate(cfg: DictConfig) -> None:
             _check(v is None or v > 0, f"pipeline_backend.link.{key}", v, "must be > 0 or null")
         _check(b.link.latency_ms >= 0, "pipeline_backend.link.latency_ms", b.link.latency_ms, "must be >= 0")
         _check(b.timeout_s > 0, "pipeline_backend.timeout_s", b.timeout_s, "must be > 0")
-        _check(b.role in (None, "edge", "cloud"), "pipeline_backend.role", b.role,
-               "allowed: edge, cloud, null")
-        _check(b.order in ORDERS, "pipeline_backend.order", b.order, f"allowed: {', '.join(ORDERS)}")
+        _check(b.role is None or b.role in options(Role), "pipeline_backend.role", b.role,
+               f"allowed: {', '.join(options(Role))}, null")
+        _one_of(Order, "pipeline_backend.order", b.order)
 
 
 def _data_device(device: str) -> None:
@@ -137,12 +135,11 @@ def _compressor(c: DictConfig) -> None:
             _check(0 < c[key] <= 1, f"compressor.{key}", c[key], "must be in (0, 1]")
     for key in ("bits", "first_bits", "gradient_bits"):
         if c.get(key) is not None:
-            _check(1 <= c[key] <= 16, f"compressor.{key}", c[key], "must be in 1..16")
+            _check(1 <= c[key] <= MAX_BITS, f"compressor.{key}", c[key], f"must be in 1..{MAX_BITS}")
     _check(c.warmup_epochs >= 0, "compressor.warmup_epochs", c.warmup_epochs,
            "must be >= 0 (epochs that send raw values)")
     if "cache_dtype" in c:
-        _check(c.cache_dtype in CACHE_DTYPES, "compressor.cache_dtype", c.cache_dtype,
-               f"allowed: {', '.join(CACHE_DTYPES)}")
+        _one_of(CacheDtype, "compressor.cache_dtype", c.cache_dtype)
     _compressor_keys(c)
     if c.error_feedback:
         _check(c.name not in ("none", "delta"), "compressor.error_feedback", c.error_feedback,
@@ -153,9 +150,9 @@ def _compressor(c: DictConfig) -> None:
 def _compressor_keys(c: DictConfig) -> None:
     """The keys of the quantizing options, randtopk's explore and every option's entropy stage."""
     if "rounding" in c:
-        _check(c.rounding in ROUNDINGS, "compressor.rounding", c.rounding, f"allowed: {', '.join(ROUNDINGS)}")
+        _one_of(Rounding, "compressor.rounding", c.rounding)
     if "scale" in c:
-        _check(c.scale in SCALES, "compressor.scale", c.scale, f"allowed: {', '.join(SCALES)}")
+        _one_of(Scale, "compressor.scale", c.scale)
         _check(c.scale != "channel" or "ratio" not in c, "compressor.scale", c.scale,
                "allowed with pruning: tensor, group (the kept values are a flat list, without channels)")
     if "group_size" in c:
@@ -163,7 +160,7 @@ def _compressor_keys(c: DictConfig) -> None:
     if "explore" in c:
         _check(0 <= c.explore <= 1, "compressor.explore", c.explore, "must be in [0, 1]")
     if "entropy" in c:
-        _check(c.entropy in ENTROPIES, "compressor.entropy", c.entropy, f"allowed: {', '.join(ENTROPIES)}")
+        _one_of(EntropyMethod, "compressor.entropy", c.entropy)
 
 
 def validate_partition(p: DictConfig, num_units: int) -> None:

@@ -7,6 +7,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from edgesplit.assemble import DataFacts, RunParts, assemble
 from edgesplit.backends import Backend
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import BoundaryCodecs, build_codecs
@@ -63,21 +64,28 @@ def data(batches: int = 4, batch: int = 8, classes: int = 4, seed: int = 1) -> L
     return out
 
 
+SAMPLES = 256  # the dataset indices data() gives stay below: rows of per-sample codec state
+
+
+def assembled(cfg: DictConfig, units: Optional[List[nn.Module]] = None, samples: int = SAMPLES) -> RunParts:
+    """The run of cfg on `samples` of data()'s (3x8x8 inputs, no dataset): tiny_units, or copies of
+    `units`."""
+    facts = DataFacts(int(cfg.model.num_classes), samples, 0, (3, 8, 8))
+    return assemble(cfg, facts, copy.deepcopy(units) if units is not None else tiny_units())
+
+
 def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
-          units: Optional[List[nn.Module]] = None) -> Backend:
-    """Backend `name` ('naive', 'gpipe' or 'dist') on tiny_units as cfg says."""
+          units: Optional[List[nn.Module]] = None, samples: int = SAMPLES) -> Backend:
+    """Backend `name` ('naive', 'gpipe' or 'dist') on tiny_units as cfg says, for `samples`
+    training samples."""
     from edgesplit.backends import build_backend
-    from edgesplit.model.bottleneck import split_model
     cfg = copy.deepcopy(cfg)
     target = {"naive": "edgesplit.backends.naive.NaiveBackend",
               "gpipe": "edgesplit.backends.gpipe.GPipeBackend",
               "dist": "edgesplit.backends.remote.RemoteBackend"}[name]
     OmegaConf.update(cfg, "pipeline_backend._target_", target)
     OmegaConf.update(cfg, "pipeline_backend.name", name)
-    units = copy.deepcopy(units) if units is not None else tiny_units()
-    split = split_model(units, cfg, (3, 8, 8))
-    return build_backend(cfg, split, build_codecs(cfg.compressor),
-                         meter if meter is not None else CommMeter())
+    return build_backend(assembled(cfg, units, samples), meter if meter is not None else CommMeter())
 
 
 def run_backend(name: str, cfg: DictConfig, batches: List[tuple],

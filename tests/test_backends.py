@@ -6,31 +6,37 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from edgesplit.assemble import RunParts, assemble
 from edgesplit.backends import Backend, build_backend
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import build_codecs
-from edgesplit.data.datasets import build_datasets, build_loader
-from edgesplit.model.mobilenetv2 import build_units
-from edgesplit.model.partition import split_units
+from edgesplit.data.datasets import build_loader
+
+Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def train_losses(cfg: DictConfig, steps: int = 4) -> Tuple[List[float], CommMeter]:
-    """Losses of `steps` train steps on one batch, as the trainer drives a backend; the meter
-    holds every process's counts (side_stats merges them)."""
-    datasets = build_datasets(cfg.data)
-    torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model, datasets.num_classes)
-    cfg.model.num_classes = datasets.num_classes
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
-    meter = CommMeter()
-    backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
-    loader = build_loader(datasets.train, cfg.data.batch_size, train=True,
+def backend_and_batch(cfg: DictConfig, meter: CommMeter) -> Tuple[Backend, RunParts, Batch]:
+    """The backend of cfg, assembled as the trainer does, its parts and the first training batch
+    (x, y, dataset indices)."""
+    parts = assemble(cfg)
+    assert parts.datasets is not None
+    backend = build_backend(parts, meter)
+    loader = build_loader(parts.datasets.train, cfg.data.batch_size, train=True,
                           seed=cfg.seed, epoch=0, num_workers=0)
+    return backend, parts, next(iter(loader))
+
+
+def train_losses(cfg: DictConfig, steps: int = 4,
+                 built: Callable[[], None] = lambda: None) -> Tuple[List[float], CommMeter]:
+    """Losses of `steps` train steps on one batch, as the trainer drives a backend; the meter
+    holds every process's counts (side_stats merges them). `built` is called once the backend is
+    (the assembly's probe forwards are over) and before the first step."""
+    meter = CommMeter()
+    backend, _, (x, y, ids) = backend_and_batch(cfg, meter)
+    built()
     losses = []
     try:
         backend.start_epoch(0)
         backend.train(True)
-        x, y, ids = next(iter(loader))
         for _ in range(steps):  # the same batch: the loss must fall
             result = backend.train_step(x, y, ids)
             losses.append(result.loss_sum / result.count)
@@ -87,20 +93,12 @@ def test_explicit_devices_must_list_every_partition(make_cfg: Callable) -> None:
         train_losses(cfg, steps=1)
 
 
-Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
 def ready_backend(cfg: DictConfig) -> Tuple[Backend, List[torch.nn.Module], Batch]:
     """A backend in training mode at epoch 0, its units and the first training batch (x, y, ids)."""
-    datasets = build_datasets(cfg.data)
-    units = build_units(cfg.model, datasets.num_classes)
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
-    backend = build_backend(cfg, split, build_codecs(cfg.compressor), CommMeter())
-    batch = next(iter(build_loader(datasets.train, cfg.data.batch_size, train=True, seed=0,
-                                   epoch=0, num_workers=0)))
+    backend, parts, batch = backend_and_batch(cfg, CommMeter())
     backend.start_epoch(0)
     backend.train(True)
-    return backend, units, batch
+    return backend, parts.split.units, batch
 
 
 def _trained(cfg: DictConfig) -> Tuple[Backend, List[torch.nn.Module], Tuple[torch.Tensor, torch.Tensor]]:

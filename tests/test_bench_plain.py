@@ -5,15 +5,12 @@ import statistics
 import pytest
 import torch
 
+from edgesplit.assemble import assemble
 from edgesplit.backends import build_backend
 from edgesplit.bench import backends
 from edgesplit.bench._plain import PlainStep
-from edgesplit.model.bottleneck import split_model
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import build_codecs
 from edgesplit.config import compose_config
-from edgesplit.data.datasets import build_datasets
-from edgesplit.model.mobilenetv2 import build_units
 
 
 def _rows(out: str) -> list:
@@ -29,13 +26,11 @@ def test_plain_trains_the_same_model_as_naive_without_a_codec() -> None:
     cfg = compose_config(["data=synthetic", "data.train_size=16", "data.batch_size=16", "model.width=0.125",
                           "compressor=none", "pipeline_backend=naive", "pipeline_backend.chunks=1",
                           "pipeline_backend.devices=[cpu,cpu,cpu]", "partition.front=3", "partition.back=2"])
-    datasets = build_datasets(cfg.data)
-    cfg.model.num_classes = datasets.num_classes
-    torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model, datasets.num_classes)
-    plain = PlainStep(copy.deepcopy(units), cfg, torch.device("cpu"))
-    naive = build_backend(cfg, split_model(units, cfg, datasets.input_shape), build_codecs(cfg.compressor),
-                          CommMeter())
+    parts = assemble(cfg)
+    datasets = parts.datasets
+    assert datasets is not None
+    plain = PlainStep(copy.deepcopy(parts.split.units), parts.spec, torch.device("cpu"))
+    naive = build_backend(parts, CommMeter())
     x = torch.stack([datasets.train[i][0] for i in range(16)])
     y = torch.tensor([int(datasets.train[i][1]) for i in range(16)])
     try:

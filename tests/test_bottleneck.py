@@ -1,12 +1,15 @@
 """The learned bottleneck: its halves on the sides that run them, trained, checkpointed, counted."""
+import json
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
+from edgesplit.assemble import DataFacts, RunSpec, assemble
+from edgesplit.assemble.wire import from_data, to_data
 from edgesplit.run import checkpoint, trainer
-from edgesplit.model.bottleneck import Decoder, Encoder, boundary_shapes, with_bottlenecks
+from edgesplit.model.bottleneck import Bottleneck, Decoder, Encoder, boundary_shapes
 from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError
 from edgesplit.model.mobilenetv2 import build_units
@@ -21,25 +24,25 @@ def test_the_encoder_ends_the_sender_and_the_decoder_starts_the_receiver() -> No
                           "partition.front=2", "partition.back=1"])
     units = build_units(cfg.model, 10)
     shapes = boundary_shapes(units, 2, 1, (3, 32, 32))
-    out, front, back = with_bottlenecks(units, cfg, (3, 32, 32))
+    parts = assemble(cfg, DataFacts(10, 64, 16, (3, 32, 32)), units)
+    out, front, back = parts.split.units, parts.split.front, parts.split.back
     assert (front, back, len(out)) == (3, 2, len(units) + 4)
-    assert cfg.compressor.shapes == shapes
+    assert parts.spec.codecs.bottleneck is not None and parts.spec.codecs.bottleneck.shapes == shapes
     n = len(out)
     assert isinstance(out[2], Encoder) and isinstance(out[3], Decoder)  # front: edge | cloud
     assert isinstance(out[n - 3], Encoder) and isinstance(out[n - 2], Decoder)  # back: cloud | edge
     x = torch.randn(4, *shapes[0])
     reduced = out[2](x)
     assert reduced.shape[1] == -(-shapes[0][0] // 2) and out[3](reduced).shape == x.shape
-    # a cloud host rebuilds the same units from the config alone (the shapes are in it)
-    again, _, _ = with_bottlenecks(build_units(cfg.model, 10), cfg, ())
+    # a cloud host rebuilds the same units from the spec alone, as JSON (the shapes are in it)
+    again, _, _ = from_data(RunSpec, json.loads(json.dumps(to_data(parts.spec)))).units()
     assert [type(u) for u in again] == [type(u) for u in out]
+    assert [p.shape for u in again for p in u.parameters()] == [p.shape for u in out for p in u.parameters()]
 
 
 def test_a_boundary_of_another_rank_is_a_config_error() -> None:
-    cfg = compose_config(["compressor=bottleneck"])
-    cfg.compressor.shapes = [[4, 8], [16]]
     with pytest.raises(ConfigError, match="front boundary carries per-sample shape"):
-        with_bottlenecks(build_units(cfg.model, 10), cfg, ())
+        Bottleneck(0.25, ((4, 8), (16,)))
 
 
 def test_a_bottleneck_run_trains_and_counts_its_halves_on_each_side(
@@ -60,7 +63,8 @@ def test_a_bottleneck_run_trains_and_counts_its_halves_on_each_side(
         assert summary["comm"][f"raw_fp32_{key}"] == plain["comm"][f"raw_fp32_{key}"]
         assert summary["comm"][f"raw_{key}"] < plain["comm"][f"raw_{key}"] / 3  # what was encoded
     units = build_units(cfg.model, 10)
-    shapes = cfg.compressor.shapes
+    # the shapes the run recorded in its checkpoint's config (the data decided them)
+    shapes = checkpoint.load(tmp_path / "b" / checkpoint.NAME)["config"]["compressor"]["shapes"]
     enc_f, dec_f = Encoder(tuple(shapes[0]), 0.25), Decoder(tuple(shapes[0]), 0.25)
     enc_b, dec_b = Encoder(tuple(shapes[1]), 0.25), Decoder(tuple(shapes[1]), 0.25)
     n = len(units)

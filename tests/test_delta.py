@@ -128,8 +128,8 @@ def test_error_feedback_carries_each_samples_residual_to_its_next_visit() -> Non
 def test_naive_keeps_equal_references_at_both_ends_of_each_boundary() -> None:
     from tests.dist_helpers import build, config, data
     cfg = config(chunks=1, stages=1, compressor="delta", threads=1)
-    cfg.compressor.bits, cfg.compressor.num_samples = 2, 16
-    backend = build("naive", cfg)
+    cfg.compressor.bits = 2
+    backend = build("naive", cfg, samples=16)  # data(2, batch=8): every sample is visited
     batches = data(2, batch=8)
     for epoch in range(2):
         backend.start_epoch(epoch)

@@ -83,7 +83,6 @@ def test_per_sample_codecs_match_gpipe_and_keep_equal_state_on_both_ends(options
     cfg = config(chunks=2, stages=2, compressor=options.pop("compressor"), threads=1)
     for key, value in options.items():
         cfg.compressor[key] = value
-    cfg.compressor.num_samples = 30
     base = data(3, batch=10)
     # then the same samples shuffled into other batches: a sample's state must follow its id
     every = [torch.cat(parts) for parts in zip(*base)]
@@ -97,7 +96,7 @@ def test_per_sample_codecs_match_gpipe_and_keep_equal_state_on_both_ends(options
     if cfg.compressor.name != "delta":
         return
     for name in ("gpipe", "dist"):
-        backend = build(name, cfg)
+        backend = build(name, cfg, samples=30)  # the 30 samples of `batches`: a row each
         try:
             for epoch in range(2):
                 backend.start_epoch(epoch)

@@ -63,8 +63,9 @@ def test_state_blobs_load_data_only(tmp_path, monkeypatch):
 
 
 def test_stage_spec_roundtrips_as_json():
-    spec = StageSpec(stage=1, stages=2, units=[3, 4], num_classes=10, device="cpu",
-                     cfg={"seed": 0, "model": {"width": 0.5}})
+    from tests.dist_helpers import assembled, config
+    run = assembled(config(stages=2, compressor="bottleneck")).spec
+    spec = StageSpec(stage=1, stages=2, units=[3, 4], device="cpu", run=run)
     assert StageSpec.from_json(spec.to_json()) == spec and spec.rank == 2 and spec.last
     with pytest.raises(ValueError, match="malformed stage spec"):
         StageSpec.from_json('{"stage": 1}')

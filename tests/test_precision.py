@@ -9,19 +9,16 @@ import torch
 from omegaconf import DictConfig
 
 from edgesplit.run import checkpoint, trainer
-from edgesplit.backends import Backend, build_backend
+from edgesplit.backends import Backend
 from edgesplit.boundary.boundary import Boundary
 from edgesplit.codecs import Identity, Quantize, TopK, TopKQuantize
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import BoundaryCodecs, build_codecs
-from edgesplit.data.datasets import build_datasets, build_loader
+from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.errors import ConfigError, TrainingDiverged
-from edgesplit.model.mobilenetv2 import build_units
-from edgesplit.model.partition import split_units
 from edgesplit.run.precision import Precision
 from edgesplit.validate import validate
 from tests.precision_units import PROBES
-from tests.test_backends import train_losses
+from tests.test_backends import backend_and_batch, train_losses
 from tests.test_trainer import Interrupt, interrupt_after_first_epoch
 
 SPLIT = ["partition.front=2", "partition.back=2"]
@@ -29,14 +26,8 @@ SPLIT = ["partition.front=2", "partition.back=2"]
 
 def _backend(cfg: DictConfig, meter: CommMeter) -> Tuple[Backend, Tuple[torch.Tensor, ...]]:
     """The backend of cfg and the first training batch (as train_losses builds them)."""
-    datasets = build_datasets(cfg.data)
-    torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model, datasets.num_classes)
-    cfg.model.num_classes = datasets.num_classes
-    split = split_units(units, cfg.partition.front, cfg.partition.back, cfg.partition.cloud_stages)
-    loader = build_loader(datasets.train, cfg.data.batch_size, train=True, seed=cfg.seed, epoch=0,
-                          num_workers=0)
-    return build_backend(cfg, split, build_codecs(cfg.compressor), meter), next(iter(loader))
+    backend, _, batch = backend_and_batch(cfg, meter)
+    return backend, batch
 
 
 def _steps(cfg: DictConfig, n: int) -> Dict[str, List]:
@@ -85,7 +76,7 @@ def test_gpipe_enters_autocast_inside_each_partition_and_its_recomputation(make_
     cfg = make_cfg("model._target_=tests.precision_units.probe_units", "model.width=1", *SPLIT,
                    "pipeline_backend=gpipe", "pipeline_backend.chunks=2",
                    "pipeline_backend.checkpoint=always", "precision=bf16")
-    losses, _ = train_losses(cfg, steps=2)
+    losses, _ = train_losses(cfg, steps=2, built=PROBES.clear)  # the training's forwards only
     assert losses[-1] < losses[0]
     forwards = [p for p in PROBES if not p["recomputing"]]
     recomputed = [p for p in PROBES if p["recomputing"]]

@@ -339,16 +339,17 @@ def test_vs_fp32_of_a_bottleneck_counts_the_models_tensor_before_the_encoder(tmp
     (the model's tensor in fp32), not 1/8 (the encoder's half-size tensor in fp32)."""
     import torch
 
-    from edgesplit.model.bottleneck import boundary_channels
+    from edgesplit.model.bottleneck import Bottleneck, boundary_channels
     from edgesplit.boundary.boundary import Boundary
     from edgesplit.codecs.build import build_codecs
     from edgesplit.config import compose_config
 
     c = compose_config(["compressor=bottleneck4"]).compressor
-    c.shapes = [[8, 32, 32], [16, 4, 4]]  # what with_bottlenecks records: the model's tensors
+    # as the assembly records it: the model's tensors at the boundaries
+    bottleneck = Bottleneck(c.channel_ratio, ((8, 32, 32), (16, 4, 4)))
     codecs, meter = build_codecs(c), CommMeter()
-    for name, shape in zip(("front", "back"), c.shapes):
-        channels = boundary_channels(c, name)
+    for name, shape in zip(("front", "back"), bottleneck.shapes):
+        channels = boundary_channels(bottleneck, name)
         assert channels == (shape[0], shape[0] // 2)
         boundary = Boundary(name, codecs[name], meter, channels=channels)
         boundary.new_step()
@@ -362,4 +363,4 @@ def test_vs_fp32_of_a_bottleneck_counts_the_models_tensor_before_the_encoder(tmp
                               _summary(90.0, comm=comm))])[0]
     assert pareto.raw_ratio(run) == pytest.approx(model_fp32 / pareto.payload_bytes(run))
     assert 15 < pareto.raw_ratio(run) <= 16  # headers aside
-    assert boundary_channels(compose_config(["compressor=quantize4"]).compressor, "front") == (1, 1)
+    assert boundary_channels(None, "front") == (1, 1)  # no bottleneck: the tensor itself crosses

@@ -1,22 +1,18 @@
 """Pipeline backends: naive (whole batch in sequence), gpipe (torchgpipe), dist (remote: one
 process per stage); `pipeline_backend._target_` names the class."""
-from typing import Dict
-
 from hydra.utils import get_class
-from omegaconf import DictConfig
 
+from edgesplit.assemble import RunParts
 from edgesplit.backends.base import Backend, StepResult
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.errors import ConfigError
-from edgesplit.model.partition import Split
 
 __all__ = ["Backend", "StepResult", "build_backend"]
 
 
-def build_backend(cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
-                  meter: CommMeter) -> Backend:
-    target = cfg.pipeline_backend._target_
+def build_backend(parts: RunParts, meter: CommMeter) -> Backend:
+    """The backend class that `pipeline_backend._target_` names, built on the assembled run."""
+    target = parts.spec.pipeline.target
     try:
         cls = get_class(target)
     except Exception as e:
@@ -25,4 +21,4 @@ def build_backend(cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodec
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ConfigError(f"pipeline_backend._target_={target!r} is not a subclass of "
                           f"edgesplit.backends.Backend")
-    return cls(cfg, split, codecs, meter)
+    return cls(parts, meter)

@@ -4,12 +4,10 @@ from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from edgesplit.assemble import RunParts
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import BoundaryCodecs
-from edgesplit.model.partition import Split
 from edgesplit.logs.summary import SideStats
 
 
@@ -60,10 +58,10 @@ class Backend(ABC):
     name: str = "base"
 
     @abstractmethod
-    def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
-                 meter: CommMeter) -> None:
-        """How build_backend makes every backend (`pipeline_backend._target_`): the run's config,
-        the split units, each boundary's codecs and the meter its boundaries count into."""
+    def __init__(self, parts: RunParts, meter: CommMeter) -> None:
+        """How build_backend makes every backend (`pipeline_backend._target_`): the assembled run
+        (its split units, codecs, precision, pipeline and optimizer) and the meter its boundaries
+        count into."""
 
     @abstractmethod
     def local_units(self) -> Dict[int, nn.Module]:

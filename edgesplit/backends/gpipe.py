@@ -1,25 +1,20 @@
 """The gpipe backend: torchgpipe's GPipe over [edge_front, cloud stage(s), edge_back] in micro-batches."""
-from typing import Dict
-
-from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchgpipe import GPipe
 
 from edgesplit.backends.gpipe_recompute import ReplayingBoundaryLayer, plain_state_batch_norm
+from edgesplit.assemble import RunParts
 from edgesplit.backends.local import LocalBackend
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import BoundaryCodecs
-from edgesplit.model.partition import Split
 
 
 class GPipeBackend(LocalBackend):
     name = "gpipe"
     boundary_layer = ReplayingBoundaryLayer
 
-    def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
-                 meter: CommMeter) -> None:
-        super().__init__(cfg, split, codecs, meter)
-        b = cfg.pipeline_backend
+    def __init__(self, parts: RunParts, meter: CommMeter) -> None:
+        super().__init__(parts, meter)
+        b = parts.spec.pipeline
         # one module per partition: under autocast it is precision.Autocast, which enters autocast
         # inside the partition on torchgpipe's worker thread (and in its recomputation)
         self.pipe = GPipe(nn.Sequential(*self.partitions), balance=[1] * len(self.partitions),

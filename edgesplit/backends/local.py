@@ -4,22 +4,16 @@ from typing import Any, Dict, Type
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from edgesplit.assemble import RunParts
 from edgesplit.run import checkpoint
 from edgesplit.backends.base import Backend, StepResult, named_unit_parameters
 from edgesplit.run.memory import peak_memory_bytes
 from edgesplit.backends.partitions import build_partitions, resolve_devices
 from edgesplit.backends.timing import SideClock
-from edgesplit.boundary.boundary import Boundary
 from edgesplit.boundary.layer import BoundaryLayer
-from edgesplit.model.bottleneck import boundary_channels
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import BoundaryCodecs, build_codecs
-from edgesplit.run.lr_schedule import Optimization
-from edgesplit.model.partition import Split
-from edgesplit.run.precision import Precision
 from edgesplit.logs.summary import SideStats
 
 
@@ -32,25 +26,20 @@ class LocalBackend(Backend):
 
     boundary_layer: Type[BoundaryLayer] = BoundaryLayer
 
-    def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
-                 meter: CommMeter) -> None:
-        self.split, self.meter, self.clock = split, meter, SideClock()
-        self.precision = Precision.of(cfg)
+    def __init__(self, parts: RunParts, meter: CommMeter) -> None:
+        spec = parts.spec
+        self.split, self.meter, self.clock = parts.split, meter, SideClock()
+        self.precision = spec.precision
         # the receiving ends' own codec objects: per-sample state is each end's, as across hosts
-        receivers = build_codecs(cfg.compressor)
-        self.boundaries = [Boundary(name, codecs[name], meter, cfg.compressor.eval_compressed,
-                                    cfg.seed, receivers[name], boundary_channels(cfg.compressor, name))
-                           for name in ("front", "back")]
-        for b in self.boundaries:
-            b.loss_scaled, b.channels_last = self.precision.scaled, self.precision.channels_last
-        parts = build_partitions(split, self.boundaries, self.clock, self.boundary_layer)
-        self.devices = resolve_devices(cfg.pipeline_backend.devices, len(parts))
+        codecs, receivers = spec.codecs.build(), spec.codecs.build()
+        self.boundaries = [spec.boundary(name, codecs, meter, receivers) for name in ("front", "back")]
+        partitions = build_partitions(self.split, self.boundaries, self.clock, self.boundary_layer)
+        self.devices = resolve_devices(spec.pipeline.devices, len(partitions))
         self.partitions = [self.precision.partition(part.to(device), device)
-                           for part, device in zip(parts, self.devices)]
-        self.optimization = Optimization(named_unit_parameters(self.local_units()), cfg.schedule,
-                                         cfg.optimizer, self.precision.scaling(self.devices[0]))
+                           for part, device in zip(partitions, self.devices)]
+        self.optimization = spec.optimization(named_unit_parameters(self.local_units()), self.devices[0])
         self.steps = 0
-        self.chunks = int(cfg.pipeline_backend.chunks)  # as torchgpipe cuts a batch (torch.chunk)
+        self.chunks = spec.pipeline.chunks  # as torchgpipe cuts a batch (torch.chunk)
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:

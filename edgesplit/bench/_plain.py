@@ -3,21 +3,19 @@ import time
 from typing import Any, Dict, List, Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from edgesplit.assemble import PipelineSpec, RunParts, RunSpec
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.run.memory import peak_memory_bytes
 from edgesplit.logs.summary import SideStats
 
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def device_of(cfg: DictConfig) -> torch.device:
-    """The edge's device of the backend config (the first of pipeline_backend.devices): plain runs
-    the whole model there."""
-    devices = cfg.pipeline_backend.get("devices")
-    first = devices[0] if devices is not None and not isinstance(devices, str) else "cpu"
+def device_of(pipeline: PipelineSpec) -> torch.device:
+    """The edge's device of the backend (the first of pipeline_backend.devices): plain runs the
+    whole model there."""
+    devices = pipeline.devices
+    first = devices[0] if not isinstance(devices, str) else "cpu"
     if str(first) == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(first))
@@ -25,26 +23,22 @@ def device_of(cfg: DictConfig) -> torch.device:
 
 class PlainStep:
     """zero_grad, forward, loss, backward, optimizer step of nn.Sequential(*units) on one device,
-    with the run's `precision` (autocast; fp16 with a GradScaler) and `channels_last` where the
-    config has them, and the run's optimizer and learning rate."""
+    with the run's `precision` (autocast; fp16 with a GradScaler) and `channels_last`, and the
+    run's optimizer and learning rate."""
 
-    def __init__(self, units: List[nn.Module], cfg: DictConfig, device: torch.device) -> None:
-        from edgesplit.run.lr_schedule import Optimization
-
+    def __init__(self, units: List[nn.Module], spec: RunSpec, device: torch.device) -> None:
+        precision = spec.precision
         self.device = device
-        self.channels_last = bool(cfg.get("channels_last", False))
-        precision = str(cfg.get("precision", "fp32"))
-        if precision not in AUTOCAST:
-            raise ValueError(f"precision={precision!r}: one of {', '.join(AUTOCAST)}")
-        self.dtype: Optional[torch.dtype] = AUTOCAST[precision]
+        self.channels_last = precision.channels_last
+        self.dtype: Optional[torch.dtype] = precision.dtype
         self.model = nn.Sequential(*units).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
-        self.optimization = Optimization(dict(self.model.named_parameters()), cfg.schedule, cfg.optimizer)
+        self.optimization = spec.optimizer(dict(self.model.named_parameters()))
         self.optimization.start_epoch(0)
-        self.scaler = torch.amp.GradScaler(device.type, init_scale=float(cfg.get("loss_scale", 65536.0)),
-                                           enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=precision.loss_scale,
+                                           enabled=precision.scaled)
         self.loss = nn.CrossEntropyLoss()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -62,11 +56,12 @@ class PlainStep:
         return float(loss.detach())
 
 
-def measure_plain(cfg: DictConfig, units: List[nn.Module], x: torch.Tensor, y: torch.Tensor,
+def measure_plain(parts: RunParts, x: torch.Tensor, y: torch.Tensor,
                   warmup: int, steps: int) -> Dict[str, Any]:
-    """Time `steps` plain steps after `warmup` ones, in the form of the backends' cells."""
-    device = device_of(cfg)
-    step = PlainStep(units, cfg, device)
+    """Time `steps` plain steps of the run's units after `warmup` ones, in the form of the
+    backends' cells."""
+    device = device_of(parts.spec.pipeline)
+    step = PlainStep(parts.split.units, parts.spec, device)
     times = []
     for i in range(warmup + steps):
         _sync(device)

@@ -43,23 +43,21 @@ def overrides_of(args: argparse.Namespace, name: str) -> List[str]:
 
 def measure(overrides: List[str], warmup: int, steps: int, plain: bool = False) -> Dict[str, Any]:
     """Build the backend (or plain's model) in this process, time `steps` train steps after `warmup` ones."""
+    from edgesplit.assemble import assemble
     from edgesplit.backends import build_backend
-    from edgesplit.model.bottleneck import split_model
-    from edgesplit.codecs.build import build_codecs
     from edgesplit.config import compose_config
-    from edgesplit.run.trainer import build_model
 
     cfg = compose_config(overrides)
-    datasets, units = build_model(cfg)
-    data = datasets.train
+    parts = assemble(cfg)
+    assert parts.datasets is not None
+    data = parts.datasets.train
     x = torch.stack([data[i][0] for i in range(cfg.data.batch_size)])
     y = torch.tensor([int(data[i][1]) for i in range(cfg.data.batch_size)])
     ids = torch.arange(cfg.data.batch_size)  # the same samples every step
     if plain:
-        return measure_plain(cfg, units, x, y, warmup, steps)
-    split = split_model(units, cfg, datasets.input_shape)
+        return measure_plain(parts, x, y, warmup, steps)
     meter = CommMeter()
-    backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
+    backend = build_backend(parts, meter)
     try:
         backend.start_epoch(0)
         backend.train(True)

@@ -4,7 +4,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sized, Tuple, cast
+from typing import Any, Dict, Iterator, List, Optional, Tuple, cast
 
 from edgesplit.bench._cifar_files import write_cifar10
 from edgesplit.bench.machine import header_lines
@@ -65,20 +65,20 @@ def measure(overrides: List[str], warmup: int, steps: Optional[int],
             eval_batches: Optional[int]) -> Dict[str, Any]:
     """One epoch as the trainer runs it (its loaders, train_epoch, evaluate) after `warmup` untimed
     steps; `steps` / `eval_batches` cut it short, and the figures are projected to the whole epoch."""
+    from edgesplit.assemble import assemble
     from edgesplit.backends import build_backend
-    from edgesplit.model.bottleneck import split_model
     from edgesplit.boundary.meter import CommMeter
-    from edgesplit.codecs.build import build_codecs
     from edgesplit.config import compose_config
     from edgesplit.data.datasets import build_loader
     from edgesplit.logs.logbook import Logbook
     from edgesplit.run.steptimes import RunStepTimes
-    from edgesplit.run.trainer import build_model, evaluate, train_epoch, train_loader
+    from edgesplit.run.trainer import evaluate, train_epoch, train_loader
 
     cfg = compose_config(overrides)
-    datasets, units = build_model(cfg)
-    backend = build_backend(cfg, split_model(units, cfg, datasets.input_shape),
-                            build_codecs(cfg.compressor), CommMeter())
+    parts = assemble(cfg)
+    datasets = parts.datasets
+    assert datasets is not None
+    backend = build_backend(parts, CommMeter())
     d = cfg.data
     # data.device: the set kept on the device and augmented there, as the trainer does; its copy
     # to the device is made once per run, before the epoch, so it is not timed either
@@ -104,7 +104,7 @@ def measure(overrides: List[str], warmup: int, steps: Optional[int],
         backend.close()
     return {"steps": len(train), "steps_per_epoch": len(train.loader), "train_s": train_s,
             "data_wait_s": train.wait_s, "eval_batches": len(val), "eval_batches_per_epoch": len(val.loader),
-            "eval_s": eval_s, "images": len(cast(Sized, datasets.train)), "batch": d.batch_size,
+            "eval_s": eval_s, "images": parts.spec.facts.train_size, "batch": d.batch_size,
             "num_workers": d.num_workers, "data_device": str(d.device)}
 
 

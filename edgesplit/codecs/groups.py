@@ -6,12 +6,14 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from edgesplit.options import Scale, options
+
 from .base import NonFiniteError, aligned, chunk_len, on_host
 from .bitpack import code_dtype, packed_size, unpack_codes_from
 from .header import CHANNEL, GROUP, check_quant_params
 from .uniform import Noise, noise_scratch, round_codes, store_codes
 
-SCALES = ("tensor", "channel", "group")
+SCALES = options(Scale)
 SPREAD = 64
 MODES = {"channel": CHANNEL, "group": GROUP}
 

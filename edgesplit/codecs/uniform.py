@@ -6,10 +6,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from edgesplit.options import MAX_BITS, Rounding, options
+
 from .base import Crossing, check_finite, chunk_len, chunk_spans, on_host
 from .bitpack import code_dtype, pack_codes_into, unpack_codes_from
 
-ROUNDINGS = ("nearest", "stochastic")
+ROUNDINGS = options(Rounding)
 # Stochastic rounding adds u = (s + 32768.5) / 65536 to (x - offset) / scale, s a uniform random
 # int16: u is uniform on 65536 points of (0, 1), mean 1/2 exactly, so a code's expected value is
 # (x - offset) / scale up to 2**-17 of a step. The sum is rounded once (float32) and floored.
@@ -19,9 +21,9 @@ NOISE_BLOCK = 1 << 16  # numbers drawn and added at a time on the host path (a m
 
 
 def check_bits(name: str, bits: object) -> int:
-    """`bits` as an int in 1..16, or a one-line ValueError."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-        raise ValueError(f"{name}: bits must be in 1..16, got {bits!r}")
+    """`bits` as an int in 1..MAX_BITS, or a one-line ValueError."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"{name}: bits must be in 1..{MAX_BITS}, got {bits!r}")
     return bits
 
 

@@ -1,9 +1,8 @@
 """Models as flat lists of layer units: MobileNetV2 for CIFAR (the seed's), any other by `model._target_`."""
 from contextlib import contextmanager
-from typing import Iterator, List, Tuple
+from typing import Any, Iterator, List, Mapping, Tuple
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from edgesplit.config import instantiate_target
@@ -60,15 +59,16 @@ def mobilenetv2_units(width: float = 1.0, num_classes: int = 10) -> List[nn.Modu
     return units
 
 
-def build_units(cfg: DictConfig, num_classes: int) -> List[nn.Module]:
-    """The layer units `model._target_` returns, called with `num_classes` (the dataset's) and the
-    other `model` keys."""
-    if cfg.num_classes is not None and cfg.num_classes != num_classes:
-        raise ConfigError(f"model.num_classes={cfg.num_classes} differs from the dataset's {num_classes} "
+def build_units(spec: Mapping[str, Any], num_classes: int) -> List[nn.Module]:
+    """The layer units the `model` config `spec`'s `_target_` returns, called with `num_classes`
+    (the dataset's) and the other `model` keys."""
+    given = spec.get("num_classes")
+    if given is not None and given != num_classes:
+        raise ConfigError(f"model.num_classes={given} differs from the dataset's {num_classes} "
                           f"classes: set it to {num_classes} or null (= the dataset's)")
-    units = instantiate_target(cfg, "model._target_", num_classes=num_classes)
+    units = instantiate_target(spec, "model._target_", num_classes=num_classes)
     if not isinstance(units, (list, tuple)) or not all(isinstance(u, nn.Module) for u in units):
-        raise ConfigError(f"model._target_={cfg._target_!r} must return a list of torch.nn.Module layer "
+        raise ConfigError(f"model._target_={spec['_target_']!r} must return a list of torch.nn.Module layer "
                           f"units, got {type(units).__name__}")
     return list(units)
 

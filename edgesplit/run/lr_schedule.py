@@ -1,10 +1,10 @@
 """The optimizer (`optimizer._target_`, the seed's SGD by default) and the seed's per-epoch LR
 schedule of one side's parameters, the same on every side."""
 import warnings
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.optim.lr_scheduler import ChainedScheduler, CosineAnnealingLR, LinearLR, LRScheduler
 
@@ -13,22 +13,36 @@ from edgesplit.errors import ConfigError
 from edgesplit.run.precision import LossScaling
 
 
-def build_optimizer(params: Any, cfg: DictConfig) -> torch.optim.Optimizer:
-    """The `optimizer` config's class (`_target_`, `_partial_`) over params."""
-    optimizer = instantiate_target(cfg, "optimizer._target_")(params)
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer and its schedule, data only (a cloud stage gets it as JSON): `target` is the
+    resolved `optimizer` config (a torch.optim class as `_target_`, `_partial_`, lr and the other
+    keys), `epochs` and `warmup_epochs` the schedule's. Calling it makes one process's Optimization."""
+    target: Dict[str, Any]
+    epochs: int
+    warmup_epochs: int
+
+    def __call__(self, named: Mapping[str, nn.Parameter],
+                 scaling: Optional[LossScaling] = None) -> "Optimization":
+        return Optimization(named, self, scaling)
+
+
+def build_optimizer(params: Any, spec: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer `spec`'s class (`_target_`, `_partial_`) over params."""
+    optimizer = instantiate_target(spec, "optimizer._target_")(params)
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ConfigError(f"optimizer._target_={cfg._target_!r} must build a torch.optim.Optimizer, "
+        raise ConfigError(f"optimizer._target_={spec['_target_']!r} must build a torch.optim.Optimizer, "
                           f"got {type(optimizer).__name__}")
     return optimizer
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig) -> LRScheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int) -> LRScheduler:
     """lr(e) = lr * (1 + cos(pi e / epochs)) / 2 * min(1, (e + 1) / warmup); stepped once per epoch."""
     schedulers: list = []
-    if cfg.warmup_epochs > 1:
-        schedulers.append(LinearLR(optimizer, start_factor=1 / cfg.warmup_epochs, end_factor=1.0,
-                                   total_iters=cfg.warmup_epochs - 1))
-    schedulers.append(CosineAnnealingLR(optimizer, T_max=cfg.epochs))
+    if warmup_epochs > 1:
+        schedulers.append(LinearLR(optimizer, start_factor=1 / warmup_epochs, end_factor=1.0,
+                                   total_iters=warmup_epochs - 1))
+    schedulers.append(CosineAnnealingLR(optimizer, T_max=epochs))
     return ChainedScheduler(schedulers, optimizer=optimizer)
 
 
@@ -40,11 +54,11 @@ class Optimization:
     steps the schedule to the epoch, so a resumed run's rates equal an uninterrupted run's.
     `scaling` is fp16's loss scaler of this process (disabled: every step is taken)."""
 
-    def __init__(self, named: Mapping[str, nn.Parameter], schedule: DictConfig,
-                 optimizer: DictConfig, scaling: Optional[LossScaling] = None) -> None:
+    def __init__(self, named: Mapping[str, nn.Parameter], spec: OptimizerSpec,
+                 scaling: Optional[LossScaling] = None) -> None:
         self.named = dict(named)
-        self.optimizer = build_optimizer(list(self.named.values()), optimizer)
-        self.scheduler = build_scheduler(self.optimizer, schedule)
+        self.optimizer = build_optimizer(list(self.named.values()), spec.target)
+        self.scheduler = build_scheduler(self.optimizer, spec.epochs, spec.warmup_epochs)
         self.scaling = scaling or LossScaling(False, 1.0, torch.device("cpu"))
         self.epoch = 0
 

@@ -3,15 +3,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from edgesplit.errors import ConfigError
+from edgesplit.options import DEFAULT_LOSS_SCALE, PrecisionName
 
 # precision -> autocast dtype (None: no autocast)
-PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16,
-                                                "fp16": torch.float16}
-DEFAULT_LOSS_SCALE = 65536.0  # torch.amp.GradScaler's own default
+AUTOCAST_DTYPES: Dict[PrecisionName, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16,
+                                                               "fp16": torch.float16}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -103,19 +102,14 @@ class LossScaling:
 @dataclass(frozen=True)
 class Precision:
     """The run's `precision`, `channels_last` and `loss_scale`, as every backend applies them."""
-    name: str = "fp32"
+    name: PrecisionName = "fp32"
     channels_last: bool = False
     loss_scale: float = DEFAULT_LOSS_SCALE
-
-    @staticmethod
-    def of(cfg: DictConfig) -> "Precision":
-        return Precision(str(cfg.get("precision", "fp32")), bool(cfg.get("channels_last", False)),
-                         float(cfg.get("loss_scale", DEFAULT_LOSS_SCALE)))
 
     @property
     def dtype(self) -> Optional[torch.dtype]:
         """The autocast dtype (None for fp32)."""
-        return PRECISIONS[self.name]
+        return AUTOCAST_DTYPES[self.name]
 
     @property
     def scaled(self) -> bool:

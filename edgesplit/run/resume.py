@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from edgesplit.run import checkpoint
 from edgesplit.validate import resume_mode
 from edgesplit.errors import ConfigError
+from edgesplit.options import DEFAULT_LOSS_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ RESULT_NEUTRAL = (
     "channels_last",  # the memory format: float sums in another order, as `threads`
 )
 # Keys added after checkpoints were written without them: absent there means this default.
-ADDED_DEFAULTS = {"precision": "fp32", "loss_scale": 65536.0, "data.device": "cpu"}
+ADDED_DEFAULTS = {"precision": "fp32", "loss_scale": DEFAULT_LOSS_SCALE, "data.device": "cpu"}
 _ABSENT = "<absent>"
 
 
@@ -42,9 +43,11 @@ def _neutral(key: str) -> bool:
     return any(key == k or key.startswith(f"{k}.") for k in RESULT_NEUTRAL)
 
 
-def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
-    """(key, saved value, current value) for each key that changes the results, sorted."""
-    old, new = _flat(saved), _flat(current)
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any],
+                   derived: Optional[Mapping[str, Any]] = None) -> List[Tuple[str, Any, Any]]:
+    """(key, saved value, current value) for each key that changes the results, sorted; `derived`
+    (dotted keys) overlays the current config."""
+    old, new = _flat(saved), {**_flat(current), **(derived or {})}
     old.update({k: v for k, v in ADDED_DEFAULTS.items() if k not in old and k in new})
     return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(old.keys() | new.keys())
             if not _neutral(k) and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
@@ -63,9 +66,11 @@ def load_state(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
     return state
 
 
-def check_config(cfg: DictConfig, state: Mapping[str, Any], path: Path) -> List[str]:
+def check_config(cfg: DictConfig, state: Mapping[str, Any], path: Path,
+                 derived: Optional[Mapping[str, Any]] = None) -> List[str]:
     """The keys that change the results and differ from the checkpoint's config: refused (one line
-    listing them) for resume=true, logged and returned for resume=force."""
+    listing them) for resume=true, logged and returned for resume=force. `derived`: the keys the
+    data decided, by dotted name (edgesplit.assemble.derived_config), as the checkpoint keeps them."""
     force = resume_mode(cfg) == "force"
     saved = state.get("config")
     if not isinstance(saved, Mapping):
@@ -73,7 +78,8 @@ def check_config(cfg: DictConfig, state: Mapping[str, Any], path: Path) -> List[
             log.warning(f"{path} holds no config to compare with: resuming anyway (resume=force)")
             return []
         raise ConfigError(f"{path} holds no config to compare with: resume=force resumes anyway")
-    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    current = OmegaConf.to_container(cfg, resolve=True)
+    changes = config_changes(saved, current, derived)  # type: ignore[arg-type]
     listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes)
     if changes and not force:
         raise ConfigError(f"resume=true with a config that differs from the checkpoint's ({path}): "

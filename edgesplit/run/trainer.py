@@ -4,23 +4,20 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sized, Tuple, cast
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
 from tqdm import tqdm
 
+from edgesplit.assemble import assemble, derived_config
 from edgesplit.run import checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
-from edgesplit.model.bottleneck import split_model
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import build_codecs
-from edgesplit.validate import validate, validate_partition
-from edgesplit.data.datasets import Datasets, build_datasets, build_loader
+from edgesplit.validate import validate
+from edgesplit.data.datasets import Datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logs.logbook import Logbook, public_config, redact
-from edgesplit.model.mobilenetv2 import build_units, check_num_classes
 from edgesplit.data.resident import ResidentImages, ResidentLoader
 from edgesplit.run.resume import check_config, load_state
 from edgesplit.logs.summary import EpochRecord, RunSummary, read_summary, write_summary
@@ -131,6 +128,17 @@ def _write_on_the_way_out(run_dir: Path, summary: RunSummary) -> None:
         log.warning(f"{e}")
 
 
+def _saved_config(cfg: DictConfig, derived: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The resolved config a checkpoint keeps, with the keys the data decided (`derived`, dotted:
+    edgesplit.assemble.derived_config), without the dist link's secret (a checkpoint may be handed
+    to others; resuming does not compare the secret)."""
+    config = public_config(cfg)
+    for key, value in (derived or {}).items():
+        group, name = key.split(".")
+        config[group][name] = value
+    return config
+
+
 def _load_avg() -> Optional[List[float]]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -166,31 +174,18 @@ def train_loader(cfg: DictConfig, datasets: Datasets, resident: Optional[Residen
                           fixed_augment=fixed, channels_last=cfg.channels_last)
 
 
-def build_model(cfg: DictConfig) -> Tuple[Datasets, List[nn.Module]]:
-    """The datasets and the units initialised from the seed, checked against each other; the
-    config is resolved from the data (a cloud host has no dataset): model.num_classes and
-    compressor.num_samples (the rows of per-sample codec state). Sets cfg.threads first."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    datasets = build_datasets(cfg.data)
-    torch.manual_seed(cfg.seed)
-    units = build_units(cfg.model, datasets.num_classes)
-    cfg.model.num_classes = datasets.num_classes
-    cfg.compressor.num_samples = len(cast(Sized, datasets.train))
-    check_num_classes(units, datasets.num_classes, datasets.input_shape)
-    validate_partition(cfg.partition, len(units))
-    return datasets, units
-
-
 def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunDirLock) -> Dict[str, Any]:
     state = load_state(cfg, run_dir)
-    datasets, units = build_model(cfg)
+    parts = assemble(cfg)
+    datasets, split, facts = parts.datasets, parts.split, parts.spec.facts
+    derived = derived_config(parts.spec)  # what the data decided, as the checkpoint keeps it
+    assert datasets is not None  # assembled from the config's data
     ckpt = run_dir / checkpoint.NAME
     summary = RunSummary(backend=cfg.pipeline_backend.name, epochs_planned=cfg.schedule.epochs,
                          eval_compressed=cfg.compressor.eval_compressed, overrides=overrides,
                          precision=cfg.precision)
     if state is not None:
-        summary = _resumed_summary(state, cfg, check_config(cfg, state, ckpt))
+        summary = _resumed_summary(state, cfg, check_config(cfg, state, ckpt, derived))
         if state["epoch"] >= cfg.schedule.epochs:
             summary.status = "finished"
             _repair_summary(run_dir, summary)
@@ -198,12 +193,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             return summary.to_dict()
     summary.load_avg_start, summary.cpus = _load_avg(), _cpus()
     run_times = RunStepTimes((state or {}).get("step_times", {}).get(checkpoint.EDGE_PROCESS))
-    split = split_model(units, cfg, datasets.input_shape)
     meter = CommMeter()
     backend: Optional[Backend] = None
     logbook: Optional[Logbook] = None
     try:  # a peer that fails while the backend starts (dist) ends the run as any failure does
-        backend = build_backend(cfg, split, build_codecs(cfg.compressor), meter)
+        backend = build_backend(parts, meter)
         logbook = Logbook(run_dir, cfg, overrides)  # logger=mlflow's store opens here
         start = 0
         if state is not None:
@@ -215,8 +209,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
         resident = None if cfg.data.device == "cpu" else datasets.resident_train(cfg.data.device)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
                  f"{[list(split.cloud_range(s)) for s in range(cfg.partition.cloud_stages)]}, "
-                 f"{len(cast(Sized, datasets.train))} train / {len(cast(Sized, datasets.val))} val "
-                 f"samples, run dir {run_dir}")
+                 f"{facts.train_size} train / {facts.val_size} val samples, run dir {run_dir}")
         for epoch in range(start, cfg.schedule.epochs):
             interrupt.check()
             torch.manual_seed(cfg.seed + epoch)
@@ -243,7 +236,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             step_times = {checkpoint.EDGE_PROCESS: run_times.histogram.state_dict()}
             # the config without the dist link's secret: a checkpoint may be handed to others
             checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1,
-                                    "summary": summary.to_dict(), "config": public_config(cfg),
+                                    "summary": summary.to_dict(), "config": _saved_config(cfg, derived),
                                     "step_times": step_times}, ckpt)
             write_summary(run_dir, summary)
             lock.refresh()

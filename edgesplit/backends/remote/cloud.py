@@ -16,13 +16,9 @@ from edgesplit.backends.remote.runner import StageRunner
 from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.backends.remote.stage import Stage, run_steps
 from edgesplit.backends.remote.transport import EDGE, Transport
-from edgesplit.model.bottleneck import boundary_channels
 from edgesplit.boundary.boundary import Boundary
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import build_codecs
 from edgesplit.errors import PeerError
-from edgesplit.run.lr_schedule import Optimization
-from edgesplit.run.precision import Precision
 from edgesplit.logs.summary import SideStats
 
 
@@ -31,24 +27,21 @@ class CloudStage:
     the edge); it counts and measures what it sends on the edge link in its own meter."""
 
     def __init__(self, spec: StageSpec, transport: Transport) -> None:
-        cfg, b = spec.config, spec.config.pipeline_backend
+        run, b = spec.run, spec.run.pipeline
         self.spec, self.t, self.device = spec, transport, torch.device(spec.device)
         self.process = f"cloud_stage{spec.rank}"
         self.units = {i: u.to(self.device) for i, u in spec.build_units().items()}
         self.meter = CommMeter()
-        codecs = build_codecs(cfg.compressor)
-        eval_compressed = cfg.compressor.eval_compressed
-        self.inbound = (Boundary("front", codecs["front"], self.meter, eval_compressed, cfg.seed,
-                                 channels=boundary_channels(cfg.compressor, "front"))
-                        if spec.stage == 0 else Boundary.raw(f"stage{spec.rank - 1}"))
-        self.outbound = (Boundary("back", codecs["back"], self.meter, eval_compressed, cfg.seed,
-                                  channels=boundary_channels(cfg.compressor, "back"))
-                         if spec.last else Boundary.raw(f"stage{spec.rank}"))
+        codecs = run.codecs.build()
+        self.inbound = (run.boundary("front", codecs, self.meter) if spec.stage == 0
+                        else Boundary.raw(f"stage{spec.rank - 1}"))
+        self.outbound = (run.boundary("back", codecs, self.meter) if spec.last
+                         else Boundary.raw(f"stage{spec.rank}"))
         # the edge link's codecs decide, on every link: the ids pass through the cloud stages
         carry_ids = any(c.needs_ids for c in codecs.values())
         self.boundaries = [bd for bd in (self.inbound, self.outbound) if bd.meter is not None]
-        self.precision = precision = Precision.of(cfg)
-        for bd in (self.inbound, self.outbound):
+        self.precision = precision = run.precision
+        for bd in (self.inbound, self.outbound):  # the links between cloud stages too
             bd.loss_scaled, bd.channels_last = precision.scaled, precision.channels_last
         module = nn.Sequential(OrderedDict((str(i), u) for i, u in sorted(self.units.items())))
         runner = StageRunner(precision.partition(module, self.device), b.checkpoint, b.chunks,
@@ -57,9 +50,8 @@ class CloudStage:
         self.source = LinkIn(transport, self.up, self.inbound, self.device, carry_ids)
         self.sink = LinkOut(transport, self.down, self.outbound, self.device, carry_ids)
         self.stage = Stage(runner, self.source, self.sink)
-        self.order = b.order
-        self.optimization = Optimization(named_unit_parameters(self.units), cfg.schedule,
-                                         cfg.optimizer, precision.scaling(self.device))
+        self.order = b.dist.order if b.dist is not None else "gpipe"
+        self.optimization = run.optimization(named_unit_parameters(self.units), self.device)
         self.compute_s, self.steps = 0.0, 0
 
     # -- steps ---------------------------------------------------------------------------------

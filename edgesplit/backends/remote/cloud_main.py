@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from edgesplit.assemble import pipeline_of
 from edgesplit.backends.remote import auth, launch
 from edgesplit.backends.remote.cloud import CloudStage
 from edgesplit.backends.remote.link import LinkSpec
@@ -17,7 +18,8 @@ from edgesplit.backends.remote.transport import EDGE, Transport
 
 
 def _serve(world: launch.World, spec: StageSpec) -> None:
-    link = LinkSpec.from_config(spec.config.pipeline_backend.link)
+    dist = spec.run.pipeline.dist
+    link = LinkSpec.of_mbps(dist.up_mbps, dist.down_mbps, dist.latency_ms) if dist else LinkSpec()
     transport = Transport(world.rank, world.global_ranks, world.timeout_s, world.sealer, link,
                           world.diagnose)
     try:
@@ -51,19 +53,20 @@ def run_cloud(cfg: Any) -> None:
     stage spec (the edge's config), serve until it stops. Raises PeerError when the edge is lost.
     It writes no results and deletes nothing: the dir Hydra gave it keeps Hydra's own files (its
     config and log), which may be the edge's dir when both start in the same second on one host."""
-    b = cfg.pipeline_backend
+    b = pipeline_of(cfg.pipeline_backend).dist
+    assert b is not None  # train.py calls it for pipeline_backend=dist only
     stages = int(cfg.partition.cloud_stages)
     threads = launch.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
                                       cfg.get("threads"))
     torch.set_num_threads(threads)
-    secret = auth.resolve_secret(b.get("secret"), local=False, secret_file=b.get("secret_file"))
+    secret = auth.resolve_secret(b.secret, local=False, secret_file=b.secret_file)
     world = None
     try:
         if launch.under_torchrun():
-            world = launch.start_torchrun("cloud", stages, secret, float(b.timeout_s))
+            world = launch.start_torchrun("cloud", stages, secret, b.timeout_s)
         else:
-            world = launch.start_by_role("cloud", stages, b.master_addr, int(b.master_port),
-                                         secret, float(b.timeout_s))
+            world = launch.start_by_role("cloud", stages, b.master_addr, b.master_port,
+                                         secret, b.timeout_s)
         t = Transport(world.rank, world.global_ranks, world.timeout_s, world.sealer, LinkSpec(),
                       world.diagnose)
         _, payload = t.recv(EDGE, Kind.CONTROL)

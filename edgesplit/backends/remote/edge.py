@@ -1,12 +1,13 @@
 """The edge process of the remote backend (`pipeline_backend=dist`): front and back units, loss,
 the order of steps, and the cloud stages' control (epochs, stats, state)."""
-from typing import Any, Dict, List, Optional, Tuple, cast
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from edgesplit.assemble import DistSpec, RunParts, RunSpec
 from edgesplit.run import checkpoint
 from edgesplit.backends.base import Backend, StepResult, named_unit_parameters
 from edgesplit.run.memory import peak_memory_bytes
@@ -20,14 +21,9 @@ from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.backends.remote.stage import Stage, run_steps
 from edgesplit.backends.remote.transport import EDGE, Transport
 from edgesplit.backends.partitions import resolve_devices
-from edgesplit.model.bottleneck import boundary_channels
-from edgesplit.boundary.boundary import Boundary
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.errors import ConfigError
-from edgesplit.run.lr_schedule import Optimization
 from edgesplit.model.partition import Split
-from edgesplit.run.precision import Precision
 from edgesplit.logs.summary import SideStats
 
 
@@ -36,45 +32,42 @@ class RemoteBackend(Backend):
 
     name = "dist"
 
-    def __init__(self, cfg: DictConfig, split: Split, codecs: Dict[str, BoundaryCodecs],
-                 meter: CommMeter) -> None:
-        b = cfg.pipeline_backend
+    def __init__(self, parts: RunParts, meter: CommMeter) -> None:
+        spec, split, b = parts.spec, parts.split, parts.spec.pipeline.dist
+        if b is None:
+            raise ConfigError(f"pipeline_backend._target_={parts.spec.pipeline.target!r} needs the dist "
+                              f"keys (link, timeout_s, order, role): use pipeline_backend=dist")
         if b.role == "cloud":
             raise ConfigError("pipeline_backend.role=cloud serves an edge (train.py does so by "
                               "itself); it does not run the training loop")
         self.meter, self.split, self.order = meter, split, b.order
         self.stages = len(split.cloud_bounds) - 1
-        self.chunks, self.timeout_s = int(b.chunks), float(b.timeout_s)
-        devices = resolve_devices(b.devices, self.stages + 2)
+        self.chunks, self.timeout_s = spec.pipeline.chunks, b.timeout_s
+        devices = resolve_devices(spec.pipeline.devices, self.stages + 2)
         self.device = devices[0]
         self._units = {i: split.units[i].to(self.device) for i in split.edge_indices}
-        eval_compressed = cfg.compressor.eval_compressed
-        self.boundaries = [Boundary(name, codecs[name], meter, eval_compressed, cfg.seed,
-                                    channels=boundary_channels(cfg.compressor, name))
-                           for name in ("front", "back")]
-        self.precision = precision = Precision.of(cfg)
-        for boundary in self.boundaries:
-            boundary.loss_scaled, boundary.channels_last = precision.scaled, precision.channels_last
+        codecs = spec.codecs.build()
+        self.boundaries = [spec.boundary(name, codecs, meter) for name in ("front", "back")]
+        self.precision = precision = spec.precision
         carry_ids = any(b.needs_ids for b in self.boundaries)
-        mode, dbn = b.checkpoint, b.deferred_batch_norm
+        mode, dbn = spec.pipeline.checkpoint, spec.pipeline.deferred_batch_norm
         self.front = StageRunner(precision.partition(split.edge_front, self.device), mode,
                                  self.chunks, dbn)
         self.back = StageRunner(precision.partition(split.edge_back, self.device), mode,
                                 self.chunks, dbn)
-        self.optimization = Optimization(named_unit_parameters(self._units), cfg.schedule,
-                                         cfg.optimizer, precision.scaling(self.device))
+        self.optimization = spec.optimization(named_unit_parameters(self._units), self.device)
         self.healthy, self.closed = False, False
         self.compute_s, self.steps = 0.0, 0
-        self.world = self._launch(cfg, split, [str(d) for d in devices[1:-1]])
+        self.world = self._launch(spec, b, split, [str(d) for d in devices[1:-1]])
         self.t = Transport(EDGE, self.world.global_ranks, self.timeout_s, self.world.sealer,
-                           LinkSpec.from_config(b.link), self.world.diagnose)
+                           LinkSpec.of_mbps(b.up_mbps, b.down_mbps, b.latency_ms), self.world.diagnose)
         self.to_cloud = LinkOut(self.t, 1, self.boundaries[0], self.device, carry_ids)
         self.from_cloud = LinkIn(self.t, self.stages, self.boundaries[1], self.device, carry_ids)
         try:
             if not self.world.children:  # across hosts: the cloud processes take the edge's config
-                for spec in self._specs(cfg, split, [str(d) for d in devices[1:-1]]):
-                    text = torch.frombuffer(bytearray(spec.to_json().encode()), dtype=torch.uint8)
-                    self.t.wait_sent([self.t.send(spec.rank, Header(Kind.CONTROL), text)], spec.rank)
+                for stage in self._specs(spec, b, split, [str(d) for d in devices[1:-1]]):
+                    text = torch.frombuffer(bytearray(stage.to_json().encode()), dtype=torch.uint8)
+                    self.t.wait_sent([self.t.send(stage.rank, Header(Kind.CONTROL), text)], stage.rank)
             self.healthy = True
             # the cloud's units start from the edge's: one initialisation, wherever it came from
             cloud = {i: split.units[i] for i in split.cloud_indices}
@@ -84,29 +77,25 @@ class RemoteBackend(Backend):
             self.close()
             raise
 
-    def _specs(self, cfg: DictConfig, split: Split, devices: List[str]) -> List[StageSpec]:
-        container = cast(Dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-        container["pipeline_backend"]["secret"] = None  # never on the wire: each host has its own copy
-        if cfg.model.num_classes is None:
-            raise ConfigError("model.num_classes is null: the trainer resolves it from the dataset "
-                              "before it builds the dist backend (a cloud host has no dataset)")
-        return [StageSpec(s, self.stages, list(split.cloud_range(s)), int(cfg.model.num_classes),
-                          devices[s], container) for s in range(self.stages)]
+    def _specs(self, spec: RunSpec, b: DistSpec, split: Split, devices: List[str]) -> List[StageSpec]:
+        # the secret is never on the wire: each host has its own copy
+        run = replace(spec, pipeline=replace(spec.pipeline, dist=replace(b, secret=None, secret_file=None)))
+        return [StageSpec(s, self.stages, list(split.cloud_range(s)), devices[s], run)
+                for s in range(self.stages)]
 
-    def _launch(self, cfg: DictConfig, split: Split, devices: List[str]) -> launch.World:
-        b = cfg.pipeline_backend
+    def _launch(self, spec: RunSpec, b: DistSpec, split: Split, devices: List[str]) -> launch.World:
         local = b.role is None and not launch.under_torchrun()
-        secret = auth.resolve_secret(b.get("secret"), local, b.get("secret_file"))
+        secret = auth.resolve_secret(b.secret, local, b.secret_file)
         # Local ranks share this host's cores: the cloud stages, which hold most of the compute,
         # split all of them; the edge (a few units, mostly waiting on the link) takes its share.
-        torch.set_num_threads(launch.threads_per_rank(self.stages + 1 if local else 1, cfg.threads))
+        torch.set_num_threads(launch.threads_per_rank(self.stages + 1 if local else 1, spec.threads))
         if local:
-            specs = [spec.to_json() for spec in self._specs(cfg, split, devices)]
+            specs = [stage.to_json() for stage in self._specs(spec, b, split, devices)]
             return launch.start_local(self.stages, specs, secret, self.timeout_s,
-                                      launch.threads_per_rank(self.stages, cfg.threads))
+                                      launch.threads_per_rank(self.stages, spec.threads))
         if launch.under_torchrun():
             return launch.start_torchrun("edge", self.stages, secret, self.timeout_s)
-        return launch.start_by_role("edge", self.stages, b.master_addr, int(b.master_port),
+        return launch.start_by_role("edge", self.stages, b.master_addr, b.master_port,
                                     secret, self.timeout_s)
 
     # -- steps ---------------------------------------------------------------------------------

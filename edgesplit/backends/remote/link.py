@@ -18,10 +18,14 @@ class LinkSpec:
     def from_config(link: Any) -> "LinkSpec":
         """From `pipeline_backend.link`: uplink/downlink override bandwidth_mbps."""
         both = link.get("bandwidth_mbps")
-        up = link.get("uplink_mbps") or both
-        down = link.get("downlink_mbps") or both
-        return LinkSpec(up_bps=up * 1e6 if up else None, down_bps=down * 1e6 if down else None,
-                        latency_s=float(link.get("latency_ms") or 0.0) / 1000.0)
+        return LinkSpec.of_mbps(link.get("uplink_mbps") or both, link.get("downlink_mbps") or both,
+                                float(link.get("latency_ms") or 0.0))
+
+    @staticmethod
+    def of_mbps(up_mbps: Optional[float], down_mbps: Optional[float], latency_ms: float) -> "LinkSpec":
+        """From Mbit/s per direction (None = unshaped) and the latency in milliseconds."""
+        return LinkSpec(up_bps=up_mbps * 1e6 if up_mbps else None,
+                        down_bps=down_mbps * 1e6 if down_mbps else None, latency_s=latency_ms / 1000.0)
 
     def bps(self, direction: str) -> Optional[float]:
         return self.up_bps if direction == "up" else self.down_bps

@@ -4,6 +4,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as recomputed_forward
 
 from edgesplit.backends.gpipe_recompute import defer_batch_norm, recompute_contexts
+from edgesplit.options import CheckpointMode
 
 
 class StageRunner:
@@ -12,7 +13,7 @@ class StageRunner:
     `recompute_mode` (pipeline_backend.checkpoint) says: 'always': all, 'except_last': all but
     the last, 'never': none."""
 
-    def __init__(self, module: nn.Module, recompute_mode: str = "except_last",
+    def __init__(self, module: nn.Module, recompute_mode: CheckpointMode = "except_last",
                  chunks: int = 1, deferred_batch_norm: bool = False) -> None:
         self.module = defer_batch_norm(module, chunks) if deferred_batch_norm else module
         self.recompute_mode = recompute_mode

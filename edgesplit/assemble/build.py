@@ -1,0 +1,90 @@
+"""The one place that turns a validated config into a run's typed parts, once; nothing writes into
+the config (what the data decides, such as the classes, lives in the parts)."""
+from typing import Any, Dict, List, Optional, Sized, Tuple, cast
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from edgesplit.assemble.parts import (CodecParts, DataFacts, DistSpec, ModelSpec, PipelineSpec, RunParts,
+                                      RunSpec)
+from edgesplit.data.datasets import Datasets, build_datasets
+from edgesplit.model.bottleneck import Bottleneck, boundary_shapes
+from edgesplit.model.mobilenetv2 import check_num_classes
+from edgesplit.model.partition import split_units
+from edgesplit.run.lr_schedule import OptimizerSpec
+from edgesplit.run.precision import Precision
+from edgesplit.validate import validate_partition
+
+
+def _container(node: DictConfig) -> Dict[str, Any]:
+    return cast(Dict[str, Any], OmegaConf.to_container(node, resolve=True))
+
+
+def facts_of(datasets: Datasets) -> DataFacts:
+    return DataFacts(datasets.num_classes, len(cast(Sized, datasets.train)),
+                     len(cast(Sized, datasets.val)), tuple(datasets.input_shape))
+
+
+def pipeline_of(b: DictConfig) -> PipelineSpec:
+    """The `pipeline_backend` config as a PipelineSpec (a cloud host's role=cloud needs no more)."""
+    devices = b.devices
+    if not isinstance(devices, str):
+        devices = tuple(devices) if OmegaConf.is_list(devices) else (devices,)
+    dist = None
+    if "link" in b:
+        link = b.link
+        dist = DistSpec(link.uplink_mbps or link.bandwidth_mbps, link.downlink_mbps or link.bandwidth_mbps,
+                        float(link.latency_ms), float(b.timeout_s), b.order, b.role, str(b.master_addr),
+                        int(b.master_port), b.get("secret"), b.get("secret_file"))
+    return PipelineSpec(str(b._target_), str(b.name), int(b.chunks), devices, b.checkpoint,
+                        bool(b.deferred_batch_norm), dist)
+
+
+def _bottleneck(cfg: DictConfig, units: List[nn.Module],
+                input_shape: Tuple[int, ...]) -> Optional[Bottleneck]:
+    ratio = cfg.compressor.get("channel_ratio")
+    if ratio is None:
+        return None
+    shapes = boundary_shapes(units, cfg.partition.front, cfg.partition.back, input_shape)
+    return Bottleneck(float(ratio), shapes)
+
+
+def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
+             base_units: Optional[List[nn.Module]] = None) -> RunParts:
+    """The run of the validated `cfg`: its datasets (built from `data` unless `facts` are given,
+    as where the samples come from elsewhere), the model's units (`base_units`, or built from the
+    seed) checked against the data, with the bottleneck's halves, split into partitions; and the
+    typed spec of every other part. Sets torch's threads first (`threads`)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    datasets = None
+    if facts is None:
+        datasets = build_datasets(cfg.data)
+        facts = facts_of(datasets)
+    p = cfg.partition
+    model = ModelSpec(_container(cfg.model), facts.num_classes, int(cfg.seed), p.front, p.back,
+                      p.cloud_stages)
+    base = model.base_units() if base_units is None else base_units
+    check_num_classes(base, facts.num_classes, facts.input_shape)
+    validate_partition(p, len(base))
+    codecs = CodecParts(_container(cfg.compressor), facts.train_size,
+                        _bottleneck(cfg, base, facts.input_shape))
+    s = cfg.schedule
+    spec = RunSpec(int(cfg.seed), cfg.threads, facts, model, codecs,
+                   Precision(cfg.precision, bool(cfg.channels_last), float(cfg.loss_scale)),
+                   pipeline_of(cfg.pipeline_backend),
+                   OptimizerSpec(_container(cfg.optimizer), int(s.epochs), int(s.warmup_epochs)))
+    units, front, back = spec.units(base)
+    split = split_units(units, front, back, p.cloud_stages, facts.input_shape)
+    return RunParts(spec, split, datasets)
+
+
+def derived_config(spec: RunSpec) -> Dict[str, Any]:
+    """The keys the data decides, by dotted name, as a checkpoint's config records them: the
+    classes, the cache rows and the bottleneck's shapes (where there is one)."""
+    out: Dict[str, Any] = {"model.num_classes": spec.facts.num_classes,
+                           "compressor.num_samples": spec.codecs.num_samples}
+    if spec.codecs.bottleneck is not None:
+        out["compressor.shapes"] = [list(s) for s in spec.codecs.bottleneck.shapes]
+    return out

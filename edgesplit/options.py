@@ -1,0 +1,23 @@
+"""The config's option lists and limits, each spelled once: the schema names them, validate.py checks
+against them, the assembled parts carry their types."""
+from typing import Any, Literal, Tuple, get_args
+
+# The option lists, each once. The schema's fields (config.py) are `str` (OmegaConf takes no Literal, and
+# an Enum field would turn a wrong value into a multi-line compose error): validate.py checks each
+# value against its list, and the assembled parts (edgesplit.assemble) carry these types.
+Rounding = Literal["nearest", "stochastic"]
+Scale = Literal["tensor", "channel", "group"]
+CacheDtype = Literal["float16", "bfloat16", "float32"]
+EntropyMethod = Literal["none", "zlib", "zstd"]
+PrecisionName = Literal["fp32", "bf16", "fp16"]
+CheckpointMode = Literal["always", "except_last", "never"]
+Order = Literal["gpipe", "1f1b"]  # the order of micro-batch forwards and backwards (dist)
+Role = Literal["edge", "cloud"]
+ResumeMode = Literal["false", "true", "force"]
+MAX_BITS = 16  # compressor.bits, first_bits, gradient_bits: 1..MAX_BITS
+DEFAULT_LOSS_SCALE = 65536.0  # precision=fp16's initial loss scale: torch.amp.GradScaler's default
+
+
+def options(kind: Any) -> Tuple[str, ...]:
+    """The values of an option list above, in order."""
+    return tuple(get_args(kind))
