@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from edgesplit.codecs import fused
 from edgesplit.config import compose_config
+from tests.sweeps import e2e_sweep  # noqa: F401 (a session fixture of the sweep tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough for seconds per run on 2 cores, large enough to train.
