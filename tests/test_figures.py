@@ -8,11 +8,19 @@ from pathlib import Path
 from typing import Any, Callable, List
 
 import pytest
+from omegaconf import DictConfig
 import torch
 
 from edgesplit.run import checkpoint, memory, trainer
 from edgesplit.run.steptimes import Pace, RunStepTimes, StepHistogram, epoch_median
 from tests.test_trainer import Interrupt
+from tests.conftest import TEST_MODEL
+
+
+@pytest.fixture
+def make_cfg(make_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """The tiny config on the 5-unit test model: these tests are about the run's plumbing."""
+    return lambda *overrides: make_cfg(*TEST_MODEL, *overrides)
 
 
 # ------------------------------------------------------------------------------- step times

@@ -1,12 +1,10 @@
-"""Sweeps through Hydra's parallel launchers: joblib and submitit_local run jobs as processes."""
-import importlib.util
+"""Sweeps through Hydra's parallel launchers: joblib (the end-to-end sweep of tests/sweeps.py) and
+submitit_local run jobs as processes; Ctrl-C of a parallel sweep."""
 import json
 import os
-import re
 import signal
 import subprocess
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -15,18 +13,12 @@ from hydra import compose, initialize_config_dir
 
 from edgesplit.run import launchers
 from edgesplit.config import register_configs
-from tests.test_studies import (REPO, RUN_FILES, TINY, _env, _jobs, _report, _summary, _table, _train,
-                                _train_cmd)
+from tests.sweeps import (E2E_SWEEP, REPO, RUN_FILES, TINY, Sweep, env, jobs, overrides, summary, train,
+                          train_cmd)
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 SUBMITIT_SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None
-# joblib's jobs also log to MLflow (where installed): two processes open one new SQLite store at once
-LAUNCHERS = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                        *(["logger=mlflow"] * HAVE_MLFLOW)],
-             "submitit_local": ["hydra/launcher=submitit_local"]}
-STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
 # ------------------------------------------------------------------------------- fast checks
@@ -98,81 +90,48 @@ def test_failures_and_ctrl_c_of_job_processes_reach_the_launching_process(
 
 
 # -------------------------------------------------------------------------------- end to end
-def _times(job: Path) -> tuple[datetime, datetime]:
-    """The first and last timestamps of a job's train.log."""
-    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-              for line in (job / "train.log").read_text().splitlines() if (m := STAMP.match(line))]
-    return stamps[0], stamps[-1]
-
-
 def _job_overrides(job: Path) -> List[str]:
-    overrides = _summary(job)["overrides"]
-    assert isinstance(overrides, list)
-    return overrides
+    found = summary(job)["overrides"]
+    assert isinstance(found, list)
+    return found
 
 
-@pytest.fixture(scope="module")
-def sweeps(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """The same 2-job sweep (seed=1,2; one torch thread per job) through each parallel launcher."""
-    out = {}
-    for name, args in LAUNCHERS.items():
-        sweep = tmp_path_factory.mktemp(name) / "sweep"
-        out[name] = sweep, _train("-m", *TINY, "seed=1,2", *args, f"hydra.sweep.dir={sweep}")
-    return out
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(LAUNCHERS))
-def test_parallel_sweep_runs_each_job_in_its_own_dir_with_its_seed(
-        sweeps: Dict[str, tuple[Path, subprocess.CompletedProcess]], name: str) -> None:
-    sweep, out = sweeps[name]
-    assert out.returncode == 0, out.stderr[-3000:]
-    jobs = _jobs(sweep)
-    assert [j.name.split("_", 1)[0] for j in jobs] == ["0", "1"]
-    for seed, job in zip((1, 2), jobs):
+def _check_jobs(sweep: Path, seeds: List[int]) -> List[Path]:
+    """Each job in its own dir with its seed, its lock released; the launching process cleaned up."""
+    ran = [job for job in jobs(sweep) if (job / "summary.json").exists()]
+    assert [overrides(j)["seed"] for j in ran] == [str(s) for s in seeds]
+    for job in ran:
         for f in RUN_FILES:
             assert (job / f).exists(), f"{job} lacks {f}"
         assert not (job / "run.lock").exists()
-        s = _summary(job)
-        assert s["status"] == "finished" and s["epochs"] == 1
+        assert summary(job)["status"] == "finished"
+        seed = overrides(job)["seed"]
         assert f"seed={seed}" in _job_overrides(job) and f"seed={seed}" in job.name
         assert not any(o.startswith("hydra") for o in _job_overrides(job))
-    (a_start, a_end), (b_start, b_end) = (_times(j) for j in jobs)
-    assert a_start < b_end and b_start < a_end  # the two jobs ran at the same time
-    assert not list(sweep.glob(".edgesplit-sweep-*"))  # the launching process cleaned up
-    if name == "submitit_local":
-        assert (sweep / ".submitit").is_dir()  # submitit's own files, beside the jobs
-    if "logger=mlflow" in LAUNCHERS[name]:  # both jobs in the sweep's one store
-        from mlflow.tracking import MlflowClient
-        client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
-        found = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert sorted(r.data.params["seed"] for r in found) == ["1", "2"]
-        assert {r.info.status for r in found} == {"FINISHED"}
-    report = _report(sweep).stdout
-    runs = _table(report, "## Runs")
-    assert runs[0][:3] == ["run", "seed", "status"]
-    assert [r[:3] for r in runs[1:]] == [["0", "1", "finished"], ["1", "2", "finished"]]
-    for row, job in zip(runs[1:], jobs):
-        assert row[runs[0].index("best val acc1")] == f"{_summary(job)['best_val_acc1']:.2f}"
+    assert not list(sweep.glob(".edgesplit-sweep-*"))
+    return ran
 
 
 @pytest.mark.slow
-def test_a_job_computes_the_same_in_either_launcher_and_each_seed_its_own(
-        sweeps: Dict[str, tuple[Path, subprocess.CompletedProcess]]) -> None:
-    losses = {name: [_summary(j)["train_loss"] for j in _jobs(sweep)] for name, (sweep, _) in sweeps.items()}
-    assert losses["joblib"] == losses["submitit_local"]  # one thread each: bit for bit
-    assert losses["joblib"][0] != losses["joblib"][1]
+def test_joblib_runs_each_job_in_its_own_dir_with_its_seed(e2e_sweep: Sweep) -> None:
+    assert "hydra/launcher=joblib" in E2E_SWEEP
+    _check_jobs(e2e_sweep.dir, [1, 2, 1, 2])
 
 
 @pytest.mark.slow
-def test_a_failed_job_in_a_job_process_fails_the_sweep(tmp_path: Path) -> None:
-    # n_jobs=2: a job in a worker process (joblib runs n_jobs=1 in the launching process)
-    out = _train("-m", *TINY, "partition.front=30", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    console = out.stdout + out.stderr
-    assert out.returncode == 1, console[-3000:]
-    assert "error: partition.front+partition.back=31 is invalid" in console
-    assert "1 job(s) failed" in console and "Traceback" not in console
+def test_submitit_local_runs_the_jobs_as_processes_and_computes_as_joblib(
+        e2e_sweep: Sweep, tmp_path: Path) -> None:
+    """The end-to-end sweep's first two jobs again, through submitit_local: one thread each, bit for bit."""
+    sweep = tmp_path / "sweep"
+    args = [a for a in E2E_SWEEP if not a.startswith(("compressor=", "partition.front=", "hydra", "logger"))]
+    out = train("-m", *args, "compressor=none", "partition.front=2", "hydra/launcher=submitit_local",
+                f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ran = _check_jobs(sweep, [1, 2])
+    assert (sweep / ".submitit").is_dir()  # submitit's own files, beside the jobs
+    by_joblib = [summary(j)["train_loss"] for j in jobs(e2e_sweep.dir)[:2]]
+    assert [summary(j)["train_loss"] for j in ran] == by_joblib
+    assert by_joblib[0] != by_joblib[1]  # each seed its own
 
 
 def _wait_for(proc: subprocess.Popen, until: Any, timeout: float) -> None:
@@ -187,11 +146,12 @@ def _wait_for(proc: subprocess.Popen, until: Any, timeout: float) -> None:
 def test_ctrl_c_stops_the_running_jobs_cleanly_and_starts_no_other(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     tiny = [a for a in TINY if not a.startswith(("threads=", "schedule.epochs="))]
-    args = ["-m", *tiny, "schedule.epochs=4", "partition.front=1,2,3", "hydra/launcher=joblib",
+    # epochs enough that no job ends before Ctrl-C: it comes once two jobs have a checkpoint
+    args = ["-m", *tiny, "schedule.epochs=100", "partition.front=1,2,3", "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
     log = tmp_path / "console.txt"
     with open(log, "w") as console:
-        proc = subprocess.Popen(_train_cmd(*args), cwd=REPO, env=_env(), stdout=console,
+        proc = subprocess.Popen(train_cmd(*args), cwd=REPO, env=env(), stdout=console,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_for(proc, lambda: len(list(sweep.glob("*/checkpoint.pt"))) == 2, timeout=300)
@@ -205,10 +165,10 @@ def test_ctrl_c_stops_the_running_jobs_cleanly_and_starts_no_other(tmp_path: Pat
     assert "Ctrl-C: 2 running job(s) stop at their next step boundary" in text
     assert f"the sweep was interrupted; to continue, run the sweep again with resume=true " \
            f"hydra.sweep.dir={sweep}" in text
-    first, second, third = _jobs(sweep)
+    first, second, third = jobs(sweep)
     for job in (first, second):
-        s = _summary(job)
-        assert s["status"] == "interrupted" and 1 <= s["epochs"] < 4, s["status"]
+        s = summary(job)
+        assert s["status"] == "interrupted" and 1 <= s["epochs"] < 100, s["status"]
         assert (job / "checkpoint.pt").exists() and not (job / "run.lock").exists()
         threads = launchers.job_threads({"_target_": JOBLIB, "n_jobs": 2}, launchers.available_cpus())
         assert f"threads={threads} torch threads for this job (joblib" in (job / "train.log").read_text()

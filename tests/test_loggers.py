@@ -6,11 +6,20 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
+from omegaconf import DictConfig
 
 from edgesplit.run import trainer
 from edgesplit.errors import ConfigError
 from edgesplit.logs.metrics_csv import COLUMNS
 from tests.test_trainer import Interrupt, interrupt_after_first_epoch
+from tests.conftest import TEST_MODEL
+
+
+@pytest.fixture
+def make_cfg(make_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """The tiny config on the 5-unit test model: these tests are about the run's plumbing."""
+    return lambda *overrides: make_cfg(*TEST_MODEL, *overrides)
+
 
 needs_mlflow = pytest.mark.skipif(
     importlib.util.find_spec("mlflow") is None,

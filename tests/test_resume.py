@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.run import checkpoint, rundir, trainer
 from edgesplit.run.checkpoint import CheckpointError
 from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError, UserError
 from edgesplit.run.resume import config_changes
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TEST_MODEL, TINY
+
+
+@pytest.fixture
+def make_cfg(make_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """The tiny config on the 5-unit test model: these tests are about the run's plumbing."""
+    return lambda *overrides: make_cfg(*TEST_MODEL, *overrides)
 
 
 def _resolved(*overrides: str) -> Dict[str, Any]:
@@ -88,7 +94,7 @@ def test_resume_repairs_a_summary_killed_between_the_two_writes(make_cfg: Callab
     assert checkpoint.load(tmp_path / "checkpoint.pt")["epoch"] == 2
     stale = json.loads((tmp_path / "summary.json").read_text())
     assert (stale["status"], stale["epochs"]) == ("running", 1)
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, *args, "resume=true",
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, *TEST_MODEL, *args, "resume=true",
                            f"hydra.run.dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stderr
@@ -133,7 +139,7 @@ def test_a_full_disk_names_the_path_and_the_free_space(make_cfg: Callable, tmp_p
 
 
 def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(tmp_path: Path) -> None:
-    args = [*TINY, "pipeline_backend=naive", "schedule.epochs=200"]
+    args = [*TINY, *TEST_MODEL, "pipeline_backend=naive", "schedule.epochs=200"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 150

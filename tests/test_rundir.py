@@ -9,11 +9,18 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from omegaconf import DictConfig
 
 from edgesplit.run import trainer
 from edgesplit.errors import RunDirBusy, UserError
 from edgesplit.run.rundir import FOREIGN_STALE_S, RunDirLock
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TEST_MODEL, TINY
+
+
+@pytest.fixture
+def make_cfg(make_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """The tiny config on the 5-unit test model: these tests are about the run's plumbing."""
+    return lambda *overrides: make_cfg(*TEST_MODEL, *overrides)
 
 
 def _plant(run_dir: Path, host: str, pid: int, age_s: float = 0.0) -> Path:
@@ -51,7 +58,8 @@ def test_a_second_train_py_in_a_held_dir_is_one_line(tmp_path: Path) -> None:
          str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, f"hydra.run.dir={tmp_path}"],
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, *TEST_MODEL,
+                               f"hydra.run.dir={tmp_path}"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
     finally:
         holder.kill()

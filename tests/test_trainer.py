@@ -4,12 +4,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from omegaconf import DictConfig
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from edgesplit.run import checkpoint, trainer
 from edgesplit.errors import TrainingDiverged
 from edgesplit.model.mobilenetv2 import build_units
+from tests.conftest import TEST_MODEL
+
+
+@pytest.fixture
+def make_cfg(make_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """The tiny config on the 5-unit test model: these tests are about the run's plumbing."""
+    return lambda *overrides: make_cfg(*TEST_MODEL, *overrides)
+
 
 CONTRACT_TAGS = {"train/loss", "train/acc1", "val/loss", "val/acc1", "lr", "time/batch_s",
                  "memory/peak_bytes", "comm/up_bytes", "comm/down_bytes"}
@@ -112,7 +121,7 @@ def test_a_checkpoint_of_one_backend_resumes_in_the_other(make_cfg: Callable, tm
         with pytest.raises(Interrupt):
             trainer.run(cfg, tmp_path, [])
     saved = checkpoint.load(tmp_path / "checkpoint.pt")
-    assert sorted(saved["units"]) == list(range(20))
+    assert sorted(saved["units"]) == list(range(5))
     units = build_units(cfg.model, 10)
     for i, unit in enumerate(units):  # loads into a plain model, no key left over
         checkpoint.load_unit(unit, saved["units"][i])
