@@ -1,5 +1,6 @@
 """Across hosts: edge and cloud in two network namespaces joined by a veth pair (the traffic
-crosses an interface), and the two-torchrun launch that README shows."""
+crosses an interface), and the two-torchrun launch that README shows. (Role mode with one run dir on
+one host: test_dist_faults.)"""
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from tests.dist_helpers import REPO, dist_process_count, free_port, train_argv, train_env
+from tests.dist_helpers import REPO, dist_process_count, free_port, train_argv, train_env, wait_for
 
 pytestmark = pytest.mark.slow
 NS = f"es{os.getpid()}"
@@ -85,10 +86,7 @@ def _edge_and_cloud(namespaces, tmp_path, cloud_dir, *overrides, kill_at_checkpo
         stderr=subprocess.STDOUT, text=True)
     try:
         if kill_at_checkpoint:
-            deadline = time.monotonic() + 240
-            while not (run / "checkpoint.pt").exists() and edge.poll() is None:
-                assert time.monotonic() < deadline, "no checkpoint after 240 s"
-                time.sleep(0.2)
+            wait_for(lambda: (run / "checkpoint.pt").exists(), "the edge's first checkpoint", edge)
             edge.kill()
         edge_out, _ = edge.communicate(timeout=240)
         cloud_out, _ = cloud.communicate(timeout=90)
@@ -154,29 +152,3 @@ def test_two_torchrun_invocations(tmp_path):
     assert "epoch 1/1" in (tmp_path / "run" / "train.log").read_text()  # the edge's log survived
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
     assert dist_process_count() == 0
-
-
-def test_a_cloud_given_the_edges_run_dir_deletes_nothing(tmp_path):
-    """Role mode on one host with one hydra.run.dir (what two processes started in the same second
-    get from Hydra's default dir): the edge's files are all there at the end."""
-    port, run = free_port(), tmp_path / "run"
-    common = ["data.train_size=256", "data.val_size=64", "schedule.epochs=1",
-              f"pipeline_backend.master_port={port}", "pipeline_backend.timeout_s=60",
-              f"hydra.run.dir={run}"]
-    edge = subprocess.Popen(train_argv(*common, "pipeline_backend.role=edge"), env=train_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "train.log").exists():  # the edge's Hydra files first, then the cloud
-            assert time.monotonic() < deadline and edge.poll() is None, "the edge did not start"
-            time.sleep(0.1)
-        cloud = subprocess.run(train_argv(*common, "pipeline_backend.role=cloud"), env=train_env(),
-                               capture_output=True, text=True, timeout=240)
-        out, _ = edge.communicate(timeout=120)
-    finally:
-        if edge.poll() is None:
-            edge.kill()
-            edge.wait()
-    assert edge.returncode == 0 and cloud.returncode == 0, out[-2000:] + cloud.stderr[-2000:]
-    assert "epoch 1/1" in (run / "train.log").read_text()
-    assert {p.name for p in run.iterdir()} >= {".hydra", "train.log", "summary.json", "checkpoint.pt", "tb"}

@@ -1,5 +1,5 @@
 """dist's start-up lines: who a process waits for (every few seconds, time waited and the limit),
-and the emulated link's rates and latency per direction."""
+and the emulated link's rates and latency per direction (on a real start: test_dist_link)."""
 import logging
 import re
 import time
@@ -13,7 +13,7 @@ from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.seal import Sealer
 from edgesplit.backends.remote.transport import EDGE, Transport
 from edgesplit.errors import PeerError
-from tests.dist_helpers import SECRET, build, config, dist_process_count, free_port
+from tests.dist_helpers import SECRET, free_port
 
 WAITING = r"waiting for (.+): (\d+) s of ([\d.]+) s"
 
@@ -71,19 +71,3 @@ def test_link_emulation_says_its_rates_and_latency_per_direction(caplog: pytest.
     assert LinkSpec(latency_s=0.005).describe() == (
         "link emulation on: up (edge -> cloud) unlimited bandwidth + 5 ms latency; "
         "down (cloud -> edge) unlimited bandwidth + 5 ms latency")
-
-
-@pytest.mark.slow
-def test_a_real_start_says_the_link_and_whom_the_edge_waits_for(caplog: pytest.LogCaptureFixture,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The edge of a local dist run waits while its child starts python and torch (seconds)."""
-    monkeypatch.setattr(progress, "EVERY_S", 0.2)
-    cfg = config(chunks=2, stages=1, link={"uplink_mbps": 50.0, "downlink_mbps": 200.0, "latency_ms": 3})
-    with caplog.at_level(logging.INFO):
-        build("dist", cfg).close()
-    lines = _lines(caplog)
-    assert lines and lines[0][0].startswith("cloud rank 1 (stage 1 of 1) at 127.0.0.1:")
-    assert lines[0][2] == "60"  # a local child gets at least launch.LOCAL_START_S to start
-    assert ("link emulation on: up (edge -> cloud) 50 Mbit/s + 3 ms latency; "
-            "down (cloud -> edge) 200 Mbit/s + 3 ms latency") in caplog.messages
-    assert dist_process_count() == 0
