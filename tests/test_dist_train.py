@@ -52,7 +52,7 @@ def _same_as_gpipe(cfg: DictConfig, batches: List[tuple],
     ("none", 2, 4, "never", "1f1b", "sgd"),  # 1f1b through two stages
     ("prune", 1, 1, "always", "1f1b", "sgd"),  # one micro-batch; the gradient at the support only
     # its encoders and decoders train on their sides; every side builds its optimizer from `optimizer`
-    ("bottleneck", 2, 2, "except_last", "gpipe", "adamw"),
+    ("bottleneck", 1, 2, "except_last", "gpipe", "adamw"),
 ])
 def test_same_losses_and_payload_bytes_as_gpipe(codec, stages, chunks, checkpoint, order, optimizer):
     cfg = config(chunks=chunks, stages=stages, compressor=codec, threads=1, checkpoint=checkpoint,
