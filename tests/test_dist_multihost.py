@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.dist_helpers import REPO, dist_process_count, free_port, train_argv, train_env, wait_for
+from tests.dist_helpers import REPO, dist_process_count, free_port, train_argv, train_env
 
 pytestmark = pytest.mark.slow
 NS = f"es{os.getpid()}"
@@ -64,9 +64,9 @@ def _tx_bytes(ns: str, dev: str) -> int:
     return int(out.stdout)
 
 
-def _edge_and_cloud(namespaces, tmp_path, cloud_dir, *overrides, kill_at_checkpoint=False):
+def _edge_and_cloud(namespaces, tmp_path, cloud_dir, *overrides):
     """One run with the edge and the cloud in their own network namespaces: (edge output, edge
-    exit code, cloud exit code). kill_at_checkpoint: SIGKILL the edge once checkpoint.pt exists."""
+    exit code, cloud exit code)."""
     edge_ns, cloud_ns = namespaces
     common = ["data.train_size=256", "data.val_size=64", f"pipeline_backend.master_addr={EDGE_IP}",
               "pipeline_backend.master_port=29611",
@@ -85,9 +85,6 @@ def _edge_and_cloud(namespaces, tmp_path, cloud_dir, *overrides, kill_at_checkpo
         env=dict(env, GLOO_SOCKET_IFNAME=f"{NS}v0"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     try:
-        if kill_at_checkpoint:
-            wait_for(lambda: (run / "checkpoint.pt").exists(), "the edge's first checkpoint", edge)
-            edge.kill()
         edge_out, _ = edge.communicate(timeout=240)
         cloud_out, _ = cloud.communicate(timeout=90)
     finally:
@@ -101,24 +98,18 @@ def _edge_and_cloud(namespaces, tmp_path, cloud_dir, *overrides, kill_at_checkpo
 
 
 def test_edge_and_cloud_in_two_network_namespaces(namespaces, tmp_path):
-    """Train across two network namespaces; kill the edge after its first checkpoint and resume
-    with new processes: the cloud's state travelled to the edge's one checkpoint (the cloud host
-    keeps no file) and the run ends as if uninterrupted."""
+    """Train across two network namespaces: the traffic goes over the veth pair, the run ends and
+    only the edge writes results (the cloud host keeps no file; the cloud's state travels to the
+    edge's checkpoint and resumes: test_dist_train)."""
     before = _tx_bytes(namespaces[0], f"{NS}v0")
-    out, edge_rc, _ = _edge_and_cloud(namespaces, tmp_path, "cloud_out", "schedule.epochs=3",
-                                      kill_at_checkpoint=True)
-    assert edge_rc != 0, out[-3000:]
+    out, edge_rc, cloud_rc = _edge_and_cloud(namespaces, tmp_path, "cloud_out", "schedule.epochs=1")
+    assert edge_rc == 0 and cloud_rc == 0, out[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and [h["epoch"] for h in summary["history"]] == [1]
     sent = _tx_bytes(namespaces[0], f"{NS}v0") - before
     steps = 256 // 64
     assert sent > steps * summary["comm"]["up_bytes_per_batch"]  # it really went over the veth
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint.pt"]
-    out, edge_rc, cloud_rc = _edge_and_cloud(namespaces, tmp_path, "cloud_out2", "schedule.epochs=3",
-                                             "resume=true")
-    assert edge_rc == 0 and cloud_rc == 0, out[-3000:]
-    assert "resuming from" in out
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "finished" and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
 
 
 def test_two_torchrun_invocations(tmp_path):

@@ -12,8 +12,8 @@ from edgesplit.backends.remote import auth, launch, progress
 from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.seal import Sealer
 from edgesplit.backends.remote.transport import EDGE, Transport
-from edgesplit.errors import PeerError
-from tests.dist_helpers import SECRET, free_port
+from edgesplit.errors import ConfigError, PeerError
+from tests.dist_helpers import SECRET, build, config, dist_process_count, free_port
 
 WAITING = r"waiting for (.+): (\d+) s of ([\d.]+) s"
 
@@ -48,6 +48,30 @@ def test_a_cloud_process_names_the_edge_it_waits_for(caplog: pytest.LogCaptureFi
         launch.connect_local(1, 2, "127.0.0.1", port, SECRET, 1.5)
     assert {what for what, _, _ in _lines(caplog)} == {f"the edge at 127.0.0.1:{port} to admit cloud rank 1"}
     del store
+
+
+@pytest.mark.parametrize("role", ["edge", "cloud"])
+def test_a_role_whose_peer_never_comes_says_whom_it_waits_for(
+        role: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pipeline_backend.role=edge or cloud with no peer: whom it waits for meanwhile, then one error
+    naming the missing peer and the limit (train.py's one line: test_dist_faults)."""
+    monkeypatch.setattr(progress, "EVERY_S", 0.3)
+    port = free_port()
+    with caplog.at_level(logging.INFO), pytest.raises(PeerError) as error:
+        launch.start_by_role(role, 1, "127.0.0.1", port, SECRET, 1.5)
+    missing = "cloud rank 1" if role == "edge" else "the edge's store"
+    assert missing in str(error.value) and "1.5 s" in str(error.value), error.value
+    whom = (f"cloud rank 1 (stage 1 of 1) at 127.0.0.1:{port}" if role == "edge"
+            else f"the edge at 127.0.0.1:{port} to admit a cloud process")
+    assert {what for what, _, _ in _lines(caplog)} == {whom}
+
+
+def test_a_role_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across hosts (a role set) the secret must come from the environment or the config."""
+    monkeypatch.delenv(auth.ENV, raising=False)
+    with pytest.raises(ConfigError, match=f"{auth.ENV}.*pipeline_backend.secret"):
+        build("dist", config(role="edge")).close()
+    assert dist_process_count() == 0
 
 
 def test_without_a_log_handler_the_lines_go_to_stderr(capsys: pytest.CaptureFixture,

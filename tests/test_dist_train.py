@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 def pair() -> Iterator[WarmBackend]:
     """One started edge and two cloud stages (quantize, deferred BatchNorm, eval_compressed off:
     the switch's value that is not the default, so a cloud that ignored it would differ)."""
-    cfg = config(chunks=2, stages=2, compressor="quantize", threads=1, deferred_batch_norm=True)
+    # its cloud ranks idle between the tests: a timeout longer than any gap between two of them
+    cfg = config(chunks=2, stages=2, compressor="quantize", threads=1, deferred_batch_norm=True,
+                 timeout_s=300.0)
     cfg.compressor.eval_compressed = False
     warm = WarmBackend("dist", cfg)
     yield warm
