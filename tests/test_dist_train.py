@@ -17,6 +17,12 @@ from tests.dist_helpers import (WarmBackend, build, config, data, dist_process_c
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_rank_outlives_its_backend() -> Iterator[None]:
+    yield  # set up first, so it checks last: after the shared pair is closed
+    assert dist_process_count() == 0, "a cloud rank outlived its backend"
+
+
 @pytest.fixture(scope="module")
 def pair() -> Iterator[WarmBackend]:
     """One started edge and two cloud stages (quantize, deferred BatchNorm, eval_compressed off:
@@ -29,7 +35,6 @@ def pair() -> Iterator[WarmBackend]:
     yield warm
     warm.backend.close()
     warm.backend.close()  # idempotent
-    assert dist_process_count() == 0, "a cloud rank outlived its backend"
 
 
 def _same_as_gpipe(cfg: DictConfig, batches: List[tuple],
@@ -44,7 +49,6 @@ def _same_as_gpipe(cfg: DictConfig, batches: List[tuple],
     assert dict(m_dist.raw_bytes) == dict(m_gpipe.raw_bytes)
     assert dict(m_dist.fp32_bytes) == dict(m_gpipe.fp32_bytes)  # a bottleneck's: before its encoder
     assert m_dist.batches == m_gpipe.batches == len(got)
-    assert dist_process_count() == 0, "a cloud rank outlived its backend"
     return m_gpipe, m_dist, s_gpipe, s_dist
 
 
