@@ -1,7 +1,9 @@
 """Helpers of the dist tests: tiny units, codecs, configs, and a torchgpipe reference."""
 import copy
 import os
-from typing import Any, Dict, List, Optional
+import subprocess
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -39,7 +41,14 @@ def tiny_units(num_classes: int = 4, width: float = 1.0, n: int = 5, seed: int =
     return units
 
 
-def config(chunks: int = 2, stages: int = 1, compressor: str = "none", timeout_s: float = 10.0,
+def pooled_units(num_classes: int = 4, width: float = 1.0, n: int = 5, seed: int = 0) -> List[nn.Module]:
+    """tiny_units behind a 4x4 average pool: a 32x32 image costs what an 8x8 one does (train.py runs)."""
+    units = tiny_units(num_classes, width, n, seed)
+    units[0] = nn.Sequential(nn.AvgPool2d(4), units[0])
+    return units
+
+
+def config(chunks: int = 2, stages: int = 1, compressor: str = "none", timeout_s: float = 60.0,
            threads: Optional[int] = 1, optimizer: str = "sgd", **backend: Any) -> DictConfig:
     """The real dist config with tiny_units (4 classes), lr 0.05 and the given backend keys."""
     cfg = compose_config(["pipeline_backend=dist", f"compressor={compressor}",
@@ -88,22 +97,68 @@ def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
     return build_backend(assembled(cfg, units, samples), meter if meter is not None else CommMeter())
 
 
-def run_backend(name: str, cfg: DictConfig, batches: List[tuple],
-                meter: Optional[CommMeter] = None, epochs: int = 1) -> List[float]:
-    """Training losses of backend `name` as the training loop drives it."""
-    backend = build(name, cfg, meter)
+def train_epochs(backend: Backend, batches: List[tuple], epochs: int = 1) -> List[float]:
+    """Training losses of `backend` as the training loop drives it, from epoch 0."""
     losses = []
+    for epoch in range(epochs):
+        backend.start_epoch(epoch)
+        backend.train(True)
+        for x, y, ids in batches:
+            r = backend.train_step(x, y, ids)
+            losses.append(r.loss_sum / r.count)
+        backend.side_stats()  # as the trainer at an epoch's end: the cloud's figures join the meter
+    return losses
+
+
+def train_backend(name: str, cfg: DictConfig, batches: List[tuple], meter: Optional[CommMeter] = None,
+                  epochs: int = 1, samples: int = SAMPLES) -> Tuple[List[float], Dict[str, Any]]:
+    """Training losses of a new backend `name` (for `samples` training samples), and its state_dict
+    after them."""
+    backend = build(name, cfg, meter, samples=samples)
     try:
-        for epoch in range(epochs):
-            backend.start_epoch(epoch)
-            backend.train(True)
-            for x, y, ids in batches:
-                r = backend.train_step(x, y, ids)
-                losses.append(r.loss_sum / r.count)
-            backend.side_stats()  # as the trainer at an epoch's end: the cloud's figures join the meter
-        return losses
+        return train_epochs(backend, batches, epochs), backend.state_dict()
     finally:
         backend.close()
+
+
+def run_backend(name: str, cfg: DictConfig, batches: List[tuple],
+                meter: Optional[CommMeter] = None, epochs: int = 1) -> List[float]:
+    """Training losses of a new backend `name` as the training loop drives it."""
+    backend = build(name, cfg, meter)
+    try:
+        return train_epochs(backend, batches, epochs)
+    finally:
+        backend.close()
+
+
+class WarmBackend:
+    """One started backend that several tests share (a dist one costs seconds of process start):
+    `fresh()` hands it back in its first state (every process's, by load_state_dict) with a
+    reset meter."""
+
+    def __init__(self, name: str, cfg: DictConfig) -> None:
+        self.cfg, self.meter = cfg, CommMeter()
+        self.backend = build(name, cfg, self.meter)
+        self.first = self.backend.state_dict()
+
+    def fresh(self) -> Backend:
+        self.backend.load_state_dict(self.first)
+        self.meter.reset()
+        return self.backend
+
+
+def wait_for(event: Callable[[], bool], what: str, proc: Optional[subprocess.Popen] = None,
+             limit_s: float = 300.0) -> None:
+    """Poll until `event()` holds; fail saying `what` when `proc` exits first or after limit_s (a
+    generous bound: the tests wait for events, not for a time)."""
+    deadline = time.monotonic() + limit_s
+    while not event():
+        if proc is not None and proc.poll() is not None:
+            out = proc.communicate()[0] if proc.stdout is not None else ""
+            raise AssertionError(f"{what}: the process exited with {proc.returncode}: {out[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {limit_s:g} s")
+        time.sleep(0.1)
 
 
 # Processes started by this test session carry this tag in their environment, so a count of
@@ -127,8 +182,9 @@ def dist_process_count() -> int:
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the smoke experiment on pooled_units: the train.py tests are about plumbing, not the model
 SMOKE = ["experiment=smoke", "pipeline_backend=dist", "compressor=quantize", "data.num_workers=0",
-         "pipeline_backend.timeout_s=10"]
+         "pipeline_backend.timeout_s=10", "model._target_=tests.dist_helpers.pooled_units", "model.width=1"]
 
 
 def train_argv(*overrides: str) -> List[str]:

@@ -1,9 +1,13 @@
-"""Link emulation: a slow link costs what its bytes and latency predict; compression shrinks it."""
+"""Link emulation: a slow link costs what its bytes and latency predict; compression shrinks it; a real
+start says the link and whom the edge waits for."""
+import logging
+import re
 import statistics
 import time
 
 import pytest
 
+from edgesplit.backends.remote import launch, progress
 from edgesplit.backends.remote.protocol import HEADER_BYTES
 from edgesplit.boundary.meter import CommMeter
 from tests.dist_helpers import build, config, data, dist_process_count
@@ -39,33 +43,40 @@ def step_times(codec: str, steps: int = 4, **link):
     return statistics.median(times), comm, handed
 
 
-def test_bytes_recorded_are_the_bytes_handed_to_torch_distributed():
-    """Payloads (counted by each sender) plus transport overhead (headers) are what crossed."""
-    _, comm, handed = step_times("quantize", steps=2)
+# up 2 Mbit/s (the up bytes set the time), down all but free; 1 ms latency: a line says all three
+ASYMMETRIC = {"uplink_mbps": 2.0, "downlink_mbps": 1000.0, "latency_ms": 1}
+
+
+def test_slow_link_costs_its_bytes_and_compression_shrinks_it(caplog, monkeypatch):
+    """A slow uplink costs what its bytes predict and 8-bit codes about a quarter of that; the
+    payloads (counted by each sender) plus the headers are what crossed. A real start says the
+    link and, every few seconds, whom the edge waits for (a local child gets at least
+    launch.LOCAL_START_S to start)."""
+    fast, comm, _ = step_times("none")
+    monkeypatch.setattr(progress, "EVERY_S", 0.2)
+    with caplog.at_level(logging.INFO):
+        slow, _, _ = step_times("none", **ASYMMETRIC)
+    predicted = comm["up_bytes_per_batch"] * 8 / 2e6
+    assert predicted > 0.2  # the payload is sized for the link
+    assert slow > 2 * fast
+    assert slow > 0.8 * predicted
+    assert slow < 3 * predicted + fast + 0.5
+    assert ("link emulation on: up (edge -> cloud) 2 Mbit/s + 1 ms latency; "
+            "down (cloud -> edge) 1000 Mbit/s + 1 ms latency") in caplog.messages
+    waits = [m.groups() for m in (re.fullmatch(r"waiting for (.+): \d+ s of ([\d.]+) s", r)
+                                  for r in caplog.messages) if m]
+    assert waits and waits[0][0].startswith("cloud rank 1 (stage 1 of 1) at 127.0.0.1:")
+    assert waits[0][1] == f"{launch.LOCAL_START_S:g}"
+    small, comm, handed = step_times("quantize", **ASYMMETRIC)
+    assert small < 0.6 * slow  # 8-bit codes: about a quarter of the bytes
     for d in ("up", "down"):
         assert comm[f"{d}_bytes_per_batch"] + comm[f"overhead_{d}_bytes_per_batch"] == handed[d]
         assert comm[f"overhead_{d}_bytes_per_batch"] == 2 * 2 * HEADER_BYTES  # 2 micro-batches x 2 passes
 
 
-def test_slow_link_costs_its_bytes_and_compression_shrinks_it():
-    mbps = 2.0
-    fast, comm, _ = step_times("none")
-    slow, _, _ = step_times("none", bandwidth_mbps=mbps)
-    predicted = max(comm["up_bytes_per_batch"], comm["down_bytes_per_batch"]) * 8 / (mbps * 1e6)
-    assert predicted > 0.2  # the payload is sized for the link
-    assert slow > 2 * fast
-    assert slow > 0.8 * predicted
-    assert slow < 3 * predicted + fast + 0.5
-    small, _, _ = step_times("quantize", bandwidth_mbps=mbps)
-    assert small < 0.6 * slow  # 8-bit codes: about a quarter of the bytes
-
-
-def test_latency_and_asymmetric_link():
+def test_latency_delays_every_crossing():
     lat, _, _ = step_times("quantize", latency_ms=50)
     assert lat > 4 * 0.05  # four crossings in sequence per step: front/back, forward/backward
-    # a slow uplink alone: the up bytes set the time
-    up_slow, comm, _ = step_times("none", uplink_mbps=2.0, downlink_mbps=1000.0)
-    assert up_slow > 0.8 * comm["up_bytes_per_batch"] * 8 / 2e6
 
 
 def teardown_module():

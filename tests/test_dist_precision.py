@@ -40,7 +40,7 @@ def _train(name: str, cfg: DictConfig, batches: List[tuple],
 
 
 def test_bf16_and_channels_last_give_the_gpipe_losses_and_bytes() -> None:
-    cfg = config(chunks=2, stages=2, compressor="quantize", threads=1)
+    cfg = config(chunks=2, stages=1, compressor="quantize", threads=1)
     cfg.precision, cfg.channels_last = "bf16", True
     batches = data(2, batch=10) * 3
     m_gpipe, m_dist = CommMeter(), CommMeter()

@@ -1,5 +1,5 @@
 """dist's start-up lines: who a process waits for (every few seconds, time waited and the limit),
-and the emulated link's rates and latency per direction."""
+and the emulated link's rates and latency per direction (on a real start: test_dist_link)."""
 import logging
 import re
 import time
@@ -12,7 +12,7 @@ from edgesplit.backends.remote import auth, launch, progress
 from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.seal import Sealer
 from edgesplit.backends.remote.transport import EDGE, Transport
-from edgesplit.errors import PeerError
+from edgesplit.errors import ConfigError, PeerError
 from tests.dist_helpers import SECRET, build, config, dist_process_count, free_port
 
 WAITING = r"waiting for (.+): (\d+) s of ([\d.]+) s"
@@ -50,6 +50,30 @@ def test_a_cloud_process_names_the_edge_it_waits_for(caplog: pytest.LogCaptureFi
     del store
 
 
+@pytest.mark.parametrize("role", ["edge", "cloud"])
+def test_a_role_whose_peer_never_comes_says_whom_it_waits_for(
+        role: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pipeline_backend.role=edge or cloud with no peer: whom it waits for meanwhile, then one error
+    naming the missing peer and the limit (train.py's one line: test_dist_faults)."""
+    monkeypatch.setattr(progress, "EVERY_S", 0.3)
+    port = free_port()
+    with caplog.at_level(logging.INFO), pytest.raises(PeerError) as error:
+        launch.start_by_role(role, 1, "127.0.0.1", port, SECRET, 1.5)
+    missing = "cloud rank 1" if role == "edge" else "the edge's store"
+    assert missing in str(error.value) and "1.5 s" in str(error.value), error.value
+    whom = (f"cloud rank 1 (stage 1 of 1) at 127.0.0.1:{port}" if role == "edge"
+            else f"the edge at 127.0.0.1:{port} to admit a cloud process")
+    assert {what for what, _, _ in _lines(caplog)} == {whom}
+
+
+def test_a_role_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across hosts (a role set) the secret must come from the environment or the config."""
+    monkeypatch.delenv(auth.ENV, raising=False)
+    with pytest.raises(ConfigError, match=f"{auth.ENV}.*pipeline_backend.secret"):
+        build("dist", config(role="edge")).close()
+    assert dist_process_count() == 0
+
+
 def test_without_a_log_handler_the_lines_go_to_stderr(capsys: pytest.CaptureFixture,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A cloud process the edge started has no logging set up: its lines reach the console anyway."""
@@ -71,19 +95,3 @@ def test_link_emulation_says_its_rates_and_latency_per_direction(caplog: pytest.
     assert LinkSpec(latency_s=0.005).describe() == (
         "link emulation on: up (edge -> cloud) unlimited bandwidth + 5 ms latency; "
         "down (cloud -> edge) unlimited bandwidth + 5 ms latency")
-
-
-@pytest.mark.slow
-def test_a_real_start_says_the_link_and_whom_the_edge_waits_for(caplog: pytest.LogCaptureFixture,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The edge of a local dist run waits while its child starts python and torch (seconds)."""
-    monkeypatch.setattr(progress, "EVERY_S", 0.2)
-    cfg = config(chunks=2, stages=1, link={"uplink_mbps": 50.0, "downlink_mbps": 200.0, "latency_ms": 3})
-    with caplog.at_level(logging.INFO):
-        build("dist", cfg).close()
-    lines = _lines(caplog)
-    assert lines and lines[0][0].startswith("cloud rank 1 (stage 1 of 1) at 127.0.0.1:")
-    assert lines[0][2] == "60"  # a local child gets at least launch.LOCAL_START_S to start
-    assert ("link emulation on: up (edge -> cloud) 50 Mbit/s + 3 ms latency; "
-            "down (cloud -> edge) 200 Mbit/s + 3 ms latency") in caplog.messages
-    assert dist_process_count() == 0

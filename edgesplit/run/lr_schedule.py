@@ -98,8 +98,10 @@ class Optimization:
     def load_state_dict(self, params: Mapping[str, Any], scheduler: Optional[Mapping[str, Any]]) -> None:
         """Load the state of this side's parameters from `params` (which may hold other sides'),
         and replay the schedule to its epoch (from this run's config, so a schedule changed on
-        purpose at resume takes effect)."""
+        purpose at resume takes effect). A parameter without state there gets none (a step since
+        would otherwise leave its momentum behind)."""
         for name, p in self.named.items():
+            self.optimizer.state.pop(p, None)
             if name in params:
                 # copies: the optimizer updates its state in place, the caller's dict stays as it was
                 self.optimizer.state[p] = {k: v.to(p.device, copy=True) if torch.is_tensor(v) else v

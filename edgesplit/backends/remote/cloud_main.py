@@ -46,6 +46,10 @@ def child_main(rank: int, world_size: int, host: str, port: int, stdin: str,
         os._exit(1)
     if dist.is_initialized():
         dist.destroy_process_group()
+    # done: the interpreter's own teardown (torch's modules) would keep the edge's close() waiting
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_cloud(cfg: Any) -> None:
