@@ -45,6 +45,13 @@ def _eager_fused_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
         monkeypatch.setattr(fused, "COMPILE", False)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """mypy starts as soon as its test is known to run (tests/test_static.py says why)."""
+    from tests import test_static
+    if any(item.nodeid.endswith(test_static.MYPY) for item in session.items):
+        session.config.add_cleanup(test_static.start_mypy().kill)  # a session stopped early (-x)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     """Tests marked `cuda` need a GPU: where torch sees none they are skipped, saying why."""
     if torch.cuda.is_available():
