@@ -20,7 +20,7 @@ from edgesplit.validate import validate
 from tests.conftest import TEST_MODEL
 from tests.precision_units import PROBES
 from tests.test_backends import backend_and_batch, train_losses
-from tests.test_trainer import Interrupt, interrupt_after_first_epoch
+from tests.trained_run import Interrupt, interrupt_after_first_epoch
 
 SPLIT = ["partition.front=2", "partition.back=2"]
 # fp16 on the 5-unit test model, 16 samples a batch (CPU's fp16 convolutions are slow): a loss scale
