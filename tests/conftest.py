@@ -8,17 +8,13 @@ from omegaconf import DictConfig
 
 from edgesplit.codecs import fused
 from edgesplit.config import compose_config
+from tests.sizes import TEST_MODEL, TINY
 from tests.sweeps import e2e_sweep  # noqa: F401 (a session fixture of the sweep tests)
+from tests.trained_run import trained_run  # noqa: F401 (the shared trained run, a session fixture)
+
+__all__ = ["ROOT", "TEST_MODEL", "TINY"]  # conftest's names the tests import
 
 ROOT = Path(__file__).resolve().parents[1]
-# Small enough for seconds per run on 2 cores, large enough to train.
-TINY = ["data=digits", "data.train_size=256", "data.val_size=128", "data.batch_size=64",
-        "model.width=0.125", "compressor=quantize", "schedule.epochs=2", "schedule.warmup_epochs=1",
-        "schedule.lr=0.05", "threads=1"]
-
-# The 5-unit test model (tests/custom_model.py) for tests of the run's plumbing (resume, logs,
-# figures, faults): a fraction of MobileNetV2's time; TINY alone keeps MobileNetV2 (width 0.125).
-TEST_MODEL = ["model._target_=tests.custom_model.units", "model.width=0.5"]
 
 
 @pytest.fixture
@@ -43,6 +39,13 @@ def _eager_fused_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     if request.node.get_closest_marker("compiled") is None \
             and request.node.get_closest_marker("cuda") is None:
         monkeypatch.setattr(fused, "COMPILE", False)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """mypy starts as soon as its test is known to run (tests/test_static.py says why)."""
+    from tests import test_static
+    if any(item.nodeid.endswith(test_static.MYPY) for item in session.items):
+        session.config.add_cleanup(test_static.start_mypy().kill)  # a session stopped early (-x)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:

@@ -1,6 +1,9 @@
 """Config composition, schema errors at compose time, range checks with one-line messages."""
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -148,28 +151,7 @@ def test_schema_rejects_unknown_keys_and_types_at_compose_time(overrides: list, 
         compose_config(overrides)
 
 
-def _train(*args: str, cwd: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_bad_value_exits_nonzero_with_one_line(tmp_path) -> None:
-    proc = _train("data=digits", "partition.front=0", f"hydra.run.dir={tmp_path}/run", cwd=str(tmp_path))
-    assert proc.returncode == 1
-    out = proc.stdout + proc.stderr
-    assert "partition.front=0 is invalid: must be >= 1" in out
-    assert "Traceback" not in out
-    assert len([line for line in out.splitlines() if "ERROR" in line]) == 1
-
-
-def test_unknown_key_exits_nonzero_naming_it(tmp_path) -> None:
-    proc = _train("partition.foo=1", f"hydra.run.dir={tmp_path}/run", cwd=str(tmp_path))
-    assert proc.returncode == 1
-    assert "Key 'foo' not in 'PartitionConfig'" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-@pytest.mark.parametrize("args, message", [
+MISTAKES = [
     (["+foo=1"], "error: unknown key foo: not in the schema"),
     (["+partion.front=2"], "error: unknown key partion: not in the schema"),
     (["log_every=0"], "error: log_every=0 is invalid: must be >= 1"),
@@ -179,26 +161,65 @@ def test_unknown_key_exits_nonzero_naming_it(tmp_path) -> None:
      "error: pipeline_backend.chunks=3 is invalid: naive runs the whole batch at once"),
     (["experiment=quant_lr"], "error: experiment=quant_lr is a sweep of 9 jobs over compressor, "
                               "schedule.lr: add -m to run it"),
-])
-def test_user_mistakes_are_one_line_and_exit_1(tmp_path, args: list, message: str) -> None:
-    proc = _train("data=digits", *args, f"hydra.run.dir={tmp_path}/run", cwd=str(tmp_path))
+]
+# train.py's command lines of this module's tests (each ends before training)
+COMMANDS = {**{f"mistake{i}": ["data=digits", *args] for i, (args, _) in enumerate(MISTAKES)},
+            "bad_value": ["data=digits", "partition.front=0"], "unknown_key": ["partition.foo=1"],
+            "preset_one_job": ["experiment=quant_lr", "compressor=quantize8", "schedule.lr=0.1",
+                               "log_every=0"],
+            "preset_sweep": ["experiment=quant_lr", "schedule.lr=0.1", "log_every=0"]}
+
+
+@pytest.fixture(scope="module")
+def train_py(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, subprocess.CompletedProcess]:
+    """Each of COMMANDS through train.py, 4 processes at a time (each pays torch's and Hydra's
+    imports, then stops at its mistake): name -> the process, run in <its dir>, hydra.run.dir <dir>/run."""
+    root = tmp_path_factory.mktemp("train_py")
+
+    def one(name: str) -> subprocess.CompletedProcess:
+        (root / name).mkdir()
+        return subprocess.run([sys.executable, str(ROOT / "train.py"), *COMMANDS[name],
+                               f"hydra.run.dir={root / name}/run"], cwd=root / name,
+                              capture_output=True, text=True, timeout=300)
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(COMMANDS, pool.map(one, COMMANDS)))
+
+
+def test_bad_value_exits_nonzero_with_one_line(train_py: Dict[str, subprocess.CompletedProcess]) -> None:
+    proc = train_py["bad_value"]
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert "partition.front=0 is invalid: must be >= 1" in out
+    assert "Traceback" not in out
+    assert len([line for line in out.splitlines() if "ERROR" in line]) == 1
+
+
+def test_unknown_key_exits_nonzero_naming_it(train_py: Dict[str, subprocess.CompletedProcess]) -> None:
+    proc = train_py["unknown_key"]
+    assert proc.returncode == 1
+    assert "Key 'foo' not in 'PartitionConfig'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("i", range(len(MISTAKES)), ids=[message for _, message in MISTAKES])
+def test_user_mistakes_are_one_line_and_exit_1(train_py: Dict[str, subprocess.CompletedProcess],
+                                               i: int) -> None:
+    proc, message = train_py[f"mistake{i}"], MISTAKES[i][1]
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert message in out and "Traceback" not in out
     assert [line for line in out.splitlines() if "ERROR" in line] == [
         line for line in out.splitlines() if message in line]
-    assert not (tmp_path / "run" / "summary.json").exists()  # nothing trained
+    run_dir = Path(proc.args[-1].split("=", 1)[1])
+    assert not (run_dir / "summary.json").exists()  # nothing trained
 
 
-def test_a_sweep_preset_with_each_swept_key_given_is_one_job(tmp_path) -> None:
-    proc = _train("experiment=quant_lr", "compressor=quantize8", "schedule.lr=0.1", "log_every=0",
-                  f"hydra.run.dir={tmp_path}/run", cwd=str(tmp_path))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and "add -m" not in out  # it went on, to the next check
+def test_a_sweep_preset_with_each_swept_key_given_is_one_job(
+        train_py: Dict[str, subprocess.CompletedProcess]) -> None:
+    out = train_py["preset_one_job"].stdout + train_py["preset_one_job"].stderr
+    assert train_py["preset_one_job"].returncode == 1 and "add -m" not in out  # it went on, to the next check
     assert "error: log_every=0 is invalid" in out
-    proc = _train("experiment=quant_lr", "schedule.lr=0.1", "log_every=0", f"hydra.run.dir={tmp_path}/run",
-                  cwd=str(tmp_path))
-    out = proc.stdout + proc.stderr
+    out = train_py["preset_sweep"].stdout + train_py["preset_sweep"].stderr
     assert "error: experiment=quant_lr is a sweep of 3 jobs over compressor: add -m" in out
 
 

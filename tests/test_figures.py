@@ -13,7 +13,7 @@ import torch
 
 from edgesplit.run import checkpoint, memory, trainer
 from edgesplit.run.steptimes import Pace, RunStepTimes, StepHistogram, epoch_median
-from tests.test_trainer import Interrupt
+from tests.trained_run import Interrupt
 from tests.conftest import TEST_MODEL
 
 

@@ -11,8 +11,9 @@ from omegaconf import DictConfig
 from edgesplit.run import trainer
 from edgesplit.errors import ConfigError
 from edgesplit.logs.metrics_csv import COLUMNS
-from tests.test_trainer import Interrupt, interrupt_after_first_epoch
+from edgesplit.config import compose_config
 from tests.conftest import TEST_MODEL
+from tests.trained_run import RESUMED, TrainedRun, copy_run
 
 
 @pytest.fixture
@@ -33,17 +34,12 @@ def _csv(run_dir: Path) -> List[Dict[str, str]]:
         return list(reader)
 
 
-def test_metrics_csv_has_one_row_per_epoch_and_survives_a_resume(
-        make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = make_cfg("pipeline_backend=naive", "pipeline_backend.chunks=1", "schedule.epochs=3")
-    with monkeypatch.context() as m:
-        interrupt_after_first_epoch(m)  # killed after summary.json, before metrics.csv
-        with pytest.raises(Interrupt):
-            trainer.run(cfg, tmp_path, [])
-    assert not (tmp_path / "metrics.csv").exists()
-    cfg.resume = True
-    summary = trainer.run(cfg, tmp_path, [])
-    rows = _csv(tmp_path)
+def test_metrics_csv_has_one_row_per_epoch_and_survives_a_resume(trained_run: TrainedRun,
+                                                                 tmp_path: Path) -> None:
+    # the shared run was killed after epoch 1's summary.json, before its metrics.csv row
+    assert "summary.json" in trained_run.killed_files and "metrics.csv" not in trained_run.killed_files
+    summary = trained_run.resumed_summary
+    rows = _csv(trained_run.resumed)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for row, h in zip(rows, summary["history"]):
         for key in ("lr", "train_loss", "val_acc1", "time_per_batch_s", "samples_per_s",
@@ -52,8 +48,9 @@ def test_metrics_csv_has_one_row_per_epoch_and_survives_a_resume(
         assert int(row["peak_memory_bytes"]) == h["peak_memory_bytes"] > 0
     assert [float(r["best_val_acc1"]) for r in rows] == pytest.approx(
         [max(h["val_acc1"] for h in summary["history"][:i + 1]) for i in range(3)])
-    trainer.run(cfg, tmp_path, [])  # finished: nothing to resume, nothing added
-    assert len(_csv(tmp_path)) == 3
+    run_dir = copy_run(trained_run.resumed, tmp_path)
+    trainer.run(compose_config(RESUMED), run_dir, [])  # finished: nothing to resume, nothing added
+    assert len(_csv(run_dir)) == 3
 
 
 def test_logger_mlflow_without_the_package_stops_with_one_line(
@@ -73,26 +70,20 @@ def _mlflow_runs(store: Path) -> List[Any]:
 
 @needs_mlflow
 def test_mlflow_holds_the_runs_params_and_metrics_and_a_resume_goes_on_in_the_same_run(
-        make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        trained_run: TrainedRun) -> None:
     from mlflow.tracking import MlflowClient
-    cfg = make_cfg("pipeline_backend=naive", "pipeline_backend.chunks=1", "logger=mlflow", "seed=3")
-    with monkeypatch.context() as m:
-        interrupt_after_first_epoch(m)
-        with pytest.raises(Interrupt):
-            trainer.run(cfg, tmp_path, ["seed=3"])
-    cfg.resume = True
-    summary = trainer.run(cfg, tmp_path, ["seed=3"])
-    runs = _mlflow_runs(tmp_path / "mlflow.db")  # a single run's store: in its run dir
+    run_dir, summary = trained_run.resumed, trained_run.resumed_summary  # killed after epoch 1, resumed
+    runs = _mlflow_runs(run_dir / "mlflow.db")  # a single run's store: in its run dir
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_name == tmp_path.name
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
     params = run.data.params
     assert params["seed"] == "3" and params["partition.front"] == "1" and params["logger.name"] == "mlflow"
-    assert params["compressor.name"] == "quantize" and params["data.name"] == "digits"
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert params["compressor.name"] == "quantize2_sr_group" and params["data.name"] == "digits"
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
     for key in ("val_acc1", "train_loss", "time_per_batch_s", "up_bytes_per_batch"):
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-        assert [m.step for m in history] == [1, 2], key  # epoch 1 logged once, by the resumed run
+        assert [m.step for m in history] == [1, 2, 3], key  # epoch 1 logged once, by the resumed run
         assert [m.value for m in history] == pytest.approx([h[key] for h in summary["history"]]), key
 
 

@@ -17,11 +17,17 @@ from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.errors import ConfigError, TrainingDiverged
 from edgesplit.run.precision import Precision
 from edgesplit.validate import validate
+from tests.conftest import TEST_MODEL
 from tests.precision_units import PROBES
 from tests.test_backends import backend_and_batch, train_losses
-from tests.test_trainer import Interrupt, interrupt_after_first_epoch
+from tests.trained_run import Interrupt, interrupt_after_first_epoch
 
 SPLIT = ["partition.front=2", "partition.back=2"]
+# fp16 on the 5-unit test model, 16 samples a batch (CPU's fp16 convolutions are slow): a loss scale
+# of 2**22 overflows the first gradients, and the scaler settles after a few halvings.
+FP16 = [*TEST_MODEL, *SPLIT, "data.batch_size=16", "pipeline_backend=gpipe", "pipeline_backend.chunks=2",
+        "precision=fp16"]
+FORCED = 22
 
 
 def _backend(cfg: DictConfig, meter: CommMeter) -> Tuple[Backend, Tuple[torch.Tensor, ...]]:
@@ -87,30 +93,28 @@ def test_gpipe_enters_autocast_inside_each_partition_and_its_recomputation(make_
 
 
 def test_fp16_skips_overflowed_steps_then_trains_as_with_a_fitting_scale(make_cfg: Callable) -> None:
-    common = [*SPLIT, "pipeline_backend=gpipe", "pipeline_backend.chunks=2", "precision=fp16"]
-    forced = _steps(make_cfg(*common, "loss_scale=131072"), 10)  # 2**17: gradients overflow fp16
+    forced = _steps(make_cfg(*FP16, f"loss_scale={2 ** FORCED}"), 10)  # gradients overflow fp16
     k = sum(forced["skipped"])
     assert 2 <= k <= 6 and forced["skipped"] == [1] * k + [0] * (10 - k), forced["skipped"]
     assert forced["changed"] == [False] * k + [True] * (10 - k)  # a skipped step changes no weight
-    assert forced["scale"] == [2 ** 17 / 2 ** min(i + 1, k) for i in range(10)]  # backs off per skip
+    assert forced["scale"] == [2 ** FORCED / 2 ** min(i + 1, k) for i in range(10)]  # backs off per skip
     assert forced["losses"][:k + 1] == [forced["losses"][0]] * (k + 1)
     # then the steps of a run that starts at the scale the skips settled on
-    normal = _steps(make_cfg(*common, f"loss_scale={2 ** (17 - k)}"), 4)
+    normal = _steps(make_cfg(*FP16, f"loss_scale={2 ** (FORCED - k)}"), 4)
     assert normal["skipped"] == [0] * 4 and all(normal["changed"])
     assert forced["losses"][k:k + 4] == pytest.approx(normal["losses"], rel=1e-3)
 
 
 def test_fp16_run_goes_on_through_skipped_steps_and_resumes_with_its_scale(
         make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = [*SPLIT, "pipeline_backend=gpipe", "pipeline_backend.chunks=2", "precision=fp16",
-           "loss_scale=131072", "channels_last=true"]
+    cfg = [*FP16, f"loss_scale={2 ** FORCED}", "channels_last=true", "data.train_size=64", "data.val_size=32"]
     whole = trainer.run(make_cfg(*cfg), tmp_path / "whole", [])
     assert whole["status"] == "finished" and whole["precision"] == "fp16"
     assert (whole["activation_dtype"], whole["gradient_dtype"]) == ("float16", "float16")
     skipped = [h["skipped_steps"] for h in whole["history"]]
     assert skipped[0] >= 1 and all(h["data_s"] >= 0 for h in whole["history"])
     state = checkpoint.load(tmp_path / "whole" / "checkpoint.pt")
-    assert state["grad_scaler"]["edge"]["scale"] == 2 ** 17 / 2 ** sum(skipped)
+    assert state["grad_scaler"]["edge"]["scale"] == 2 ** FORCED / 2 ** sum(skipped)
     with monkeypatch.context() as m:
         interrupt_after_first_epoch(m)
         with pytest.raises(Interrupt):

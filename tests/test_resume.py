@@ -19,6 +19,7 @@ from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError, UserError
 from edgesplit.run.resume import config_changes
 from tests.conftest import ROOT, TEST_MODEL, TINY
+from tests.trained_run import TRAINED, TrainedRun, copy_run
 
 
 @pytest.fixture
@@ -53,28 +54,29 @@ def test_result_neutral_keys_may_differ_and_the_rest_are_listed() -> None:
     assert ("compressor.bits", 8, "<absent>") in config_changes(saved, changed)
 
 
-def test_resume_true_with_other_values_stops_listing_each_key(make_cfg: Callable, tmp_path: Path) -> None:
-    trainer.run(make_cfg("pipeline_backend=naive", "schedule.epochs=1"), tmp_path, [])
-    before = (tmp_path / "checkpoint.pt").read_bytes()
+def test_resume_true_with_other_values_stops_listing_each_key(trained_run: TrainedRun,
+                                                              tmp_path: Path) -> None:
+    run_dir = copy_run(trained_run.straight, tmp_path)
+    before = (run_dir / "checkpoint.pt").read_bytes()
     with pytest.raises(ConfigError) as info:
-        trainer.run(make_cfg("pipeline_backend=naive", "schedule.epochs=1", "resume=true", "seed=1",
-                             "schedule.lr=0.1", "threads=2"), tmp_path, [])
+        trainer.run(compose_config([*TRAINED, "seed=1", "schedule.lr=0.1", "threads=2"]), run_dir, [])
     message = str(info.value)
     assert message.startswith("resume=true with a config that differs from the checkpoint's (")
-    assert "schedule.lr 0.05 -> 0.1, seed 0 -> 1; use the checkpoint's values, or resume=force" in message
+    assert "schedule.lr 0.05 -> 0.1, seed 3 -> 1; use the checkpoint's values, or resume=force" in message
     assert "threads" not in message and "\n" not in message
-    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
 
 
-def test_a_finished_run_continues_to_more_epochs_only_with_force(make_cfg: Callable, tmp_path: Path) -> None:
-    trainer.run(make_cfg("pipeline_backend=naive", "schedule.epochs=1"), tmp_path, [])
-    with pytest.raises(ConfigError, match="schedule.epochs 1 -> 2"):
-        trainer.run(make_cfg("pipeline_backend=naive", "resume=true"), tmp_path, [])
-    summary = trainer.run(make_cfg("pipeline_backend=naive", "resume=force"), tmp_path, [])
-    assert summary["status"] == "finished" and summary["epochs"] == 2 and summary["epochs_planned"] == 2
-    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+def test_a_finished_run_continues_to_more_epochs_only_with_force(trained_run: TrainedRun,
+                                                                 tmp_path: Path) -> None:
+    run_dir = copy_run(trained_run.straight, tmp_path)
+    with pytest.raises(ConfigError, match="schedule.epochs 3 -> 4"):
+        trainer.run(compose_config([*TRAINED, "schedule.epochs=4"]), run_dir, [])
+    summary = trainer.run(compose_config([*TRAINED, "schedule.epochs=4", "resume=force"]), run_dir, [])
+    assert summary["status"] == "finished" and summary["epochs"] == 4 and summary["epochs_planned"] == 4
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
     assert summary["resumed_with_changes"] == ["schedule.epochs"]
-    assert json.loads((tmp_path / "summary.json").read_text())["resumed_with_changes"] == ["schedule.epochs"]
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_with_changes"] == ["schedule.epochs"]
 
 
 def test_resume_repairs_a_summary_killed_between_the_two_writes(make_cfg: Callable, tmp_path: Path,
@@ -107,11 +109,11 @@ def test_resume_repairs_a_summary_killed_between_the_two_writes(make_cfg: Callab
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip at all", "truncated"])
 def test_an_unreadable_checkpoint_is_one_line_naming_it(make_cfg: Callable, tmp_path: Path,
-                                                        content: Any) -> None:
+                                                        trained_run: TrainedRun, content: Any) -> None:
     path = tmp_path / "checkpoint.pt"
     if content == "truncated":
-        trainer.run(make_cfg("pipeline_backend=naive", "schedule.epochs=1"), tmp_path, [])
-        content = path.read_bytes()[: path.stat().st_size // 2]
+        whole = (trained_run.straight / "checkpoint.pt").read_bytes()
+        content = whole[: len(whole) // 2]
     path.write_bytes(content)
     with pytest.raises(CheckpointError) as info:
         trainer.run(make_cfg("pipeline_backend=naive", "resume=true"), tmp_path, [])

@@ -11,7 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from edgesplit.run import checkpoint, trainer
 from edgesplit.errors import TrainingDiverged
 from edgesplit.model.mobilenetv2 import build_units
+from edgesplit.config import compose_config
 from tests.conftest import TEST_MODEL
+from tests.trained_run import TRAINED, Interrupt, TrainedRun, copy_run, interrupt_after_first_epoch
 
 
 @pytest.fixture
@@ -26,24 +28,10 @@ SUMMARY_KEYS = {"val_acc1", "best_val_acc1", "val_loss", "train_loss", "epochs",
                 "samples_per_s", "peak_memory_bytes", "backend", "comm", "sides"}
 
 
-class Interrupt(Exception):
-    """Stands for a kill right after an epoch's checkpoint."""
-
-
-def interrupt_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    def write_then_die(run_dir: Path, summary: dict) -> None:
-        real_write(run_dir, summary)
-        raise Interrupt
-    real_write = trainer.write_summary
-    monkeypatch.setattr(trainer, "write_summary", write_then_die)
-
-
-def test_run_writes_the_contract_files_and_learns(make_cfg: Callable, tmp_path: Path) -> None:
-    cfg = make_cfg("compressor=prune", "pipeline_backend=gpipe", "pipeline_backend.chunks=2",
-                   "schedule.epochs=3", "schedule.warmup_epochs=2")
-    summary = trainer.run(cfg, tmp_path, ["schedule.epochs=3"])
-    assert {p.name for p in tmp_path.iterdir()} >= {"tb", "summary.json", "checkpoint.pt"}
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
+def test_run_writes_the_contract_files_and_learns(trained_run: TrainedRun) -> None:
+    run_dir, summary = trained_run.straight, trained_run.straight_summary
+    assert {p.name for p in run_dir.iterdir()} >= {"tb", "summary.json", "checkpoint.pt", "metrics.csv"}
+    on_disk = json.loads((run_dir / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(on_disk) and on_disk["status"] == "finished" and on_disk["epochs"] == 3
     assert {"up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_batch",
             "raw_down_bytes_per_batch"} <= set(on_disk["comm"])
@@ -53,10 +41,10 @@ def test_run_writes_the_contract_files_and_learns(make_cfg: Callable, tmp_path: 
     # the seed's schedule: warm-up 2 then cosine over 3 epochs, from lr 0.05
     assert [h["lr"] for h in history] == pytest.approx([0.025, 0.05 * 0.75, 0.05 * 0.25])
     assert summary["best_val_acc1"] == max(h["val_acc1"] for h in history)
-    # prune 0.1 sends about a tenth of the raw bytes
-    assert on_disk["comm"]["up_bytes_per_batch"] < 0.2 * on_disk["comm"]["raw_up_bytes_per_batch"]
+    # 2-bit codes: about a sixteenth of the raw bytes
+    assert on_disk["comm"]["up_bytes_per_batch"] < 0.1 * on_disk["comm"]["raw_up_bytes_per_batch"]
 
-    events = EventAccumulator(str(tmp_path / "tb"))
+    events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert CONTRACT_TAGS <= tags
@@ -64,16 +52,27 @@ def test_run_writes_the_contract_files_and_learns(make_cfg: Callable, tmp_path: 
     assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx([h["val_acc1"] for h in history])
 
 
-@pytest.mark.parametrize("codec", [["compressor=quantize"],
-                                   ["compressor=delta", "compressor.bits=2", "data.augment=fixed"],
-                                   ["compressor=quantize", "compressor.error_feedback=true"],
-                                   ["compressor=quantize2_sr_group"]])
-def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              codec: list[str]) -> None:
-    """Per-sample codec state (delta's references, error feedback's residuals) and the draw
-    keys' step count (stochastic rounding) are in the checkpoint: a resumed run ends bit-exact."""
-    cfg = make_cfg(*codec, "pipeline_backend=gpipe", "pipeline_backend.chunks=2")
+def _same_numbers(resumed: dict, straight: dict) -> None:
+    for key in ("train_loss", "val_loss", "val_acc1", "best_val_acc1"):
+        assert resumed[key] == straight[key], key
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    assert [h["lr"] for h in resumed["history"]] == [h["lr"] for h in straight["history"]]
+
+
+def test_a_resumed_gpipe_run_ends_with_the_numbers_of_an_uninterrupted_one(trained_run: TrainedRun) -> None:
+    """The weights, the optimizer's momentum, the LR schedule, error feedback's residuals (the senders':
+    front on the edge, back on the cloud) and stochastic rounding's draw keys are in the checkpoint:
+    the shared run killed after epoch 1 and resumed ends bit-exact."""
+    assert trained_run.killed_epoch == 1
+    _same_numbers(trained_run.resumed_summary, trained_run.straight_summary)
+    state = [trained_run.resumed_summary["sides"][side]["codec_state_bytes"] for side in ("edge", "cloud")]
+    assert state[0] > 0 and state[1] > 0
+
+
+def test_a_resumed_naive_run_with_per_sample_references_ends_with_the_uninterrupted_numbers(
+        make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """delta's per-sample references (each side holds one end of each boundary's) are in the checkpoint."""
+    cfg = make_cfg("compressor=delta", "compressor.bits=2", "data.augment=fixed", "pipeline_backend=naive")
     straight = trainer.run(cfg, tmp_path / "straight", [])
     with monkeypatch.context() as m:
         interrupt_after_first_epoch(m)
@@ -82,29 +81,21 @@ def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(make_cfg: Callable
     assert checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
     cfg.resume = True
     resumed = trainer.run(cfg, tmp_path / "resumed", [])
-    for key in ("train_loss", "val_loss", "val_acc1", "best_val_acc1"):
-        assert resumed[key] == straight[key], key
-    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    _same_numbers(resumed, straight)
     state = [resumed["sides"][side]["codec_state_bytes"] for side in ("edge", "cloud")]
-    if "compressor=delta" in codec:  # each side holds one end of each boundary's references
-        assert state[0] == state[1] > 0
-    elif "compressor.error_feedback=true" in codec:  # the senders' residuals: front edge, back cloud
-        assert state[0] > 0 and state[1] > 0
-    else:
-        assert state == [0, 0]
+    assert state[0] == state[1] > 0
 
 
 def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_skipped(
-        make_cfg: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    cfg = make_cfg("pipeline_backend=naive", "schedule.epochs=1", "resume=true")
+        trained_run: TrainedRun, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert "does not exist: starting fresh" in trained_run.straight_log  # resume=true from the start
+    run_dir = copy_run(trained_run.straight, tmp_path)
+    mtime = (run_dir / "checkpoint.pt").stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        first = trainer.run(cfg, tmp_path, [])
-        assert "does not exist: starting fresh" in caplog.text
-        mtime = (tmp_path / "checkpoint.pt").stat().st_mtime_ns
-        again = trainer.run(cfg, tmp_path, [])
-    assert "finished all 1 epochs already" in caplog.text
-    assert again["val_acc1"] == first["val_acc1"]
-    assert (tmp_path / "checkpoint.pt").stat().st_mtime_ns == mtime
+        again = trainer.run(compose_config(TRAINED), run_dir, [])
+    assert "finished all 3 epochs already" in caplog.text
+    assert again["val_acc1"] == trained_run.straight_summary["val_acc1"]
+    assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == mtime
 
 
 @pytest.mark.parametrize("writer, reader", [("gpipe", "naive"), ("naive", "gpipe"),
