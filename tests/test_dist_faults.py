@@ -118,7 +118,8 @@ def test_a_cloud_role_whose_edge_never_answers_ends_with_one_line(tmp_path):
 def test_wrong_secret_is_refused_and_a_cloud_in_the_edges_run_dir_trains_and_deletes_nothing(tmp_path):
     """Role mode on one host: an intruder without the secret is refused; the real cloud, given the
     edge's hydra.run.dir (what two processes started in the same second get from Hydra's default
-    dir), trains the run to its end and the edge's files are all there."""
+    dir), trains the run to its end, the edge's files are all there, and the cloud's Hydra files
+    went beside the edge's live dir, not over its record."""
     port, run = free_port(), tmp_path / "run"
     common = ["data.train_size=256", "data.val_size=64", "schedule.epochs=1",
               f"pipeline_backend.master_port={port}", "pipeline_backend.timeout_s=60",
@@ -143,3 +144,6 @@ def test_wrong_secret_is_refused_and_a_cloud_in_the_edges_run_dir_trains_and_del
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert "epoch 1/1" in (run / "train.log").read_text()
     assert {p.name for p in run.iterdir()} >= {".hydra", "train.log", "summary.json", "checkpoint.pt", "tb"}
+    assert "role=edge" in (run / ".hydra" / "overrides.yaml").read_text()
+    beside = [p for p in tmp_path.iterdir() if p.name.startswith("run-cloud-")]
+    assert len(beside) == 1 and "role=cloud" in (beside[0] / ".hydra" / "overrides.yaml").read_text()

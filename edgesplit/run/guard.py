@@ -2,12 +2,13 @@
 line is refused (Hydra would write it to .hydra/), and so is a run dir that a live run holds (Hydra
 would rewrite its .hydra/ files and append to its train.log)."""
 import datetime
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from edgesplit.errors import UserError
 from edgesplit.run.rundir import check_free
@@ -38,10 +39,16 @@ class RunGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check_secret(config)
+        run_dir = Path(str(config.hydra.run.dir))
         try:
-            check_free(Path(str(config.hydra.run.dir)))
+            check_free(run_dir)
         except UserError as e:
-            _refuse(str(e))
+            if config.pipeline_backend.get("role") != "cloud":
+                _refuse(str(e))
+            # A cloud role writes no results, only Hydra's own files: given the edge's live dir
+            # (both started in the same second on one host), they go beside it, not over its record.
+            with read_write(config.hydra):
+                config.hydra.run.dir = f"{run_dir}-cloud-{os.getpid()}"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check_secret(config)
