@@ -42,10 +42,14 @@ def _eager_fused_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """mypy starts as soon as its test is known to run (tests/test_static.py says why)."""
-    from tests import test_static
-    if any(item.nodeid.endswith(test_static.MYPY) for item in session.items):
-        session.config.add_cleanup(test_static.start_mypy().kill)  # a session stopped early (-x)
+    """The two long single-process checks start as soon as their tests are known to run, and
+    overlap the other tests on the second core: mypy (tests/test_static.py) and the smoke preset
+    (tests/test_trainer.py); a session stopped early (-x) kills them."""
+    from tests import test_static, test_trainer
+    for nodeid, start in ((test_static.MYPY, test_static.start_mypy),
+                          (test_trainer.SMOKE, test_trainer.start_smoke)):
+        if any(item.nodeid.endswith(nodeid) for item in session.items):
+            session.config.add_cleanup(start().kill)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
