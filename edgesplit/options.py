@@ -1,6 +1,6 @@
 """The config's option lists and limits, each spelled once: the schema names them, validate.py checks
 against them, the assembled parts carry their types."""
-from typing import Any, Literal, Tuple, get_args
+from typing import Any, Literal, Tuple, TypeGuard, get_args
 
 # The option lists, each once. The schema's fields (config.py) are `str` (OmegaConf takes no Literal, and
 # an Enum field would turn a wrong value into a multi-line compose error): validate.py checks each
@@ -16,6 +16,11 @@ Role = Literal["edge", "cloud"]
 ResumeMode = Literal["false", "true", "force"]
 MAX_BITS = 16  # compressor.bits, first_bits, gradient_bits: 1..MAX_BITS
 DEFAULT_LOSS_SCALE = 65536.0  # precision=fp16's initial loss scale: torch.amp.GradScaler's default
+
+
+def bits_in_range(bits: object) -> TypeGuard[int]:
+    """The one range check of a bit width (the config's and a codec built in Python alike)."""
+    return isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= MAX_BITS
 
 
 def options(kind: Any) -> Tuple[str, ...]:

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.errors import ConfigError
 from edgesplit.options import (MAX_BITS, CacheDtype, CheckpointMode, EntropyMethod, Order, PrecisionName,
-                               ResumeMode, Role, Rounding, Scale, options)
+                               ResumeMode, Role, Rounding, Scale, bits_in_range, options)
 
 MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at 100 ~22 G
 # Groups whose extra keys (`+model.depth=3`) go to their `_target_`, which names any it does not take.
@@ -135,7 +135,7 @@ def _compressor(c: DictConfig) -> None:
             _check(0 < c[key] <= 1, f"compressor.{key}", c[key], "must be in (0, 1]")
     for key in ("bits", "first_bits", "gradient_bits"):
         if c.get(key) is not None:
-            _check(1 <= c[key] <= MAX_BITS, f"compressor.{key}", c[key], f"must be in 1..{MAX_BITS}")
+            _check(bits_in_range(c[key]), f"compressor.{key}", c[key], f"must be in 1..{MAX_BITS}")
     _check(c.warmup_epochs >= 0, "compressor.warmup_epochs", c.warmup_epochs,
            "must be >= 0 (epochs that send raw values)")
     if "cache_dtype" in c:

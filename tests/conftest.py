@@ -1,6 +1,6 @@
 """Shared fixtures: compose the real Hydra config with overrides, tiny sizes for CPU tests."""
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional
 
 import pytest
 import torch
@@ -41,19 +41,15 @@ def _eager_fused_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
         monkeypatch.setattr(fused, "COMPILE", False)
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """The two long single-process checks start as soon as their tests are known to run, and
-    overlap the other tests on the second core: mypy (tests/test_static.py) and the smoke preset
-    (tests/test_trainer.py); a session stopped early (-x) kills them."""
-    from tests import test_static, test_trainer
-    for nodeid, start in ((test_static.MYPY, test_static.start_mypy),
-                          (test_trainer.SMOKE, test_trainer.start_smoke)):
-        if any(item.nodeid.endswith(nodeid) for item in session.items):
-            session.config.add_cleanup(start().kill)
+# The longest single tests (a minute of one core each) start first, so no worker ends alone on one.
+_FIRST = ("test_static.py::test_mypy_is_clean", "test_trainer.py::test_smoke_experiment")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    """Tests marked `cuda` need a GPU: where torch sees none they are skipped, saying why."""
+    """Groups for `--dist loadgroup`, longest work first (setup.cfg runs the suite on every core:
+    `--no-loadscope-reorder` keeps this order); `cuda` tests skipped without a GPU, saying why."""
+    _group_and_order(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here); "
@@ -61,3 +57,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+def _group_and_order(items: List[pytest.Item]) -> None:
+    cost: Dict[str, float] = {}
+    group_of: Dict[int, str] = {}
+    for item in items:
+        shared = _shared_fixture(item)
+        group = shared or item.nodeid
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared))
+        first = any(name in item.nodeid for name in _FIRST)
+        slow = item.get_closest_marker("slow") is not None
+        cost[group] = cost.get(group, 0.0) + (1000.0 if first else 5.0 if slow else 0.2)
+        group_of[id(item)] = group
+    items.sort(key=lambda item: -cost[group_of[id(item)]])  # stable: a group's own order holds
+
+
+def _shared_fixture(item: pytest.Item) -> Optional[str]:
+    """The suite's first module- or session-scoped fixture the test uses: the tests sharing one run
+    on one xdist worker, so it is set up once (a trained run, a sweep, a warm dist pair)."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name, defs in (info.name2fixturedefs.items() if info else ()):
+        ours = defs[-1].func.__module__.startswith("tests")
+        if ours and defs[-1].scope == "session":
+            return name
+        if ours and defs[-1].scope == "module":
+            return f"{item.nodeid.split('::')[0]}::{name}"
+    return None

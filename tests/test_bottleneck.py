@@ -45,6 +45,7 @@ def test_a_boundary_of_another_rank_is_a_config_error() -> None:
         Bottleneck(0.25, ((4, 8), (16,)))
 
 
+@pytest.mark.slow
 def test_a_bottleneck_run_trains_and_counts_its_halves_on_each_side(
         make_cfg: Callable, tmp_path: Path) -> None:
     cfg = make_cfg("compressor=bottleneck", "compressor.channel_ratio=0.25", "pipeline_backend=gpipe",

@@ -185,6 +185,7 @@ def train_py(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, subprocess.C
         return dict(zip(COMMANDS, pool.map(one, COMMANDS)))
 
 
+@pytest.mark.slow
 def test_bad_value_exits_nonzero_with_one_line(train_py: Dict[str, subprocess.CompletedProcess]) -> None:
     proc = train_py["bad_value"]
     assert proc.returncode == 1
@@ -194,6 +195,7 @@ def test_bad_value_exits_nonzero_with_one_line(train_py: Dict[str, subprocess.Co
     assert len([line for line in out.splitlines() if "ERROR" in line]) == 1
 
 
+@pytest.mark.slow
 def test_unknown_key_exits_nonzero_naming_it(train_py: Dict[str, subprocess.CompletedProcess]) -> None:
     proc = train_py["unknown_key"]
     assert proc.returncode == 1
@@ -201,6 +203,7 @@ def test_unknown_key_exits_nonzero_naming_it(train_py: Dict[str, subprocess.Comp
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", range(len(MISTAKES)), ids=[message for _, message in MISTAKES])
 def test_user_mistakes_are_one_line_and_exit_1(train_py: Dict[str, subprocess.CompletedProcess],
                                                i: int) -> None:
@@ -214,6 +217,7 @@ def test_user_mistakes_are_one_line_and_exit_1(train_py: Dict[str, subprocess.Co
     assert not (run_dir / "summary.json").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_a_sweep_preset_with_each_swept_key_given_is_one_job(
         train_py: Dict[str, subprocess.CompletedProcess]) -> None:
     out = train_py["preset_one_job"].stdout + train_py["preset_one_job"].stderr

@@ -108,6 +108,7 @@ def test_num_classes_that_disagree_with_the_dataset_are_one_line_naming_both() -
         check_num_classes(custom_model.units(num_classes=4), 4, (1, 16, 16))
 
 
+@pytest.mark.slow
 def test_num_classes_mismatch_ends_train_py_with_one_line(tmp_path: Path) -> None:
     proc = _train(tmp_path, "data=digits", "model.num_classes=5", "model.width=0.125")
     out = proc.stdout + proc.stderr

@@ -44,6 +44,7 @@ def test_pack_lays_codes_out_as_bitpack_and_unpack_inverts_it(bits: int) -> None
         assert torch.equal(fused.unpack(packed, bits, n), codes), (bits, n)
 
 
+@pytest.mark.slow
 @pytest.mark.compiled
 def test_compiled_kernels_give_the_host_paths_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     g = torch.Generator().manual_seed(3)

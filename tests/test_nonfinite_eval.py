@@ -37,6 +37,7 @@ def test_a_nan_in_evaluation_fails_the_run_with_one_line_and_a_summary(
     assert summary is not None and (summary.status, summary.epochs, summary.error) == ("failed", 0, message)
 
 
+@pytest.mark.slow
 def test_train_py_ends_a_nan_evaluation_with_one_line_and_a_failed_summary(tmp_path: Path) -> None:
     """The issue's repro: lr 50 turns the activations to NaN by the first evaluation."""
     run_dir = tmp_path / "run"

@@ -256,6 +256,7 @@ def test_cli_writes_the_report(report_grid: Path) -> None:
     assert (report_grid / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     proc = _cli(str(tmp_path / "missing"))
     assert proc.returncode == 2 and proc.stdout == ""

@@ -140,6 +140,7 @@ def test_a_full_disk_names_the_path_and_the_free_space(make_cfg: Callable, tmp_p
     assert summary["status"] == "failed" and summary["error"] == message
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(tmp_path: Path) -> None:
     args = [*TINY, *TEST_MODEL, "pipeline_backend=naive", "schedule.epochs=200"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}"],

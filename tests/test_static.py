@@ -2,25 +2,12 @@
 import re
 import subprocess
 import sys
-from typing import Optional
 
 import pytest
 
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-MYPY = "tests/test_static.py::test_mypy_is_clean"
-# A clean clone's mypy (no .mypy_cache yet) takes half a minute of one core: conftest starts it when
-# the session collects its test, so it overlaps the other tests instead of adding to the wall time.
-_mypy: Optional[subprocess.Popen] = None
-
-
-def start_mypy() -> subprocess.Popen:
-    """mypy on the package in the background; test_mypy_is_clean waits for this one."""
-    global _mypy
-    _mypy = subprocess.Popen([sys.executable, "-m", "mypy", "edgesplit", "train.py"], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return _mypy
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -35,12 +22,8 @@ def test_flake8_is_clean() -> None:
 
 def test_mypy_is_clean() -> None:
     """setup.cfg holds the settings: untyped defs and unused ignores are errors in edgesplit."""
-    mypy = _mypy or start_mypy()  # not started at collection (the module run another way): now
-    try:
-        out, _ = mypy.communicate(timeout=600)
-    finally:
-        mypy.kill()
-    assert mypy.returncode == 0, out
+    out = _run("mypy", "edgesplit", "train.py")
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_nothing_in_the_package_unpickles() -> None:

@@ -1,11 +1,9 @@
 """The training loop end to end on digits: results, files, resume, divergence, TensorBoard."""
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable
 
 import pytest
 from omegaconf import DictConfig
@@ -147,35 +145,14 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     assert "schedule.lr" in summary["resumed_with_changes"]
 
 
-SMOKE = "tests/test_trainer.py::test_smoke_experiment_reaches_90_percent_on_digits"
-_smoke: Optional[Tuple[subprocess.Popen, Path]] = None
-
-
-def start_smoke() -> subprocess.Popen:
-    """README's `python train.py experiment=smoke` (one torch thread) in the background: a minute
-    of one core, which conftest overlaps with the other tests; the smoke test waits for it."""
-    global _smoke
-    run_dir = Path(tempfile.mkdtemp(prefix="edgesplit-smoke-"))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "experiment=smoke", "threads=1",
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    _smoke = proc, run_dir
-    return proc
-
-
 @pytest.mark.slow
-def test_smoke_experiment_reaches_90_percent_on_digits() -> None:
-    if _smoke is None:  # not started at collection (the test run another way): now
-        start_smoke()
-    assert _smoke is not None
-    proc, run_dir = _smoke
-    try:
-        out, _ = proc.communicate(timeout=900)
-        summary = json.loads((run_dir / "summary.json").read_text())
-    finally:
-        proc.kill()
-        shutil.rmtree(run_dir, ignore_errors=True)
-    assert proc.returncode == 0 and summary["status"] == "finished", out[-2000:]
+def test_smoke_experiment_reaches_90_percent_on_digits(tmp_path: Path) -> None:
+    """README's `python train.py experiment=smoke threads=1`, as written."""
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=smoke", "threads=1",
+                          f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert out.returncode == 0 and summary["status"] == "finished", (out.stdout + out.stderr)[-2000:]
     assert summary["best_val_acc1"] > 90
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgesplit.options import MAX_BITS, Rounding, options
+from edgesplit.options import MAX_BITS, Rounding, bits_in_range, options
 
 from .base import Crossing, check_finite, chunk_len, chunk_spans, on_host
 from .bitpack import code_dtype, pack_codes_into, unpack_codes_from
@@ -22,7 +22,7 @@ NOISE_BLOCK = 1 << 16  # numbers drawn and added at a time on the host path (a m
 
 def check_bits(name: str, bits: object) -> int:
     """`bits` as an int in 1..MAX_BITS, or a one-line ValueError."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+    if not bits_in_range(bits):
         raise ValueError(f"{name}: bits must be in 1..{MAX_BITS}, got {bits!r}")
     return bits
 
