@@ -2,7 +2,6 @@
 JSON depth and decompressed sizes, and a run that ends `failed` with its summary.json, naming the peer."""
 import json
 import os
-import pickle
 import random
 import struct
 import subprocess
@@ -11,7 +10,7 @@ import time
 import tracemalloc
 import zlib
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Tuple
 
 import pytest
 import torch
@@ -26,21 +25,12 @@ from edgesplit.config import compose_config
 from edgesplit.errors import PeerError
 from edgesplit.run.trainer import run
 from tests.dist_helpers import REPO, SECRET, free_port
-
-
-class Exploit:
-    """A pickle that would create `path` if anything unpickled it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> Tuple[Any, ...]:
-        return (os.system, (f"touch {self.path}",))
+from tests.fake_peer import evil_pickle
 
 
 def test_the_state_loader_raises_one_error_type_with_the_reason(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    evil = pickle.dumps(Exploit(str(marker)))
+    evil = evil_pickle(str(marker))
     with pytest.raises(StateError, match="malformed state blob .*UnpicklingError"):
         unpack_state(evil)
     blob = pack_state({"units": {0: {"w": torch.randn(3, 3)}}, "optimizer": {}})
@@ -114,23 +104,15 @@ def test_a_zlib_bomb_is_refused_with_bounded_memory() -> None:
 
 
 FAKE_CLOUD = """
-import os, pickle, sys, torch
-from edgesplit.backends.remote import cloud, cloud_main, transport
+import sys
+from edgesplit.backends.remote import cloud, cloud_main
 from edgesplit.config import compose_config
+from tests.fake_peer import evil_pickle, poison_sends
 port, kind, nth, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-class Exploit:
-    def __reduce__(self):
-        return (os.system, ("touch " + marker,))
-evil = pickle.dumps(Exploit())
+evil = evil_pickle(marker)
 if kind == "blob":  # a state blob (the reply to SAVE) that is a pickle
     cloud.pack_state = lambda state: evil
-real, sent = transport.Transport.send, []
-def send(self, dst, header, payload):
-    sent.append(header.kind.name)
-    if header.kind.name == kind and sent.count(kind) == nth:
-        payload = torch.frombuffer(bytearray(evil), dtype=torch.uint8)
-    return real(self, dst, header, payload)
-transport.Transport.send = send
+poison_sends(kind, nth, evil)
 cloud_main.run_cloud(compose_config(["pipeline_backend=dist", "pipeline_backend.role=cloud",
                                      "pipeline_backend.master_port=" + port]))
 """
