@@ -64,13 +64,13 @@ def test_json_nesting_is_bounded_before_parsing() -> None:
 def _refused_fast(codec: Entropy, payload: bytes, match: str) -> Tuple[float, int]:
     """(seconds, peak bytes allocated) until the payload is refused."""
     tracemalloc.start()
-    t0 = time.perf_counter()
-    with pytest.raises(ValueError, match=match):
-        codec.decode(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-    seconds = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return seconds, peak
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=match):
+            codec.decode(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+        return time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def test_a_4_gib_zstd_header_is_refused_with_bounded_memory() -> None:
@@ -79,6 +79,20 @@ def test_a_4_gib_zstd_header_is_refused_with_bounded_memory() -> None:
     seconds, peak = _refused_fast(Entropy(Identity(), "zstd"), payload, "decompresses to 65536 bytes")
     assert peak < 16 << 20, peak  # not the 4 GiB it declares
     print(f"4 GiB zstd header: refused in {seconds:.3f} s, peak {peak >> 20} MiB")
+
+
+@pytest.mark.parametrize("content,declared,match", [
+    (64 << 20, 1 << 20, "holds more than its header field inner size 1048576"),
+    (1000, 2000, "decompresses to 1000 bytes|holds more than")], ids=["frame-larger", "frame-smaller"])
+def test_a_zstd_frame_whose_own_content_size_is_not_the_headers_is_refused(
+        content: int, declared: int, match: str) -> None:
+    """zstd sizes its buffer by the frame's own content size: a 2 KB frame of 64 MiB under a
+    header declaring 1 MiB is refused before that buffer is allocated."""
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(content))
+    assert zstandard.frame_content_size(frame) == content
+    payload = ENTROPY_HEADER.pack(ENTROPY, ZSTD, declared) + frame
+    _, peak = _refused_fast(Entropy(Identity(), "zstd"), payload, match)
+    assert peak < 4 << 20, peak
 
 
 def _zlib_bomb() -> bytes:
