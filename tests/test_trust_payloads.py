@@ -10,7 +10,7 @@ import time
 import tracemalloc
 import zlib
 from pathlib import Path
-from typing import Tuple
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -19,12 +19,14 @@ import zstandard
 from edgesplit.backends.remote.protocol import (Command, Op, StateError, loads_bounded, pack_state,
                                                 unpack_state)
 from edgesplit.codecs.entropy import Entropy
-from edgesplit.codecs.header import ENTROPY, ENTROPY_HEADER, ZLIB, ZSTD
-from edgesplit.codecs import Identity
+from edgesplit.codecs.header import ENTROPY, ENTROPY_HEADER, PAYLOAD_OVERHEAD, ZLIB, ZSTD, payload_bound
+from edgesplit.boundary.meter import CommMeter
+from edgesplit.codecs import Crossing, Identity
+from edgesplit.codecs.build import build_codecs
 from edgesplit.config import compose_config
 from edgesplit.errors import PeerError
 from edgesplit.run.trainer import run
-from tests.dist_helpers import REPO, SECRET, free_port
+from tests.dist_helpers import REPO, SECRET, assembled, free_port
 from tests.fake_peer import evil_pickle
 
 
@@ -93,6 +95,49 @@ def test_a_zstd_frame_whose_own_content_size_is_not_the_headers_is_refused(
     payload = ENTROPY_HEADER.pack(ENTROPY, ZSTD, declared) + frame
     _, peak = _refused_fast(Entropy(Identity(), "zstd"), payload, match)
     assert peak < 4 << 20, peak
+
+
+def test_a_payload_declaring_more_than_its_boundarys_tensor_is_refused_before_decompressing() -> None:
+    """A valid zstd frame that holds the 64 MiB it declares (2 KB on the wire) at a dist boundary
+    whose largest tensor is 8 rows x 8x8x8: refused before anything is decompressed; a payload of
+    the largest tensor passes."""
+    cfg = compose_config(["pipeline_backend=dist", "compressor=quantize", "compressor.entropy=zstd",
+                          "model._target_=tests.dist_helpers.tiny_units", "model.num_classes=4",
+                          "data.batch_size=15", "pipeline_backend.chunks=2"])
+    spec = assembled(cfg).spec
+    boundary = spec.boundary("front", spec.codecs.build(), CommMeter())
+    assert boundary.max_numel == 8 * 8 * 8 * 8  # ceil(15 / 2) rows
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 << 20))
+    payload = ENTROPY_HEADER.pack(ENTROPY, ZSTD, 64 << 20) + frame
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"^boundary front: the forward payload declares 67108864 "
+                                             r"bytes, more than .* \(4096 elements\) takes \(69632 bytes\)"):
+            boundary.receive("forward", torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+        assert tracemalloc.get_traced_memory()[1] < 4 << 20
+    finally:
+        tracemalloc.stop()
+    largest = torch.randn(8, 8, 8, 8)
+    sent = spec.boundary("front", spec.codecs.build(), CommMeter()).send("forward", largest)
+    assert boundary.receive("forward", sent).shape == largest.shape
+
+
+WIDEST = ["compressor.bits=16", "compressor.scale=group", "compressor.group_size=1"]
+
+
+@pytest.mark.parametrize("options", [["compressor=prune", "compressor.ratio=1.0"],
+                                     ["compressor=prune_quantize", "compressor.ratio=1.0", *WIDEST],
+                                     ["compressor=delta", "compressor.first_bits=null", *WIDEST]],
+                         ids=["prune-all", "grouped-16-bit", "delta-raw-first"])
+def test_every_codec_stays_within_the_payload_bound(options: List[str]) -> None:
+    """The bound a receiver applies holds for the codecs' largest payloads (float64, 16 bits, a scale
+    pair per element), so no genuine payload is refused."""
+    pair = build_codecs(compose_config(options).compressor, 64)["front"]
+    x = torch.randn(8, 16, 16, 16, dtype=torch.float64)
+    for codec in (pair.activation, pair.gradient):
+        for _ in range(2):  # delta: a first visit, then a change
+            payload = codec.encode(x, crossing=Crossing(torch.arange(8), 1, True))
+            assert codec.coded_bytes(payload) <= payload_bound(x.numel()) - PAYLOAD_OVERHEAD
 
 
 def _zlib_bomb() -> bytes:

@@ -95,6 +95,20 @@ class PipelineSpec:
 
 
 @dataclass(frozen=True)
+class Crossings:
+    """The largest tensor that crosses each edge-link boundary: one sample's elements at 'front'
+    and 'back' (behind a bottleneck's encoder, its channels) times the most samples of a
+    micro-batch. dist's receivers refuse a payload that declares more bytes than any codec's payload
+    of it takes (codecs.header.payload_bound), before decoding or decompressing it."""
+    front: int
+    back: int
+    rows: int
+
+    def numel(self, boundary: str) -> int:
+        return (self.front if boundary == "front" else self.back) * self.rows
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Everything a process of the run builds its side from, data only (JSON across hosts)."""
     seed: int
@@ -105,6 +119,7 @@ class RunSpec:
     precision: Precision
     pipeline: PipelineSpec
     optimizer: OptimizerSpec
+    crossings: Optional[Crossings] = None  # None: received payloads are bounded by the caps alone
 
     def units(self, base: Optional[List[nn.Module]] = None) -> Tuple[List[nn.Module], int, int]:
         """(units, front, back): the model's units (`base`, or built afresh) with the bottleneck's
@@ -120,6 +135,8 @@ class RunSpec:
                      receiver[name] if receiver is not None else None,
                      boundary_channels(self.codecs.bottleneck, name))
         b.loss_scaled, b.channels_last = self.precision.scaled, self.precision.channels_last
+        if self.pipeline.dist is not None and self.crossings is not None:  # a peer's payloads
+            b.max_numel = self.crossings.numel(name)
         return b
 
     def optimization(self, named: Mapping[str, nn.Parameter], device: torch.device) -> Optimization:

@@ -10,6 +10,7 @@ from torch import Tensor
 from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError
 from edgesplit.errors import TrainingDiverged
 from edgesplit.codecs.fused import nonfinite
+from edgesplit.codecs.header import payload_bound
 from edgesplit.boundary.meter import DIRECTION, CommMeter
 from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.run.precision import dtype_name
@@ -59,7 +60,9 @@ class Boundary:
     not a divergence: it crosses with those values as zeros and the step's flag is raised
     (`overflows()`: device tensors, no host sync), so the backend skips the step on every side.
     `channels_last`: a received 4-D activation is handed on in that memory format. Any other
-    tensor to encode that holds NaN or inf ends the run: TrainingDiverged."""
+    tensor to encode that holds NaN or inf ends the run: TrainingDiverged. `max_numel` (a link
+    from another process: the most elements its tensor has): a received payload that declares
+    more bytes than any codec's payload of that takes is refused before it is decoded."""
 
     def __init__(self, name: str, codecs: BoundaryCodecs, meter: Optional[CommMeter],
                  eval_compressed: bool = True, seed: int = 0,
@@ -75,6 +78,7 @@ class Boundary:
         self._forwards = 0
         self._measure_due = {"forward": False, "backward": False}
         self.loss_scaled, self.channels_last = False, False
+        self.max_numel: Optional[int] = None
         self._overflows: List[Tensor] = []  # this step's non-finite gradient flags (loss_scaled)
         self._nonfinite: List[Tuple[str, Tensor]] = []  # fused encodes' flags, read once a step
 
@@ -197,9 +201,20 @@ class Boundary:
 
     def receive(self, pass_: str, payload: Tensor, support: Optional[Tensor] = None,
                 ids: Optional[Tensor] = None) -> Tensor:
-        crossing = self.crossing(pass_, ids)
-        return self._received(pass_, self.codec(pass_, "decode").decode(payload, support, crossing),
-                              crossing)
+        crossing, codec = self.crossing(pass_, ids), self.codec(pass_, "decode")
+        if self.max_numel is not None:
+            self._check_declared(pass_, codec.coded_bytes(payload))
+        return self._received(pass_, codec.decode(payload, support, crossing), crossing)
+
+    def _check_declared(self, pass_: str, declared: int) -> None:
+        """The bytes a received payload declares (before an entropy stage: what it decompresses
+        to) against the most any codec's payload of this boundary's largest tensor takes."""
+        assert self.max_numel is not None
+        bound = payload_bound(self.max_numel)
+        if declared > bound:
+            raise ValueError(f"boundary {self.name}: the {pass_} payload declares {declared} bytes, "
+                             f"more than any codec's payload of this boundary's largest tensor "
+                             f"({self.max_numel} elements) takes ({bound} bytes)")
 
     def exchange(self, pass_: str, x: Tensor, support: Optional[Tensor] = None,
                  ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

@@ -41,6 +41,18 @@ MAX_DIM = 2 ** 32 - 1
 # 2**31 elements leave room.
 MAX_NDIM = 16
 MAX_NUMEL = 2 ** 31
+# The most bytes any codec's payload takes per element of its tensor (float64 values beside int32
+# indices: 12; a float32 offset and scale per element, group size 1, beside 16-bit codes and int32
+# indices: 14), and beyond that for headers (the delta codec's two parts each have one): a peer's
+# payload that declares more than payload_bound of the largest tensor its boundary carries is
+# refused before it is decoded or decompressed.
+MAX_BYTES_PER_ELEMENT = 16
+PAYLOAD_OVERHEAD = 4096
+
+
+def payload_bound(numel: int) -> int:
+    """The most bytes a payload of any codec takes for a tensor of `numel` elements."""
+    return MAX_BYTES_PER_ELEMENT * numel + PAYLOAD_OVERHEAD
 
 
 @dataclass
