@@ -10,7 +10,7 @@ import time
 import tracemalloc
 import zlib
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 import torch
@@ -97,29 +97,42 @@ def test_a_zstd_frame_whose_own_content_size_is_not_the_headers_is_refused(
     assert peak < 4 << 20, peak
 
 
-def test_a_payload_declaring_more_than_its_boundarys_tensor_is_refused_before_decompressing() -> None:
-    """A valid zstd frame that holds the 64 MiB it declares (2 KB on the wire) at a dist boundary
-    whose largest tensor is 8 rows x 8x8x8: refused before anything is decompressed; a payload of
-    the largest tensor passes."""
-    cfg = compose_config(["pipeline_backend=dist", "compressor=quantize", "compressor.entropy=zstd",
-                          "model._target_=tests.dist_helpers.tiny_units", "model.num_classes=4",
-                          "data.batch_size=15", "pipeline_backend.chunks=2"])
+def _zstd_of_64_mib() -> bytes:
+    """A valid zstd frame that holds the 64 MiB it declares (2 KB)."""
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 << 20))
+    return ENTROPY_HEADER.pack(ENTROPY, ZSTD, 64 << 20) + frame
+
+
+@pytest.mark.parametrize("payload,match", [
+    (_zstd_of_64_mib, r"the forward payload declares 67108864 bytes, more than any codec's payload of "
+                      r"this boundary's largest tensor \(8, 8, 8, 8\) takes \(69632 bytes\)"),
+    (torch.zeros(8, 8, 64, 64), r"declares shape \(8, 8, 64, 64\) of 262144 elements, at most 4096"),
+    (torch.zeros(9, 8, 8, 8), r"declares shape \(9, 8, 8, 8\) of 4608 elements, at most 4096"),
+    (torch.zeros(8, 3, 8, 8), r"holds a tensor of shape \(8, 3, 8, 8\), this boundary carries up to 8 "
+                              r"samples of shape \(8, 8, 8\)")],
+    ids=["zstd-64-MiB", "1-bit-256-KiB", "a-row-too-many", "another-sample-shape"])
+def test_a_payload_larger_than_its_boundarys_tensor_is_refused(payload: Any, match: str) -> None:
+    """At a dist boundary whose largest tensor is 8 rows of 8x8x8 (1-bit codes, zstd): a payload that
+    declares more bytes (before decompressing) or elements (before allocating them) is refused, and
+    one of another shape; the largest tensor passes."""
+    cfg = compose_config(["pipeline_backend=dist", "compressor=quantize", "compressor.bits=1",
+                          "compressor.entropy=zstd", "model._target_=tests.dist_helpers.tiny_units",
+                          "model.num_classes=4", "data.batch_size=15", "pipeline_backend.chunks=2"])
     spec = assembled(cfg).spec
     boundary = spec.boundary("front", spec.codecs.build(), CommMeter())
-    assert boundary.max_numel == 8 * 8 * 8 * 8  # ceil(15 / 2) rows
-    frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 << 20))
-    payload = ENTROPY_HEADER.pack(ENTROPY, ZSTD, 64 << 20) + frame
+    assert boundary.largest == (8, 8, 8, 8)  # ceil(15 / 2) rows
+    sender = spec.codecs.build()["front"].activation
+    wire = (torch.frombuffer(bytearray(payload()), dtype=torch.uint8) if callable(payload)
+            else sender.encode(payload))
     tracemalloc.start()
     try:
-        with pytest.raises(ValueError, match=r"^boundary front: the forward payload declares 67108864 "
-                                             r"bytes, more than .* \(4096 elements\) takes \(69632 bytes\)"):
-            boundary.receive("forward", torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-        assert tracemalloc.get_traced_memory()[1] < 4 << 20
+        with pytest.raises(ValueError, match=match):
+            boundary.receive("forward", wire)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
     finally:
         tracemalloc.stop()
     largest = torch.randn(8, 8, 8, 8)
-    sent = spec.boundary("front", spec.codecs.build(), CommMeter()).send("forward", largest)
-    assert boundary.receive("forward", sent).shape == largest.shape
+    assert boundary.receive("forward", sender.encode(largest)).shape == largest.shape
 
 
 WIDEST = ["compressor.bits=16", "compressor.scale=group", "compressor.group_size=1"]

@@ -1,6 +1,5 @@
 """The one place that turns a validated config into a run's typed parts, once; nothing writes into
 the config (what the data decides, such as the classes, lives in the parts)."""
-import math
 from typing import Any, Dict, List, Optional, Sized, Tuple, cast
 
 import torch
@@ -47,16 +46,15 @@ def _bottleneck(cfg: DictConfig, shapes: Tuple[Tuple[int, ...], Tuple[int, ...]]
     return None if ratio is None else Bottleneck(float(ratio), shapes)
 
 
-def _crossings(cfg: DictConfig, shapes: Tuple[Tuple[int, ...], ...],
+def _crossings(cfg: DictConfig, shapes: Tuple[Tuple[int, ...], Tuple[int, ...]],
                bottleneck: Optional[Bottleneck]) -> Crossings:
-    """Per sample: the elements of each boundary's tensor, of the channels that cross; the most rows
-    of a micro-batch: a train or eval batch cut into `chunks` as torch.chunk does."""
-    sizes = []
-    for name, shape in zip(("front", "back"), shapes):
-        model_channels, crossing_channels = boundary_channels(bottleneck, name)
-        sizes.append(math.prod(shape) * crossing_channels // model_channels)
+    """One sample's shape at each boundary, with the channels that cross (a bottleneck's encoder
+    sends fewer); the most rows of a micro-batch: a train or eval batch cut into `chunks` as
+    torch.chunk does."""
+    front, back = (shape if bottleneck is None else (boundary_channels(bottleneck, name)[1], *shape[1:])
+                   for name, shape in zip(("front", "back"), shapes))
     batch = max(int(cfg.data.batch_size), int(cfg.data.get("eval_batch_size") or 0))
-    return Crossings(sizes[0], sizes[1], -(-batch // int(cfg.pipeline_backend.chunks)))
+    return Crossings(tuple(front), tuple(back), -(-batch // int(cfg.pipeline_backend.chunks)))
 
 
 def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,

@@ -96,16 +96,16 @@ class PipelineSpec:
 
 @dataclass(frozen=True)
 class Crossings:
-    """The largest tensor that crosses each edge-link boundary: one sample's elements at 'front'
-    and 'back' (behind a bottleneck's encoder, its channels) times the most samples of a
-    micro-batch. dist's receivers refuse a payload that declares more bytes than any codec's payload
-    of it takes (codecs.header.payload_bound), before decoding or decompressing it."""
-    front: int
-    back: int
+    """The tensors that cross the edge link: one sample's shape at 'front' and 'back' (behind a
+    bottleneck's encoder: its channels) and the most samples of a micro-batch. dist's receivers
+    refuse a payload that declares more (Boundary.largest) before decoding or decompressing it."""
+    front: Tuple[int, ...]
+    back: Tuple[int, ...]
     rows: int
 
-    def numel(self, boundary: str) -> int:
-        return (self.front if boundary == "front" else self.back) * self.rows
+    def largest(self, boundary: str) -> Tuple[int, ...]:
+        """The shape of the largest tensor that crosses `boundary`."""
+        return (self.rows, *(self.front if boundary == "front" else self.back))
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class RunSpec:
                      boundary_channels(self.codecs.bottleneck, name))
         b.loss_scaled, b.channels_last = self.precision.scaled, self.precision.channels_last
         if self.pipeline.dist is not None and self.crossings is not None:  # a peer's payloads
-            b.max_numel = self.crossings.numel(name)
+            b.largest = self.crossings.largest(name)
         return b
 
     def optimization(self, named: Mapping[str, nn.Parameter], device: torch.device) -> Optimization:
