@@ -20,8 +20,9 @@ from tests.dist_helpers import REPO, train_env
 SECRET = "cli-secret-f00dfeedcafe0123456789"
 
 
-def _train(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"{REPO}/train.py", "data=synthetic", *overrides],
+def _train(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"{REPO}/train.py", *(["-m"] if multirun else []),
+                           "data=synthetic", *overrides],
                           env=train_env(None), capture_output=True, text=True, timeout=300)
 
 
@@ -64,17 +65,24 @@ def _hashes(run_dir: Path) -> Dict[str, str]:
             for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "run.lock"}
 
 
-def test_a_refused_second_run_leaves_the_live_runs_dir_untouched(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep-job"])
+def test_a_refused_second_run_leaves_the_live_runs_dir_untouched(tmp_path: Path, sweep: bool) -> None:
+    """A single run in the live run's dir, or a sweep (of one job) whose job dir is the live run's."""
+    run_dir = tmp_path / "sweep" / "job0"
     (run_dir / ".hydra").mkdir(parents=True)
     for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
         (run_dir / ".hydra" / name).write_text(f"the live run's {name}\n")
     (run_dir / "train.log").write_text("the live run's log\n")
-    before = _hashes(run_dir)
+    before = _hashes(tmp_path)
+    where = ([f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=job${hydra.job.num}"] if sweep
+             else [f"hydra.run.dir={run_dir}"])
     with RunDirLock(run_dir):  # the live run (this process holds the flock)
-        out = _train(f"hydra.run.dir={run_dir}", "schedule.epochs=1")
-    assert out.returncode == 1 and "is in use by a live run" in out.stderr, out.stderr[-2000:]
-    assert _hashes(run_dir) == before
+        out = _train(*where, "schedule.epochs=1", multirun=sweep)
+    assert _hashes(tmp_path) == before  # the sweep's own multirun.yaml is not written either
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"error: {run_dir} is in use by a live run (host " in out.stderr
+    assert f"wait for it or pick another {key}" in out.stderr
 
 
 def test_temporaries_of_interrupted_writes_are_removed_at_the_next_start(tmp_path: Path) -> None:

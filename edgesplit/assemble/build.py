@@ -6,10 +6,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from edgesplit.assemble.parts import (CodecParts, DataFacts, DistSpec, ModelSpec, PipelineSpec, RunParts,
-                                      RunSpec)
+from edgesplit.assemble.parts import (CodecParts, Crossings, DataFacts, DistSpec, ModelSpec, PipelineSpec,
+                                      RunParts, RunSpec)
 from edgesplit.data.datasets import Datasets, build_datasets
-from edgesplit.model.bottleneck import Bottleneck, boundary_shapes
+from edgesplit.model.bottleneck import Bottleneck, boundary_channels, boundary_shapes
 from edgesplit.model.mobilenetv2 import check_num_classes
 from edgesplit.model.partition import split_units
 from edgesplit.run.lr_schedule import OptimizerSpec
@@ -41,13 +41,20 @@ def pipeline_of(b: DictConfig) -> PipelineSpec:
                         bool(b.deferred_batch_norm), dist)
 
 
-def _bottleneck(cfg: DictConfig, units: List[nn.Module],
-                input_shape: Tuple[int, ...]) -> Optional[Bottleneck]:
+def _bottleneck(cfg: DictConfig, shapes: Tuple[Tuple[int, ...], Tuple[int, ...]]) -> Optional[Bottleneck]:
     ratio = cfg.compressor.get("channel_ratio")
-    if ratio is None:
-        return None
-    shapes = boundary_shapes(units, cfg.partition.front, cfg.partition.back, input_shape)
-    return Bottleneck(float(ratio), shapes)
+    return None if ratio is None else Bottleneck(float(ratio), shapes)
+
+
+def _crossings(cfg: DictConfig, shapes: Tuple[Tuple[int, ...], Tuple[int, ...]],
+               bottleneck: Optional[Bottleneck]) -> Crossings:
+    """One sample's shape at each boundary, with the channels that cross (a bottleneck's encoder
+    sends fewer); the most rows of a micro-batch: a train or eval batch cut into `chunks` as
+    torch.chunk does."""
+    front, back = (shape if bottleneck is None else (boundary_channels(bottleneck, name)[1], *shape[1:])
+                   for name, shape in zip(("front", "back"), shapes))
+    batch = max(int(cfg.data.batch_size), int(cfg.data.get("eval_batch_size") or 0))
+    return Crossings(tuple(front), tuple(back), -(-batch // int(cfg.pipeline_backend.chunks)))
 
 
 def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
@@ -68,13 +75,15 @@ def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
     base = model.base_units() if base_units is None else base_units
     check_num_classes(base, facts.num_classes, facts.input_shape)
     validate_partition(p, len(base))
-    codecs = CodecParts(_container(cfg.compressor), facts.train_size,
-                        _bottleneck(cfg, base, facts.input_shape))
+    shapes = boundary_shapes(base, p.front, p.back, facts.input_shape)
+    bottleneck = _bottleneck(cfg, shapes)
+    codecs = CodecParts(_container(cfg.compressor), facts.train_size, bottleneck)
     s = cfg.schedule
     spec = RunSpec(int(cfg.seed), cfg.threads, facts, model, codecs,
                    Precision(cfg.precision, bool(cfg.channels_last), float(cfg.loss_scale)),
                    pipeline_of(cfg.pipeline_backend),
-                   OptimizerSpec(_container(cfg.optimizer), int(s.epochs), int(s.warmup_epochs)))
+                   OptimizerSpec(_container(cfg.optimizer), int(s.epochs), int(s.warmup_epochs)),
+                   _crossings(cfg, shapes, bottleneck))
     units, front, back = spec.units(base)
     split = split_units(units, front, back, p.cloud_stages, facts.input_shape)
     return RunParts(spec, split, datasets)

@@ -95,6 +95,20 @@ class PipelineSpec:
 
 
 @dataclass(frozen=True)
+class Crossings:
+    """The tensors that cross the edge link: one sample's shape at 'front' and 'back' (behind a
+    bottleneck's encoder: its channels) and the most samples of a micro-batch. dist's receivers
+    refuse a payload that declares more (Boundary.largest) before decoding or decompressing it."""
+    front: Tuple[int, ...]
+    back: Tuple[int, ...]
+    rows: int
+
+    def largest(self, boundary: str) -> Tuple[int, ...]:
+        """The shape of the largest tensor that crosses `boundary`."""
+        return (self.rows, *(self.front if boundary == "front" else self.back))
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Everything a process of the run builds its side from, data only (JSON across hosts)."""
     seed: int
@@ -105,6 +119,7 @@ class RunSpec:
     precision: Precision
     pipeline: PipelineSpec
     optimizer: OptimizerSpec
+    crossings: Optional[Crossings] = None  # None: received payloads are bounded by the caps alone
 
     def units(self, base: Optional[List[nn.Module]] = None) -> Tuple[List[nn.Module], int, int]:
         """(units, front, back): the model's units (`base`, or built afresh) with the bottleneck's
@@ -120,6 +135,8 @@ class RunSpec:
                      receiver[name] if receiver is not None else None,
                      boundary_channels(self.codecs.bottleneck, name))
         b.loss_scaled, b.channels_last = self.precision.scaled, self.precision.channels_last
+        if self.pipeline.dist is not None and self.crossings is not None:  # a peer's payloads
+            b.largest = self.crossings.largest(name)
         return b
 
     def optimization(self, named: Mapping[str, nn.Parameter], device: torch.device) -> Optimization:

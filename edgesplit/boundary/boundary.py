@@ -1,4 +1,5 @@
 """A compression boundary: its codecs, the forward support, byte counts, quality and state."""
+import math
 import zlib
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
@@ -10,6 +11,7 @@ from torch import Tensor
 from edgesplit.codecs import Codec, Crossing, Identity, NonFiniteError
 from edgesplit.errors import TrainingDiverged
 from edgesplit.codecs.fused import nonfinite
+from edgesplit.codecs.header import limit_numel, payload_bound
 from edgesplit.boundary.meter import DIRECTION, CommMeter
 from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.run.precision import dtype_name
@@ -59,7 +61,10 @@ class Boundary:
     not a divergence: it crosses with those values as zeros and the step's flag is raised
     (`overflows()`: device tensors, no host sync), so the backend skips the step on every side.
     `channels_last`: a received 4-D activation is handed on in that memory format. Any other
-    tensor to encode that holds NaN or inf ends the run: TrainingDiverged."""
+    tensor to encode that holds NaN or inf ends the run: TrainingDiverged. `largest` (a link
+    from another process: the shape of the largest tensor that crosses it, rows first): a received
+    payload that declares more bytes than any codec's payload of it takes, or more elements, is
+    refused before it is decompressed or decoded, and one of another shape (per sample) after."""
 
     def __init__(self, name: str, codecs: BoundaryCodecs, meter: Optional[CommMeter],
                  eval_compressed: bool = True, seed: int = 0,
@@ -75,6 +80,7 @@ class Boundary:
         self._forwards = 0
         self._measure_due = {"forward": False, "backward": False}
         self.loss_scaled, self.channels_last = False, False
+        self.largest: Optional[Tuple[int, ...]] = None
         self._overflows: List[Tensor] = []  # this step's non-finite gradient flags (loss_scaled)
         self._nonfinite: List[Tuple[str, Tensor]] = []  # fused encodes' flags, read once a step
 
@@ -197,9 +203,22 @@ class Boundary:
 
     def receive(self, pass_: str, payload: Tensor, support: Optional[Tensor] = None,
                 ids: Optional[Tensor] = None) -> Tensor:
-        crossing = self.crossing(pass_, ids)
-        return self._received(pass_, self.codec(pass_, "decode").decode(payload, support, crossing),
-                              crossing)
+        crossing, codec = self.crossing(pass_, ids), self.codec(pass_, "decode")
+        if self.largest is None:
+            return self._received(pass_, codec.decode(payload, support, crossing), crossing)
+        numel = math.prod(self.largest)
+        declared, bound = codec.coded_bytes(payload), payload_bound(numel)
+        if declared > bound:  # before an entropy stage: what it decompresses to
+            raise ValueError(f"boundary {self.name}: the {pass_} payload declares {declared} bytes, "
+                             f"more than any codec's payload of this boundary's largest tensor "
+                             f"{self.largest} takes ({bound} bytes)")
+        with limit_numel(numel):
+            out = codec.decode(payload, support, crossing)
+        if out.shape[1:] != self.largest[1:] or out.shape[0] > self.largest[0]:
+            raise ValueError(f"boundary {self.name}: the {pass_} payload holds a tensor of shape "
+                             f"{tuple(out.shape)}, this boundary carries up to {self.largest[0]} "
+                             f"samples of shape {self.largest[1:]}")
+        return self._received(pass_, out, crossing)
 
     def exchange(self, pass_: str, x: Tensor, support: Optional[Tensor] = None,
                  ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

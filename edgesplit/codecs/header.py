@@ -2,8 +2,10 @@
 import functools
 import math
 import struct
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import torch
 from torch import Tensor
@@ -41,6 +43,33 @@ MAX_DIM = 2 ** 32 - 1
 # 2**31 elements leave room.
 MAX_NDIM = 16
 MAX_NUMEL = 2 ** 31
+# The most bytes any codec's payload takes per element of its tensor (float64 values beside int32
+# indices: 12; a float32 offset and scale per element, group size 1, beside 16-bit codes and int32
+# indices: 14), and beyond that for headers (the delta codec's two parts each have one): a peer's
+# payload that declares more than payload_bound of the largest tensor its boundary carries is
+# refused before it is decoded or decompressed.
+MAX_BYTES_PER_ELEMENT = 16
+PAYLOAD_OVERHEAD = 4096
+
+
+def payload_bound(numel: int) -> int:
+    """The most bytes a payload of any codec takes for a tensor of `numel` elements."""
+    return MAX_BYTES_PER_ELEMENT * numel + PAYLOAD_OVERHEAD
+
+
+# The most elements a payload being decoded may declare (decode_header checks it before anything of
+# that size is allocated): MAX_NUMEL, or less while a boundary decodes a peer's payload (limit_numel).
+_NUMEL_LIMIT: ContextVar[int] = ContextVar("numel_limit", default=MAX_NUMEL)
+
+
+@contextmanager
+def limit_numel(numel: int) -> Iterator[None]:
+    """Payloads decoded meanwhile (in this thread) may declare at most `numel` elements."""
+    token = _NUMEL_LIMIT.set(min(numel, MAX_NUMEL))
+    try:
+        yield
+    finally:
+        _NUMEL_LIMIT.reset(token)
 
 
 @dataclass
@@ -127,9 +156,10 @@ def decode_header(payload: Tensor, codec: int, fields: struct.Struct) -> Payload
     size = common_size(ndim) + fields.size
     raw = _read(payload, 3, size - 3)
     shape = struct.unpack_from(f"<{ndim}I", raw, 0)
-    if math.prod(shape) > MAX_NUMEL:
+    limit = _NUMEL_LIMIT.get()
+    if math.prod(shape) > limit:
         raise ValueError(f"{CODEC_NAMES[codec]}: payload declares shape {shape} of "
-                         f"{math.prod(shape)} elements, at most {MAX_NUMEL}")
+                         f"{math.prod(shape)} elements, at most {limit}")
     values = fields.unpack_from(raw, 4 * ndim)
     return PayloadHeader(codec, CODE_DTYPES[dcode], tuple(shape), values, size)
 

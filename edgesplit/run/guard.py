@@ -1,6 +1,7 @@
 """Hydra callback that runs before Hydra writes anything into the run dir: a secret on the command
 line is refused (Hydra would write it to .hydra/), and so is a run dir that a live run holds (Hydra
-would rewrite its .hydra/ files and append to its train.log)."""
+would rewrite its .hydra/ files and append to its train.log), or a sweep with such a dir below its
+sweep dir."""
 import datetime
 import os
 import sys
@@ -11,7 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
 from edgesplit.errors import UserError
-from edgesplit.run.rundir import check_free
+from edgesplit.run.rundir import check_free, check_sweep_free
 
 SECRET_KEYS = ("pipeline_backend.secret",)
 
@@ -52,3 +53,10 @@ class RunGuard(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check_secret(config)
+        # Hydra (1.3, run_job) writes a job's train.log and .hydra/ before any callback hears of the
+        # job (on_job_start comes after), so the sweep is checked before it starts: a live run in a
+        # dir below its sweep dir, where every job's dir lies, refuses the whole sweep.
+        try:
+            check_sweep_free(Path(str(config.hydra.sweep.dir)))
+        except UserError as e:
+            _refuse(str(e))

@@ -113,9 +113,9 @@ class RunDirLock:
         self.fd = None
 
 
-def check_free(run_dir: Path) -> None:
+def check_free(run_dir: Path, key: str = "hydra.run.dir") -> None:
     """RunDirBusy if a live run of this host holds run_dir's lock; creates and writes nothing (so a
-    refused run can be told before anything of it lands in the dir)."""
+    refused run can be told before anything of it lands in the dir). `key`: the way out named."""
     path = run_dir / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -125,9 +125,20 @@ def check_free(run_dir: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         raise RunDirBusy(f"{run_dir} is in use by a live run ({_holder_text(RunDirLock._read(fd))}): "
-                         f"wait for it or pick another hydra.run.dir") from None
+                         f"wait for it or pick another {key}") from None
     finally:
         os.close(fd)
+
+
+SWEEP_DEPTH = 4  # levels of job dirs below a sweep dir (an override's value may nest its subdir)
+
+
+def check_sweep_free(sweep_dir: Path) -> None:
+    """RunDirBusy if a live run of this host holds a run dir at or below sweep_dir, where every job
+    of a sweep has its dir (hydra.sweep.subdir is relative to it); reads locks, writes nothing."""
+    for level in range(SWEEP_DEPTH + 1):
+        for lock in sorted(sweep_dir.glob("/".join(["*"] * level + [LOCK_NAME]))):
+            check_free(lock.parent, "hydra.sweep.dir")
 
 
 def _alive(pid: int) -> bool:

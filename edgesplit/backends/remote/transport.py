@@ -16,13 +16,16 @@ from edgesplit.backends.remote.progress import say
 from edgesplit.backends.remote.protocol import HEADER_BYTES, Header, Kind, tags
 from edgesplit.backends.remote.seal import IntegrityError, Sealer
 from edgesplit.errors import PeerError
+from edgesplit.run.checkpoint import CheckpointError
 
 EDGE = 0  # logical rank of the edge; cloud stage s (0-based) is logical rank s + 1
 # What decoding a payload may raise when the payload (authenticated: a peer with the secret sent it)
 # is malformed: JSON, state blobs, codec payloads, the fields of replies. Caught only around the
-# decoding of what arrived, never around this process's own computation.
+# decoding of what arrived, never around this process's own computation (a state that fits no unit
+# of this stage is the peer's, not a checkpoint file's, fault there).
 PAYLOAD_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError,
-                  RecursionError, OverflowError, RuntimeError, MemoryError, pickle.UnpicklingError)
+                  RecursionError, OverflowError, RuntimeError, MemoryError, pickle.UnpicklingError,
+                  CheckpointError)
 
 
 def rank_name(rank: int, world_size: int) -> str:
