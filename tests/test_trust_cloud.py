@@ -53,11 +53,8 @@ CASES = {  # (kind, nth message of that kind replaced by a pickle) or what the L
 }
 
 
-SLOW = ("fuzzed-blob-0", "fuzzed-blob-1", "foreign-state")
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if c in SLOW else [])
-                                  for c in CASES])
+@pytest.mark.slow  # a train.py cloud process per case
+@pytest.mark.parametrize("case", list(CASES))
 def test_an_authenticated_edge_sending_a_pickle_fails_the_cloud_tidily(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     kind, nth, blob, what = CASES[case]
