@@ -152,11 +152,12 @@ _smoke: Optional[Tuple[subprocess.Popen, Path]] = None
 
 
 def start_smoke() -> subprocess.Popen:
-    """README's `python train.py experiment=smoke` (one torch thread) in the background: a minute
-    of one core, which conftest overlaps with the other tests; the smoke test waits for it."""
+    """README's `python train.py experiment=smoke` as written (the preset pins threads=1) in the
+    background: a minute of one core, which conftest overlaps with the other tests; the smoke test
+    waits for it."""
     global _smoke
     run_dir = Path(tempfile.mkdtemp(prefix="edgesplit-smoke-"))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "experiment=smoke", "threads=1",
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "experiment=smoke",
                              f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     _smoke = proc, run_dir
