@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -173,11 +173,12 @@ def test_smoke_experiment_reaches_90_percent_on_digits() -> None:
     try:
         out, _ = proc.communicate(timeout=900)
         summary = json.loads((run_dir / "summary.json").read_text())
+        threads = OmegaConf.load(run_dir / ".hydra" / "config.yaml").threads  # the preset pins it
     finally:
         proc.kill()
         shutil.rmtree(run_dir, ignore_errors=True)
     assert proc.returncode == 0 and summary["status"] == "finished", out[-2000:]
-    assert summary["best_val_acc1"] > 90
+    assert summary["best_val_acc1"] > 90 and threads == 1
 
 
 class _Exploit:
