@@ -44,11 +44,10 @@ def naive_chunks(cfg: DictConfig, hydra_cfg: Any) -> Tuple[DictConfig, Optional[
     b = cfg.pipeline_backend
     if b.name != "naive" or b.chunks == 1:
         return cfg, None
-    sweep = _multirun(hydra_cfg)
-    if not sweep and CHUNKS in _given(hydra_cfg):
+    sweep, typed = _multirun(hydra_cfg), CHUNKS in _given(hydra_cfg)
+    if typed and not sweep:
         return cfg, None
-    shared = sweep and CHUNKS in _given(hydra_cfg)
-    where = "the sweep's shared overrides" if shared else "the preset or config"
+    where = "the sweep's shared overrides" if typed else "the preset or config"
     note = (f"pipeline_backend=naive runs the whole batch at once: {CHUNKS}={b.chunks} from {where} "
             f"is ignored (chunks 1)")
     return cast(DictConfig, OmegaConf.merge(cfg, {"pipeline_backend": {"chunks": 1}})), note
