@@ -1,6 +1,5 @@
 """Train a network split between the edge and the cloud: `python train.py [overrides]`, `-m` for sweeps."""
 import logging
-import math
 import sys
 from typing import List, cast
 from pathlib import Path
@@ -13,26 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.run import launchers
 from edgesplit.config import register_configs
-from edgesplit.errors import ConfigError, UserError
+from edgesplit.errors import UserError
 from edgesplit.logs.logbook import redact
+from edgesplit.run.job_config import job_config
 from edgesplit.run.trainer import run
 
 log = logging.getLogger("edgesplit")
 register_configs()
 SIGINT_EXIT = 130  # the shell's code for a run ended by Ctrl-C
-
-
-def check_single_run_is_no_sweep(hydra_cfg: HydraConf) -> None:
-    """A sweep preset (hydra.sweeper.params) run without -m would train one default job silently;
-    one whose swept keys are all given on the command line is one job (as with -m) and runs."""
-    given = {o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task}
-    params = {k: v for k, v in (hydra_cfg.sweeper.get("params") or {}).items() if k not in given}
-    if hydra_cfg.mode == RunMode.MULTIRUN or not params:
-        return
-    jobs = math.prod(len(str(v).split(",")) for v in params.values())
-    preset = hydra_cfg.runtime.choices.get("experiment") or "this config"
-    raise ConfigError(f"experiment={preset} is a sweep of {jobs} jobs over {', '.join(params)}: "
-                      f"add -m to run it (python train.py -m experiment={preset} ...)")
 
 
 def sweep_resume_hint(sweep_dir: object) -> str:
@@ -69,7 +56,9 @@ def main(cfg: DictConfig) -> None:
         return
     with launchers.job_process():
         try:
-            check_single_run_is_no_sweep(hydra_cfg)
+            cfg, note = job_config(cfg, hydra_cfg)
+            if note:
+                log.info(note)
             cfg = with_job_threads(cfg, hydra_cfg)
             if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
                 from edgesplit.backends.remote import run_cloud  # serves the edge; writes no results

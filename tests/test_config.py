@@ -1,17 +1,21 @@
 """Config composition, schema errors at compose time, range checks with one-line messages."""
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from edgesplit.config import CONF_DIR, compose_config
 from edgesplit.validate import validate, validate_partition
 from edgesplit.errors import ConfigError
+from edgesplit.run.job_config import job_config
 from tests.conftest import ROOT
 
 
@@ -214,7 +218,7 @@ def test_user_mistakes_are_one_line_and_exit_1(train_py: Dict[str, subprocess.Co
     assert [line for line in out.splitlines() if "ERROR" in line] == [
         line for line in out.splitlines() if message in line]
     run_dir = Path(proc.args[-1].split("=", 1)[1])
-    assert not (run_dir / "summary.json").exists()  # nothing trained
+    assert not run_dir.exists()  # refused before Hydra writes .hydra/ and train.log (run/guard.py)
 
 
 @pytest.mark.slow
@@ -225,6 +229,32 @@ def test_a_sweep_preset_with_each_swept_key_given_is_one_job(
     assert "error: log_every=0 is invalid" in out
     out = train_py["preset_sweep"].stdout + train_py["preset_sweep"].stderr
     assert "error: experiment=quant_lr is a sweep of 3 jobs over compressor: add -m" in out
+
+
+@pytest.mark.parametrize("mode, overrides, chunks, note", [
+    # a preset's micro-batches: naive ignores them, saying so (`experiment=smoke pipeline_backend=naive`)
+    (RunMode.RUN, ["experiment=smoke", "pipeline_backend=naive"], 1, "chunks=2 from the preset or config"),
+    # a sweep's shared overrides (README's shrunk backends study: $S holds pipeline_backend.chunks=2)
+    (RunMode.MULTIRUN, ["pipeline_backend=naive", "pipeline_backend.chunks=2"], 1,
+     "chunks=2 from the sweep's shared overrides"),
+    (RunMode.RUN, ["pipeline_backend=gpipe", "pipeline_backend.chunks=2"], 2, None),  # gpipe keeps them
+    (RunMode.RUN, ["pipeline_backend=naive", "pipeline_backend.chunks=4"], None,  # typed: refused
+     "pipeline_backend.chunks=4 is invalid: naive runs the whole batch at once"),
+])
+def test_naive_ignores_the_chunks_of_a_preset_or_sweep_and_refuses_typed_ones(
+        mode: RunMode, overrides: list, chunks: Optional[int], note: Optional[str]) -> None:
+    hydra_cfg = OmegaConf.create({"mode": mode, "overrides": {"task": overrides},
+                                  "sweeper": {"params": None}, "runtime": {"choices": {}}})
+    cfg = compose_config(["data.batch_size=64", *overrides])
+    if chunks is None:
+        with pytest.raises(ConfigError, match=re.escape(str(note))):
+            job_config(cfg, hydra_cfg)
+        return
+    checked, said = job_config(cfg, hydra_cfg)
+    assert checked.pipeline_backend.chunks == chunks and cfg.pipeline_backend.chunks == 2  # a new config
+    assert said == (None if note is None else
+                    f"pipeline_backend=naive runs the whole batch at once: pipeline_backend.{note} is "
+                    f"ignored (chunks 1)")
 
 
 def test_each_boundary_can_have_its_own_codec() -> None:

@@ -178,6 +178,29 @@ def test_backends_layout_follows_the_sweep_order(tmp_path: Path) -> None:
     assert "## best_val_acc1" not in text  # one swept key: no pivot
 
 
+def test_a_job_run_again_into_its_sweep_replaces_the_failed_one(tmp_path: Path) -> None:
+    """The backends sweep whose naive job failed, that job run again into the same sweep dir (under
+    another job number): the report keeps the newest run per override set, says so, and the
+    backends table is back."""
+    shared = ["experiment=backends", "data=digits"]
+    failed = _run_dir(tmp_path / "0_pipeline_backend=naive", [*shared, "pipeline_backend=naive"], None)
+    (failed / "train.log").write_text("[2024-01-01 12:00:00,000][edgesplit][ERROR] - error: bad chunks\n")
+    for job, backend in ((1, "gpipe"), (2, "dist")):
+        _run_dir(tmp_path / f"{job}_pipeline_backend={backend}", [*shared, f"pipeline_backend={backend}"],
+                 _summary(90.0 + job, backend=backend))
+    again = _run_dir(tmp_path / "3_pipeline_backend=naive",
+                     [*shared, "pipeline_backend=naive", "resume=true"], _summary(93.0, backend="naive"))
+    os.utime(failed / ".hydra" / "overrides.yaml", (1e9, 1e9))  # started long before the rerun
+    runs = find_runs([tmp_path])
+    assert [r.name for r in runs] == ["1", "2", "3"] and runs[-1].path == again
+    text = build_report(runs)
+    assert "the newest run per override set of a sweep is kept: 3 replaces 0_pipeline_backend=naive" in text
+    assert _table(text, "## Pipeline backends")[0] == ["", "gpipe", "dist", "naive"]
+    # the older of the two when the rerun is the one that failed: the finished one stays
+    os.utime(again / ".hydra" / "overrides.yaml", (1, 1))
+    assert [r.name for r in find_runs([tmp_path])] == ["0", "1", "2"]
+
+
 # --------------------------------------------------------------- named choice x lr (quant_lr)
 def test_named_choice_by_lr_pivot(tmp_path: Path) -> None:
     values = {("quantize8", "0.4"): 85.0, ("quantize8", "0.2"): 90.5, ("quantize8", "0.1"): 91.0,

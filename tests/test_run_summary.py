@@ -17,7 +17,7 @@ from edgesplit.logs.summary import (EpochRecord, RunSummary, SideStats, SummaryF
 SUMMARY_KEYS = ["status", "error", "epochs", "epochs_planned", "val_acc1", "val_acc5", "best_val_acc1",
                 "val_loss", "train_loss", "train_acc1", "time_per_batch_s", "samples_per_s",
                 "peak_memory_bytes", "backend", "eval_compressed", "overrides", "comm", "sides", "history",
-                "resumed_with_changes", "load_avg_start", "load_avg_end", "cpus", "precision",
+                "resumed_with_changes", "load_avg_start", "load_avg_end", "cpus", "precision", "chunks",
                 "activation_dtype", "gradient_dtype"]
 CROSSINGS = [f"{boundary}_{pass_}" for boundary in ("front", "back") for pass_ in ("forward", "backward")]
 COMM_KEYS = ["up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_batch",

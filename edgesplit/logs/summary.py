@@ -104,6 +104,7 @@ class RunSummary:
     # the config's `precision`, and the dtypes that crossed the edge link (comm's raw bytes count
     # at their size; comm.raw_fp32_* at 4 bytes an element)
     precision: Optional[str] = None
+    chunks: Optional[int] = None  # micro-batches per step as run (naive: 1, whatever the config gave)
     activation_dtype: Optional[str] = None
     gradient_dtype: Optional[str] = None
     comm: Optional[CommFigures] = None
@@ -193,7 +194,7 @@ class RunSummary:
                 peak_memory_bytes=_optional(data, "peak_memory_bytes", int),
                 load_avg_start=_optional(data, "load_avg_start", _floats),
                 load_avg_end=_optional(data, "load_avg_end", _floats), cpus=_optional(data, "cpus", int),
-                precision=_optional(data, "precision", str),
+                precision=_optional(data, "precision", str), chunks=_optional(data, "chunks", int),
                 activation_dtype=_optional(data, "activation_dtype", str),
                 gradient_dtype=_optional(data, "gradient_dtype", str),
                 comm=None if comm is None else CommFigures.from_dict(comm),

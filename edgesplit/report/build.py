@@ -128,6 +128,10 @@ def build_report(runs: Sequence[Run]) -> str:
     pivot, the backends layout or the compression ranking where they apply."""
     keys, groups = setting_keys(runs), group_runs(runs)
     parts = [f"# edgesplit report: {len(runs)} run(s)", "", "## Runs", "", runs_table(runs, swept_keys(runs))]
+    replaced = [f"{r.name} replaces {', '.join(r.replaced)}" for r in runs if r.replaced]
+    if replaced:
+        parts += ["", f"Only the newest run per override set of a sweep is kept: {'; '.join(replaced)} "
+                      f"(the same overrides, started earlier)."]
     seeds = any(len(g.runs) > 1 for g in groups)
     over = ", mean ± std over seeds (n)" if seeds else ""
     if seeds:

@@ -30,6 +30,7 @@ class Run:
     overrides: dict[str, str] = field(default_factory=dict)
     summary: Optional[RunSummary] = None
     problem: Optional[str] = None  # why there is no summary: unreadable, or the job failed first
+    replaced: list[str] = field(default_factory=list)  # older job dirs of its sweep with its overrides
 
     @property
     def status(self) -> str:
@@ -154,7 +155,33 @@ def find_runs(paths: Sequence[os.PathLike[str] | str]) -> list[Run]:
                 runs.append(Run(run_dir, f"{i}:{name}" if len(paths) > 1 else name,
                                 _parse_overrides(run_dir / ".hydra" / "overrides.yaml"),
                                 *_read_summary(run_dir)))
-    return runs
+    return newest_per_override_set(runs)
+
+
+def _started(run: Run) -> float:
+    """When the run last started: Hydra writes .hydra/overrides.yaml at every start."""
+    try:
+        return (run.path / ".hydra" / "overrides.yaml").stat().st_mtime
+    except OSError:
+        return -math.inf
+
+
+def newest_per_override_set(runs: Sequence[Run]) -> list[Run]:
+    """Jobs of one sweep dir with the same overrides (a failed job run again into the sweep, as
+    another job number): the newest started is kept, its `replaced` names the others."""
+    newest: dict[tuple, Run] = {}
+    for run in runs:
+        if not _JOB.match(run.path.name):
+            continue  # not a sweep's job: single runs are kept whatever their overrides
+        overrides = tuple(sorted((k, v) for k, v in run.overrides.items() if k not in IGNORED_KEYS))
+        key = (run.path.parent, overrides)
+        kept = newest.setdefault(key, run)
+        if kept is not run:
+            new, old = (run, kept) if _started(run) >= _started(kept) else (kept, run)
+            new.replaced += [old.path.name, *old.replaced]
+            newest[key] = new
+    kept_ids = {id(r) for r in newest.values()}
+    return [r for r in runs if not _JOB.match(r.path.name) or id(r) in kept_ids]
 
 
 def swept_keys(runs: Sequence[Run]) -> list[str]:

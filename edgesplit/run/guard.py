@@ -1,7 +1,7 @@
 """Hydra callback that runs before Hydra writes anything into the run dir: a secret on the command
-line is refused (Hydra would write it to .hydra/), and so is a run dir that a live run holds (Hydra
-would rewrite its .hydra/ files and append to its train.log), or a sweep with such a dir below its
-sweep dir."""
+line is refused (Hydra would write it to .hydra/), a single run's config that validation refuses
+(nothing is written for it), a run dir that a live run holds (Hydra would rewrite its .hydra/ files
+and append to its train.log), and a sweep with such a dir below its sweep dir."""
 import datetime
 import os
 import sys
@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
 from edgesplit.errors import UserError
+from edgesplit.run.job_config import job_config, task_config
 from edgesplit.run.rundir import check_free, check_sweep_free
 
 SECRET_KEYS = ("pipeline_backend.secret",)
@@ -40,6 +41,10 @@ class RunGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check_secret(config)
+        try:  # the job checks again, with its log; a sweep's jobs each check in their own dir
+            job_config(task_config(config), config.hydra)
+        except UserError as e:
+            _refuse(str(e))
         run_dir = Path(str(config.hydra.run.dir))
         try:
             check_free(run_dir)

@@ -98,7 +98,7 @@ def _resumed_summary(state: Dict[str, Any], cfg: DictConfig, changes: List[str])
     summary = RunSummary.from_dict(state["summary"])
     summary.status, summary.error = "running", None
     summary.backend, summary.epochs_planned = cfg.pipeline_backend.name, cfg.schedule.epochs
-    summary.precision = cfg.precision
+    summary.precision, summary.chunks = cfg.precision, cfg.pipeline_backend.chunks
     summary.resumed_with_changes = sorted({*summary.resumed_with_changes, *changes})
     return summary
 
@@ -183,7 +183,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     ckpt = run_dir / checkpoint.NAME
     summary = RunSummary(backend=cfg.pipeline_backend.name, epochs_planned=cfg.schedule.epochs,
                          eval_compressed=cfg.compressor.eval_compressed, overrides=overrides,
-                         precision=cfg.precision)
+                         precision=cfg.precision, chunks=cfg.pipeline_backend.chunks)
     if state is not None:
         summary = _resumed_summary(state, cfg, check_config(cfg, state, ckpt, derived))
         if state["epoch"] >= cfg.schedule.epochs:

@@ -23,7 +23,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
@@ -116,17 +115,26 @@ def _not_the_edge(host: str, port: int, why: str) -> PeerError:
                      f"it is not the edge of this run, or it replays another session")
 
 
+def _await(store: dist.Store, key: str, deadline: float, host: str, port: int, limit_s: float) -> None:
+    """store.wait by polling: torch's wait prints C++ warnings on stderr when it times out."""
+    while not store.check([key]):
+        if time.monotonic() > deadline:
+            raise PeerError(f"the edge at {host}:{port} did not admit this cloud process within "
+                            f"{limit_s:g} s (pipeline_backend.timeout_s)")
+        time.sleep(0.05)
+
+
 def _admit(store: dist.Store, key: bytes, want: int, host: str, port: int,
-           timeout_s: float) -> Admission:
+           timeout_s: float, limit_s: Optional[float] = None) -> Admission:
+    deadline, limit_s = time.monotonic() + timeout_s, limit_s or timeout_s
     ticket = int(store.add(f"{PREFIX}tickets", 1))
     nonce = secrets.token_hex(NONCE_HEX // 2)
     hello = {"want": want, "pid": os.getpid(), "address": _own_address(host, port), "nonce": nonce}
     store.set(f"{PREFIX}hello/{ticket}", json.dumps(hello))
-    wait = timedelta(seconds=timeout_s)
-    store.wait([f"{PREFIX}challenge/{ticket}"], wait)
+    _await(store, f"{PREFIX}challenge/{ticket}", deadline, host, port, limit_s)
     challenge = store.get(f"{PREFIX}challenge/{ticket}").decode(errors="replace")
     store.set(f"{PREFIX}proof/{ticket}", _mac(key, "cloud", ticket, challenge, nonce))
-    store.wait([f"{PREFIX}stage/{ticket}"], wait)
+    _await(store, f"{PREFIX}stage/{ticket}", deadline, host, port, limit_s)
     answer = store.get(f"{PREFIX}stage/{ticket}").decode(errors="replace")
     if answer == REFUSED:
         raise PeerError(f"the edge at {host}:{port} refused this cloud process: its secret differs "
@@ -146,11 +154,12 @@ def join(store: dist.Store, secret: str, want: int, host: str, port: int,
 
 
 def join_session(store: dist.Store, secret: str, want: int, host: str, port: int,
-                 timeout_s: float) -> Tuple[int, bytes]:
-    """join(), then (once the edge has admitted every stage) the session's message key."""
-    key = derive(secret, "join")
-    admitted = _admit(store, key, want, host, port, timeout_s)
-    store.wait([SESSION], timedelta(seconds=timeout_s))
+                 timeout_s: float, limit_s: Optional[float] = None) -> Tuple[int, bytes]:
+    """join(), then (once the edge has admitted every stage) the session's message key, all within
+    timeout_s (`limit_s`: the limit its message names, default timeout_s)."""
+    key, deadline = derive(secret, "join"), time.monotonic() + timeout_s
+    admitted = _admit(store, key, want, host, port, timeout_s, limit_s)
+    _await(store, SESSION, deadline, host, port, limit_s or timeout_s)
     text, _, tag = store.get(SESSION).decode(errors="replace").rpartition("|")
     if not hmac.compare_digest(tag, _mac(key, "session", text)):
         raise _not_the_edge(host, port, "its session record's tag is wrong")

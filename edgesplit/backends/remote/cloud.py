@@ -9,6 +9,7 @@ from edgesplit.run import checkpoint
 from edgesplit.backends.base import named_unit_parameters
 from edgesplit.run.memory import peak_memory_bytes
 from edgesplit.backends.remote.order import stage_steps
+from edgesplit.backends.remote.progress import Heartbeat
 from edgesplit.backends.remote.ports import LinkIn, LinkOut, StepInfo
 from edgesplit.backends.remote.protocol import (Command, Header, Kind, Op, Reply, pack_state,
                                                 unpack_state)
@@ -26,8 +27,9 @@ class CloudStage:
     """Cloud stage `spec.stage`: between the stage before (or the edge) and the stage after (or
     the edge); it counts and measures what it sends on the edge link in its own meter."""
 
-    def __init__(self, spec: StageSpec, transport: Transport) -> None:
+    def __init__(self, spec: StageSpec, transport: Transport, heartbeat: Optional[Heartbeat] = None) -> None:
         run, b = spec.run, spec.run.pipeline
+        self.heartbeat, self.epoch = heartbeat, 0
         self.spec, self.t, self.device = spec, transport, torch.device(spec.device)
         self.process = f"cloud_stage{spec.rank}"
         self.units = {i: u.to(self.device) for i, u in spec.build_units().items()}
@@ -75,6 +77,8 @@ class CloudStage:
             self.optimization.step(self._overflow())
             self.compute_s += compute
             self.steps += 1
+            if self.heartbeat is not None:
+                self.heartbeat.step(self.epoch)
         self.source.flush()
         self.sink.flush()
 
@@ -100,6 +104,7 @@ class CloudStage:
         reply = Reply(stage=self.spec.rank)
         out = None
         if command.op == Op.EPOCH:
+            self.epoch = command.epoch
             self.optimization.start_epoch(command.epoch)
             for b in self.boundaries:
                 b.start_epoch(command.epoch)

@@ -3,7 +3,7 @@
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -12,18 +12,19 @@ from edgesplit.assemble import pipeline_of
 from edgesplit.backends.remote import auth, launch
 from edgesplit.backends.remote.cloud import CloudStage
 from edgesplit.backends.remote.link import LinkSpec
+from edgesplit.backends.remote.progress import Heartbeat, say
 from edgesplit.backends.remote.protocol import Kind, loads_bounded
 from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.backends.remote.transport import EDGE, Transport
 
 
-def _serve(world: launch.World, spec: StageSpec) -> None:
+def _serve(world: launch.World, spec: StageSpec, heartbeat: Optional[Heartbeat] = None) -> None:
     dist = spec.run.pipeline.dist
     link = LinkSpec.of_mbps(dist.up_mbps, dist.down_mbps, dist.latency_ms) if dist else LinkSpec()
     transport = Transport(world.rank, world.global_ranks, world.timeout_s, world.sealer, link,
                           world.diagnose)
     try:
-        CloudStage(spec, transport).serve()
+        CloudStage(spec, transport, heartbeat).serve()
     finally:
         transport.close()
 
@@ -60,15 +61,16 @@ def run_cloud(cfg: Any) -> None:
     b = pipeline_of(cfg.pipeline_backend).dist
     assert b is not None  # train.py calls it for pipeline_backend=dist only
     stages = int(cfg.partition.cloud_stages)
-    threads = launch.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-                                      cfg.get("threads"))
-    torch.set_num_threads(threads)
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(launch.threads_per_rank(ranks_here, cfg.get("threads")))  # until the edge's
     secret = auth.resolve_secret(b.secret, local=False, secret_file=b.secret_file)
     world = None
     try:
         if launch.under_torchrun():
+            edge = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')} (torchrun)"
             world = launch.start_torchrun("cloud", stages, secret, b.timeout_s)
         else:
+            edge = f"{b.master_addr}:{b.master_port}"
             world = launch.start_by_role("cloud", stages, b.master_addr, b.master_port,
                                          secret, b.timeout_s)
         t = Transport(world.rank, world.global_ranks, world.timeout_s, world.sealer, LinkSpec(),
@@ -79,7 +81,15 @@ def run_cloud(cfg: Any) -> None:
             text = payload.numpy().tobytes()
             loads_bounded(text, "stage spec")  # its depth checked before from_json parses it
             spec = StageSpec.from_json(text.decode())
-        _serve(world, spec)
+        who = f"cloud stage {spec.rank} of {spec.stages}"
+        # the edge's resolved config, threads included: another thread count sums floats in another order
+        threads = launch.threads_per_rank(ranks_here, spec.run.threads)
+        torch.set_num_threads(threads)
+        say(f"admitted by the edge at {edge} as {who} (units {spec.units[0]}-{spec.units[-1]}); "
+            f"{threads} torch thread(s) (the edge's threads={spec.run.threads})")
+        heartbeat = Heartbeat(who, int(cfg.log_every))
+        _serve(world, spec, heartbeat)
+        say(f"{who}: the edge ended the run after {heartbeat.steps} training steps: exiting")
     except BaseException as e:
         if world is not None:
             world.report_error(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -3,6 +3,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -107,14 +108,33 @@ def init_group(store: dist.Store, rank: int, world_size: int, timeout_s: float) 
                                 timeout=timedelta(seconds=timeout_s))
 
 
+def _store_client(host: str, port: int, timeout_s: float, deadline: float) -> dist.TCPStore:
+    """A client of the edge's store once its port accepts a connection, by the deadline: torch's
+    own client retries print C++ stack traces at every failed try and overrun its timeout."""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            socket.create_connection((host, port), timeout=min(max(left, 0.05), 1.0)).close()
+            break
+        except OSError as e:
+            if left <= 0:
+                raise PeerError(f"cloud could not reach the edge's store at {host}:{port} within "
+                                f"{timeout_s:g} s: {e.strerror or e}") from None
+            time.sleep(min(0.2, left))
+    return dist.TCPStore(host, port, None, False, timedelta(seconds=max(left, 1.0)))
+
+
 def _join_edge(host: str, port: int, secret: str, want: int,
                timeout_s: float) -> Tuple[dist.TCPStore, int, bytes]:
     """Cloud side: reach the edge's store at host:port and be admitted (a line every few
-    seconds); returns the store, the stage rank and the session's message key."""
+    seconds), all within timeout_s; returns the store, the stage rank and the session's key."""
     who = f"cloud rank {want}" if want else "a cloud process"
+    deadline = time.monotonic() + timeout_s
     with Waiting(f"the edge at {host}:{port} to admit {who}", timeout_s):
-        store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
-        return (store, *auth.join_session(store, secret, want, host, port, timeout_s))
+        store = _store_client(host, port, timeout_s, deadline)
+        store.set_timeout(timedelta(seconds=timeout_s))  # its later calls: the run's limit
+        left = max(deadline - time.monotonic(), 0.05)
+        return (store, *auth.join_session(store, secret, want, host, port, left, limit_s=timeout_s))
 
 
 def _serve_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:

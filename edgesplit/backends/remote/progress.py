@@ -1,4 +1,5 @@
-"""Start-up lines of dist: who a process waits for, every few seconds, with the time waited and the limit."""
+"""dist's progress lines: who a process waits for, every few seconds, with the time waited and the
+limit; a cloud role's heartbeat while it works."""
 import logging
 import sys
 import threading
@@ -8,6 +9,7 @@ from typing import Callable, Optional, Type, Union
 
 log = logging.getLogger("edgesplit.dist")
 EVERY_S = 5.0  # seconds between two `waiting for ...` lines
+HEARTBEAT_S = 60.0  # the most seconds between two lines of a working cloud role (Heartbeat)
 
 
 def say(line: str) -> None:
@@ -52,3 +54,22 @@ class Waiting:
                  tb: Optional[TracebackType]) -> None:
         self._stop.set()
         self._thread.join(timeout=1.0)
+
+
+class Heartbeat:
+    """A cloud role's pulse (`say`): a line every `every_steps` training steps, or at the first step
+    `every_s` seconds after the line before: the steps done, the epoch and the pace since then."""
+
+    def __init__(self, who: str, every_steps: int, every_s: float = HEARTBEAT_S) -> None:
+        self.who, self.every_steps, self.every_s = who, max(1, every_steps), every_s
+        self.steps = self._steps_then = 0
+        self._then = time.monotonic()
+
+    def step(self, epoch: int) -> None:
+        """A training step ended in `epoch` (0-based)."""
+        self.steps += 1
+        now, since = time.monotonic(), self.steps - self._steps_then
+        if since >= self.every_steps or now - self._then >= self.every_s:
+            say(f"{self.who}: {self.steps} training steps done (epoch {epoch + 1}), "
+                f"{(now - self._then) / since:.3f} s/step over the last {since}")
+            self._then, self._steps_then = now, self.steps
