@@ -1,6 +1,7 @@
 """`python -m edgesplit.evaluate RUN_DIR [checkpoint=best|last]`: a run's checkpoint evaluated on its
 validation set, assembled from the config the checkpoint recorded (the backend, split, codecs and
-`compressor.eval_compressed` as trained); prints the metrics and writes them to RUN_DIR/eval.json."""
+`compressor.eval_compressed` as trained); prints the metrics (stdout; the log and errors go to
+stderr) and writes them to RUN_DIR/eval.json."""
 import copy
 import json
 import logging
@@ -95,8 +96,8 @@ def main(argv: List[str]) -> int:
     except KeyboardInterrupt:
         log.error("error: interrupted")
         return SIGINT_EXIT
-    log.info(f"{which} checkpoint (epoch {result['epoch']}): val loss {result['val_loss']:.4f} "
-             f"acc1 {result['val_acc1']:.2f} acc5 {result['val_acc5']:.2f}; written to {run_dir / RESULT}")
+    print(f"{which} checkpoint (epoch {result['epoch']}): val loss {result['val_loss']:.4f} "
+          f"acc1 {result['val_acc1']:.2f} acc5 {result['val_acc5']:.2f}; written to {run_dir / RESULT}")
     return 0
 
 

@@ -49,17 +49,18 @@ def test_the_run_keeps_its_best_checkpoint_and_says_how_it_ended(trained_run: Tr
 
 @pytest.mark.parametrize("which", ["best", "last"])
 def test_evaluate_reproduces_the_runs_recorded_figures(
-        trained_run: TrainedRun, tmp_path: Path, caplog: pytest.LogCaptureFixture, which: str) -> None:
+        trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture, which: str) -> None:
     run = copy_run(trained_run.straight, tmp_path)
     history = trained_run.straight_summary["history"]
     expected = max(history, key=lambda h: h["val_acc1"]) if which == "best" else history[-1]
-    with caplog.at_level(logging.INFO, "edgesplit"):
-        assert evaluate.main([str(run), f"checkpoint={which}"]) == 0
+    assert evaluate.main([str(run), f"checkpoint={which}"]) == 0
     written = json.loads((run / evaluate.RESULT).read_text())
     assert written["epoch"] == expected["epoch"] and written["eval_compressed"] is True
     assert written["val_acc1"] == expected["val_acc1"] and written["val_loss"] == pytest.approx(
         expected["val_loss"], rel=1e-6)
-    assert f"written to {run / evaluate.RESULT}" in caplog.text
+    assert capsys.readouterr().out == (
+        f"{which} checkpoint (epoch {expected['epoch']}): val loss {expected['val_loss']:.4f} acc1 "
+        f"{expected['val_acc1']:.2f} acc5 {expected['val_acc5']:.2f}; written to {run / evaluate.RESULT}\n")
 
 
 @pytest.mark.parametrize("argv, message", [
