@@ -97,6 +97,8 @@ def test_init_from_starts_a_new_run_from_the_checkpoints_weights(
         summary = trainer.run(compose_config(_fine_tune(f"init_from={source}")), tmp_path / "tuned", [])
     fresh = trained_run.straight_summary["history"][0]["val_acc1"]  # the same first epoch, from the seed
     assert fresh < 20 and summary["history"][0]["val_acc1"] > 50  # ten classes: chance is 10 %
+    first_lr = trained_run.straight_summary["history"][0]["lr"]  # the schedule starts afresh
+    assert summary["epochs"] == 1 and summary["history"][0]["lr"] == first_lr
     assert f"init_from={source}: the weights of its epoch 3" in caplog.text
     assert "the resolved config (without the secret):\n" in caplog.text  # at debug level
 
