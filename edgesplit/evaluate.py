@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple, cast
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from edgesplit.assemble import assemble
 from edgesplit.backends import build_backend
@@ -70,8 +71,12 @@ def evaluate_run(run_dir: Path, which: str = "best") -> Dict[str, Any]:
                         f"none): checkpoint=last evaluates {checkpoint.NAME}")
     state = checkpoint.load(path)
     cfg = recorded_config(state, path)
-    validate(cfg)
-    parts = assemble(cfg)
+    try:
+        validate(cfg)
+        parts = assemble(cfg)
+    except OmegaConfBaseException as e:  # a recorded config this edgesplit cannot read
+        reason = " ".join(str(e).split())[:300]
+        raise checkpoint.CheckpointError(f"the config {path} recorded cannot be built: {reason}") from None
     assert parts.datasets is not None  # assembled from the config's data
     backend = build_backend(parts, CommMeter())
     try:

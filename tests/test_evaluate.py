@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
+import torch
 
 from edgesplit import evaluate
 from edgesplit.config import compose_config
@@ -70,6 +71,8 @@ def test_evaluate_reproduces_the_runs_recorded_figures(
      "'checkpoint=first' is invalid: allowed: checkpoint=best, checkpoint=last"),
     (["{run}", "ckpt=best"], "'ckpt=best' is invalid"),
     (["{run}"], "{run}/checkpoint_best.pt does not exist (a run written before edgesplit kept"),
+    (["{broken}", "checkpoint=last"],
+     "the config {broken}/checkpoint.pt recorded cannot be built: Missing key partition"),
 ])
 def test_evaluate_refuses_in_one_line(trained_run: TrainedRun, tmp_path: Path,
                                       caplog: pytest.LogCaptureFixture, argv: List[str],
@@ -77,7 +80,11 @@ def test_evaluate_refuses_in_one_line(trained_run: TrainedRun, tmp_path: Path,
     run = tmp_path / "run"  # a run of an edgesplit before checkpoint_best.pt
     run.mkdir()
     (run / checkpoint.NAME).write_bytes((trained_run.straight / checkpoint.NAME).read_bytes())
-    paths = {"run": str(run), "missing": str(tmp_path / "nothing")}
+    state = checkpoint.load(run / checkpoint.NAME)
+    del state["config"]["partition"]  # a config this edgesplit cannot build
+    (tmp_path / "broken").mkdir()
+    checkpoint.atomic_save(state, tmp_path / "broken" / checkpoint.NAME)
+    paths = {"run": str(run), "missing": str(tmp_path / "nothing"), "broken": str(tmp_path / "broken")}
     with caplog.at_level(logging.INFO, "edgesplit"):
         assert evaluate.main([a.format(**paths) for a in argv]) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -103,13 +110,17 @@ def test_init_from_starts_a_new_run_from_the_checkpoints_weights(
     assert "the resolved config (without the secret):\n" in caplog.text  # at debug level
 
 
-@pytest.mark.parametrize("source, message", [
-    ("{tmp}/none.pt", "init_from={tmp}/none.pt: no such file"),
-    ("{tmp}/summary.json", "cannot read the checkpoint {tmp}/summary.json"),
-])
-def test_init_from_a_bad_path_is_one_line(tmp_path: Path, source: str, message: str) -> None:
-    (tmp_path / "summary.json").write_text("{}")
+def test_init_from_a_bad_path_is_one_line(tmp_path: Path) -> None:
+    """Said before the run builds anything (a missing file, in the run), or reads a file that is no
+    checkpoint (JSON; a list of tensors, loaded as data only)."""
     with pytest.raises(UserError) as info:
-        cfg = compose_config(_fine_tune(f"init_from={source.format(tmp=tmp_path)}"))
-        trainer.run(cfg, tmp_path / "r", [])
-    assert message.format(tmp=tmp_path) in str(info.value) and "\n" not in str(info.value)
+        trainer.run(compose_config(_fine_tune(f"init_from={tmp_path}/none.pt")), tmp_path / "r", [])
+    assert str(info.value) == (f"init_from={tmp_path}/none.pt: no such file (a run's checkpoint.pt or "
+                               f"checkpoint_best.pt)")
+    assert not (tmp_path / "r" / "summary.json").exists()
+    (tmp_path / "summary.json").write_text("{}")
+    checkpoint.atomic_save([torch.zeros(1)], tmp_path / "list.pt")
+    for name, message in (("summary.json", "cannot read the checkpoint"),
+                          ("list.pt", "not an edgesplit checkpoint")):
+        with pytest.raises(UserError, match=message):
+            best.read_weights(tmp_path / name)
