@@ -253,6 +253,8 @@ class Config:
     precision: str = "fp32"
     channels_last: bool = False  # units and 4-D inputs in torch.channels_last memory format
     loss_scale: float = DEFAULT_LOSS_SCALE  # precision=fp16: the GradScaler's initial scale
+    checkpoint: Any = field(default_factory=lambda: {"monitor": "val/acc1", "mode": "max"})  # run/best.py
+    init_from: Optional[str] = None  # a checkpoint file whose weights a new run starts from
 
 
 def register_configs() -> None:

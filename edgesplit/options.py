@@ -14,6 +14,9 @@ CheckpointMode = Literal["always", "except_last", "never"]
 Order = Literal["gpipe", "1f1b"]  # the order of micro-batch forwards and backwards (dist)
 Role = Literal["edge", "cloud"]
 ResumeMode = Literal["false", "true", "force"]
+# checkpoint.monitor: an epoch figure checkpoint_best.pt is kept by, and whether more is better
+MonitorTag = Literal["val/acc1", "val/acc5", "val/loss", "train/acc1", "train/loss"]
+MonitorMode = Literal["max", "min"]
 MAX_BITS = 16  # compressor.bits, first_bits, gradient_bits: 1..MAX_BITS
 DEFAULT_LOSS_SCALE = 65536.0  # precision=fp16's initial loss scale: torch.amp.GradScaler's default
 

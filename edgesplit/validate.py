@@ -8,8 +8,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.errors import ConfigError
-from edgesplit.options import (MAX_BITS, CacheDtype, CheckpointMode, EntropyMethod, Order, PrecisionName,
-                               ResumeMode, Role, Rounding, Scale, bits_in_range, options)
+from edgesplit.options import (MAX_BITS, CacheDtype, CheckpointMode, EntropyMethod, MonitorMode, MonitorTag,
+                               Order, PrecisionName, ResumeMode, Role, Rounding, Scale, bits_in_range,
+                               options)
 
 MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at 100 ~22 G
 # Groups whose extra keys (`+model.depth=3`) go to their `_target_`, which names any it does not take.
@@ -96,6 +97,8 @@ def validate(cfg: DictConfig) -> None:
     _one_of(CheckpointMode, "pipeline_backend.checkpoint", b.checkpoint)
     _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
     _one_of(PrecisionName, "precision", cfg.precision)
+    _one_of(MonitorTag, "checkpoint.monitor", cfg.checkpoint.monitor)
+    _one_of(MonitorMode, "checkpoint.mode", cfg.checkpoint.mode)
     _check(cfg.loss_scale > 0 and math.isfinite(cfg.loss_scale), "loss_scale", cfg.loss_scale,
            "must be finite and > 0 (precision=fp16's initial loss scale)")
     _data_device(d.device)

@@ -15,7 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 # The tiniest sweep job that still takes real training steps: 4 steps of 64 digits per epoch, on
 # the 5-unit test model (tests/custom_model.py: the sweep plumbing is what these tests are about).
-# Short: a job's dir name holds every override (at most 255 characters).
 TINY = ["data=digits", "data.train_size=256", "data.val_size=128", "data.batch_size=64",
         "model._target_=tests.custom_model.units", "model.width=0.5", "schedule.epochs=2", "threads=1"]
 RUN_FILES = (".hydra", "tb", "summary.json", "checkpoint.pt")

@@ -66,6 +66,9 @@ def test_a_training_run_leaves_its_config_as_it_was(make_cfg: Callable, tmp_path
     ("compressor.cache_dtype=int8", "allowed: float16, bfloat16, float32"),
     ("precision=fp8", "precision='fp8' is invalid: allowed: fp32, bf16, fp16"),
     ("compressor.entropy=lz4", "allowed: none, zlib, zstd"),
+    ("checkpoint.monitor=val/acc2", "checkpoint.monitor='val/acc2' is invalid: allowed: val/acc1, val/acc5, "
+                                    "val/loss, train/acc1, train/loss"),
+    ("checkpoint.mode=best", "checkpoint.mode='best' is invalid: allowed: max, min"),
 ])
 def test_each_option_list_is_checked_in_one_line(make_cfg: Callable, override: str, allowed: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.config import register_configs
 from edgesplit.report.build import find_runs
-from tests.sweeps import REPO, RUN_FILES, Sweep, jobs, overrides, summary, table
+from tests.sweeps import REPO, RUN_FILES, TINY as TINY_SWEEP, Sweep, jobs, overrides, summary, table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -110,11 +110,46 @@ def test_compression_preset_sweeps_nine_methods_two_lrs_three_seeds() -> None:
 
 
 def test_resume_is_left_out_of_a_jobs_dir_name() -> None:
-    """A sweep continued with resume=true finds its jobs' dirs: Hydra names them without it."""
+    """A sweep continued with resume=true finds its jobs' dirs: they are named without it."""
     cfg = _compose("experiment=edge_grid")
     subdir = OmegaConf.to_container(cfg.hydra.sweep)["subdir"]  # type: ignore[index]
-    assert subdir == "${hydra.job.num}_${hydra.job.override_dirname}"
+    assert subdir == "${edgesplit.job_name:${hydra.job.num}}"
     assert "resume" in cfg.hydra.job.config.override_dirname.exclude_keys
+
+
+GROUPS = ("compressor", "data", "pipeline_backend")
+
+
+@pytest.mark.parametrize("swept, names", [
+    (["experiment=edge_grid"], ["0_back=1,front=1", "8_back=3,front=3"]),
+    (["compressor=none,quantize2_sr_group,quantize4", "schedule.lr=0.4,0.2,0.1"],
+     ["0_none,lr=0.4", "8_quantize4,lr=0.1"]),
+    (["experiment=edge_grid", "partition.back=2", "seed=1,2,3", "model.width=0.25,0.5,1.0"],
+     ["0_width=0.25,front=1,seed=1", "26_width=1.0,front=3,seed=3"]),
+])
+def test_a_sweeps_job_names_hold_the_number_and_the_swept_keys_only(
+        swept: list[str], names: list[str]) -> None:
+    """A 3x3 sweep of a study's shape: each job's dir (its MLflow run name), and its TensorBoard run
+    (`<dir>/tb`), under 40 characters; the shared keys and the preset's fixed keys left out."""
+    from edgesplit.run.naming import job_name, shared_keys
+    shared_line = [*TINY_SWEEP, "logger=mlflow", "resume=true"]
+    cfg = _compose(*shared_line, *(o for o in swept if "," not in o))  # the sweep's own config
+    params = {k: str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
+    exclude = {*cfg.hydra.job.config.override_dirname.exclude_keys,
+               *shared_keys([*shared_line, *swept], params)}
+    given = {**{k: v.split(",") for k, v in params.items()},
+             **{o.split("=")[0]: o.split("=")[1].split(",") for o in [*shared_line, *swept]}}
+    jobs_overrides = [[f"{k}={v}" for k, v in zip(given, values)]
+                      for values in itertools.product(*given.values())]
+    got = [job_name(n, o, exclude, lambda key: key in GROUPS) for n, o in enumerate(jobs_overrides)]
+    assert [got[0], got[-1]] == names and len(set(got)) == len(got)
+    assert max(len(f"{name}/tb") for name in got) < 40, got
+
+
+def test_a_swept_key_keeps_its_full_name_where_two_end_alike() -> None:
+    from edgesplit.run.naming import job_name
+    name = job_name(4, ["data.root=/a/b", "model.root=x", "seed=2"], {"seed"}, lambda key: False)
+    assert name == "4_data.root=_a_b,model.root=x"  # one dir, whatever a value holds
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -131,6 +166,12 @@ def test_the_sweep_runs_the_valid_jobs_and_fails_for_the_invalid_ones(e2e_sweep:
     assert "4 job(s) failed" in console
     all_jobs = jobs(e2e_sweep.dir)
     assert [overrides(j)["partition.front"] for j in all_jobs] == ["2"] * 4 + ["30"] * 4
+    # short names: the job number and the swept keys; the full list in overrides.yaml and the summary
+    ran = [overrides(j) for j in all_jobs]
+    assert [j.name for j in all_jobs] == [
+        f"{n}_{o['compressor']},front={o['partition.front']},seed={o['seed']}" for n, o in enumerate(ran)]
+    assert {"data.train_size", "partition.back", "threads"} <= ran[0].keys()
+    assert all(len(j.name) < 40 for j in all_jobs)
     for job in all_jobs[4:]:
         assert not (job / "summary.json").exists()
     for job in _valid(e2e_sweep):
@@ -138,6 +179,7 @@ def test_the_sweep_runs_the_valid_jobs_and_fails_for_the_invalid_ones(e2e_sweep:
             assert (job / name).exists(), f"{job} lacks {name}"
         s = summary(job)
         assert s["status"] == "finished" and s["epochs"] == 2
+        assert s["overrides"] == [f"{k}={v}" for k, v in overrides(job).items()]
         assert math.isfinite(s["train_loss"]) and 0 <= s["best_val_acc1"] <= 100
         assert s["comm"]["up_bytes_per_batch"] > 0 and s["comm"]["down_bytes_per_batch"] > 0
     ratio = {overrides(j)["compressor"]: summary(j)["comm"]["compression_ratio"]

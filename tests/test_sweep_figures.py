@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edgesplit.run import memory, trainer
-from tests.sweeps import HAS_MLFLOW, Sweep, env, jobs, summary
+from tests.sweeps import HAS_MLFLOW, Sweep, env, jobs, overrides, summary
 
 
 def test_each_job_of_a_sweep_reports_its_own_peak_memory(
@@ -86,6 +86,10 @@ def test_tensorboard_hparams_shows_the_swept_keys_as_differing(e2e_sweep: Sweep)
         for same in ("data.name", "partition.front", "model.width", "schedule.lr"):
             assert by_name[same].get("differs", False) is False, same
         assert len(groups["sessionGroups"]) == 4
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=30) as answer:
+            runs = json.loads(answer.read())  # TensorBoard's run names: each job's dir and tb/
+        ran = [job for job in jobs(sweep) if (job / "summary.json").exists()]
+        assert sorted(runs) == sorted(f"{job.name}/tb" for job in ran) and max(map(len, runs)) < 40
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -108,7 +112,8 @@ def test_the_sweeps_runs_sit_side_by_side_in_one_mlflow_store(e2e_sweep: Sweep) 
         job = sweep / run.info.run_name
         assert run.info.status == "FINISHED"
         assert run.data.params["seed"] == re.findall(r"seed=(\d+)", job.name)[0]
-        assert run.data.params["compressor.name"] == re.findall(r"compressor=(\w+)", job.name)[0]
+        assert run.data.params["compressor.name"] == overrides(job)["compressor"]
+        assert len(run.info.run_name) < 40  # the job's short name
         assert run.data.metrics["val_acc1"] == pytest.approx(summary(job)["val_acc1"])
     assert not list(sweep.glob("*/mlflow.db"))  # not one store per job
     listed: List[str] = [p.name for p in sweep.iterdir()]

@@ -105,12 +105,14 @@ def load_part(state: Mapping[str, Any], process: str, units: Mapping[int, nn.Mod
         b.load_state_dict(codec_states.get(b.name, {}))
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: Any, path: Path, *copies: Path) -> None:
     """Write then rename: a crash mid-write leaves the previous file intact. Serialised in memory
-    first, so a full disk is Python's OSError(ENOSPC), not torch's bare `iostream error`."""
+    first, so a full disk is Python's OSError(ENOSPC), not torch's bare `iostream error`. `copies`
+    (checkpoint_best.pt) get the same bytes first: `path` never names an epoch a copy lacks."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write(path, buffer.getvalue())
+    for target in (*copies, path):
+        atomic_write(target, buffer.getvalue())
 
 
 def load(path: Path) -> Dict[str, Any]:

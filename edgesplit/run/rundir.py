@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
 # The files a run writes with atomic_write: their temporaries are `<name>.<pid>.tmp`
-ATOMIC_NAMES = ("checkpoint.pt", "summary.json", "metrics.csv")
+ATOMIC_NAMES = ("checkpoint.pt", "summary.json", "metrics.csv", "checkpoint_best.pt", "eval.json")
 # A lock written on another host, whose flock this host may not see (a shared file system without
 # lock support): taken over once its holder has shown no sign of life (an epoch end) for this long.
 FOREIGN_STALE_S = 24 * 3600.0

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from edgesplit.assemble import assemble, derived_config
-from edgesplit.run import checkpoint, interrupt, memory
+from edgesplit.run import best, checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.validate import validate
@@ -174,8 +174,15 @@ def train_loader(cfg: DictConfig, datasets: Datasets, resident: Optional[Residen
                           fixed_augment=fixed, channels_last=cfg.channels_last)
 
 
+def val_loader(cfg: DictConfig, datasets: Datasets) -> Any:
+    return build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size, train=False,
+                        seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
+
+
 def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunDirLock) -> Dict[str, Any]:
+    log.debug(f"the resolved config (without the secret):\n{OmegaConf.to_yaml(public_config(cfg))}")
     state = load_state(cfg, run_dir)
+    weights = best.read_weights(Path(cfg.init_from)) if cfg.init_from and state is None else None
     parts = assemble(cfg)
     datasets, split, facts = parts.datasets, parts.split, parts.spec.facts
     derived = derived_config(parts.spec)  # what the data decided, as the checkpoint keeps it
@@ -203,8 +210,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
         if state is not None:
             backend.load_state_dict(state)
             start = state["epoch"]
-        val_loader = build_loader(datasets.val, cfg.data.eval_batch_size or cfg.data.batch_size,
-                                  train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers)
+        elif weights is not None:
+            best.load_weights(backend, weights)
+        validation = val_loader(cfg, datasets)
         # data.device: the training set kept on that device (resident.py), or the CPU loader
         resident = None if cfg.data.device == "cpu" else datasets.resident_train(cfg.data.device)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
@@ -220,7 +228,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             loader = train_loader(cfg, datasets, resident, epoch)
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
             try:
-                metrics.update(evaluate(backend, val_loader))
+                metrics.update(evaluate(backend, validation))
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e} in the evaluation after epoch {epoch + 1} "
                                        f"(schedule.lr={cfg.schedule.lr}); {last_good}") from None
@@ -237,7 +245,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             # the config without the dist link's secret: a checkpoint may be handed to others
             checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1,
                                     "summary": summary.to_dict(), "config": _saved_config(cfg, derived),
-                                    "step_times": step_times}, ckpt)
+                                    "step_times": step_times}, ckpt, *best.best_copies(summary, run_dir, cfg))
             write_summary(run_dir, summary)
             lock.refresh()
             logbook.record_epoch(summary)
@@ -264,4 +272,5 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             logbook.close(summary.status)
         if backend is not None:
             backend.close()
+        log.info(best.end_line(summary, run_dir, cfg))
     return summary.to_dict()
