@@ -76,17 +76,19 @@ def data(batches: int = 4, batch: int = 8, classes: int = 4, seed: int = 1) -> L
 SAMPLES = 256  # the dataset indices data() gives stay below: rows of per-sample codec state
 
 
-def assembled(cfg: DictConfig, units: Optional[List[nn.Module]] = None, samples: int = SAMPLES) -> RunParts:
-    """The run of cfg on `samples` of data()'s (3x8x8 inputs, no dataset): tiny_units, or copies of
+def assembled(cfg: DictConfig, units: Optional[List[nn.Module]] = None, samples: int = SAMPLES,
+              shape: Tuple[int, ...] = (3, 8, 8)) -> RunParts:
+    """The run of cfg on `samples` inputs of `shape` (data()'s, no dataset): tiny_units, or copies of
     `units`."""
-    facts = DataFacts(int(cfg.model.num_classes), samples, 0, (3, 8, 8))
+    facts = DataFacts(int(cfg.model.num_classes), samples, 0, shape)
     return assemble(cfg, facts, copy.deepcopy(units) if units is not None else tiny_units())
 
 
 def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
-          units: Optional[List[nn.Module]] = None, samples: int = SAMPLES) -> Backend:
+          units: Optional[List[nn.Module]] = None, samples: int = SAMPLES,
+          shape: Tuple[int, ...] = (3, 8, 8)) -> Backend:
     """Backend `name` ('naive', 'gpipe' or 'dist') on tiny_units as cfg says, for `samples`
-    training samples."""
+    training inputs of `shape`."""
     from edgesplit.backends import build_backend
     cfg = copy.deepcopy(cfg)
     target = {"naive": "edgesplit.backends.naive.NaiveBackend",
@@ -94,7 +96,8 @@ def build(name: str, cfg: DictConfig, meter: Optional[CommMeter] = None,
               "dist": "edgesplit.backends.remote.RemoteBackend"}[name]
     OmegaConf.update(cfg, "pipeline_backend._target_", target)
     OmegaConf.update(cfg, "pipeline_backend.name", name)
-    return build_backend(assembled(cfg, units, samples), meter if meter is not None else CommMeter())
+    return build_backend(assembled(cfg, units, samples, shape),
+                         meter if meter is not None else CommMeter())
 
 
 def train_epochs(backend: Backend, batches: List[tuple], epochs: int = 1) -> List[float]:

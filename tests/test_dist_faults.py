@@ -69,7 +69,7 @@ def test_killed_cloud_rank_mid_run(tmp_path):
     assert "Traceback" not in out
     state = checkpoint.load(run / "checkpoint.pt")  # intact, the cloud's units in it
     assert state["epoch"] >= 1 and len(state["units"]) == 5 and "cloud_stage1" in state["lr_scheduler"]
-    assert sorted(p.name for p in run.glob("*.pt")) == ["checkpoint.pt"]
+    assert sorted(p.name for p in run.glob("*.pt")) == ["checkpoint.pt", "checkpoint_best.pt"]
     assert dist_process_count() == 0
 
 

@@ -109,7 +109,7 @@ def test_edge_and_cloud_in_two_network_namespaces(namespaces, tmp_path):
     sent = _tx_bytes(namespaces[0], f"{NS}v0") - before
     steps = 256 // 64
     assert sent > steps * summary["comm"]["up_bytes_per_batch"]  # it really went over the veth
-    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint.pt"]
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint.pt", "checkpoint_best.pt"]
 
 
 def test_two_torchrun_invocations(tmp_path):

@@ -38,7 +38,7 @@ def _losses(name: str, cfg: DictConfig) -> list:
     OmegaConf.update(cfg, "model._target_", "tests.custom_model.units")
     OmegaConf.update(cfg, "model.width", 0.5)
     torch.manual_seed(0)
-    backend = build(name, cfg, units=units(4, 0.5))
+    backend = build(name, cfg, units=units(4, 0.5), shape=(3, 32, 32))
     try:
         return train_epochs(backend, _batches())
     finally:
