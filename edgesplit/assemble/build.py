@@ -8,6 +8,7 @@ from torch import nn
 
 from edgesplit.assemble.parts import (CodecParts, DataFacts, DistSpec, ModelSpec, PipelineSpec, RunParts,
                                       RunSpec)
+from edgesplit.assemble.link_fit import check_link
 from edgesplit.data.datasets import Datasets, build_datasets
 from edgesplit.model.bottleneck import Bottleneck, boundary_shapes
 from edgesplit.model.mobilenetv2 import check_num_classes
@@ -55,7 +56,8 @@ def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
     """The run of the validated `cfg`: its datasets (built from `data` unless `facts` are given,
     as where the samples come from elsewhere), the model's units (`base_units`, or built from the
     seed) checked against the data, with the bottleneck's halves, split into partitions; and the
-    typed spec of every other part. Sets torch's threads first (`threads`)."""
+    typed spec of every other part, a shaped dist link checked against its timeout. Sets torch's
+    threads first (`threads`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     datasets = None
@@ -75,6 +77,7 @@ def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
                    Precision(cfg.precision, bool(cfg.channels_last), float(cfg.loss_scale)),
                    pipeline_of(cfg.pipeline_backend),
                    OptimizerSpec(_container(cfg.optimizer), int(s.epochs), int(s.warmup_epochs)))
+    check_link(spec, base, int(cfg.data.batch_size))
     units, front, back = spec.units(base)
     split = split_units(units, front, back, p.cloud_stages, facts.input_shape)
     return RunParts(spec, split, datasets)
