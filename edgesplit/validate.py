@@ -136,6 +136,8 @@ def validate_dist(b: DictConfig) -> None:
     _check(b.timeout_s > 0, "pipeline_backend.timeout_s", b.timeout_s, "must be > 0")
     _check(b.timeout_s <= MAX_TIMEOUT_S, "pipeline_backend.timeout_s", b.timeout_s,
            f"must be finite and at most {MAX_TIMEOUT_S:g} (a day; longer silence is a lost peer)")
+    _check(b.link.latency_ms / 1000 < b.timeout_s, "pipeline_backend.link.latency_ms", b.link.latency_ms,
+           f"must be below pipeline_backend.timeout_s ({b.timeout_s:g} s): every message would time out")
     _check(1 <= b.master_port <= MAX_PORT, "pipeline_backend.master_port", b.master_port,
            f"must be in 1..{MAX_PORT}")
     _check(b.role is None or b.role in options(Role), "pipeline_backend.role", b.role,
