@@ -55,7 +55,7 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[m.split(" is ")[0] for _, m in BAD_INPUTS])
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[o[-1] for o, _ in BAD_INPUTS])
 def test_a_bad_input_is_one_line_naming_the_key(make_cfg: Callable[..., DictConfig], overrides: List[str],
                                                 message: str) -> None:
     cfg = make_cfg(*TEST_MODEL, *overrides)

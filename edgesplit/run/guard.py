@@ -10,6 +10,7 @@ from typing import Any, List, NoReturn, Optional
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
+from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
@@ -29,7 +30,11 @@ def empty_sweep(overrides: List[str]) -> Optional[str]:
     that yields no value, by name; None where each yields one (Hydra would launch 0 jobs, exit 0)."""
     hydra = GlobalHydra.instance()
     loader = hydra.config_loader() if hydra.is_initialized() else None
-    for override in OverridesParser.create(config_loader=loader).parse_overrides(overrides):
+    try:
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
+    except OverrideParseException:  # a sweeper's own syntax: it reports its own errors
+        return None
+    for override in parsed:
         if override.is_discrete_sweep() and next(override.sweep_string_iterator(), None) is None:
             key = override.get_key_element()
             if loader is not None and override.value_type == ValueType.GLOB_CHOICE_SWEEP:
