@@ -15,7 +15,7 @@ topology) takes the edge's.
 """
 import io
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Tuple
+from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -30,11 +30,10 @@ PER_PROCESS = ("lr_scheduler", "rng", "boundaries", "grad_scaler")
 NAME = "checkpoint.pt"  # in the run dir
 EDGE_PROCESS = "edge"  # the edge process's slot; cloud stages are "cloud_stage1", ...
 FORMAT = 1  # the layout's version, the `format` key (absent in the first checkpoints: the same layout)
-# The keys a checkpoint must have, with their types; then the ones it may have (older ones lack them).
-REQUIRED: Dict[str, Tuple[type, ...]] = {"epoch": (int,), "units": (dict,), "optimizer": (dict,),
-                                         "summary": (dict,)}
-OPTIONAL: Dict[str, Tuple[type, ...]] = {**{k: (dict,) for k in (*PER_PROCESS, "config", "step_times")},
-                                         "format": (int,)}
+# The type of each key a checkpoint holds; the keys any reader needs (resuming also reads `summary`).
+KINDS: Dict[str, Tuple[type, ...]] = {"epoch": (int,), "format": (int,), **{k: (dict,) for k in (
+    "units", "optimizer", "summary", "config", "step_times", *PER_PROCESS)}}
+REQUIRED = ("epoch", "units", "optimizer")
 
 
 class CheckpointError(UserError):
@@ -120,14 +119,14 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def load(path: Path) -> Dict[str, Any]:
+def load(path: Path, required: Sequence[str] = REQUIRED) -> Dict[str, Any]:
     """A checkpoint file, data only (no code runs from it), checked as a whole (check_layout)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise CheckpointError(f"cannot read the checkpoint {path}: {reason}") from None
-    check_layout(state, path)
+    check_layout(state, path, required)
     return state
 
 
@@ -135,17 +134,18 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def check_layout(state: Any, path: Path) -> None:
+def check_layout(state: Any, path: Path, required: Sequence[str] = REQUIRED) -> None:
     """A loaded file as an edgesplit checkpoint before anything is restored from it: a dict of
-    format FORMAT, with the keys it must have, each of its type, unit states of named tensors and
-    a run summary; CheckpointError naming the file and the first thing wrong."""
+    format FORMAT, with the `required` keys, each key of its type, unit states of named tensors,
+    optimizer states by parameter and a run summary (where there is one); CheckpointError naming
+    the file and the first thing wrong."""
     def wrong(what: str) -> CheckpointError:
         return CheckpointError(f"{path} is not an edgesplit checkpoint: {what}")
     if not isinstance(state, dict):
         raise wrong(f"it holds a {_kind(state)}, not a dict")
-    for key, kinds in {**REQUIRED, **OPTIONAL}.items():
+    for key, kinds in KINDS.items():
         if key not in state:
-            if key in REQUIRED:
+            if key in required:
                 raise wrong(f"it has no `{key}` (its keys: {', '.join(map(str, state)) or 'none'})")
         elif not isinstance(state[key], kinds) or isinstance(state[key], bool):
             raise wrong(f"its `{key}` is a {_kind(state[key])}, not {' or '.join(k.__name__ for k in kinds)}")
@@ -164,6 +164,7 @@ def check_layout(state: Any, path: Path) -> None:
         if not isinstance(values, dict):
             raise wrong(f"its `optimizer` state of {name!r} is a {_kind(values)}, not a dict")
     try:
-        RunSummary.from_dict(state["summary"])
+        if "summary" in state:
+            RunSummary.from_dict(state["summary"])
     except SummaryFormatError as e:
         raise wrong(f"its `summary` is no run summary: {e}") from None

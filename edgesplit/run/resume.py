@@ -65,7 +65,7 @@ def load_state(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
     if not path.exists():
         log.info(f"resume={resume_mode(cfg)} but {path} does not exist: starting fresh")
         return None
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, (*checkpoint.REQUIRED, "summary"))  # the run's summary goes on
     log.info(f"resuming from {path} after epoch {state['epoch']}")
     return state
 
