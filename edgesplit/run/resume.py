@@ -102,7 +102,7 @@ def _shape_changes(cfg: DictConfig, state: Mapping[str, Any], derived: Optional[
         f"{k} {old!r} in the checkpoint, {new!r} now" for k, old, new
         in config_changes(saved, current, derived)  # type: ignore[arg-type]
         if k.startswith(SHAPE_KEYS)]
-    return ", ".join(changes) or "the config's model keys are the checkpoint's: it is another model's"
+    return ", ".join(changes) or "no config key that shapes the model differs from the checkpoint's"
 
 
 def _mismatch(units: Sequence[nn.Module], state: Mapping[str, Any]) -> Optional[str]:
