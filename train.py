@@ -16,6 +16,7 @@ from edgesplit.errors import UserError
 from edgesplit.logs.logbook import redact
 from edgesplit.run.job_config import job_config
 from edgesplit.run.trainer import run
+from edgesplit.validate import validate_dist
 
 log = logging.getLogger("edgesplit")
 register_configs()
@@ -62,6 +63,7 @@ def main(cfg: DictConfig) -> None:
             cfg = with_job_threads(cfg, hydra_cfg)
             if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
                 from edgesplit.backends.remote import run_cloud  # serves the edge; writes no results
+                validate_dist(cfg.pipeline_backend)  # the rest of its config is the edge's to check
                 return run_cloud(cfg)
             run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
         except UserError as e:

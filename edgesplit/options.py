@@ -19,6 +19,10 @@ MonitorTag = Literal["val/acc1", "val/acc5", "val/loss", "train/acc1", "train/lo
 MonitorMode = Literal["max", "min"]
 MAX_BITS = 16  # compressor.bits, first_bits, gradient_bits: 1..MAX_BITS
 DEFAULT_LOSS_SCALE = 65536.0  # precision=fp16's initial loss scale: torch.amp.GradScaler's default
+MAX_SEED = 2**63 - 1  # seed: 0..MAX_SEED, torch's range for a seed it also draws from
+MAX_PORT = 65535  # pipeline_backend.master_port: 1..MAX_PORT
+MAX_TIMEOUT_S = 86400.0  # pipeline_backend.timeout_s: a day; a longer silence is a dead peer
+MAX_LATENCY_MS = 60000.0  # pipeline_backend.link.latency_ms: a minute, beyond any real link
 
 
 def bits_in_range(bits: object) -> TypeGuard[int]:

@@ -1,6 +1,9 @@
 """Range checks that the schema cannot express, each value checked here once: one line naming the key."""
 import importlib.util
+import logging
 import math
+import os
+import tempfile
 from dataclasses import fields, is_dataclass
 from typing import Any, List
 
@@ -8,15 +11,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.errors import ConfigError
-from edgesplit.options import (MAX_BITS, CacheDtype, CheckpointMode, EntropyMethod, MonitorMode, MonitorTag,
-                               Order, PrecisionName, ResumeMode, Role, Rounding, Scale, bits_in_range,
-                               options)
+from edgesplit.logs.mlflow_log import check_tracking_uri
+from edgesplit.options import (MAX_BITS, MAX_LATENCY_MS, MAX_PORT, MAX_SEED, MAX_TIMEOUT_S, CacheDtype,
+                               CheckpointMode, EntropyMethod, MonitorMode, MonitorTag, Order, PrecisionName,
+                               ResumeMode, Role, Rounding, Scale, bits_in_range, options)
 
 MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at 100 ~22 G
 # Groups whose extra keys (`+model.depth=3`) go to their `_target_`, which names any it does not take.
 OPEN_GROUPS = ("model", "data")
 DATA_DEVICES = "cpu, cpu_resident, cuda, cuda:N"
 _ABSENT = object()
+log = logging.getLogger(__name__)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -96,6 +101,12 @@ def validate(cfg: DictConfig) -> None:
            "naive runs the whole batch at once: must be 1 (micro-batches: pipeline_backend=gpipe or dist)")
     _one_of(CheckpointMode, "pipeline_backend.checkpoint", b.checkpoint)
     _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "must be >= 1 or null")
+    cpus = os.cpu_count() or 1
+    _check(cfg.threads is None or cfg.threads <= cpus, "threads", cfg.threads,
+           f"must be at most {cpus}, this machine's CPUs (os.cpu_count()), or null")
+    _check(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"must be in 0..{MAX_SEED} (2^63-1, torch's seeds)")
+    _data_name(d)
+    _warmup(s)
     _one_of(PrecisionName, "precision", cfg.precision)
     _one_of(MonitorTag, "checkpoint.monitor", cfg.checkpoint.monitor)
     _one_of(MonitorMode, "checkpoint.mode", cfg.checkpoint.mode)
@@ -106,18 +117,60 @@ def validate(cfg: DictConfig) -> None:
     if cfg.logger.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
         raise ConfigError("logger=mlflow needs the mlflow package, which is not installed: "
                           "pip install -e '.[mlflow]'")
+    if cfg.logger.name == "mlflow":
+        check_tracking_uri(cfg.logger.get("tracking_uri"))
     for key in cfg.hparam_keys:
         _check(OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT, "hparam_keys", key,
                "not a key of this config")
     if "link" in b:  # the dist backend's keys
-        for key in ("bandwidth_mbps", "uplink_mbps", "downlink_mbps"):
-            v = b.link[key]
-            _check(v is None or v > 0, f"pipeline_backend.link.{key}", v, "must be > 0 or null")
-        _check(b.link.latency_ms >= 0, "pipeline_backend.link.latency_ms", b.link.latency_ms, "must be >= 0")
-        _check(b.timeout_s > 0, "pipeline_backend.timeout_s", b.timeout_s, "must be > 0")
-        _check(b.role is None or b.role in options(Role), "pipeline_backend.role", b.role,
-               f"allowed: {', '.join(options(Role))}, null")
-        _one_of(Order, "pipeline_backend.order", b.order)
+        validate_dist(b)
+
+
+def validate_dist(b: DictConfig) -> None:
+    """The dist backend's keys (`pipeline_backend`): also a cloud host's (role=cloud), which runs
+    nothing else of its own config."""
+    for key in ("bandwidth_mbps", "uplink_mbps", "downlink_mbps"):
+        v = b.link[key]
+        _check(v is None or v > 0, f"pipeline_backend.link.{key}", v, "must be > 0 or null")
+    _check(b.link.latency_ms >= 0, "pipeline_backend.link.latency_ms", b.link.latency_ms, "must be >= 0")
+    _check(b.link.latency_ms <= MAX_LATENCY_MS, "pipeline_backend.link.latency_ms", b.link.latency_ms,
+           f"must be finite and at most {MAX_LATENCY_MS:g} (a minute)")
+    _check(b.timeout_s > 0, "pipeline_backend.timeout_s", b.timeout_s, "must be > 0")
+    _check(b.timeout_s <= MAX_TIMEOUT_S, "pipeline_backend.timeout_s", b.timeout_s,
+           f"must be finite and at most {MAX_TIMEOUT_S:g} (a day; longer silence is a lost peer)")
+    _check(b.link.latency_ms / 1000 < b.timeout_s, "pipeline_backend.link.latency_ms", b.link.latency_ms,
+           f"must be below pipeline_backend.timeout_s ({b.timeout_s:g} s): every message would time out")
+    _check(1 <= b.master_port <= MAX_PORT, "pipeline_backend.master_port", b.master_port,
+           f"must be in 1..{MAX_PORT}")
+    _check(b.role is None or b.role in options(Role), "pipeline_backend.role", b.role,
+           f"allowed: {', '.join(options(Role))}, null")
+    _one_of(Order, "pipeline_backend.order", b.order)
+
+
+def _data_name(d: DictConfig) -> None:
+    """data.name labels the run in logs, HParams and reports: the name of what `_target_` loads."""
+    target = str(d._target_)
+    loads = target.rpartition(".")[2]
+    _check(d.name == loads, "data.name", d.name,
+           f"must be {loads!r}, the name of data._target_ ({target}), so that the label says what is loaded")
+
+
+def _warmup(s: DictConfig) -> None:
+    """A warm-up longer than the run is said, not refused: the default 20 outlasts every short run."""
+    if s.warmup_epochs > s.epochs:
+        log.warning(f"schedule.warmup_epochs={s.warmup_epochs} exceeds schedule.epochs={s.epochs}: the "
+                    f"warm-up never ends (the learning rate stays below {s.epochs}/{s.warmup_epochs} of "
+                    f"schedule.lr={s.lr:g})")
+
+
+def _writable_dir(key: str, path: str) -> None:
+    """A folder that can be created and written, checked before training (not at the first write)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        _check(False, key, path, f"cannot create or write a file there: {e.strerror or e}")
 
 
 def _data_device(device: str) -> None:
@@ -143,6 +196,8 @@ def _compressor(c: DictConfig) -> None:
            "must be >= 0 (epochs that send raw values)")
     if "cache_dtype" in c:
         _one_of(CacheDtype, "compressor.cache_dtype", c.cache_dtype)
+    if c.get("cache_dir") is not None:
+        _writable_dir("compressor.cache_dir", c.cache_dir)
     _compressor_keys(c)
     if c.error_feedback:
         _check(c.name not in ("none", "delta"), "compressor.error_feedback", c.error_feedback,

@@ -165,9 +165,13 @@ MISTAKES = [
      "error: pipeline_backend.chunks=3 is invalid: naive runs the whole batch at once"),
     (["experiment=quant_lr"], "error: experiment=quant_lr is a sweep of 9 jobs over compressor, "
                               "schedule.lr: add -m to run it"),
+    (["-m", "compressor=glob(nomatch*)"], "error: compressor=glob(nomatch*) matches no option of compressor"),
+    (["pipeline_backend=dist", "pipeline_backend.role=cloud", "pipeline_backend.master_port=70000"],
+     "error: pipeline_backend.master_port=70000 is invalid: must be in 1..65535"),  # the cloud's own check
 ]
-# train.py's command lines of this module's tests (each ends before training)
-COMMANDS = {**{f"mistake{i}": ["data=digits", *args] for i, (args, _) in enumerate(MISTAKES)},
+# train.py's command lines of this module's tests (each ends before training; -m goes first)
+COMMANDS = {**{f"mistake{i}": sorted(["data=digits", *args], key=lambda a: a != "-m")
+               for i, (args, _) in enumerate(MISTAKES)},
             "bad_value": ["data=digits", "partition.front=0"], "unknown_key": ["partition.foo=1"],
             "preset_one_job": ["experiment=quant_lr", "compressor=quantize8", "schedule.lr=0.1",
                                "log_every=0"],

@@ -6,6 +6,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from edgesplit.assemble.link_fit import check_link
 from edgesplit.assemble.parts import (CodecParts, Crossings, DataFacts, DistSpec, ModelSpec, PipelineSpec,
                                       RunParts, RunSpec)
 from edgesplit.data.datasets import Datasets, build_datasets
@@ -62,7 +63,8 @@ def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
     """The run of the validated `cfg`: its datasets (built from `data` unless `facts` are given,
     as where the samples come from elsewhere), the model's units (`base_units`, or built from the
     seed) checked against the data, with the bottleneck's halves, split into partitions; and the
-    typed spec of every other part. Sets torch's threads first (`threads`)."""
+    typed spec of every other part, a shaped dist link checked against its timeout. Sets torch's
+    threads first (`threads`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     datasets = None
@@ -84,6 +86,7 @@ def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
                    pipeline_of(cfg.pipeline_backend),
                    OptimizerSpec(_container(cfg.optimizer), int(s.epochs), int(s.warmup_epochs)),
                    _crossings(cfg, shapes, bottleneck))
+    check_link(spec, base, int(cfg.data.batch_size))
     units, front, back = spec.units(base)
     split = split_units(units, front, back, p.cloud_stages, facts.input_shape)
     return RunParts(spec, split, datasets)

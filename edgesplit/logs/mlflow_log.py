@@ -1,10 +1,12 @@
 """logger=mlflow: each run's config as params and its per-epoch figures as metrics, in MLflow."""
 import fcntl
 import logging
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
+from urllib.parse import urlsplit
 
 from edgesplit.errors import ConfigError, UserError
 
@@ -13,6 +15,7 @@ RUN_DIR_TAG = "edgesplit.run_dir"  # finds a resumed run's MLflow run again
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED"}  # anything else: FAILED
 MAX_PARAM = 500  # characters of a param value (older MLflow servers take no more)
 BATCH = 100  # params or metrics per log_batch call (MLflow's limit for params)
+CONNECT_S = 10.0  # the deadline of the tracking server's check at start (MLflow itself retries for minutes)
 
 
 def sweep_root(run_dir: Path) -> Path:
@@ -38,6 +41,23 @@ def flat_params(config: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
         elif name != "logger.tracking_uri":
             out[name] = str(value)[:MAX_PARAM]
     return out
+
+
+def check_tracking_uri(uri: Optional[str], timeout_s: float = CONNECT_S) -> None:
+    """An http(s) tracking server answers a connection within `timeout_s`, checked at start (a local
+    store needs no network); ConfigError naming the URI without its credentials otherwise."""
+    parts = urlsplit(uri or "")
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        reason = "no answer" if isinstance(e, socket.timeout) else (getattr(e, "strerror", None) or e)
+        raise ConfigError(f"logger.tracking_uri={shown} cannot be reached within {timeout_s:g} s ({reason}): "
+                          f"start the tracking server or fix the URI") from None
 
 
 @contextmanager

@@ -8,26 +8,32 @@ A checkpoint is one dict (one file, loaded with `weights_only=True`):
                                                          (the trainer reseeds its own every epoch)
   boundaries    {process: {boundary: codec state}}
   grad_scaler   {process: GradScaler state}                precision=fp16 ({} otherwise)
-plus what the trainer adds (epoch, summary, config, and step_times: {'edge': the run's step-time
-histogram, edgesplit.run.steptimes}). Each process of a run contributes a `part`
+plus what the trainer adds (format: FORMAT, epoch, summary, config, and step_times: {'edge': the
+run's step-time histogram, edgesplit.run.steptimes}). Each process of a run contributes a `part`
 with the same keys; a process that has no slot of its own in a checkpoint (written with another
 topology) takes the edge's.
 """
 import io
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping
+from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from edgesplit.boundary.boundary import Boundary
 from edgesplit.errors import UserError
+from edgesplit.logs.summary import RunSummary, SummaryFormatError
 from edgesplit.run.lr_schedule import Optimization
 from edgesplit.run.rundir import atomic_write
 
 PER_PROCESS = ("lr_scheduler", "rng", "boundaries", "grad_scaler")
 NAME = "checkpoint.pt"  # in the run dir
 EDGE_PROCESS = "edge"  # the edge process's slot; cloud stages are "cloud_stage1", ...
+FORMAT = 1  # the layout's version, the `format` key (absent in the first checkpoints: the same layout)
+# The type of each key a checkpoint holds; the keys any reader needs (resuming also reads `summary`).
+KINDS: Dict[str, Tuple[type, ...]] = {"epoch": (int,), "format": (int,), **{k: (dict,) for k in (
+    "units", "optimizer", "summary", "config", "step_times", *PER_PROCESS)}}
+REQUIRED = ("epoch", "units", "optimizer")
 
 
 class CheckpointError(UserError):
@@ -115,10 +121,52 @@ def atomic_save(obj: Any, path: Path, *copies: Path) -> None:
         atomic_write(target, buffer.getvalue())
 
 
-def load(path: Path) -> Dict[str, Any]:
-    """A checkpoint file, data only (no code runs from it)."""
+def load(path: Path, required: Sequence[str] = REQUIRED) -> Dict[str, Any]:
+    """A checkpoint file, data only (no code runs from it), checked as a whole (check_layout)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise CheckpointError(f"cannot read the checkpoint {path}: {reason}") from None
+    check_layout(state, path, required)
+    return state
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def check_layout(state: Any, path: Path, required: Sequence[str] = REQUIRED) -> None:
+    """A loaded file as an edgesplit checkpoint before anything is restored from it: a dict of
+    format FORMAT, with the `required` keys, each key of its type, unit states of named tensors,
+    optimizer states by parameter and a run summary (where there is one); CheckpointError naming
+    the file and the first thing wrong."""
+    def wrong(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not an edgesplit checkpoint: {what}")
+    if not isinstance(state, dict):
+        raise wrong(f"it holds a {_kind(state)}, not a dict")
+    for key, kinds in KINDS.items():
+        if key not in state:
+            if key in required:
+                raise wrong(f"it has no `{key}` (its keys: {', '.join(map(str, state)) or 'none'})")
+        elif not isinstance(state[key], kinds) or isinstance(state[key], bool):
+            raise wrong(f"its `{key}` is a {_kind(state[key])}, not {' or '.join(k.__name__ for k in kinds)}")
+    if state.get("format", FORMAT) != FORMAT:
+        raise CheckpointError(f"{path} is checkpoint format {state['format']}; this edgesplit reads "
+                              f"format {FORMAT}")
+    if state["epoch"] < 0:
+        raise wrong(f"its `epoch` is {state['epoch']}, not >= 0")
+    for i, unit in state["units"].items():
+        if not isinstance(i, int) or not isinstance(unit, dict):
+            raise wrong(f"its `units` holds {i!r}: a {_kind(unit)}, not a unit index and its state dict")
+        for name, tensor in unit.items():
+            if not torch.is_tensor(tensor):
+                raise wrong(f"unit {i} `{name}` is a {_kind(tensor)}, not a tensor")
+    for name, values in state["optimizer"].items():
+        if not isinstance(values, dict):
+            raise wrong(f"its `optimizer` state of {name!r} is a {_kind(values)}, not a dict")
+    try:
+        if "summary" in state:
+            RunSummary.from_dict(state["summary"])
+    except SummaryFormatError as e:
+        raise wrong(f"its `summary` is no run summary: {e}") from None

@@ -1,13 +1,18 @@
 """Hydra callback that runs before Hydra writes anything into the run dir: a secret on the command
 line is refused (Hydra would write it to .hydra/), a single run's config that validation refuses
 (nothing is written for it), a run dir that a live run holds (Hydra would rewrite its .hydra/ files
-and append to its train.log), and a sweep with such a dir below its sweep dir."""
+and append to its train.log), a sweep with such a dir below its sweep dir, and a sweep that launches
+no job."""
 import datetime
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, List, NoReturn, Optional
 
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
+from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
@@ -21,6 +26,26 @@ SECRET_KEYS = ("pipeline_backend.secret",)
 def secret_given(overrides: Any) -> bool:
     """Whether a command-line override sets the dist link's secret."""
     return any(str(o).lstrip("+~").split("=", 1)[0] in SECRET_KEYS for o in overrides)
+
+
+def empty_sweep(overrides: List[str]) -> Optional[str]:
+    """The refusal of the first sweep in `overrides` (a range, a choice list, a config group's glob)
+    that yields no value, by name; None where each yields one (Hydra would launch 0 jobs, exit 0)."""
+    hydra = GlobalHydra.instance()
+    loader = hydra.config_loader() if hydra.is_initialized() else None
+    try:
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
+    except OverrideParseException:  # a sweeper's own syntax: it reports its own errors
+        return None
+    for override in parsed:
+        if override.is_discrete_sweep() and next(override.sweep_string_iterator(), None) is None:
+            key = override.get_key_element()
+            if loader is not None and override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+                found = loader.get_group_options(key)
+                return (f"{override.input_line} matches no option of {key} (its options: "
+                        f"{', '.join(found)}): the sweep would launch no job")
+            return f"{override.input_line} sweeps no value: the sweep would launch no job"
+    return None
 
 
 def _refuse(message: str) -> NoReturn:
@@ -65,3 +90,7 @@ class RunGuard(Callback):
             check_sweep_free(Path(str(config.hydra.sweep.dir)))
         except UserError as e:
             _refuse(str(e))
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+        refusal = empty_sweep([*params, *config.hydra.overrides.task])
+        if refusal is not None:
+            _refuse(refusal)

@@ -1,9 +1,11 @@
 """Resume: the checkpoint to continue from, and its config checked against the run's."""
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from edgesplit.run import checkpoint
 from edgesplit.validate import resume_mode
@@ -28,6 +30,8 @@ RESULT_NEUTRAL = (
 # Keys added after checkpoints were written without them: absent there means this default.
 ADDED_DEFAULTS = {"precision": "fp32", "loss_scale": DEFAULT_LOSS_SCALE, "data.device": "cpu"}
 _ABSENT = "<absent>"
+# The config keys that decide the units' tensor shapes: a checkpoint that does not fit names them.
+SHAPE_KEYS = ("model.", "partition.", "data._target_", "compressor.channel_ratio", "compressor.shapes")
 
 
 def _flat(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -62,7 +66,7 @@ def load_state(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
     if not path.exists():
         log.info(f"resume={resume_mode(cfg)} but {path} does not exist: starting fresh")
         return None
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, (*checkpoint.REQUIRED, "summary"))  # the run's summary goes on
     log.info(f"resuming from {path} after epoch {state['epoch']}")
     return state
 
@@ -88,3 +92,53 @@ def check_config(cfg: DictConfig, state: Mapping[str, Any], path: Path,
     if changes:
         log.warning(f"resume=force: continuing {path} with changes: {listed}")
     return [k for k, _, _ in changes]
+
+
+def _shape_changes(cfg: DictConfig, state: Mapping[str, Any], derived: Optional[Mapping[str, Any]]) -> str:
+    """The keys that decide the units' shapes and differ from the checkpoint's config, as the end
+    of a line: `model.width 0.5 in the checkpoint, 0.25 now`."""
+    saved = state.get("config")
+    current = OmegaConf.to_container(cfg, resolve=True)
+    changes = [] if not isinstance(saved, Mapping) else [
+        f"{k} {old!r} in the checkpoint, {new!r} now" for k, old, new
+        in config_changes(saved, current, derived)  # type: ignore[arg-type]
+        if k.startswith(SHAPE_KEYS)]
+    return ", ".join(changes) or "no config key that shapes the model differs from the checkpoint's"
+
+
+def _mismatch(units: Sequence[nn.Module], state: Mapping[str, Any]) -> Optional[str]:
+    """The first tensor of the checkpoint (a unit's state, a parameter's optimizer state) whose name
+    or shape the model lacks, or None."""
+    saved = state["units"]
+    if len(saved) != len(units):
+        return f"it holds {len(saved)} units, the model {len(units)}"
+    for i, unit in enumerate(units):
+        if i not in saved:
+            return f"it holds no unit {i}"
+        own, theirs = unit.state_dict(), saved[i]
+        for name in sorted(own.keys() ^ theirs.keys()):
+            return f"unit {i} `{name}` is in the {'model' if name in own else 'checkpoint'} only"
+        for name, tensor in own.items():
+            if theirs[name].shape != tensor.shape:
+                return (f"unit {i} `{name}` has shape {list(theirs[name].shape)}, "
+                        f"the model {list(tensor.shape)}")
+    params = {f"units.{i}.{n}": p for i, u in enumerate(units) for n, p in u.named_parameters()}
+    for name, values in state["optimizer"].items():
+        for key, value in values.items():
+            p = params.get(name)
+            if p is not None and torch.is_tensor(value) and value.dim() and value.shape != p.shape:
+                return (f"the optimizer's `{key}` of `{name}` has shape {list(value.shape)}, "
+                        f"the model {list(p.shape)}")
+    return None
+
+
+def check_fits(state: Mapping[str, Any], path: Path, units: Sequence[nn.Module], cfg: DictConfig,
+               derived: Optional[Mapping[str, Any]] = None) -> None:
+    """Every tensor of the checkpoint against the model built from the config (`units`, the
+    bottleneck's included), before anything is restored (resume=force comes here with the config
+    changed): CheckpointError naming the file, the first tensor that differs and the keys that
+    explain it."""
+    wrong = _mismatch(units, state)
+    if wrong is not None:
+        raise checkpoint.CheckpointError(f"{path} does not fit the model: {wrong}: "
+                                         f"{_shape_changes(cfg, state, derived)}")

@@ -19,7 +19,7 @@ from edgesplit.data.datasets import Datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logs.logbook import Logbook, public_config, redact
 from edgesplit.data.resident import ResidentImages, ResidentLoader
-from edgesplit.run.resume import check_config, load_state
+from edgesplit.run.resume import check_config, check_fits, load_state
 from edgesplit.logs.summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.run.rundir import RunDirLock
 from edgesplit.run.steptimes import Pace, RunStepTimes, epoch_median
@@ -192,7 +192,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
                          eval_compressed=cfg.compressor.eval_compressed, overrides=overrides,
                          precision=cfg.precision, chunks=cfg.pipeline_backend.chunks)
     if state is not None:
-        summary = _resumed_summary(state, cfg, check_config(cfg, state, ckpt, derived))
+        changes = check_config(cfg, state, ckpt, derived)
+        check_fits(state, ckpt, split.units, cfg, derived)  # before anything is restored from it
+        summary = _resumed_summary(state, cfg, changes)
         if state["epoch"] >= cfg.schedule.epochs:
             summary.status = "finished"
             _repair_summary(run_dir, summary)
@@ -243,7 +245,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             summary.load_avg_end = _load_avg()
             step_times = {checkpoint.EDGE_PROCESS: run_times.histogram.state_dict()}
             # the config without the dist link's secret: a checkpoint may be handed to others
-            checkpoint.atomic_save({**backend.state_dict(), "epoch": epoch + 1,
+            checkpoint.atomic_save({**backend.state_dict(), "format": checkpoint.FORMAT, "epoch": epoch + 1,
                                     "summary": summary.to_dict(), "config": _saved_config(cfg, derived),
                                     "step_times": step_times}, ckpt, *best.best_copies(summary, run_dir, cfg))
             write_summary(run_dir, summary)
