@@ -12,9 +12,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.run import launchers
+from edgesplit.run.command_line import check_argv
 from edgesplit.config import register_configs
 from edgesplit.errors import ConfigError, UserError
 from edgesplit.logs.logbook import redact
+from edgesplit.run.guard import refuse
 from edgesplit.run.trainer import run
 
 log = logging.getLogger("edgesplit")
@@ -93,6 +95,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:  # a misspelled key or option, a group given twice: one line, before Hydra's own message
+        check_argv(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    except ConfigError as e:
+        refuse(str(e))
     interrupted = False
     try:
         main()
