@@ -160,8 +160,22 @@ def test_curves_draw_mean_and_band_per_seed_group(seed_sweep: Path, saved: dict[
     assert tuple(band.get_facecolor()[0][:3]) == pytest.approx(to_rgb(lines[0].get_color()))
     half = round(math.sqrt(0.5), 4)  # epoch 3: two seeds, 96.5 and 97.5
     assert _ys(band) == sorted([95.5, 97.5, 97.0, 99.0, round(97.0 - half, 4), round(97.0 + half, 4)])
+    # colour: the compressor, line style: the lr
+    assert ax.get_title() == "validation accuracy (colour: compressor, line style: schedule.lr)"
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert lines[0].get_linestyle() == lines[2].get_linestyle() != lines[1].get_linestyle()
+    assert ax.get_ylabel() == "val acc1 (%), mean ± std over seeds"
     loss = saved["loss.png"].axes[0]
-    assert loss.get_ylabel() == "train loss" and len(loss.collections) == 6
+    assert loss.get_ylabel() == "train loss, mean ± std over seeds" and len(loss.collections) == 6
+    # the groups whose three seeds all finished have the same mean loss: the later lines say so and
+    # ring their points (the first group has a running seed, the last a failed one)
+    same = "compressor=none, schedule.lr=0.4 (mean of 3)"
+    labels = [line.get_label() for line in loss.get_lines()]
+    assert labels[1] == same and labels[2:5] == [
+        f"{label} (identical to {same})" for label in [line.get_label() for line in lines][2:5]]
+    assert "identical" not in labels[0] + labels[5]
+    assert [line.get_marker() for line in loss.get_lines()][1:4] == [".", "o", "o"]
+    assert loss.get_lines()[3].get_markersize() > loss.get_lines()[2].get_markersize()  # each ring shows
     assert np.asarray(loss.get_lines()[0].get_ydata()).tolist() == pytest.approx([0.3, 0.3, 0.25])
     # epochs 1-2: 0.3 ± 0.1 (seeds 0.2, 0.3, 0.4); epoch 3: 0.25 ± 0.0707 (the running seed has none)
     assert _ys(loss.collections[0]) == [0.1793, 0.2, 0.3207, 0.4]
