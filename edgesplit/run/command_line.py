@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Override, ValueType
 from hydra._internal.utils import get_args_parser  # the parser hydra.main uses
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import OmegaConf
@@ -34,8 +34,8 @@ def _did_you_mean(found: Sequence[str], everything: Sequence[str], what: str) ->
 
 def _values(override: Override) -> List[str]:
     """The option names an override of a group chooses (each of a sweep's); none for deletions."""
-    if override.is_delete():
-        return []
+    if override.is_delete() or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+        return []  # a glob picks among the options that exist
     if override.is_sweep_override():
         return list(override.sweep_string_iterator()) if override.is_discrete_sweep() else []
     value = override.value()
