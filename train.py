@@ -11,10 +11,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.run import launchers
+from edgesplit.run.command_line import check_argv
 from edgesplit.config import register_configs
-from edgesplit.errors import UserError
+from edgesplit.errors import ConfigError, UserError
 from edgesplit.logs.logbook import redact
 from edgesplit.run.job_config import job_config
+from edgesplit.run.guard import refuse
 from edgesplit.run.trainer import run
 from edgesplit.validate import validate_dist
 
@@ -84,6 +86,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:  # a misspelled key or option, a group given twice: one line, before Hydra's own message
+        check_argv(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    except ConfigError as e:
+        refuse(str(e))
     interrupted = False
     try:
         main()

@@ -38,6 +38,15 @@ def test_named_quantize_choices(option: str) -> None:
             assert codec.random == (rounding == "stochastic")
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_sr_grad_rounds_the_gradient_stochastically_with_group_scales_and_the_activation_to_nearest(
+        bits: int) -> None:
+    for boundary in built(f"compressor=quantize{bits}_sr_grad", "compressor.group_size=64").values():
+        act, grad = boundary.activation, boundary.gradient
+        assert (act.bits, act.rounding, act.scale, act.random) == (bits, "nearest", "tensor", False)
+        assert (grad.bits, grad.rounding, grad.scale, grad.group_size) == (bits, "stochastic", "group", 64)
+
+
 def test_the_keys_reach_every_quantizing_codec() -> None:
     keys = ["compressor.rounding=stochastic", "compressor.scale=group", "compressor.group_size=64"]
     q = built("compressor=quantize", "compressor.bits=3", *keys)["back"]

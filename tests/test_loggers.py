@@ -1,12 +1,15 @@
 """metrics.csv in every run dir, and logger=mlflow read back through MLflow's own client."""
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
+import yaml
 from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from edgesplit.run import trainer
 from edgesplit.errors import ConfigError
@@ -70,7 +73,7 @@ def _mlflow_runs(store: Path) -> List[Any]:
 
 @needs_mlflow
 def test_mlflow_holds_the_runs_params_and_metrics_and_a_resume_goes_on_in_the_same_run(
-        trained_run: TrainedRun) -> None:
+        trained_run: TrainedRun, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
     run_dir, summary = trained_run.resumed, trained_run.resumed_summary  # killed after epoch 1, resumed
     runs = _mlflow_runs(run_dir / "mlflow.db")  # a single run's store: in its run dir
@@ -81,10 +84,22 @@ def test_mlflow_holds_the_runs_params_and_metrics_and_a_resume_goes_on_in_the_sa
     assert params["seed"] == "3" and params["partition.front"] == "1" and params["logger.name"] == "mlflow"
     assert params["compressor.name"] == "quantize2_sr_group" and params["data.name"] == "digits"
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
-    for key in ("val_acc1", "train_loss", "time_per_batch_s", "up_bytes_per_batch"):
-        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-        assert [m.step for m in history] == [1, 2, 3], key  # epoch 1 logged once, by the resumed run
-        assert [m.value for m in history] == pytest.approx([h[key] for h in summary["history"]]), key
+    # metric names are TensorBoard's tags
+    for tag, key in (("val/acc1", "val_acc1"), ("train/loss", "train_loss"),
+                     ("comm/up_bytes", "up_bytes_per_batch")):
+        history = sorted(client.get_metric_history(run.info.run_id, tag), key=lambda m: m.step)
+        assert [m.step for m in history] == [1, 2, 3], tag  # epoch 1 logged once, by the resumed run
+        assert [m.value for m in history] == pytest.approx([h[key] for h in summary["history"]]), tag
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert set(run.data.metrics) <= set(events.Tags()["scalars"]) and "val/best_acc1" in run.data.metrics
+    # the config and summary.json as the run ended, as artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "summary.json"}
+    got = Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)))
+    assert json.loads(got.read_text()) == summary and summary["status"] == "finished"
+    config = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
+    assert config["seed"] == 3 and config["compressor"]["name"] == "quantize2_sr_group"
 
 
 def test_mlflow_params_leave_out_the_secret_and_the_tracking_uri(make_cfg: Callable) -> None:
@@ -105,5 +120,5 @@ def test_in_dist_only_the_edge_logs_to_mlflow(make_cfg: Callable, tmp_path: Path
     runs = _mlflow_runs(tmp_path / "mlflow.db")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["pipeline_backend.name"] == "dist"
-    assert runs[0].data.metrics["val_acc1"] == pytest.approx(summary["val_acc1"])
+    assert runs[0].data.metrics["val/acc1"] == pytest.approx(summary["val_acc1"])
     assert "pipeline_backend.secret" not in runs[0].data.params

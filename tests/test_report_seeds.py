@@ -160,8 +160,22 @@ def test_curves_draw_mean_and_band_per_seed_group(seed_sweep: Path, saved: dict[
     assert tuple(band.get_facecolor()[0][:3]) == pytest.approx(to_rgb(lines[0].get_color()))
     half = round(math.sqrt(0.5), 4)  # epoch 3: two seeds, 96.5 and 97.5
     assert _ys(band) == sorted([95.5, 97.5, 97.0, 99.0, round(97.0 - half, 4), round(97.0 + half, 4)])
+    # colour: the compressor, line style: the lr
+    assert ax.get_title() == "validation accuracy (colour: compressor, line style: schedule.lr)"
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert lines[0].get_linestyle() == lines[2].get_linestyle() != lines[1].get_linestyle()
+    assert ax.get_ylabel() == "val acc1 (%), mean ± std over seeds"
     loss = saved["loss.png"].axes[0]
-    assert loss.get_ylabel() == "train loss" and len(loss.collections) == 6
+    assert loss.get_ylabel() == "train loss, mean ± std over seeds" and len(loss.collections) == 6
+    # the groups whose three seeds all finished have the same mean loss: the later lines say so and
+    # ring their points (the first group has a running seed, the last a failed one)
+    same = "compressor=none, schedule.lr=0.4 (mean of 3)"
+    labels = [line.get_label() for line in loss.get_lines()]
+    assert labels[1] == same and labels[2:5] == [
+        f"{label} (identical to {same})" for label in [line.get_label() for line in lines][2:5]]
+    assert "identical" not in labels[0] + labels[5]
+    assert [line.get_marker() for line in loss.get_lines()][1:4] == [".", "o", "o"]
+    assert loss.get_lines()[3].get_markersize() > loss.get_lines()[2].get_markersize()  # each ring shows
     assert np.asarray(loss.get_lines()[0].get_ydata()).tolist() == pytest.approx([0.3, 0.3, 0.25])
     # epochs 1-2: 0.3 ± 0.1 (seeds 0.2, 0.3, 0.4); epoch 3: 0.25 ± 0.0707 (the running seed has none)
     assert _ys(loss.collections[0]) == [0.1793, 0.2, 0.3207, 0.4]
@@ -278,60 +292,6 @@ def test_bytes_per_batch_are_the_whole_run_average(tmp_path: Path) -> None:
     run = find_runs([_run_dir(tmp_path / "0_compressor=delta2", ["compressor=delta2"], summary)])[0]
     assert pareto.payload_bytes(run) == pytest.approx(2 * (MB + MB // 2) / 3)
     assert pareto.raw_ratio(run) == pytest.approx(8 * MB / (2 * (MB + MB // 2) / 3))
-
-
-def _crowded() -> list[pareto.Point]:
-    """Eight methods within half a percent of each other at two byte counts (as around 98% on digits)."""
-    def point(method: str, nbytes: float, acc: float) -> pareto.Point:
-        return pareto.Point((), "", method, method == "none", [], pareto.stat([acc, acc + 0.4]),
-                            pareto.stat([nbytes]))
-    return [point("none", 6.8e6, 98.1), point("quantize4", 8.5e5, 98.2),
-            point("quantize4_sr_group", 8.8e5, 98.0), point("quantize2", 4.3e5, 97.9),
-            point("quantize2_sr_group", 4.5e5, 98.0), point("delta2", 4.6e5, 98.1),
-            point("bottleneck4", 4.3e5, 98.05), point("delta4", 8.6e5, 98.1)]
-
-
-def _label_boxes(fig: Figure) -> dict[str, tuple[float, float, float, float]]:
-    """Each point label's text box on the rendered figure (pixels), leader lines left out."""
-    from matplotlib.text import Annotation, Text
-
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    return {t.get_text(): tuple(Text.get_window_extent(t, renderer).extents)  # type: ignore
-            for t in fig.axes[0].texts if isinstance(t, Annotation)}
-
-
-def test_pareto_labels_of_crowded_points_do_not_overlap(tmp_path: Path) -> None:
-    from matplotlib.text import Annotation
-    from matplotlib.transforms import Bbox
-
-    fig = pareto.plot_pareto(_crowded())
-    boxes = _label_boxes(fig)
-    assert sorted(boxes) == sorted(p.method for p in _crowded())
-    bbs = {name: Bbox.from_extents(*ext) for name, ext in boxes.items()}
-    clashes = [(a, b) for a in bbs for b in bbs if a < b and bbs[a].padded(1).overlaps(bbs[b].padded(1))]
-    assert clashes == []
-    area = fig.axes[0].bbox  # inside the axes: not over the title or the tick labels
-    assert all(area.y0 <= b.y0 and b.y1 <= area.y1 for b in bbs.values())
-    # a moved label keeps a leader line to its point; labels in their default place have none
-    moved = [t for t in fig.axes[0].texts if isinstance(t, Annotation) and t.arrow_patch is not None]
-    assert moved and all(t.xyann != pareto.LABEL_OFFSET for t in moved)
-    assert boxes == _label_boxes(pareto.plot_pareto(_crowded()))  # deterministic
-    from edgesplit.report.curves import save_png
-    save_png(fig, tmp_path / "pareto.png")  # and the figure still saves
-
-
-def test_pareto_labels_of_points_at_the_top_stay_inside_the_axes() -> None:
-    from matplotlib.transforms import Bbox
-
-    def point(method: str, acc: float) -> pareto.Point:
-        return pareto.Point((), "", method, method == "none", [], pareto.stat([acc]),
-                            pareto.stat([4.3e5 if method != "none" else 6.8e6]))
-    top = [point(f"method{i}", 99.0) for i in range(6)]  # one place, the highest accuracy
-    fig = pareto.plot_pareto(top + [point("low", 20.0), point("none", 60.0)])
-    area = fig.axes[0].bbox
-    boxes = [Bbox.from_extents(*ext) for ext in _label_boxes(fig).values()]
-    assert len(boxes) == 8 and all(area.y0 <= b.y0 and b.y1 <= area.y1 for b in boxes)
 
 
 def test_vs_fp32_of_a_bottleneck_counts_the_models_tensor_before_the_encoder(tmp_path: Path) -> None:

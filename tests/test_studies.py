@@ -101,10 +101,10 @@ def test_backends_preset_and_command_line_wins() -> None:
     assert (cfg.data.name, cfg.model.width) == ("digits", 0.25)
 
 
-def test_compression_preset_sweeps_nine_methods_two_lrs_three_seeds() -> None:
+def test_compression_preset_sweeps_twelve_methods_two_lrs_three_seeds() -> None:
     params = _sweep_params(_compose("experiment=compression"))
     assert params["schedule.lr"] == ["0.4", "0.1"] and params["seed"] == ["0", "1", "2"]
-    assert len(params["compressor"]) == len(set(params["compressor"])) == 9
+    assert len(params["compressor"]) == len(set(params["compressor"])) == 12
     for choice in params["compressor"]:  # each composes, and each named choice is its own name
         assert _compose("experiment=compression", f"compressor={choice}").compressor.name == choice
 

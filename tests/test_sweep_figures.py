@@ -114,7 +114,7 @@ def test_the_sweeps_runs_sit_side_by_side_in_one_mlflow_store(e2e_sweep: Sweep) 
         assert run.data.params["seed"] == re.findall(r"seed=(\d+)", job.name)[0]
         assert run.data.params["compressor.name"] == overrides(job)["compressor"]
         assert len(run.info.run_name) < 40  # the job's short name
-        assert run.data.metrics["val_acc1"] == pytest.approx(summary(job)["val_acc1"])
+        assert run.data.metrics["val/acc1"] == pytest.approx(summary(job)["val_acc1"])
     assert not list(sweep.glob("*/mlflow.db"))  # not one store per job
     listed: List[str] = [p.name for p in sweep.iterdir()]
     assert "mlflow.db" in listed

@@ -1,6 +1,7 @@
 """A run's logs: TensorBoard under tb/ (scalars, HParams), metrics.csv, and the `logger` option's
 extra logger (logger=mlflow); summary.json is run_summary.py's."""
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, cast
 
@@ -10,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from edgesplit.errors import ConfigError
-from edgesplit.logs.metrics_csv import epoch_rows, write_metrics_csv
+from edgesplit.logs.metrics_csv import write_metrics_csv
 from edgesplit.logs.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def public_config(cfg: DictConfig) -> Dict[str, Any]:
 def build_logger(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Any:
     """The `logger` option's extra logger (None for logger=tensorboard): `logger._target_` called with
     the option's other keys and run_dir, config (public_config) and overrides; it offers
-    log_epochs(rows), the rows of every finished epoch (edgesplit.logs.metrics_csv), and close(status)."""
+    log_epochs(rows), the rows of every finished epoch (epoch_tag_rows), and close(status)."""
     spec = cfg.get("logger")
     if spec is None or spec.get("_target_") is None:
         return None
@@ -71,6 +72,22 @@ def build_logger(cfg: DictConfig, run_dir: Path, overrides: List[str]) -> Any:
         raise ConfigError(f"logger._target_={target!r} cannot be found: {' '.join(str(e).split())[:300]}")
     # called directly, not by hydra.utils.instantiate: the config holds `_target_`s of its own
     return cls(run_dir=str(run_dir), config=public_config(cfg), overrides=list(overrides), **options)
+
+
+def epoch_tag_rows(summary: RunSummary) -> List[Dict[str, Any]]:
+    """Per finished epoch its `epoch` and TensorBoard scalars by tag (an extra logger's metric names):
+    the last epoch's every tag TensorBoard got, an earlier one's those its history record keeps."""
+    rows, best = [], -math.inf
+    for h in summary.history[:-1]:
+        best = max(best, h.val_acc1)
+        rows.append({"epoch": h.epoch, "train/loss": h.train_loss, "train/acc1": h.train_acc1,
+                     "val/loss": h.val_loss, "val/acc1": h.val_acc1, "val/acc5": h.val_acc5,
+                     "val/best_acc1": best, "lr": h.lr, "time/data_s": h.data_s,
+                     "memory/peak_bytes": h.peak_memory_bytes, "comm/up_bytes": h.up_bytes_per_batch,
+                     "comm/down_bytes": h.down_bytes_per_batch})
+    if summary.history:
+        rows.append({"epoch": summary.epochs, **summary.epoch_scalars()})
+    return rows
 
 
 class Logbook:
@@ -103,7 +120,7 @@ class Logbook:
         write_metrics_csv(self.run_dir, summary)
         if self.extra is not None:
             try:
-                self.extra.log_epochs(epoch_rows(summary))
+                self.extra.log_epochs(epoch_tag_rows(summary))
             except Exception as e:  # a logging server that went away does not stop the training
                 log.warning(f"logger: {type(e).__name__}: {' '.join(str(e).split())[:300]}; "
                             f"it logs no more in this run")

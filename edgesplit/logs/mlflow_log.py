@@ -1,11 +1,12 @@
-"""logger=mlflow: each run's config as params and its per-epoch figures as metrics, in MLflow."""
+"""logger=mlflow: each run's config as params, its per-epoch figures as metrics named as TensorBoard's
+tags, and its config and summary.json as artifacts, in MLflow."""
 import fcntl
 import logging
 import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 from urllib.parse import urlsplit
 
 from edgesplit.errors import ConfigError, UserError
@@ -16,6 +17,7 @@ STATUS = {"finished": "FINISHED", "interrupted": "KILLED"}  # anything else: FAI
 MAX_PARAM = 500  # characters of a param value (older MLflow servers take no more)
 BATCH = 100  # params or metrics per log_batch call (MLflow's limit for params)
 CONNECT_S = 10.0  # the deadline of the tracking server's check at start (MLflow itself retries for minutes)
+VAL_ACC1 = "val/acc1"  # a metric every finished epoch has: how far a resumed run's MLflow run got
 
 
 def sweep_root(run_dir: Path) -> Path:
@@ -108,7 +110,7 @@ class MLflowLogger:
             params = [Param(k, v) for k, v in flat_params(config).items() if k not in have]
             for i in range(0, len(params), BATCH):
                 self.client.log_batch(self.run_id, params=params[i:i + BATCH])
-            self.logged = max((m.step for m in self.client.get_metric_history(self.run_id, "val_acc1")),
+            self.logged = max((m.step for m in self.client.get_metric_history(self.run_id, VAL_ACC1)),
                               default=0)
         except UserError:
             raise
@@ -116,6 +118,16 @@ class MLflowLogger:
             raise ConfigError(f"logger=mlflow cannot use the tracking store {self.uri} "
                               f"(logger.tracking_uri): {type(e).__name__}: {' '.join(str(e).split())[:300]}")
         log.info(f"mlflow: run {self.run_id} in {self.uri}")
+        self.run_dir = Path(run_dir)
+        self._artifact("config.yaml", lambda: self.client.log_dict(self.run_id, config, "config.yaml"))
+
+    def _artifact(self, name: str, upload: Callable[[], None]) -> None:
+        """An artifact store that refuses a file costs the file, not the run."""
+        try:
+            upload()
+        except Exception as e:
+            why = " ".join(str(e).split())[:300]
+            log.warning(f"mlflow: could not store {name}: {type(e).__name__}: {why}")
 
     def _experiment(self, name: str, root: Path) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -130,8 +142,8 @@ class MLflowLogger:
             return str(found.experiment_id)
 
     def log_epochs(self, rows: List[Dict[str, Any]]) -> None:
-        """The figures of every epoch not logged yet (the step is the epoch): a resumed run fills in
-        an epoch that a kill kept from MLflow."""
+        """The figures of every epoch not logged yet, by TensorBoard tag (the step is the epoch): a
+        resumed run fills in an epoch that a kill kept from MLflow."""
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(value), now, int(row["epoch"])) for row in rows
@@ -142,4 +154,8 @@ class MLflowLogger:
         self.logged = max([self.logged] + [int(row["epoch"]) for row in rows])
 
     def close(self, status: str) -> None:
+        """summary.json as it ends the run, then the run's end."""
+        summary = self.run_dir / "summary.json"
+        if summary.is_file():
+            self._artifact(summary.name, lambda: self.client.log_artifact(self.run_id, str(summary)))
         self.client.set_terminated(self.run_id, status=STATUS.get(status, "FAILED"))

@@ -7,8 +7,9 @@ from typing import Any, Callable, Optional, Sequence
 from matplotlib.figure import Figure
 
 from edgesplit.report import pareto
-from edgesplit.report.curves import (Series, label as _label, plot_train_loss, plot_validation, run_label,
-                                     save_png)
+from edgesplit.report.header import header_lines
+from edgesplit.report.curves import (Series, encode, label as _label, plot_train_loss, plot_validation,
+                                     run_label, save_png)
 from edgesplit.report.runs import (SEED_KEY, Group, ReportError, Run, find_runs, group_runs, swept_keys,
                                    value_order)
 from edgesplit.logs.summary import RunSummary
@@ -124,10 +125,12 @@ def _is_compression_sweep(keys: Sequence[str]) -> bool:
 
 
 def build_report(runs: Sequence[Run]) -> str:
-    """The markdown report: the runs table, the seed groups where runs repeat with other seeds, then a
-    pivot, the backends layout or the compression ranking where they apply."""
+    """The markdown report: what was run, when, and what every run shares; the runs table, the seed
+    groups where runs repeat with other seeds, then a pivot, the backends layout or the compression
+    ranking where they apply."""
     keys, groups = setting_keys(runs), group_runs(runs)
-    parts = [f"# edgesplit report: {len(runs)} run(s)", "", "## Runs", "", runs_table(runs, swept_keys(runs))]
+    parts = [f"# edgesplit report: {len(runs)} run(s)", "", *header_lines(runs), "", "## Runs", "",
+             runs_table(runs, swept_keys(runs))]
     replaced = [f"{r.name} replaces {', '.join(r.replaced)}" for r in runs if r.replaced]
     if replaced:
         parts += ["", f"Only the newest run per override set of a sweep is kept: {'; '.join(replaced)} "
@@ -155,14 +158,26 @@ def _series(runs: Sequence[Run]) -> list[Series]:
              [r.history for r in g.runs]) for g in group_runs(runs)]
 
 
+def _encoding(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:
+    """Per seed group its colour (the first swept key's value) and line style (the second's), and
+    the title's note of which key is which."""
+    keys = setting_keys(runs)[:2]
+    values = [[g.overrides.get(k) for k in keys] + [None] * (2 - len(keys)) for g in group_runs(runs)]
+    styles = encode([(v[0], v[1]) for v in values])
+    note = ", ".join(f"{what}: {k}" for what, k in zip(("colour", "line style"), keys))
+    return styles, f" ({note})" if note else ""
+
+
 def plot_curves(runs: Sequence[Run]) -> Figure:
     """Validation acc1 per epoch: a line per run, or per seed group the mean and a ± std band."""
-    return plot_validation(_series(runs))
+    styles, note = _encoding(runs)
+    return plot_validation(_series(runs), styles, "validation accuracy" + note)
 
 
 def plot_loss(runs: Sequence[Run]) -> Figure:
     """Train loss per epoch, drawn as plot_curves draws accuracy."""
-    return plot_train_loss(_series(runs))
+    styles, note = _encoding(runs)
+    return plot_train_loss(_series(runs), styles, "training loss" + note)
 
 
 def plot_accuracy_vs_bytes(runs: Sequence[Run]) -> Figure:

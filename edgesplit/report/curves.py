@@ -2,7 +2,7 @@
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -47,32 +47,45 @@ def mean_band(histories: Sequence[Sequence[EpochRecord]], metric: str
     return epochs, means, stds
 
 
-def _draw(ax: Axes, name: str, histories: Sequence[Sequence[EpochRecord]], metric: str) -> None:
+# where two series draw the same line, the later one gets hollow rings this size (points), the next larger
+SAME_RING_PT = 9.0
+
+
+def _draw(ax: Axes, name: str, histories: Sequence[Sequence[EpochRecord]], metric: str,
+          style: Mapping[str, Any], drawn: dict[str, tuple[list[int], list[float]]]) -> None:
+    """One series' line (and band); a line identical to one already drawn gets rings around its
+    points, and its legend entry says which it hides under."""
     histories = [h for h in histories if h]
     if not histories:
         return
     epochs, means, stds = mean_band(histories, metric)
-    marker = "." if len(epochs) < 30 else None
-    if len(histories) == 1:
-        ax.plot(epochs, means, marker=marker, label=name)
-        return
-    (line,) = ax.plot(epochs, means, marker=marker, label=f"{name} (mean of {len(histories)})")
+    shown = f"{name} (mean of {len(histories)})" if len(histories) > 1 else name
+    same = [other for other, curve in drawn.items() if curve == (epochs, means)]
+    drawn[shown] = (epochs, means)
+    marker: dict[str, Any] = {"marker": "." if len(epochs) < 30 else None}
+    if same:
+        shown += f" (identical to {same[0]})"
+        marker = {"marker": "o", "markerfacecolor": "none", "markersize": SAME_RING_PT + 3 * (len(same) - 1)}
+    (line,) = ax.plot(epochs, means, label=shown, **marker, **style)
     band = [(e, m - s, m + s) for e, m, s in zip(epochs, means, stds) if not math.isnan(s)]
     if band:
         ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
                         color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-def plot_epochs(series: Sequence[Series], metric: str, ylabel: str, title: str) -> Figure:
+def plot_epochs(series: Sequence[Series], metric: str, ylabel: str, title: str,
+                styles: Optional[Sequence[Mapping[str, Any]]] = None) -> Figure:
     """`metric` of EpochRecord per epoch: per series one line, or with several runs their mean
-    and a shaded band of ± one standard deviation."""
+    and a shaded band of ± one standard deviation; `styles`: each series' colour and line style."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    for name, histories in series:
-        _draw(ax, name, histories, metric)
+    drawn: dict[str, tuple[list[int], list[float]]] = {}
+    for i, (name, histories) in enumerate(series):
+        _draw(ax, name, histories, metric, styles[i] if styles else {}, drawn)
+    seeds = any(len([h for h in histories if h]) > 1 for _, histories in series)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel + (", mean ± std over seeds" if seeds else ""))
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if ax.get_lines():
@@ -83,14 +96,27 @@ def plot_epochs(series: Sequence[Series], metric: str, ylabel: str, title: str) 
     return fig
 
 
-def plot_validation(series: Sequence[Series]) -> Figure:
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1, 1, 1)))
+
+
+def encode(values: Sequence[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """Per series its colour by its first value (C0, C1, ... in order of first appearance) and its
+    line style by its second (solid, dashed, dotted, ...)."""
+    firsts, seconds = list(dict.fromkeys(v[0] for v in values)), list(dict.fromkeys(v[1] for v in values))
+    return [{"color": f"C{firsts.index(a) % 10}", "linestyle": LINESTYLES[seconds.index(b) % len(LINESTYLES)]}
+            for a, b in values]
+
+
+def plot_validation(series: Sequence[Series], styles: Optional[Sequence[Mapping[str, Any]]] = None,
+                    title: str = "validation accuracy") -> Figure:
     """Validation acc1 per epoch (curves.png)."""
-    return plot_epochs(series, "val_acc1", "val acc1 (%)", "validation accuracy")
+    return plot_epochs(series, "val_acc1", "val acc1 (%)", title, styles)
 
 
-def plot_train_loss(series: Sequence[Series]) -> Figure:
+def plot_train_loss(series: Sequence[Series], styles: Optional[Sequence[Mapping[str, Any]]] = None,
+                    title: str = "training loss") -> Figure:
     """Training loss per epoch (loss.png)."""
-    return plot_epochs(series, "train_loss", "train loss", "training loss")
+    return plot_epochs(series, "train_loss", "train loss", title, styles)
 
 
 def save_png(fig: Figure, path: Path) -> None:

@@ -1,16 +1,14 @@
 """Compression sweeps: methods ranked by accuracy, and accuracy against bytes per batch (pareto.png)."""
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.text import Annotation
-from matplotlib.transforms import Bbox
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from edgesplit.report.curves import label as _label
+from edgesplit.report.labels import Label, place_labels
 from edgesplit.report.runs import Group, Run, value_order
 from edgesplit.report.tables import DASH, Stat, group_cell, human_bytes, markdown_table, stat, states
 
@@ -105,13 +103,16 @@ def _err(p: Point) -> float:
     return p.acc.std or 0.0 if p.acc else 0.0
 
 
+STAR_PT, DOT_PT, RING_PT = 15.0, 6.0, 13.0  # marker sizes: the uncompressed run, a method, a frontier ring
+
+
 def plot_pareto(pts: Sequence[Point]) -> Figure:
-    """Best val acc1 (mean, error bars ± std over seeds) against payload bytes per batch on a log
-    axis: one labelled point per method, one colour per series, the uncompressed point a star,
-    and each series' Pareto frontier dashed."""
+    """Best val acc1 (mean, error bars ± std where a method has several seeds) against payload bytes
+    per batch on a log axis: one labelled point per method, one colour per series, the uncompressed
+    point a star, and each series' Pareto frontier dashed; no label overlaps another or a marker."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    labels: list[Annotation] = []
+    labels: list[Label] = []
     for i, series in enumerate(dict.fromkeys(p.series for p in pts)):
         color, known = f"C{i % 10}", [p for p in pts if p.series == series and p.acc and _x(p) > 0]
         suffix = f" ({series})" if series else ""
@@ -119,7 +120,7 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
             sel = [p for p in known if p.uncompressed == none]
             if sel:
                 ax.errorbar([_x(p) for p in sel], [_y(p) for p in sel], yerr=[_err(p) for p in sel],
-                            fmt="*" if none else "o", markersize=15 if none else 6, color=color,
+                            fmt="*" if none else "o", markersize=STAR_PT if none else DOT_PT, color=color,
                             markeredgecolor="black" if none else color, capsize=3,
                             label=(f"{UNCOMPRESSED} (uncompressed)" if none else "methods") + suffix)
             if none and sel:
@@ -127,12 +128,13 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
         front = frontier(known)  # dashed through rings (one point: the ring alone)
         if front:
             ax.plot([_x(p) for p in front], [_y(p) for p in front], "--", color=color, alpha=0.7,
-                    marker="o", markersize=13, markerfacecolor="none", label="Pareto frontier" + suffix)
-        labels += [ax.annotate(p.method, (_x(p), _y(p)), textcoords="offset points",
-                               xytext=LABEL_OFFSET, fontsize="small", color=color) for p in known]
+                    marker="o", markersize=RING_PT, markerfacecolor="none", label="Pareto frontier" + suffix)
+        labels += [Label(p.method, (_x(p), _y(p)), color,
+                         STAR_PT if p.uncompressed else RING_PT if p in front else DOT_PT) for p in known]
     _bytes_axis(ax, [_x(p) for p in pts if p.acc and _x(p) > 0])
     ax.set_xlabel("payload bytes per batch, up + down (log scale)")
-    ax.set_ylabel("best val acc1 (%), mean ± std over seeds")
+    seeds = any(p.acc.n > 1 for p in pts if p.acc)  # error bars only where there is a spread to show
+    ax.set_ylabel("best val acc1 (%)" + (", mean ± std over seeds" if seeds else ""))
     ax.set_title("accuracy vs bytes")
     ax.grid(True, which="both", alpha=0.3)
     if ax.containers:
@@ -140,56 +142,8 @@ def plot_pareto(pts: Sequence[Point]) -> Figure:
     else:
         ax.text(0.5, 0.5, "no run with an accuracy and bytes yet", ha="center", va="center",
                 transform=ax.transAxes)
-    spread_labels(ax, labels)
+    place_labels(ax, labels)
     return fig
-
-
-LABEL_OFFSET = (9.0, 6.0)  # a point's label: up and right of it, in points
-LABEL_GAP = 4.0  # pixels at least between two labels' boxes
-MAX_SLOTS = 100  # label heights a label may move; with no free slot it keeps its place
-
-
-def spread_labels(ax: Axes, labels: Sequence[Annotation]) -> None:
-    """Move point labels apart where their boxes would overlap on the drawn figure: left to right
-    (by the point's place, then bottom to top), each label takes the free slot nearest its
-    default place, one label height (and LABEL_GAP) up or down at a time (up first); a moved label
-    gets a thin leader line to its point. Deterministic: the same points give the same figure."""
-    if not labels:
-        return
-    fig = ax.get_figure()
-    assert isinstance(fig, Figure)
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()  # fixes the axis limits and so each point's place on the figure
-    renderer = canvas.get_renderer()  # measures text as savefig renders it
-    px_per_pt = fig.dpi / 72.0
-    placed: list[Bbox] = []
-    area = ax.bbox  # labels stay inside the axes: above them is the title, below the ticks
-
-    def inside(b: Bbox) -> bool:
-        return area.y0 <= b.y0 and b.y1 <= area.y1
-    order = sorted(labels, key=lambda a: tuple(ax.transData.transform(a.xy)))
-    for ann in order:
-        box = ann.get_window_extent(renderer).padded(LABEL_GAP / 2)  # kept apart by LABEL_GAP
-        step = box.height  # pixels
-        shift = next((k for k in _slots(MAX_SLOTS) if inside(box.translated(0, k * step))
-                      and not any(box.translated(0, k * step).overlaps(o) for o in placed)), 0)
-        placed.append(box.translated(0, shift * step))
-        if shift:  # the same label, moved, with its leader line
-            ann.remove()
-            ax.annotate(ann.get_text(), ann.xy, textcoords="offset points",
-                        xytext=(LABEL_OFFSET[0], LABEL_OFFSET[1] + shift * step / px_per_pt),
-                        fontsize=ann.get_fontsize(), color=ann.get_color(),
-                        arrowprops=dict(arrowstyle="-", color=ann.get_color(), linewidth=0.6,
-                                        alpha=0.7, shrinkA=0, shrinkB=3))
-
-
-def _slots(most: int) -> Iterator[int]:
-    """0, 1, -1, 2, -2, ... up to +-most: label heights up (+) or down (-) from the default
-    place."""
-    yield 0
-    for k in range(1, most + 1):
-        yield k
-        yield -k
 
 
 def _bytes_axis(ax: Axes, xs: Sequence[float]) -> None:

@@ -55,6 +55,9 @@ def _refuse(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+refuse = _refuse  # train.py's checks of its command line, before Hydra starts, print the same line
+
+
 class RunGuard(Callback):
     """conf/config.yaml, hydra.callbacks."""
 
