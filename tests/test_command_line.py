@@ -31,6 +31,7 @@ def test_a_mistake_is_one_line_with_the_closest_names(overrides: list, message: 
      "hydra.launcher.n_jobs=2"],
     ["compressor=quantize2_sr_group", "compressor.activation.rounding=nearest", "seed=range(0,3)"],
     ["--cfg", "job", "partition.front=2", "compressor=null"], ["-m", "compressor=glob(quantize4*)"],
+    ["-m", "compressor=glob(nomatch*)", "partition.front=2"],  # the run guard names an empty glob
 ])
 def test_good_command_lines_and_other_mistakes_pass(overrides: list) -> None:
     register_configs()

@@ -63,10 +63,10 @@ def _check_groups(loader: Any, groups: Sequence[Override]) -> None:
 
 
 def _probe(override: Override) -> Optional[str]:
-    """The override as one job would see it: a sweep's first value (an interval sweep: none)."""
+    """The override as one job would see it: a sweep's first value (an interval or glob sweep: none)."""
     if not override.is_sweep_override():
         return str(override.input_line)
-    if not override.is_discrete_sweep():
+    if not override.is_discrete_sweep() or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
         return None
     return f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
 
