@@ -3,7 +3,7 @@ and activation bytes; each codec's times and payload bytes at each boundary tens
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from edgesplit.assemble import RunParts
 from edgesplit.boundary.meter import CommMeter
 
 # A boundary tensor: 'front@K' / 'back@K' is the output of unit K crossing that boundary.
-PASSES = ("forward", "backward")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,20 @@ def tensor_name(boundary: str, unit: int) -> str:
     return f"{boundary}@{unit}"
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
-    """The median wall seconds of `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
+def two_phase(first: Callable[[], T], second: Callable[[T], Any], repeats: int,
+              warmup: int) -> Tuple[float, float]:
+    """The median wall seconds of `first()` and of `second` on what it returned, over `repeats`
+    pairs after `warmup` untimed ones (a forward then its backward, an encode then its decode)."""
+    times: Tuple[List[float], List[float]] = ([], [])
+    for r in range(warmup + repeats):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        out = first()
+        t1 = time.perf_counter()
+        second(out)
+        if r >= warmup:
+            times[0].append(t1 - t0)
+            times[1].append(time.perf_counter() - t1)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _saved_bytes(unit: nn.Module, x: Tensor) -> int:
@@ -108,19 +112,10 @@ def profile_units(units: List[nn.Module], x: Tensor, repeats: int,
         x = x.detach().requires_grad_(x.is_floating_point())
         y = unit(x)
         grad = torch.randn_like(y)
-        times = {"forward": [], "backward": []}  # type: Dict[str, List[float]]
-        for r in range(warmup + repeats):
-            t0 = time.perf_counter()
-            y = unit(x)
-            t1 = time.perf_counter()
-            y.backward(grad)
-            t2 = time.perf_counter()
-            if r >= warmup:
-                times["forward"].append(t1 - t0)
-                times["backward"].append(t2 - t1)
+        forward_s, backward_s = two_phase(lambda: unit(x), lambda out: out.backward(grad), repeats, warmup)
         params = sum(p.numel() * p.element_size() for p in unit.parameters())
-        out.append(UnitProfile(statistics.median(times["forward"]), statistics.median(times["backward"]),
-                               tuple(y.shape[1:]), params, y.numel() * y.element_size(),
+        out.append(UnitProfile(forward_s, backward_s, tuple(y.shape[1:]), params,
+                               y.numel() * y.element_size(),
                                _saved_bytes(unit, x)))
         unit.zero_grad(set_to_none=True)
         outputs.append(y.detach())
@@ -130,24 +125,26 @@ def profile_units(units: List[nn.Module], x: Tensor, repeats: int,
 
 def profile_codec(parts: RunParts, boundary: str, x: Tensor, repeats: int, warmup: int) -> CodecProfile:
     """`parts`' compressor at `boundary` on activation `x` and a gradient of its shape: the payload
-    bytes the meter counts for one micro-batch, then the encode and decode times."""
+    bytes the meter counts for one micro-batch in the steady state (after one unmetered crossing: a
+    per-sample codec's later visits), then the encode and decode times."""
     spec = parts.spec
-    meter = CommMeter()
-    b = spec.boundary(boundary, spec.codecs.build(), meter, spec.codecs.build())
+    b = spec.boundary(boundary, spec.codecs.build(), CommMeter(), spec.codecs.build())
     b.largest = tuple(x.shape)  # this split's tensor, checked as a peer's payload is
     ids = torch.arange(x.shape[0]) if b.needs_ids else None
     grad = torch.randn_like(x) * float(x.float().std().clamp_min(1e-6))
-    payload = b.send("forward", x, None, ids)
-    support = b.support(payload)
-    b.send("backward", grad, support, ids)
+    meter = CommMeter()
+    for b.meter in (None, meter):  # the unmetered crossing first
+        payload = b.send("forward", x, None, ids)
+        b.receive("forward", payload, None, ids)  # the receiver's per-sample state follows
+        support = b.support(payload)
+        b.receive("backward", b.send("backward", grad, support, ids), support, ids)
     meter.end_batch()
     crossings = meter.summary().crossings
     b.meter = None  # the timed repeats count nothing
-    times = []
+    times: List[float] = []
     for pass_, tensor, sup in (("forward", x, None), ("backward", grad, support)):
-        sent = b.send(pass_, tensor, sup, ids)
-        times += [median_time(lambda: b.send(pass_, tensor, sup, ids), repeats, warmup),
-                  median_time(lambda: b.receive(pass_, sent, sup, ids), repeats, warmup)]
+        times += two_phase(lambda: b.send(pass_, tensor, sup, ids),
+                           lambda sent: b.receive(pass_, sent, sup, ids), repeats, warmup)
     return CodecProfile(int(crossings[boundary, "forward"].bytes_per_batch),
                         int(crossings[boundary, "backward"].bytes_per_batch), *times)
 
