@@ -17,6 +17,7 @@ from edgesplit.plan.__main__ import main as plan_main
 from edgesplit.plan.cache import cache_path, cached_profile, profile_key, write_profile
 from edgesplit.plan.inputs import plan_inputs
 from edgesplit.plan.measure import Profile, profile_codec
+from edgesplit.plan.profile import main as profile_main
 from tests.conftest import ROOT, TEST_MODEL, TINY
 from tests.trained_run import TRAINED
 
@@ -117,6 +118,11 @@ def test_cli_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert (tmp_path / "out" / "plan.png").stat().st_size > 0
     monkeypatch.setattr(measure, "profile_units", lambda *a: pytest.fail("measured again"))
     assert plan_main(argv) == 0
+    # this host's profiles written for another machine's plan (from the cache: nothing measured)
+    brought = tmp_path / "host.json"
+    assert profile_main([*argv, f"plan.profile={brought}"]) == 0
+    assert plan_main([*argv, f"plan.profile={brought}", f"plan.out_dir={tmp_path / 'brought'}"]) == 0
+    assert json.loads((tmp_path / "brought" / "plan.json").read_text())["candidates"] == record["candidates"]
     capsys.readouterr()
     assert plan_main([*argv, "plan.top=0"]) == 1
     assert capsys.readouterr().err.strip() == "error: plan.top=0 is invalid: must be >= 1"

@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from edgesplit.assemble import RunSpec
-from edgesplit.errors import UserError, write_failed
+from edgesplit.errors import write_failed
 from edgesplit.plan.measure import Profile
 
 
@@ -38,26 +38,14 @@ def cache_path(key: Mapping[str, Any], cache_dir: Optional[str]) -> Path:
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / f"profile-{digest}.json"
 
 
-def read_profile(path: Path, key_name: str = "plan.profile") -> Profile:
-    """A profile file (JSON, never unpickled); a UserError naming `key_name` and the path if it is
-    missing or not a profile."""
-    try:
-        return Profile.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise UserError(f"{key_name}={path}: no such file") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{key_name}={path}: not a profile written by python -m edgesplit.plan.profile "
-                        f"({type(e).__name__}: {e})") from None
-
-
 def cached_profile(key: Mapping[str, Any], cache_dir: Optional[str]) -> Optional[Profile]:
     """The cached profile of `key`, or None (none yet, or one of another key or unreadable)."""
     path = cache_path(key, cache_dir)
     if not path.exists():
         return None
     try:
-        profile = read_profile(path)
-    except UserError:
+        profile = Profile.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # a damaged cache entry is measured again
     return profile if profile.key == dict(key) else None
 
