@@ -206,8 +206,7 @@ class BackendConfig:
 class DistConfig(BackendConfig):
     name: str = "dist"
     link: LinkConfig = field(default_factory=LinkConfig)
-    # where the edge listens for role=edge/cloud without torchrun (torchrun brings its own rendezvous)
-    master_addr: str = "127.0.0.1"
+    master_addr: str = "127.0.0.1"  # where the edge listens for role=edge/cloud without torchrun
     master_port: int = 29533
     timeout_s: float = 60.0  # the longest silence tolerated from a peer (and the time one gets to connect)
     role: Optional[str] = None  # Role (under torchrun); null = start every rank locally
@@ -215,6 +214,7 @@ class DistConfig(BackendConfig):
     # shared secret of the edge and the cloud hosts (else $EDGESPLIT_SECRET; a local run makes one)
     secret: Optional[str] = None
     secret_file: Optional[str] = None  # a file that holds the secret (the command line may not)
+    edge_slowdown: float = 1.0  # emulation: each edge compute segment padded to this many times its time
 
 
 @dataclass

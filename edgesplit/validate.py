@@ -145,6 +145,8 @@ def validate_dist(b: DictConfig) -> None:
     _check(b.role is None or b.role in options(Role), "pipeline_backend.role", b.role,
            f"allowed: {', '.join(options(Role))}, null")
     _one_of(Order, "pipeline_backend.order", b.order)
+    _check(b.edge_slowdown >= 1, "pipeline_backend.edge_slowdown", b.edge_slowdown,
+           "must be >= 1 (the edge's compute time as a multiple of this host's)")
 
 
 def _data_name(d: DictConfig) -> None:

@@ -37,7 +37,8 @@ def pipeline_of(b: DictConfig) -> PipelineSpec:
         link = b.link
         dist = DistSpec(link.uplink_mbps or link.bandwidth_mbps, link.downlink_mbps or link.bandwidth_mbps,
                         float(link.latency_ms), float(b.timeout_s), b.order, b.role, str(b.master_addr),
-                        int(b.master_port), b.get("secret"), b.get("secret_file"))
+                        int(b.master_port), b.get("secret"), b.get("secret_file"),
+                        float(b.get("edge_slowdown", 1.0)))
     return PipelineSpec(str(b._target_), str(b.name), int(b.chunks), devices, b.checkpoint,
                         bool(b.deferred_batch_norm), dist)
 

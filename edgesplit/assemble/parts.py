@@ -78,6 +78,7 @@ class DistSpec:
     master_port: int
     secret: Optional[str] = None
     secret_file: Optional[str] = None  # a file holding the secret (pipeline_backend.secret_file)
+    edge_slowdown: float = 1.0  # the edge's compute padded to this multiple (an emulated slower edge)
 
 
 @dataclass(frozen=True)

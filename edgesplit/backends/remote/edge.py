@@ -58,6 +58,7 @@ class RemoteBackend(Backend):
         self.optimization = spec.optimization(named_unit_parameters(self._units), self.device)
         self.healthy, self.closed = False, False
         self.compute_s, self.steps = 0.0, 0
+        self.edge_slowdown = b.edge_slowdown
         self.world = self._launch(spec, b, split, [str(d) for d in devices[1:-1]])
         self.t = Transport(EDGE, self.world.global_ranks, self.timeout_s, self.world.sealer,
                            LinkSpec.of_mbps(b.up_mbps, b.down_mbps, b.latency_ms), self.world.diagnose)
@@ -143,7 +144,7 @@ class RemoteBackend(Backend):
             self.optimization.zero_grad()
         steps = [(stages[part], op, i) for part, op, i in edge_steps(self.order, info.count,
                                                                      self.stages, train)]
-        compute = run_steps(steps, self.t)
+        compute = run_steps(steps, self.t, self.edge_slowdown)
         self.to_cloud.flush()
         self.from_cloud.flush()
         stepped = True

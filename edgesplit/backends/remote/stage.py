@@ -40,14 +40,19 @@ class Stage:
         self.source.send_gradient(i, x.grad, ids)
 
 
-def run_steps(steps: Iterable[Tuple[Stage, str, int]], transport: Transport) -> float:
+def run_steps(steps: Iterable[Tuple[Stage, str, int]], transport: Transport, slowdown: float = 1.0) -> float:
     """Run ('F' | 'B', micro-batch) steps of stages in order; returns the seconds spent
-    computing (the time blocked on the link is not compute)."""
+    computing (the time blocked on the link is not compute). `slowdown` > 1 (the edge's
+    pipeline_backend.edge_slowdown) emulates a slower device, as link.py emulates the link: each
+    step's compute (its codec ends included) is padded with a sleep to `slowdown` times its time."""
     t0, wait0 = time.perf_counter(), transport.wait_s
     for stage, op, i in steps:
+        s0, w0 = time.perf_counter(), transport.wait_s
         with torch.set_grad_enabled(stage.step.train):
             if op == "F":
                 stage.forward(i)
             else:
                 stage.backward(i)
+        if slowdown > 1:
+            time.sleep((slowdown - 1) * max(0.0, time.perf_counter() - s0 - (transport.wait_s - w0)))
     return time.perf_counter() - t0 - (transport.wait_s - wait0)

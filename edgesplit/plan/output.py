@@ -1,0 +1,93 @@
+"""A plan's output: the ranked markdown table with each bottleneck, plan.json (every candidate's
+figures, the profiles, the inputs), plan.png (step time against bytes, the Pareto front marked) and
+the `train.py -m` command that measures the top candidates."""
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from edgesplit.plan.measure import Profile
+from edgesplit.plan.space import Figures, pareto_front
+from edgesplit.report.tables import human_bytes, markdown_table
+
+HEADER = ["rank", "front", "back", "compressor", "chunks", "step (s)", "samples/s", "up / step",
+          "down / step", "edge peak", "cloud peak", "bottleneck"]
+
+
+def label(f: Figures) -> str:
+    c = f.candidate
+    return f"{c.front}/{c.back} {c.compressor} x{c.chunks}"
+
+
+def table(figures: Sequence[Figures]) -> str:
+    """The ranked candidates, fastest first."""
+    rows = [[i + 1, f.candidate.front, f.candidate.back, f.candidate.compressor, f.candidate.chunks,
+             f"{f.step_s:.4g}", f"{f.samples_per_s:.4g}", human_bytes(f.up_bytes), human_bytes(f.down_bytes),
+             human_bytes(f.edge_peak_bytes), human_bytes(f.cloud_peak_bytes), f.bottleneck]
+            for i, f in enumerate(figures)]
+    return markdown_table(HEADER, rows)
+
+
+def measure_command(figures: Sequence[Figures], top: int, overrides: Sequence[str]) -> str:
+    """`python train.py -m` over the top candidates' fronts, backs, compressors and chunks (a sweep of
+    their grid: it holds each of them), with the plan's own overrides."""
+    best = list(figures[:top])
+
+    def values(attr: str) -> str:
+        return ",".join(dict.fromkeys(str(getattr(f.candidate, attr)) for f in best))
+
+    replaced = ("plan.", "partition.front=", "partition.back=", "compressor=", "pipeline_backend.chunks=")
+    kept = [o for o in overrides if not o.startswith(replaced)]
+    return " ".join(["python train.py -m", *kept, f"partition.front={values('front')}",
+                     f"partition.back={values('back')}", f"compressor={values('compressor')}",
+                     f"pipeline_backend.chunks={values('chunks')}"])
+
+
+def plan_record(figures: Sequence[Figures], profiles: Mapping[int, Profile], inputs: Mapping[str, Any]
+                ) -> Dict[str, Any]:
+    """plan.json's content: the inputs, every candidate's figures (ranked), the profiles by chunks."""
+    return {"inputs": dict(inputs),
+            "candidates": [{"rank": i + 1, **asdict(f.candidate),
+                            **{k: v for k, v in asdict(f).items() if k != "candidate"},
+                            "bytes_per_step": f.bytes_per_step} for i, f in enumerate(figures)],
+            "profiles": {str(m): p.to_dict() for m, p in profiles.items()}}
+
+
+def plot(figures: Sequence[Figures], title: str) -> Figure:
+    """Predicted step time against payload bytes per step (log), every candidate a dot, the Pareto
+    front joined and labelled."""
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter([f.bytes_per_step for f in figures], [f.step_s for f in figures], s=14, color="0.6",
+               label="candidate")
+    front = pareto_front(figures)
+    ax.plot([f.bytes_per_step for f in front], [f.step_s for f in front], "o-", color="C3",
+            label="Pareto front")
+    for f in front:
+        ax.annotate(label(f), (f.bytes_per_step, f.step_s), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    if min(f.bytes_per_step for f in figures) > 0:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
+    ax.set_xlabel("payload bytes per step (up + down)")
+    ax.set_ylabel("predicted step time (s)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(out_dir: Path, figures: Sequence[Figures], profiles: Mapping[int, Profile],
+                  inputs: Mapping[str, Any], title: str) -> List[Path]:
+    """plan.md, plan.json and plan.png under `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "plan.md", out_dir / "plan.json", out_dir / "plan.png"]
+    paths[0].write_text(f"# {title}\n\n{table(figures)}\n")
+    paths[1].write_text(json.dumps(plan_record(figures, profiles, inputs), indent=1))
+    plot(figures, title).savefig(paths[2], dpi=100)
+    return paths

@@ -1,0 +1,127 @@
+"""The candidate space (front x back x compressor x chunks) and each candidate's predicted figures,
+from the profiles of this host scaled to the edge and the cloud; ranked, with the Pareto front."""
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+
+from edgesplit.plan.memory import PartMemory, side_peak_bytes
+from edgesplit.plan.measure import CodecProfile, Profile, tensor_name
+from edgesplit.plan.step_model import CrossingCost, Link, PartCost, Schedule, StepCosts, predict
+
+# the cloud stages' bounds of a split: (front, back) -> [front, ..., units - back]
+Bounds = Callable[[int, int], List[int]]
+
+
+@dataclass(frozen=True)
+class Devices:
+    """The edge's compute time as a multiple of this host's, and how many times faster the cloud is."""
+    edge_slowdown: float = 1.0
+    cloud_speedup: float = 1.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    front: int
+    back: int
+    compressor: str  # the option's name (conf/compressor/<name>.yaml)
+    chunks: int
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A candidate's predictions for one training step."""
+    candidate: Candidate
+    step_s: float
+    samples_per_s: float
+    up_bytes: int
+    down_bytes: int
+    edge_peak_bytes: int
+    cloud_peak_bytes: int
+    bottleneck: str
+    busy_s: Dict[str, float]
+
+    @property
+    def bytes_per_step(self) -> int:
+        return self.up_bytes + self.down_bytes
+
+
+def single_stage(num_units: int) -> Bounds:
+    return lambda front, back: [front, num_units - back]
+
+
+def _part(profile: Profile, units: range, scale: float) -> PartCost:
+    return PartCost(sum(profile.units[u].forward_s for u in units) * scale,
+                    sum(profile.units[u].backward_s for u in units) * scale)
+
+
+def _memory(profile: Profile, units: range) -> PartMemory:
+    first = units.start
+    return PartMemory(sum(profile.units[u].param_bytes for u in units),
+                      sum(profile.units[u].saved_bytes for u in units),
+                      profile.input_bytes if first == 0 else profile.units[first - 1].out_bytes)
+
+
+def _crossing(codec: CodecProfile, pass_: str, sender: float, receiver: float) -> CrossingCost:
+    p = "forward" if pass_ == "forward" else "backward"
+    return CrossingCost(getattr(codec, f"{p}_bytes"), getattr(codec, f"{p}_encode_s") * sender,
+                        getattr(codec, f"{p}_decode_s") * receiver)
+
+
+def costs(profile: Profile, codecs: Mapping[str, CodecProfile], front: int, back: int, bounds: List[int],
+          devices: Devices) -> StepCosts:
+    """The per-micro-batch costs of a split: edge parts slowed down, cloud stages sped up, each
+    codec end on the side that runs it."""
+    n, edge, cloud = len(profile.units), devices.edge_slowdown, 1.0 / devices.cloud_speedup
+    f, b = codecs[tensor_name("front", front - 1)], codecs[tensor_name("back", n - back - 1)]
+    return StepCosts(_part(profile, range(front), edge),
+                     tuple(_part(profile, range(bounds[s], bounds[s + 1]), cloud)
+                           for s in range(len(bounds) - 1)),
+                     _part(profile, range(n - back, n), edge),
+                     {("front", "forward"): _crossing(f, "forward", edge, cloud),
+                      ("front", "backward"): _crossing(f, "backward", cloud, edge),
+                      ("back", "forward"): _crossing(b, "forward", cloud, edge),
+                      ("back", "backward"): _crossing(b, "backward", edge, cloud)})
+
+
+def evaluate(c: Candidate, profile: Profile, codecs: Mapping[str, CodecProfile], bounds: Bounds,
+             link: Link, sched: Schedule, devices: Devices, batch_size: int, state_factor: int) -> Figures:
+    """One candidate's predicted step: time, samples/s, bytes, memory of each side, bottleneck."""
+    n, cut = len(profile.units), bounds(c.front, c.back)
+    stages = len(cut) - 1
+    p = predict(costs(profile, codecs, c.front, c.back, cut, devices), link, sched)
+    edge = {stages + 1: _memory(profile, range(c.front)), 0: _memory(profile, range(n - c.back, n))}
+    cloud = {stages - s: _memory(profile, range(cut[s], cut[s + 1])) for s in range(stages)}
+    return Figures(c, p.step_s, batch_size / p.step_s if p.step_s > 0 else float("inf"), p.up_bytes,
+                   p.down_bytes, side_peak_bytes(edge, sched, state_factor),
+                   side_peak_bytes(cloud, sched, state_factor), p.bottleneck, p.busy_s)
+
+
+def candidates(fronts: Sequence[int], backs: Sequence[int], compressors: Sequence[str], chunks: Sequence[int],
+               num_units: int) -> Tuple[List[Candidate], int]:
+    """The space's candidates that leave the cloud a unit, and how many did not."""
+    every = [Candidate(f, b, comp, m) for f in fronts for b in backs for comp in compressors for m in chunks]
+    kept = [c for c in every if c.front + c.back < num_units]
+    return kept, len(every) - len(kept)
+
+
+def ranked(figures: Sequence[Figures]) -> List[Figures]:
+    """Fastest first; equal times: fewer bytes first."""
+    return sorted(figures, key=lambda f: (f.step_s, f.bytes_per_step))
+
+
+def pareto_front(figures: Sequence[Figures]) -> List[Figures]:
+    """The candidates no other beats on both step time and bytes per step, by bytes."""
+    out: List[Figures] = []
+    for f in sorted(figures, key=lambda f: (f.bytes_per_step, f.step_s)):
+        if not out or f.step_s < out[-1].step_s:
+            out.append(f)
+    return out
+
+
+def plan_space(cands: Sequence[Candidate], profiles: Mapping[int, Profile], codec_ids: Mapping[str, str],
+               bounds: Bounds, link: Link, schedules: Mapping[int, Schedule], devices: Devices,
+               batch_size: int, state_factor: int) -> List[Figures]:
+    """Every candidate's figures, ranked: `profiles` and `schedules` by chunks, `codec_ids` maps a
+    compressor option to its entry in a profile's codecs."""
+    out = [evaluate(c, profiles[c.chunks], profiles[c.chunks].codecs[codec_ids[c.compressor]], bounds, link,
+                    schedules[c.chunks], devices, batch_size, state_factor) for c in cands]
+    return ranked(out)
