@@ -20,6 +20,7 @@ from edgesplit.plan.measure import Profile, profile_codec
 from edgesplit.plan.profile import main as profile_main
 from tests.conftest import ROOT, TEST_MODEL, TINY
 from tests.trained_run import TRAINED
+from tests.dist_helpers import train_env
 
 FACTS = DataFacts(10, 256, 128, (3, 32, 32))  # digits' facts: no dataset to load
 # every compressor option but the learned bottleneck (it adds units: the planner refuses it)
@@ -104,7 +105,7 @@ def test_cli_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             "pipeline_backend.link.uplink_mbps=20", "pipeline_backend.link.downlink_mbps=5",
             f"plan.cache_dir={tmp_path / 'cache'}", f"plan.out_dir={tmp_path / 'out'}"]
     done = subprocess.run([sys.executable, "-m", "edgesplit.plan", *argv], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=train_env())  # the test model's module
     assert done.returncode == 0, done.stderr
     # 5 units: fronts x backs 1..3 leave the cloud a unit in 6 splits, x 2 compressors x 2 chunks
     record = json.loads((tmp_path / "out" / "plan.json").read_text())

@@ -39,6 +39,7 @@ def test_result_neutral_keys_may_differ_and_the_rest_are_listed() -> None:
     same = _resolved("pipeline_backend=dist", "pipeline_backend.chunks=1", "threads=2", "log_every=3",
                      "data.num_workers=2", "hparam_keys=[seed]", "pipeline_backend.link.latency_ms=5",
                      "pipeline_backend.timeout_s=9", "pipeline_backend.order=1f1b", "resume=true",
+                     "pipeline_backend.edge_slowdown=2",
                      "logger=mlflow", "checkpoint.monitor=val/loss", "checkpoint.mode=min", "init_from=x.pt")
     assert config_changes(saved, same) == []
     older = {k: v for k, v in saved.items() if k not in ("checkpoint", "init_from")}  # written before them
