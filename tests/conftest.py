@@ -1,6 +1,6 @@
 """Shared fixtures: compose the real Hydra config with overrides, tiny sizes for CPU tests."""
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 import torch
@@ -45,18 +45,18 @@ def _eager_fused_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
 _FIRST = ("test_static.py::test_mypy_is_clean", "test_trainer.py::test_smoke_experiment")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)  # a wrapper: before xdist's own hook turns the groups into scopes
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> Iterator[None]:
     """Groups for `--dist loadgroup`, longest work first (setup.cfg runs the suite on every core:
     `--no-loadscope-reorder` keeps this order); `cuda` tests skipped without a GPU, saying why."""
     _group_and_order(items)
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here); "
-                                   "`python -m pytest -m cuda` runs them on a GPU machine")
-    for item in items:
-        if item.get_closest_marker("cuda") is not None:
-            item.add_marker(skip)
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here); "
+                                       "`python -m pytest -m cuda` runs them on a GPU machine")
+        for item in items:
+            if item.get_closest_marker("cuda") is not None:
+                item.add_marker(skip)
+    return (yield)
 
 
 def _group_and_order(items: List[pytest.Item]) -> None:
