@@ -83,5 +83,5 @@ def _shared_fixture(item: pytest.Item) -> Optional[str]:
         if ours and defs[-1].scope == "session":
             return name
         if ours and defs[-1].scope == "module":
-            return f"{item.nodeid.split('::')[0]}::{name}"
+            return f"{item.nodeid.split('::')[0]}:{name}"  # one colon: junit splits names at ::
     return None

@@ -155,12 +155,9 @@ def test_schema_rejects_unknown_keys_and_types_at_compose_time(overrides: list, 
         compose_config(overrides)
 
 
+# One train.py case per way a mistake is caught (the ranges' own table is in process, above)
 MISTAKES = [
-    (["+foo=1"], "error: unknown key foo: not in the schema"),
     (["+partion.front=2"], "error: unknown key partion: not in the schema"),
-    (["log_every=0"], "error: log_every=0 is invalid: must be >= 1"),
-    (["model.width=100"], "error: model.width=100.0 is invalid: must be in (0, 8]"),
-    (["schedule.lr=inf"], "error: schedule.lr=inf is invalid: must be finite and > 0"),
     (["pipeline_backend=naive", "pipeline_backend.chunks=3"],
      "error: pipeline_backend.chunks=3 is invalid: naive runs the whole batch at once"),
     (["experiment=quant_lr"], "error: experiment=quant_lr is a sweep of 9 jobs over compressor, "
