@@ -86,6 +86,7 @@ def _slowed(monkeypatch: pytest.MonkeyPatch, delay: Callable[[int], float], reco
     monkeypatch.setattr(trainer, "build_backend", slow_build)
 
 
+@pytest.mark.slow
 def test_time_per_batch_is_the_median_of_every_step_after_the_first(
         make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -117,6 +118,7 @@ def test_time_per_batch_is_the_median_of_every_step_after_the_first(
     assert summary["cpus"] >= 1
 
 
+@pytest.mark.slow
 def test_a_resumed_run_reports_the_median_of_the_steps_before_the_interruption_too(
         make_cfg: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two slow epochs, killed, resumed for a fast third: the median is still a slow step's."""

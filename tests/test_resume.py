@@ -82,6 +82,7 @@ def test_a_finished_run_continues_to_more_epochs_only_with_force(trained_run: Tr
     assert json.loads((run_dir / "summary.json").read_text())["resumed_with_changes"] == ["schedule.epochs"]
 
 
+@pytest.mark.slow
 def test_resume_repairs_a_summary_killed_between_the_two_writes(make_cfg: Callable, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["pipeline_backend=naive"]
@@ -173,6 +174,7 @@ def test_the_checkpoint_keeps_the_config_without_the_link_secret(tmp_path: Path)
     assert b"0123456789abcdef0123" not in (tmp_path / "c.pt").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_cloud_stage_resumes_its_dropout_draws_from_the_checkpoint(tmp_path: Path) -> None:
     """A dist cloud process draws dropout from its own RNG, which the trainer's per-epoch seed does
     not reach: its checkpoint slot makes a resumed stage draw as the uninterrupted one does."""

@@ -190,9 +190,8 @@ cloud_main.run_cloud(compose_config(["pipeline_backend=dist", "pipeline_backend.
 """
 
 
-@pytest.mark.parametrize("kind,nth", [("REPLY", 1), ("BACKWARD", 1),
-                                      pytest.param("FORWARD", 1, marks=pytest.mark.slow),
-                                      pytest.param("blob", 0, marks=pytest.mark.slow)],
+@pytest.mark.slow  # a dist cloud process per case
+@pytest.mark.parametrize("kind,nth", [("REPLY", 1), ("BACKWARD", 1), ("FORWARD", 1), ("blob", 0)],
                          ids=["json-at-start", "gradient", "activation", "state-blob"])
 def test_an_authenticated_cloud_sending_a_pickle_fails_the_run_tidily(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, nth: int) -> None:
