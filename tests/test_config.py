@@ -262,6 +262,24 @@ def test_naive_ignores_the_chunks_of_a_preset_or_sweep_and_refuses_typed_ones(
                     f"ignored (chunks 1)")
 
 
+@pytest.mark.parametrize("overrides, refused", [
+    (["schedule.epochs=5", "schedule.warmup_epochs=100"], True),  # typed: the user asked for it
+    (["schedule.epochs=5"], False),  # the default 20: validate's warning (test_bad_inputs)
+    (["schedule.epochs=5", "schedule.warmup_epochs=5"], False),
+])
+def test_a_typed_warm_up_longer_than_the_run_is_refused(overrides: list, refused: bool) -> None:
+    hydra_cfg = OmegaConf.create({"mode": RunMode.RUN, "overrides": {"task": overrides},
+                                  "sweeper": {"params": None}, "runtime": {"choices": {}}})
+    cfg = compose_config(overrides)
+    if not refused:
+        job_config(cfg, hydra_cfg)
+        return
+    with pytest.raises(ConfigError, match=re.escape(
+            "schedule.warmup_epochs=100 is invalid: must be at most schedule.epochs=5, or the learning "
+            "rate never reaches schedule.lr")):
+        job_config(cfg, hydra_cfg)
+
+
 def test_each_boundary_can_have_its_own_codec() -> None:
     from edgesplit.codecs import Identity, Quantize
     from edgesplit.codecs.build import build_codecs

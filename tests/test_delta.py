@@ -5,7 +5,8 @@ import torch
 from edgesplit.codecs import Crossing, Delta, ErrorFeedback, Quantize, TopK
 from edgesplit.codecs.bitpack import packed_size
 from edgesplit.codecs.header import DELTA_FIELDS, common_size, QUANT_FIELDS
-from edgesplit.codecs.sample_cache import CacheSpec
+from edgesplit.codecs.sample_cache import CacheSpec, SampleCache
+from edgesplit.errors import ConfigError
 from edgesplit.codecs.uniform import zero_grid
 
 SPEC = CacheSpec(num_samples=20, dtype="float32")
@@ -140,3 +141,10 @@ def test_naive_keeps_equal_references_at_both_ends_of_each_boundary() -> None:
         sender, receiver = boundary.codecs.activation, boundary.receiver.activation
         assert sender is not receiver and sender.cache.seen.all()
         assert torch.equal(sender.cache.rows, receiver.cache.rows)
+
+
+def test_a_checkpoints_cache_of_another_training_set_is_one_line_naming_the_key() -> None:
+    saved = SampleCache(CacheSpec(num_samples=64, dtype="float32"), "delta reference").state_dict()
+    with pytest.raises(ConfigError, match="delta reference: the checkpoint's cache has 64 rows, this run's "
+                                          "training set 20: data.train_size differs"):
+        SampleCache(SPEC, "delta reference").load_state_dict(saved)

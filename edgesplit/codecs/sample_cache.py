@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from edgesplit.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -112,8 +114,9 @@ class SampleCache:
         if seen is None:
             return
         if seen.shape != self.seen.shape:
-            raise ValueError(f"{self.name}: the checkpoint's cache has {seen.numel()} rows, this "
-                             f"run's training set {self.seen.numel()}")
+            raise ConfigError(f"{self.name}: the checkpoint's cache has {seen.numel()} rows, this "
+                              f"run's training set {self.seen.numel()}: data.train_size differs from the "
+                              f"checkpoint's (resume with its value, or start afresh)")
         self.seen.copy_(seen)
         if rows is not None:
             self.ensure(tuple(rows.shape[1:]))

@@ -1,6 +1,6 @@
 """A job's config from Hydra's and the command line: the checks that need the command line (a sweep
-preset without -m, naive's micro-batches), run before Hydra writes the run dir (run/guard.py) and
-again in the job (train.py), which logs what they changed."""
+preset without -m, naive's micro-batches, a typed warm-up longer than the run), run before Hydra
+writes the run dir (run/guard.py) and again in the job (train.py), which logs what they changed."""
 import copy
 import math
 from typing import Any, Optional, Tuple, cast
@@ -12,6 +12,7 @@ from edgesplit.errors import ConfigError
 from edgesplit.validate import validate
 
 CHUNKS = "pipeline_backend.chunks"
+WARMUP = "schedule.warmup_epochs"
 
 
 def _given(hydra_cfg: Any) -> set:
@@ -53,10 +54,20 @@ def naive_chunks(cfg: DictConfig, hydra_cfg: Any) -> Tuple[DictConfig, Optional[
     return cast(DictConfig, OmegaConf.merge(cfg, {"pipeline_backend": {"chunks": 1}})), note
 
 
+def check_typed_warmup(cfg: DictConfig, hydra_cfg: Any) -> None:
+    """A warm-up typed on the command line must end within the run; the default (20 epochs, the
+    seed's schedule) outlasting a short run is only a warning (validate)."""
+    s = cfg.schedule
+    if WARMUP in _given(hydra_cfg) and s.warmup_epochs > s.epochs:
+        raise ConfigError(f"{WARMUP}={s.warmup_epochs} is invalid: must be at most schedule.epochs="
+                          f"{s.epochs}, or the learning rate never reaches schedule.lr")
+
+
 def job_config(cfg: DictConfig, hydra_cfg: Any) -> Tuple[DictConfig, Optional[str]]:
     """The checked config a job runs with, and what the checks changed (a line for its log);
     raises ConfigError naming what is wrong."""
     check_single_run_is_no_sweep(hydra_cfg)
+    check_typed_warmup(cfg, hydra_cfg)
     cfg, note = naive_chunks(cfg, hydra_cfg)
     validate(cfg)
     return cfg, note
