@@ -18,6 +18,8 @@ from edgesplit.plan.cache import cache_path, cached_profile, profile_key, write_
 from edgesplit.plan.inputs import plan_inputs
 from edgesplit.plan.measure import Profile, profile_codec
 from edgesplit.plan.profile import main as profile_main
+from edgesplit.plan.output import measure_command
+from edgesplit.plan.space import Candidate, Figures
 from tests.conftest import ROOT, TEST_MODEL, TINY
 from tests.trained_run import TRAINED
 from tests.dist_helpers import train_env
@@ -127,3 +129,12 @@ def test_cli_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys.readouterr()
     assert plan_main([*argv, "plan.top=0"]) == 1
     assert capsys.readouterr().err.strip() == "error: plan.top=0 is invalid: must be >= 1"
+
+
+def test_the_measure_command_sweeps_the_top_candidates_on_the_planned_edge() -> None:
+    figures = [Figures(Candidate(f, b, c, 4), 1.0 + i, 1.0, 1, 1, 1, 1, "cloud", {})
+               for i, (f, b, c) in enumerate([(2, 3, "quantize2"), (2, 2, "quantize2"), (1, 3, "prune")])]
+    command = measure_command(figures, 2, ["data=digits", "plan.edge_slowdown=4", "compressor=none"], 4.0)
+    assert command == ("python train.py -m data=digits pipeline_backend.edge_slowdown=4 partition.front=2 "
+                       "partition.back=3,2 compressor=quantize2 pipeline_backend.chunks=4")
+    assert "edge_slowdown" not in measure_command(figures, 2, ["data=digits"])

@@ -62,7 +62,7 @@ def run(argv: List[str]) -> int:
           f"{best.step_s:.4g} s/step, bound by the {best.bottleneck}")
     print(f"written: {', '.join(str(p) for p in paths)}")
     print(f"measure the top {min(int(inputs.plan.top), len(figures))}:\n"
-          f"{measure_command(figures, int(inputs.plan.top), inputs.overrides)}")
+          f"{measure_command(figures, int(inputs.plan.top), inputs.overrides, inputs.devices.edge_slowdown)}")
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from edgesplit.plan.measure import Profile
 from edgesplit.plan.space import Figures, pareto_front
@@ -32,9 +32,10 @@ def table(figures: Sequence[Figures]) -> str:
     return markdown_table(HEADER, rows)
 
 
-def measure_command(figures: Sequence[Figures], top: int, overrides: Sequence[str]) -> str:
+def measure_command(figures: Sequence[Figures], top: int, overrides: Sequence[str],
+                    edge_slowdown: float = 1.0) -> str:
     """`python train.py -m` over the top candidates' fronts, backs, compressors and chunks (a sweep of
-    their grid: it holds each of them), with the plan's own overrides."""
+    their grid: it holds each of them), with the plan's own overrides and its slower edge emulated."""
     best = list(figures[:top])
 
     def values(attr: str) -> str:
@@ -42,7 +43,8 @@ def measure_command(figures: Sequence[Figures], top: int, overrides: Sequence[st
 
     replaced = ("plan.", "partition.front=", "partition.back=", "compressor=", "pipeline_backend.chunks=")
     kept = [o for o in overrides if not o.startswith(replaced)]
-    return " ".join(["python train.py -m", *kept, f"partition.front={values('front')}",
+    slower = [f"pipeline_backend.edge_slowdown={edge_slowdown:g}"] if edge_slowdown != 1 else []
+    return " ".join(["python train.py -m", *kept, *slower, f"partition.front={values('front')}",
                      f"partition.back={values('back')}", f"compressor={values('compressor')}",
                      f"pipeline_backend.chunks={values('chunks')}"])
 
@@ -73,7 +75,9 @@ def plot(figures: Sequence[Figures], title: str) -> Figure:
                     textcoords="offset points")
     if min(f.bytes_per_step for f in figures) > 0:
         ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5 MB, ...: a label each
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())  # a log axis labels minor ticks too: they overlap
     ax.set_xlabel("payload bytes per step (up + down)")
     ax.set_ylabel("predicted step time (s)")
     ax.set_title(title, fontsize=9)
