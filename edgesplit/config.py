@@ -10,8 +10,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig
 
+from edgesplit.clients.schema import ClientsConfig
+from edgesplit.compressor_config import (BottleneckConfig, DeltaConfig, NoCompressorConfig, PruneConfig,
+                                         PruneQuantizeConfig, QuantizeConfig, RandTopKConfig)
 from edgesplit.errors import ConfigError, UserError
 from edgesplit.options import DEFAULT_LOSS_SCALE
+from edgesplit.privacy.schema import PrivacyConfig
 
 
 @dataclass
@@ -33,6 +37,9 @@ class LoaderConfig:
     # (or cuda:N) = the whole set resident on that GPU, augmented there per batch; cpu_resident =
     # the same resident path on the host (tests, CPU runs without loader workers). See resident.py.
     device: str = "cpu"
+    # two labels kept, relabelled 0 and 1 (a binary task, e.g. for the label-leak attacks); null = all;
+    # applied by build_datasets to any dataset
+    binary_classes: Optional[List[int]] = None
 
 
 LOADER_KEYS = frozenset(f.name for f in fields(LoaderConfig))
@@ -63,84 +70,6 @@ class PartitionConfig:
     front: int = 1
     back: int = 1
     cloud_stages: int = 1
-
-
-@dataclass
-class CompressorConfig:
-    """Codecs of the two boundaries; `activation`/`gradient` are `_target_` specs of edgesplit.codecs."""
-    name: str = MISSING
-    activation: Any = MISSING
-    gradient: Any = MISSING
-    # Per-boundary override: {activation: ..., gradient: ...} replaces the defaults above at the
-    # 'front' (edge-front -> cloud) or 'back' (cloud -> edge-back) boundary.
-    front: Optional[Any] = None
-    back: Optional[Any] = None
-    # The gradient goes back only at the positions the forward payload kept (seed's pruning rule).
-    gradient_reuses_support: bool = True
-    eval_compressed: bool = True
-    warmup_epochs: int = 0  # the first epochs send raw values (counted as raw bytes)
-    # Forward activations: each sample's quantization residual is added to it at its next visit.
-    error_feedback: bool = False
-    # Per-sample state (delta references, error-feedback residuals): its dtype, and a folder for
-    # on-disk memmaps (null: in RAM).
-    cache_dtype: str = "float16"  # CacheDtype
-    cache_dir: Optional[str] = None
-    # a lossless stage (edgesplit.codecs.Entropy) around every codec built here, or none
-    entropy: str = "none"  # EntropyMethod
-
-
-@dataclass
-class NoCompressorConfig(CompressorConfig):
-    name: str = "none"
-
-
-@dataclass
-class PruneConfig(CompressorConfig):
-    name: str = "prune"
-    ratio: float = 0.1
-
-
-@dataclass
-class RandTopKConfig(CompressorConfig):
-    name: str = "randtopk"
-    ratio: float = 0.1
-    explore: float = 0.1  # the share of the kept entries drawn at random outside the top set
-
-
-@dataclass
-class QuantizingConfig(CompressorConfig):
-    """The keys of every quantizing option (see edgesplit.codecs.Quantize)."""
-    bits: int = 8
-    rounding: str = "nearest"  # Rounding
-    scale: str = "tensor"  # Scale (prune_quantize: tensor | group)
-    group_size: int = 512  # elements per scale group (scale=group)
-
-
-@dataclass
-class QuantizeConfig(QuantizingConfig):
-    name: str = "quantize"
-
-
-@dataclass
-class DeltaConfig(QuantizingConfig):
-    """AQ-SGD: activations as quantized changes from each sample's previous visit."""
-    name: str = "delta"
-    bits: int = 4
-    first_bits: Optional[int] = 8  # a sample's first visit (null: raw values)
-    gradient_bits: int = 8
-
-
-@dataclass
-class BottleneckConfig(QuantizingConfig):
-    """A trainable encoder/decoder pair at each boundary (edgesplit.model.bottleneck), then a quantizer."""
-    name: str = "bottleneck"
-    channel_ratio: float = 0.25  # channels the encoder keeps
-
-
-@dataclass
-class PruneQuantizeConfig(QuantizingConfig):
-    name: str = "prune_quantize"
-    ratio: float = 0.1
 
 
 @dataclass
@@ -244,6 +173,8 @@ class Config:
     optimizer: Any = MISSING
     pipeline_backend: Any = MISSING
     logger: Any = MISSING
+    clients: Any = MISSING  # edgesplit.clients.schema
+    privacy: Any = MISSING  # edgesplit.privacy.schema
     seed: int = 0
     resume: Any = False  # ResumeMode (the command line gives a bool for true/false)
     threads: Optional[int] = None  # torch threads; null = torch's default
@@ -273,7 +204,8 @@ def register_configs() -> None:
             ("compressor", "delta", DeltaConfig), ("compressor", "randtopk", RandTopKConfig),
             ("compressor", "bottleneck", BottleneckConfig),
             ("pipeline_backend", "base", BackendConfig), ("pipeline_backend", "dist", DistConfig),
-            ("logger", "tensorboard", LoggerConfig), ("logger", "mlflow", MLflowConfig)]:
+            ("logger", "tensorboard", LoggerConfig), ("logger", "mlflow", MLflowConfig),
+            ("clients", "base", ClientsConfig), ("privacy", "base", PrivacyConfig)]:
         cs.store(group=f"schemas/{group}", name=name, node=node)
 
 
