@@ -1,0 +1,34 @@
+"""data.binary_classes: two labels of any dataset kept and relabelled 0 and 1, or one line why not."""
+from typing import Callable, Sized, cast
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from edgesplit.data.binary import check_classes, labels_of
+from edgesplit.data.datasets import build_datasets, digits
+from edgesplit.errors import ConfigError
+
+
+def test_two_labels_kept_and_relabelled(make_cfg: Callable[..., DictConfig]) -> None:
+    full = digits(256, 128)
+    pair = build_datasets(make_cfg("data.binary_classes=[5,3]").data)  # TINY: digits 256 / 128
+    assert pair.num_classes == 2 and pair.input_shape == full.input_shape
+    for split in ("train", "val"):
+        labels, kept = labels_of(getattr(full, split)), getattr(pair, split)
+        assert len(cast(Sized, kept)) == int(((labels == 5) | (labels == 3)).sum())
+        # the first label named is 0, the second 1, in the split's order
+        assert torch.equal(torch.tensor([int(kept[i][1]) for i in range(len(kept))]),
+                           (labels[(labels == 5) | (labels == 3)] == 3).long())
+    resident = pair.resident_train("cpu_resident")
+    assert torch.equal(resident.images, torch.stack([pair.train[i][0] for i in range(len(resident))]))
+    with pytest.raises(ConfigError, match=r"^data.binary_classes=\[3\]: allowed: two distinct labels "
+                                          r"in 0..9 \(this dataset's classes\), or null for all of them$"):
+        build_datasets(make_cfg("data.binary_classes=[3]").data)
+
+
+@pytest.mark.parametrize("value", [[3], [2, 2], [0, 10], [-1, 1], [1, 2, 3]])
+def test_bad_binary_classes(value: list) -> None:
+    with pytest.raises(ConfigError, match=r"^data.binary_classes=.*allowed: two distinct labels in 0..9"):
+        check_classes(value, 10)
+    assert check_classes([9, 0], 10) == (9, 0)
