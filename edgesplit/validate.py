@@ -15,6 +15,7 @@ from edgesplit.logs.mlflow_log import check_tracking_uri
 from edgesplit.options import (MAX_BITS, MAX_LATENCY_MS, MAX_PORT, MAX_SEED, MAX_TIMEOUT_S, CacheDtype,
                                CheckpointMode, EntropyMethod, MonitorMode, MonitorTag, Order, PrecisionName,
                                ResumeMode, Role, Rounding, Scale, bits_in_range, options)
+from edgesplit.privacy.checks import validate_measurement
 
 MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at 100 ~22 G
 # Groups whose extra keys (`+model.depth=3`) go to their `_target_`, which names any it does not take.
@@ -124,6 +125,7 @@ def validate(cfg: DictConfig) -> None:
                "not a key of this config")
     if "link" in b:  # the dist backend's keys
         validate_dist(b)
+    validate_measurement(cfg.privacy)
 
 
 def validate_dist(b: DictConfig) -> None:

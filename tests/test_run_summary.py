@@ -18,7 +18,7 @@ SUMMARY_KEYS = ["status", "error", "epochs", "epochs_planned", "val_acc1", "val_
                 "val_loss", "train_loss", "train_acc1", "time_per_batch_s", "samples_per_s",
                 "peak_memory_bytes", "backend", "eval_compressed", "overrides", "comm", "sides", "history",
                 "resumed_with_changes", "load_avg_start", "load_avg_end", "cpus", "precision", "chunks",
-                "activation_dtype", "gradient_dtype"]
+                "activation_dtype", "gradient_dtype", "privacy"]
 CROSSINGS = [f"{boundary}_{pass_}" for boundary in ("front", "back") for pass_ in ("forward", "backward")]
 COMM_KEYS = ["up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_batch",
              "raw_down_bytes_per_batch", "compression_ratio", "overhead_up_bytes_per_batch",
@@ -29,7 +29,7 @@ COMM_KEYS = ["up_bytes_per_batch", "down_bytes_per_batch", "raw_up_bytes_per_bat
 SIDE_KEYS = ["parameters", "peak_memory_bytes", "compute_s_per_batch", "processes", "codec_state_bytes"]
 EPOCH_KEYS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
               "time_per_batch_s", "samples_per_s", "peak_memory_bytes", "up_bytes_per_batch",
-              "down_bytes_per_batch", "data_s", "skipped_steps"]
+              "down_bytes_per_batch", "data_s", "skipped_steps", "privacy"]
 # TensorBoard's per-epoch tags for a run with edge and cloud sides
 EPOCH_TAGS = ["train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5", "val/best_acc1", "lr",
               "time/batch_s", "time/data_s", "memory/peak_bytes", "comm/up_bytes", "comm/down_bytes",

@@ -13,6 +13,7 @@ from edgesplit.data.datasets import Datasets, build_datasets
 from edgesplit.model.bottleneck import Bottleneck, boundary_channels, boundary_shapes
 from edgesplit.model.mobilenetv2 import check_num_classes
 from edgesplit.model.partition import split_units
+from edgesplit.privacy.schema import PrivacyConfig
 from edgesplit.run.lr_schedule import OptimizerSpec
 from edgesplit.run.precision import Precision
 from edgesplit.validate import validate_partition
@@ -90,7 +91,8 @@ def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
     check_link(spec, base, int(cfg.data.batch_size))
     units, front, back = spec.units(base)
     split = split_units(units, front, back, p.cloud_stages, facts.input_shape)
-    return RunParts(spec, split, datasets)
+    privacy = OmegaConf.to_object(cfg.privacy) if "privacy" in cfg else PrivacyConfig()
+    return RunParts(spec, split, datasets, cast(PrivacyConfig, privacy))
 
 
 def derived_config(spec: RunSpec) -> Dict[str, Any]:

@@ -1,6 +1,6 @@
 """The typed parts of a run, built once from a validated config (build.py). RunSpec is data only:
 a cloud stage process gets it as JSON (wire.py) and builds its side from it, without the dataset."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -13,6 +13,7 @@ from edgesplit.data.datasets import Datasets
 from edgesplit.model.bottleneck import Bottleneck, boundary_channels, with_bottlenecks
 from edgesplit.model.mobilenetv2 import build_units
 from edgesplit.model.partition import Split
+from edgesplit.privacy.schema import PrivacyConfig
 from edgesplit.options import CheckpointMode, Order, Role
 from edgesplit.run.lr_schedule import Optimization, OptimizerSpec
 from edgesplit.run.precision import Precision
@@ -147,7 +148,9 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunParts:
-    """A run assembled: its spec, the split units, and the datasets (None where the facts were given)."""
+    """A run assembled: its spec, the split units, the datasets (None where the facts were given) and
+    what the edge measures of the cloud's view (`privacy`; the cloud's processes never need it)."""
     spec: RunSpec
     split: Split
     datasets: Optional[Datasets] = None
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)

@@ -2,7 +2,7 @@
 import math
 import zlib
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,6 +17,8 @@ from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.run.precision import dtype_name
 
 RAW = BoundaryCodecs(Identity(), Identity(), reuses_support=False)
+# a reader of what the receiver decodes of a train crossing: (pass, tensor, micro-batch ids)
+Tap = Callable[[str, Tensor, Optional[Tensor]], None]
 MASK64 = 2**64 - 1
 
 
@@ -83,6 +85,7 @@ class Boundary:
         self.largest: Optional[Tuple[int, ...]] = None
         self._overflows: List[Tensor] = []  # this step's non-finite gradient flags (loss_scaled)
         self._nonfinite: List[Tuple[str, Tensor]] = []  # fused encodes' flags, read once a step
+        self.tap: Optional[Tap] = None  # privacy's attacks: gets a copy, changes nothing
 
     @staticmethod
     def raw(name: str) -> "Boundary":
@@ -142,7 +145,7 @@ class Boundary:
     def next_ids(self, rows: int) -> Optional[Tensor]:
         """The ids of the next micro-batch to cross forward in one process: a pipeline runs a
         partition's micro-batches in order (a recomputation replays a crossing: not one)."""
-        if not (self.training and self.needs_ids):
+        if not (self.training and (self.needs_ids or self.tap is not None)):
             return None
         if self._forwards >= len(self._batch_ids):
             raise RuntimeError(f"boundary {self.name}: more forward crossings than the "
@@ -199,6 +202,9 @@ class Boundary:
                 if decoded is None:
                     decoded = codec.decode(payload, support, replace(crossing, update=False))
                 self.meter.record_quality(self.name, pass_, *quality(x, decoded))
+        if self.tap is not None and crossing.update:  # the receiver's decode, made here for the tap
+            self.tap(pass_, decoded if decoded is not None else
+                     codec.decode(payload, support, replace(crossing, update=False)), ids)
         return payload, decoded, crossing
 
     def receive(self, pass_: str, payload: Tensor, support: Optional[Tensor] = None,

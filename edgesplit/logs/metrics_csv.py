@@ -10,26 +10,32 @@ from edgesplit.run.rundir import atomic_write
 from edgesplit.logs.summary import EpochRecord, RunSummary
 
 NAME = "metrics.csv"
-# EpochRecord's figures in its order, with the best validation accuracy so far after val_acc5
-_RECORD = [f.name for f in fields(EpochRecord)]
+# EpochRecord's figures in its order, with the best validation accuracy so far after val_acc5, and
+# then each privacy figure a run measured as `privacy/<name>` (edgesplit.privacy)
+_RECORD = [f.name for f in fields(EpochRecord) if f.name != "privacy"]
 _AT = _RECORD.index("val_acc5") + 1
 COLUMNS = _RECORD[:_AT] + ["best_val_acc1"] + _RECORD[_AT:]
 
 
+def privacy_columns(summary: RunSummary) -> List[str]:
+    return [f"privacy/{name}" for name in dict.fromkeys(n for h in summary.history for n in h.privacy)]
+
+
 def epoch_rows(summary: RunSummary) -> List[Dict[str, Any]]:
-    """One dict per finished epoch, keyed by COLUMNS (None where a figure is unknown)."""
+    """One dict per finished epoch, keyed by COLUMNS and privacy_columns (None where unknown)."""
     rows, best = [], -math.inf
     for record in summary.history:
         best = max(best, record.val_acc1)
-        rows.append({**record.to_dict(), "best_val_acc1": best})
-    return [{key: row[key] for key in COLUMNS} for row in rows]
+        rows.append({**record.to_dict(), "best_val_acc1": best,
+                     **{f"privacy/{name}": v for name, v in record.privacy.items()}})
+    return [{key: row.get(key) for key in COLUMNS + privacy_columns(summary)} for row in rows]
 
 
 def write_metrics_csv(run_dir: Path, summary: RunSummary) -> None:
     """The whole history at every epoch end (atomically): a resumed run, whose history comes from
     the checkpoint, rewrites it with no row twice and none lost to a kill between two writes."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS + privacy_columns(summary), lineterminator="\n")
     writer.writeheader()
     for row in epoch_rows(summary):
         writer.writerow({k: "" if v is None else v for k, v in row.items()})

@@ -56,6 +56,8 @@ class EpochRecord:
     # device augmentation, see resident.py), and the steps fp16's loss scaler skipped
     data_s: Optional[float] = None
     skipped_steps: Optional[int] = None
+    # privacy.label_leak / input_leak: the epoch's attack figures (edgesplit.privacy.probe), by name
+    privacy: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -69,7 +71,8 @@ class EpochRecord:
                    up_bytes_per_batch=_optional(data, "up_bytes_per_batch", float),
                    down_bytes_per_batch=_optional(data, "down_bytes_per_batch", float),
                    data_s=_optional(data, "data_s", float),
-                   skipped_steps=_optional(data, "skipped_steps", int))
+                   skipped_steps=_optional(data, "skipped_steps", int),
+                   privacy=_figures(data.get("privacy")))
 
 
 _METRICS = ("lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "time_per_batch_s")
@@ -109,6 +112,9 @@ class RunSummary:
     gradient_dtype: Optional[str] = None
     comm: Optional[CommFigures] = None
     sides: Dict[str, SideStats] = field(default_factory=dict)
+    # the last epoch's privacy figures, and each leak figure's largest over the epochs as
+    # `<name>_best` (the most the cloud learned: edgesplit.privacy), empty when none was measured
+    privacy: Dict[str, float] = field(default_factory=dict)
     history: List[EpochRecord] = field(default_factory=list)
 
     def record_epoch(self, record: EpochRecord, batch_size: int, comm: CommFigures,
@@ -130,6 +136,10 @@ class RunSummary:
         record.peak_memory_bytes = self.peak_memory_bytes
         record.up_bytes_per_batch = comm.up_bytes_per_batch
         record.down_bytes_per_batch = comm.down_bytes_per_batch
+        self.privacy = dict(record.privacy)
+        for name in (n for n in record.privacy if n != "seconds"):  # a cost, not a leak
+            values = [h.privacy[name] for h in self.history if math.isfinite(h.privacy.get(name, math.nan))]
+            self.privacy[f"{name}_best"] = max(values, default=math.nan)
         if record.epoch == self.epochs_planned:
             self.status = "finished"
 
@@ -160,6 +170,8 @@ class RunSummary:
             for (boundary, pass_), crossing in self.comm.crossings.items():
                 values[f"boundary/{boundary}_{pass_}/rel_error"] = crossing.rel_error
                 values[f"boundary/{boundary}_{pass_}/sparsity"] = crossing.sparsity
+        if self.history:
+            values.update({f"privacy/{name}": v for name, v in self.history[-1].privacy.items()})
         for side, stats in self.sides.items():
             values[f"time/{side}_compute_s"] = stats.compute_s_per_batch
             values[f"memory/{side}_peak_bytes"] = stats.peak_memory_bytes
@@ -199,6 +211,7 @@ class RunSummary:
                 gradient_dtype=_optional(data, "gradient_dtype", str),
                 comm=None if comm is None else CommFigures.from_dict(comm),
                 sides={side: SideStats.from_dict(s) for side, s in (data.get("sides") or {}).items()},
+                privacy=_figures(data.get("privacy")),
                 history=[EpochRecord.from_dict(h) for h in data.get("history") or []],
             )
         except KeyError as exc:
@@ -213,6 +226,11 @@ class RunSummary:
 def _optional(data: Mapping[str, Any], key: str, convert: Callable[[Any], T]) -> Optional[T]:
     value = data.get(key)
     return None if value is None else convert(value)
+
+
+def _figures(value: Any) -> Dict[str, float]:
+    """A dict of figures by name (null: NaN, summary.json's form of it); none: empty."""
+    return {str(k): math.nan if v is None else float(v) for k, v in (value or {}).items()}
 
 
 def _floats(value: Any) -> List[float]:

@@ -20,6 +20,7 @@ from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
 from edgesplit.logs.logbook import Logbook, public_config, redact
 from edgesplit.data.resident import ResidentImages, ResidentLoader
 from edgesplit.run.resume import check_config, check_fits, load_state
+from edgesplit.privacy.probe import build_probe
 from edgesplit.logs.summary import EpochRecord, RunSummary, read_summary, write_summary
 from edgesplit.run.rundir import RunDirLock
 from edgesplit.run.steptimes import Pace, RunStepTimes, epoch_median
@@ -217,6 +218,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
         validation = val_loader(cfg, datasets)
         # data.device: the training set kept on that device (resident.py), or the CPU loader
         resident = None if cfg.data.device == "cpu" else datasets.resident_train(cfg.data.device)
+        probe = build_probe(parts.privacy, backend, list(split.edge_front), datasets.val, cfg.seed, run_dir)
         log.info(f"{cfg.pipeline_backend.name}: edge units {split.edge_indices}, cloud stages "
                  f"{[list(split.cloud_range(s)) for s in range(cfg.partition.cloud_stages)]}, "
                  f"{facts.train_size} train / {facts.val_size} val samples, run dir {run_dir}")
@@ -228,6 +230,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             backend.start_epoch(epoch)
             lr = backend.lr
             loader = train_loader(cfg, datasets, resident, epoch)
+            loader = loader if probe is None else probe.watch(loader)
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
             try:
                 metrics.update(evaluate(backend, validation))
@@ -238,10 +241,12 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
                 if not math.isfinite(metrics[key]):
                     raise TrainingDiverged(f"{key} is {metrics[key]} after epoch {epoch + 1} "
                                            f"(schedule.lr={cfg.schedule.lr}); {last_good}")
+            record = EpochRecord.from_dict({"epoch": epoch + 1, "lr": lr, **metrics})
+            record.privacy = {} if probe is None else probe.figures(epoch)
             sides = backend.side_stats()
             comm = meter.summary()  # after side_stats: it merges the figures of other processes
-            summary.record_epoch(EpochRecord.from_dict({"epoch": epoch + 1, "lr": lr, **metrics}),
-                                 cfg.data.batch_size, comm, sides, time_per_batch_s=run_times.median())
+            summary.record_epoch(record, cfg.data.batch_size, comm, sides,
+                                 time_per_batch_s=run_times.median())
             summary.load_avg_end = _load_avg()
             step_times = {checkpoint.EDGE_PROCESS: run_times.histogram.state_dict()}
             # the config without the dist link's secret: a checkpoint may be handed to others

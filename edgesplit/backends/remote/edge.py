@@ -133,6 +133,7 @@ class RemoteBackend(Backend):
         id_chunks: List[Optional[Tensor]] = (list(ids.chunk(self.chunks)) if ids is not None
                                              else [None] * len(xs))
         info = StepInfo(len(xs), train, self.front.module.training)
+        self.from_cloud.known_ids = id_chunks
         loss = Loss(ys, self.optimization.scaling.scale)
         stages = {"front": Stage(self.front, Inputs(xs, id_chunks), self.to_cloud),
                   "back": Stage(self.back, self.from_cloud, loss)}

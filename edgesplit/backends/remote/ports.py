@@ -152,6 +152,8 @@ class LinkIn(_Link, Source):
                  device: torch.device, carry_ids: bool = False) -> None:
         super().__init__(transport, peer, boundary, device, carry_ids)
         self.first: Optional[Tuple[Header, Tensor]] = None
+        # the edge's own ids of each micro-batch, where none travel with it (the edge-back's tap)
+        self.known_ids: List[Ids] = []
 
     def prime(self, header: Header, payload: Tensor) -> None:
         """Micro-batch 0, already received by the loop that waits for the next step."""
@@ -165,6 +167,8 @@ class LinkIn(_Link, Source):
             _, message = self.t.recv(self.peer, self.step.kind, i)
         with self.t.decoding(self.peer, f"{self.step.kind.name} payload #{i}"):
             ids, payload = self._split_ids(message)
+            if ids is None and i < len(self.known_ids):
+                ids = self.known_ids[i]
             x = self.boundary.receive("forward", payload, ids=ids).to(self.device)
             if self.step.train:
                 self.supports[i] = self.boundary.support(payload)
