@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from matplotlib.figure import Figure
 
-from edgesplit.report import pareto
+from edgesplit.report import pareto, privacy
 from edgesplit.report.header import header_lines
 from edgesplit.report.curves import (Series, encode, label as _label, plot_train_loss, plot_validation,
                                      run_label, save_png)
@@ -148,6 +148,7 @@ def build_report(runs: Sequence[Run]) -> str:
         ckeys = pareto.compression_keys(keys)
         parts += ["", f"## Compression methods ranked by best_val_acc1{over}", "",
                   pareto.ranking_table(pareto.points(groups, keys), [k for k in keys if k not in ckeys])]
+    parts += privacy.section(groups, keys, over) or []
     return "\n".join(parts) + "\n"
 
 
@@ -186,18 +187,23 @@ def plot_accuracy_vs_bytes(runs: Sequence[Run]) -> Figure:
 
 
 def figures(runs: Sequence[Run]) -> dict[str, Callable[[Sequence[Run]], Figure]]:
-    """The PNGs of a report by file name; pareto.png only for a sweep that varies the compression."""
+    """The PNGs of a report by file name; pareto.png only for a sweep that varies the compression,
+    privacy.png only where a run measured leakage."""
     pngs: dict[str, Callable[[Sequence[Run]], Figure]] = {"curves.png": plot_curves, "loss.png": plot_loss}
     if _is_compression_sweep(setting_keys(runs)):
         pngs["pareto.png"] = plot_accuracy_vs_bytes
+    if privacy.measured(runs):
+        pngs["privacy.png"] = lambda rs: privacy.plot_privacy(group_runs(rs), setting_keys(rs))
     return pngs
 
 
-_ALT = {"curves.png": "validation accuracy", "loss.png": "train loss", "pareto.png": "accuracy vs bytes"}
+_ALT = {"curves.png": "validation accuracy", "loss.png": "train loss", "pareto.png": "accuracy vs bytes",
+        "privacy.png": "accuracy vs leakage"}
 
 
 def write_report(runs: Sequence[Run], out_dir: Path) -> str:
-    """Write report.md and the PNGs (curves.png, loss.png, pareto.png) into out_dir; return the markdown."""
+    """Write report.md and the PNGs (curves.png, loss.png, pareto.png, privacy.png) into out_dir;
+    return the markdown."""
     text, pngs = build_report(runs), figures(runs)
     links = "".join(f"\n![{_ALT[name]}]({name})\n" for name in pngs)
     (out_dir / "report.md").write_text(text + links)
