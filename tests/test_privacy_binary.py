@@ -22,6 +22,7 @@ def test_two_labels_kept_and_relabelled(make_cfg: Callable[..., DictConfig]) -> 
                            (labels[(labels == 5) | (labels == 3)] == 3).long())
     resident = pair.resident_train("cpu_resident")
     assert torch.equal(resident.images, torch.stack([pair.train[i][0] for i in range(len(resident))]))
+    assert torch.equal(resident.labels, torch.tensor([pair.train[i][1] for i in range(len(resident))]))
     with pytest.raises(ConfigError, match=r"^data.binary_classes=\[3\]: allowed: two distinct labels "
                                           r"in 0..9 \(this dataset's classes\), or null for all of them$"):
         build_datasets(make_cfg("data.binary_classes=[3]").data)

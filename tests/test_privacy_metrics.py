@@ -60,6 +60,7 @@ def test_psnr_and_ssim_known_answers() -> None:
     small = IMAGES[:, :1, :8, :8]  # smaller than the 11-pixel window: the largest one that fits
     assert ssim(small, small, 1.0) == pytest.approx(1.0)
     assert ssim(IMAGES, torch.rand(3, 3, 32, 32, generator=G), 1.0) < 0.1  # unrelated noise
-    # torchmetrics' documented example (rand 3x3x256x256 against 0.75 x itself) reads 0.9219
-    p = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(42))
+    # torchmetrics' documented example (rand 3x3x256x256 against 0.75 x itself) reads 0.9219, as
+    # does any size of it (48 here: a fraction of the time)
+    p = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(42))
     assert ssim(p * 0.75, p, 1.0) == pytest.approx(0.9219, abs=1e-3)
