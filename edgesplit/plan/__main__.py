@@ -13,6 +13,9 @@ from edgesplit.plan.inputs import PlanInputs, plan_inputs
 from edgesplit.plan.output import measure_command, table, write_outputs
 from edgesplit.plan.profile import profiles
 from edgesplit.plan.space import Bounds, candidates, plan_space, single_stage
+from edgesplit.plan.validate import check_validation, validate_plan
+from edgesplit.plan.validation_report import agreement, summary_lines, write_validation
+from edgesplit.plan.validation_report import table as validation_table
 
 log = logging.getLogger("edgesplit")
 
@@ -37,6 +40,8 @@ def describe(inputs: PlanInputs) -> Dict[str, Any]:
 
 def run(argv: List[str]) -> int:
     inputs = plan_inputs(argv)
+    if inputs.plan.validate:
+        check_validation(inputs)  # before the profile: a refusal costs nothing
     first = next(iter(inputs.parts.values()))
     n = first.split.num_units
     cands, skipped = candidates(list(inputs.plan.fronts), list(inputs.plan.backs), list(inputs.parts),
@@ -63,6 +68,12 @@ def run(argv: List[str]) -> int:
     print(f"written: {', '.join(str(p) for p in paths)}")
     print(f"measure the top {min(int(inputs.plan.top), len(figures))}:\n"
           f"{measure_command(figures, int(inputs.plan.top), inputs.overrides, inputs.devices.edge_slowdown)}")
+    if inputs.plan.validate:
+        rows = validate_plan(inputs, figures)
+        written = write_validation(Path(inputs.plan.out_dir), rows, {**describe(inputs), "title": title})
+        print(f"\nvalidation, measured on this host (dist, the emulated link and edge slowdown):\n"
+              f"{validation_table(rows)}\n\n{summary_lines(agreement(rows), len(rows))}\n"
+              f"written: {', '.join(str(p) for p in written)}")
     return 0
 
 

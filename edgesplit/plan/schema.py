@@ -29,6 +29,9 @@ class PlanConfig:
     repeats: int = 5  # timed repeats per measurement (the median is kept), after `warmup` untimed ones
     warmup: int = 2
     top: int = 3  # candidates the printed `train.py -m` command measures
+    validate: int = 0  # run this many candidates on dist and set measured beside predicted (0: none)
+    validate_steps: int = 20  # timed training steps per validated candidate (their median is kept)
+    validate_warmup: int = 3  # untimed steps before them
 
 
 def register_plan_configs() -> None:
