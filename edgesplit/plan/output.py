@@ -4,12 +4,13 @@ the `train.py -m` command that measures the top candidates."""
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from edgesplit.plan.accuracy import ACC_HEADER, Results, acc_cells, acc_record, plot_accuracy
 from edgesplit.plan.measure import Profile
 from edgesplit.plan.space import Figures, pareto_front
 from edgesplit.report.tables import human_bytes, markdown_table
@@ -23,13 +24,14 @@ def label(f: Figures) -> str:
     return f"{c.front}/{c.back} {c.compressor} x{c.chunks}"
 
 
-def table(figures: Sequence[Figures]) -> str:
-    """The ranked candidates, fastest first."""
+def table(figures: Sequence[Figures], results: Optional[Results] = None) -> str:
+    """The ranked candidates, fastest first; with `results`, each one's measured accuracy too."""
     rows = [[i + 1, f.candidate.front, f.candidate.back, f.candidate.compressor, f.candidate.chunks,
              f"{f.step_s:.4g}", f"{f.samples_per_s:.4g}", human_bytes(f.up_bytes), human_bytes(f.down_bytes),
-             human_bytes(f.edge_peak_bytes), human_bytes(f.cloud_peak_bytes), f.bottleneck]
+             human_bytes(f.edge_peak_bytes), human_bytes(f.cloud_peak_bytes), f.bottleneck,
+             *(acc_cells(f, results) if results is not None else [])]
             for i, f in enumerate(figures)]
-    return markdown_table(HEADER, rows)
+    return markdown_table([*HEADER, *(ACC_HEADER if results is not None else [])], rows)
 
 
 def measure_command(figures: Sequence[Figures], top: int, overrides: Sequence[str],
@@ -49,14 +51,21 @@ def measure_command(figures: Sequence[Figures], top: int, overrides: Sequence[st
                      f"pipeline_backend.chunks={values('chunks')}"])
 
 
-def plan_record(figures: Sequence[Figures], profiles: Mapping[int, Profile], inputs: Mapping[str, Any]
-                ) -> Dict[str, Any]:
-    """plan.json's content: the inputs, every candidate's figures (ranked), the profiles by chunks."""
-    return {"inputs": dict(inputs),
-            "candidates": [{"rank": i + 1, **asdict(f.candidate),
-                            **{k: v for k, v in asdict(f).items() if k != "candidate"},
-                            "bytes_per_step": f.bytes_per_step} for i, f in enumerate(figures)],
-            "profiles": {str(m): p.to_dict() for m, p in profiles.items()}}
+def plan_record(figures: Sequence[Figures], profiles: Mapping[int, Profile], inputs: Mapping[str, Any],
+                results: Optional[Results] = None) -> Dict[str, Any]:
+    """plan.json's content: the inputs, every candidate's figures (ranked) with its measured accuracy
+    where `results` are given, the profiles by chunks, and the results' dirs and unmatched groups."""
+    record = {"inputs": dict(inputs),
+              "candidates": [{"rank": i + 1, **asdict(f.candidate),
+                              **{k: v for k, v in asdict(f).items() if k != "candidate"},
+                              "bytes_per_step": f.bytes_per_step,
+                              **(acc_record(f, results) if results is not None else {})}
+                             for i, f in enumerate(figures)],
+              "profiles": {str(m): p.to_dict() for m, p in profiles.items()}}
+    if results is not None:
+        record["results"] = {"dirs": results.dirs, "steps_per_epoch": results.steps_per_epoch,
+                             "unmatched": results.unmatched}
+    return record
 
 
 def plot(figures: Sequence[Figures], title: str) -> Figure:
@@ -87,11 +96,14 @@ def plot(figures: Sequence[Figures], title: str) -> Figure:
 
 
 def write_outputs(out_dir: Path, figures: Sequence[Figures], profiles: Mapping[int, Profile],
-                  inputs: Mapping[str, Any], title: str) -> List[Path]:
-    """plan.md, plan.json and plan.png under `out_dir`."""
+                  inputs: Mapping[str, Any], title: str, results: Optional[Results] = None) -> List[Path]:
+    """plan.md, plan.json and plan.png under `out_dir`; with `results`, plan_accuracy.png too."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "plan.md", out_dir / "plan.json", out_dir / "plan.png"]
-    paths[0].write_text(f"# {title}\n\n{table(figures)}\n")
-    paths[1].write_text(json.dumps(plan_record(figures, profiles, inputs), indent=1))
+    paths[0].write_text(f"# {title}\n\n{table(figures, results)}\n")
+    paths[1].write_text(json.dumps(plan_record(figures, profiles, inputs, results), indent=1))
     plot(figures, title).savefig(paths[2], dpi=100)
+    if results is not None:
+        paths.append(out_dir / "plan_accuracy.png")
+        plot_accuracy(figures, results, title).savefig(paths[-1], dpi=100)
     return paths
