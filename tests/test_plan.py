@@ -18,7 +18,7 @@ from edgesplit.plan.cache import cache_path, cached_profile, profile_key, write_
 from edgesplit.plan.inputs import plan_inputs
 from edgesplit.plan.measure import Profile, profile_codec
 from edgesplit.plan.profile import main as profile_main
-from edgesplit.plan.output import measure_command
+from edgesplit.plan.output import best_per_split, measure_command, plot
 from edgesplit.plan.space import Candidate, Figures
 from tests.conftest import ROOT, TEST_MODEL, TINY
 from tests.trained_run import TRAINED
@@ -151,3 +151,14 @@ def test_the_measure_command_sweeps_the_top_candidates_on_the_planned_edge() -> 
     assert command == ("python train.py -m data=digits pipeline_backend.edge_slowdown=4 partition.front=2 "
                        "partition.back=3,2 compressor=quantize2 pipeline_backend.chunks=4")
     assert "edge_slowdown" not in measure_command(figures, 2, ["data=digits"])
+
+
+def test_the_heatmap_shows_each_splits_fastest_candidate() -> None:
+    """plan.png's right panel: per (front, back) the least predicted step time over compressors and
+    chunks (rows fronts 1, 2; columns backs 1, 2), a split the space leaves out blank (NaN)."""
+    times = {(1, 1, "none"): 3.0, (1, 1, "quantize4"): 2.0, (1, 2, "none"): 5.0, (2, 1, "prune"): 1.0}
+    figures = [Figures(Candidate(f, b, c, 4), t, 1.0, 1, 1, 1, 1, "cloud", {})
+               for (f, b, c), t in times.items()]
+    drawn = plot(figures, "title").axes[1].images[0].get_array()
+    assert drawn.filled(-1).tolist() == [[2.0, 5.0], [1.0, -1]]
+    assert best_per_split(figures)[1, 1].candidate.compressor == "quantize4"

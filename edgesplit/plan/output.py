@@ -1,10 +1,15 @@
 """A plan's output: the ranked markdown table with each bottleneck, plan.json (every candidate's
-figures, the profiles, the inputs), plan.png (step time against bytes, the Pareto front marked) and
-the `train.py -m` command that measures the top candidates."""
+figures, the profiles, the inputs), plan.png (step time against bytes, the Pareto front marked; the
+front x back heatmap of step time) and the `train.py -m` command that measures the top candidates."""
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -12,7 +17,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from edgesplit.plan.accuracy import ACC_HEADER, Results, acc_cells, acc_record, plot_accuracy
 from edgesplit.plan.measure import Profile
-from edgesplit.plan.space import Figures, pareto_front
+from edgesplit.plan.space import Figures, pareto_front, ranked
 from edgesplit.report.tables import human_bytes, markdown_table
 
 HEADER = ["rank", "front", "back", "compressor", "chunks", "step (s)", "samples/s", "up / step",
@@ -68,12 +73,50 @@ def plan_record(figures: Sequence[Figures], profiles: Mapping[int, Profile], inp
     return record
 
 
+def best_per_split(figures: Sequence[Figures]) -> Dict[Tuple[int, int], Figures]:
+    """The fastest compressor and chunks of each (front, back), by the ranking's order."""
+    best: Dict[Tuple[int, int], Figures] = {}
+    for f in ranked(figures):
+        best.setdefault((f.candidate.front, f.candidate.back), f)
+    return best
+
+
+def heatmap(ax: Axes, figures: Sequence[Figures]) -> None:
+    """Front x back: each split's predicted step time at its fastest compressor and chunks, annotated;
+    a split the space leaves out (no cloud unit) blank."""
+    best = best_per_split(figures)
+    fronts = sorted({f for f, _ in best})
+    backs = sorted({b for _, b in best})
+    grid = np.full((len(fronts), len(backs)), np.nan)
+    for (f, b), fig in best.items():
+        grid[fronts.index(f), backs.index(b)] = fig.step_s
+    cmap = colormaps["viridis_r"].with_extremes(bad="0.92")
+    image = ax.imshow(grid, cmap=cmap, origin="lower", aspect="auto")
+    mid = np.nanmin(grid) + (np.nanmax(grid) - np.nanmin(grid)) / 2
+    for i, j in zip(*np.nonzero(np.isnan(grid))):
+        ax.text(j, i, "left out:\nno cloud unit", ha="center", va="center", fontsize=7, color="0.4")
+    for (f, b), fig in best.items():
+        c = fig.candidate
+        ax.text(backs.index(b), fronts.index(f), f"{fig.step_s:.3g} s\n{c.compressor} x{c.chunks}",
+                ha="center", va="center", fontsize=8, color="white" if fig.step_s > mid else "black")
+    top = ranked(figures)[0].candidate  # the plan's fastest: framed
+    ax.add_patch(Rectangle((backs.index(top.back) - 0.5, fronts.index(top.front) - 0.5), 1, 1, fill=False,
+                           edgecolor="C3", linewidth=2.5, label="fastest"))
+    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xticks(range(len(backs)), [str(b) for b in backs])
+    ax.set_yticks(range(len(fronts)), [str(f) for f in fronts])
+    ax.set_xlabel("back units (on the edge)")
+    ax.set_ylabel("front units (on the edge)")
+    ax.set_title("predicted step time (s), fastest compressor x chunks per split", fontsize=9)
+    ax.figure.colorbar(image, ax=ax, label="step time (s)")
+
+
 def plot(figures: Sequence[Figures], title: str) -> Figure:
-    """Predicted step time against payload bytes per step (log), every candidate a dot, the Pareto
-    front joined and labelled."""
-    fig = Figure(figsize=(7, 4.5))
+    """Left: predicted step time against payload bytes per step (log), every candidate a dot, the
+    Pareto front joined and labelled; right: the front x back heatmap of this link."""
+    fig = Figure(figsize=(13, 5))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     ax.scatter([f.bytes_per_step for f in figures], [f.step_s for f in figures], s=14, color="0.6",
                label="candidate")
     front = pareto_front(figures)
@@ -89,8 +132,10 @@ def plot(figures: Sequence[Figures], title: str) -> Figure:
     ax.xaxis.set_minor_formatter(NullFormatter())  # a log axis labels minor ticks too: they overlap
     ax.set_xlabel("payload bytes per step (up + down)")
     ax.set_ylabel("predicted step time (s)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("step time against bytes", fontsize=9)
     ax.legend(fontsize=8)
+    heatmap(right, figures)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
