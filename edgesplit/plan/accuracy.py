@@ -13,6 +13,7 @@ from edgesplit.errors import ConfigError
 from edgesplit.logs.summary import RunSummary
 from edgesplit.plan.inputs import PlanInputs
 from edgesplit.plan.space import Candidate, Figures
+from edgesplit.report.labels import Label, place_labels
 from edgesplit.report.pareto import best_acc
 from edgesplit.report.runs import Group, ReportError, find_runs, group_runs
 from edgesplit.report.tables import DASH, Stat, stat
@@ -87,8 +88,12 @@ def _candidate(g: Group, defaults: Mapping[str, str]) -> Optional[Candidate]:
         return None  # e.g. an interpolation: no candidate has it
 
 
+def candidate_label(c: Candidate) -> str:
+    return f"{c.front}/{c.back} {c.compressor} x{c.chunks}"
+
+
 def _name(c: Optional[Candidate], g: Group) -> str:
-    return f"{c.front}/{c.back} {c.compressor} x{c.chunks}" if c else g.label(list(JOIN_KEYS.values()))
+    return candidate_label(c) if c else g.label(list(JOIN_KEYS.values()))
 
 
 def join(dirs: List[str], cands: Sequence[Candidate], defaults: Mapping[str, str],
@@ -173,7 +178,7 @@ def time_unit(seconds: Sequence[float]) -> Tuple[str, float]:
 
 def plot_accuracy(figures: Sequence[Figures], results: Results, title: str) -> Figure:
     """Best val acc1 (mean, ± std over seeds) against predicted time to train, the front joined."""
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(9, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     known = [f for f in figures if f.candidate in results.measured]
@@ -185,17 +190,17 @@ def plot_accuracy(figures: Sequence[Figures], results: Results, title: str) -> F
     ax.errorbar(*xy(known), yerr=[results.measured[f.candidate].acc.std or 0.0 for f in known], fmt="o",
                 color="0.5", markersize=4, capsize=3, label="measured candidate")
     front = fastest_to_accuracy(figures, results)
-    ax.plot(*xy(front), "o-", color="C3", label="fastest to each accuracy")
-    for f, x, y in zip(front, *xy(front)):
-        c = f.candidate
-        ax.annotate(f"{c.front}/{c.back} {c.compressor} x{c.chunks}", (x, y), fontsize=7, xytext=(4, -10),
-                    textcoords="offset points")
+    ax.plot(*xy(front), "o-", color="C3", markersize=7, label="fastest to each accuracy")
+    ax.margins(x=0.08, y=0.1)
     missing = len(figures) - len(known)
     ax.set_xlabel(f"predicted time to the best accuracy ({unit}): step x {results.steps_per_epoch} "
                   "steps/epoch x epochs to best")
     ax.set_ylabel("best val acc1 (%), mean ± std over seeds")
     ax.set_title(title + (f"\n({missing} candidate(s) not measured)" if missing else ""), fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the labelled points
     fig.tight_layout()
+    place_labels(ax, [Label(candidate_label(f.candidate), (x, y), "C3" if f in front else "0.35",
+                            7.0 if f in front else 4.0)
+                      for f, x, y in zip(known, *xy(known))], "x-small")  # none covers another or a marker
     return fig

@@ -101,13 +101,13 @@ def heatmap(ax: Axes, figures: Sequence[Figures]) -> None:
                 ha="center", va="center", fontsize=8, color="white" if fig.step_s > mid else "black")
     top = ranked(figures)[0].candidate  # the plan's fastest: framed
     ax.add_patch(Rectangle((backs.index(top.back) - 0.5, fronts.index(top.front) - 0.5), 1, 1, fill=False,
-                           edgecolor="C3", linewidth=2.5, label="fastest"))
-    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 1.0))
+                           edgecolor="C3", linewidth=2.5))
     ax.set_xticks(range(len(backs)), [str(b) for b in backs])
     ax.set_yticks(range(len(fronts)), [str(f) for f in fronts])
     ax.set_xlabel("back units (on the edge)")
     ax.set_ylabel("front units (on the edge)")
-    ax.set_title("predicted step time (s), fastest compressor x chunks per split", fontsize=9)
+    ax.set_title("predicted step time (s) at each split's fastest compressor x chunks; framed: the "
+                 "fastest", fontsize=9)
     ax.figure.colorbar(image, ax=ax, label="step time (s)")
 
 
