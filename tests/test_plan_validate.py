@@ -11,7 +11,7 @@ from edgesplit.plan.__main__ import main as plan_main
 from edgesplit.plan.inputs import plan_inputs
 from edgesplit.plan.space import Candidate, Figures
 from edgesplit.plan.validate import Row, check_validation, chosen
-from edgesplit.plan.validation_report import agreement, table
+from edgesplit.plan.validation_report import agreement, validation_table
 from tests.dist_helpers import SECRET, REPO
 from tests.sizes import TEST_MODEL, TINY
 
@@ -45,7 +45,7 @@ def test_agreement_by_hand() -> None:
     assert a.memory_err_median == pytest.approx(0.25)  # 1000 predicted, 800 measured
     assert a.bytes_equal == 2  # the third's uplink is one byte off
     assert a.fastest_measured_rank == 2  # measured 1.0 s: the plan's second
-    rendered = table(rows)
+    rendered = validation_table(rows)
     assert "| 4 | 1 | 1 | none | 4 | 4 | failed: PeerError: gone |" in rendered
     assert "| 1 | 1 | 1 | none | 4 | 1 | 1.25 | -20.0% | 150 | 150 | yes |" in rendered
 

@@ -49,7 +49,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.1f}%"
 
 
-def table(rows: Sequence[Row]) -> str:
+def validation_table(rows: Sequence[Row]) -> str:
     """Markdown: one row per validated candidate, in the plan's ranking."""
     head = ("| rank | front | back | compressor | chunks | step s predicted | measured | error | "
             "bytes up+down predicted | measured | equal | edge MiB predicted | measured | error |")
@@ -68,7 +68,7 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def summary_lines(a: Optional[Agreement], validated: int) -> str:
+def agreement_line(a: Optional[Agreement], validated: int) -> str:
     if a is None:
         return f"no candidate of the {validated} ran to the end: see the rows above"
     return (f"{a.rows} candidate(s) measured: step time error median {100 * a.step_err_median:.1f}%, "
@@ -82,7 +82,7 @@ def write_validation(out_dir: Path, rows: Sequence[Row], inputs: Dict[str, Any])
     out_dir.mkdir(parents=True, exist_ok=True)
     a = agreement(rows)
     md, js = out_dir / "validation.md", out_dir / "validation.json"
-    md.write_text(f"{table(rows)}\n\n{summary_lines(a, len(rows))}\n")
+    md.write_text(f"{validation_table(rows)}\n\n{agreement_line(a, len(rows))}\n")
     js.write_text(json.dumps({"inputs": inputs, "agreement": asdict(a) if a else None,
                               "rows": [asdict(r) for r in rows]}, indent=1))
     return [md, js]
