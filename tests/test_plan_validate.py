@@ -11,7 +11,7 @@ from edgesplit.plan.__main__ import main as plan_main
 from edgesplit.plan.inputs import plan_inputs
 from edgesplit.plan.space import Candidate, Figures
 from edgesplit.plan.validate import Row, check_validation, chosen
-from edgesplit.plan.validation_report import agreement, validation_table
+from edgesplit.plan.validation_report import agreement, gathered, validation_table, write_validation
 from tests.dist_helpers import SECRET, REPO
 from tests.sizes import TEST_MODEL, TINY
 
@@ -36,7 +36,7 @@ def _row(rank: int, step: float, measured_step: Optional[float], up: int = 100,
     return Row(rank, 1, 1, "none", 4, predicted, measured, None if measured else "PeerError: gone")
 
 
-def test_agreement_by_hand() -> None:
+def test_agreement_by_hand(tmp_path: Path) -> None:
     rows = [_row(1, 1.0, 1.25), _row(2, 2.0, 1.0), _row(3, 3.0, 4.0, measured_up=101.0), _row(4, 4.0, None)]
     a = agreement(rows)
     assert a is not None and a.rows == 3
@@ -48,6 +48,8 @@ def test_agreement_by_hand() -> None:
     rendered = validation_table(rows)
     assert "| 4 | 1 | 1 | none | 4 | 4 | failed: PeerError: gone |" in rendered
     assert "| 1 | 1 | 1 | none | 4 | 1 | 1.25 | -20.0% | 150 | 150 | yes |" in rendered
+    write_validation(tmp_path / "slow_link", rows, {})  # the settings gathered, one row each
+    assert gathered(tmp_path).splitlines()[-1] == "| slow_link | 3 | 25.0% | 100.0% | 2 of 3 | 25.0% | 25.0% | 2 |"
 
 
 @pytest.mark.parametrize("override, line", [

@@ -3,6 +3,7 @@ median and maximum, the bytes compared to the byte, and where the measured-faste
 import json
 import math
 import statistics
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -86,3 +87,34 @@ def write_validation(out_dir: Path, rows: Sequence[Row], inputs: Dict[str, Any])
     js.write_text(json.dumps({"inputs": inputs, "agreement": asdict(a) if a else None,
                               "rows": [asdict(r) for r in rows]}, indent=1))
     return [md, js]
+
+
+def gathered(root: Path) -> str:
+    """One markdown row per validation.json below `root`: its setting and its agreement figures."""
+    head = ("| setting | measured | step time error median | max | bytes equal | edge memory error median "
+            "| max | measured-fastest's predicted rank |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in sorted(root.glob("*/validation.json")):
+        a = json.loads(path.read_text())["agreement"]
+        if a is None:
+            lines.append(f"| {path.parent.name} | 0 | | | | | | |")
+            continue
+        lines.append(f"| {path.parent.name} | {a['rows']} | {100 * a['step_err_median']:.1f}% | "
+                     f"{100 * a['step_err_max']:.1f}% | {a['bytes_equal']} of {a['rows']} | "
+                     f"{100 * a['memory_err_median']:.1f}% | {100 * a['memory_err_max']:.1f}% | "
+                     f"{a['fastest_measured_rank']} |")
+    return "\n".join(lines)
+
+
+def main(argv: List[str]) -> int:
+    """`python -m edgesplit.plan.validation_report DIR`: the validations below DIR, one row each."""
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python -m edgesplit.plan.validation_report DIR (holding <setting>/validation.json)",
+              file=sys.stderr)
+        return 2
+    print(gathered(Path(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
