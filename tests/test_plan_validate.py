@@ -49,7 +49,8 @@ def test_agreement_by_hand(tmp_path: Path) -> None:
     assert "| 4 | 1 | 1 | none | 4 | 4 | failed: PeerError: gone |" in rendered
     assert "| 1 | 1 | 1 | none | 4 | 1 | 1.25 | -20.0% | 150 | 150 | yes |" in rendered
     write_validation(tmp_path / "slow_link", rows, {})  # the settings gathered, one row each
-    assert gathered(tmp_path).splitlines()[-1] == "| slow_link | 3 | 25.0% | 100.0% | 2 of 3 | 25.0% | 25.0% | 2 |"
+    row = "| slow_link | 3 | 25.0% | 100.0% | 2 of 3 | 25.0% | 25.0% | 2 |"
+    assert gathered(tmp_path).splitlines()[-1] == row
 
 
 @pytest.mark.parametrize("override, line", [
