@@ -65,7 +65,10 @@ class Boundary:
     tensor to encode that holds NaN or inf ends the run: TrainingDiverged. `largest` (a link
     from another process: the shape of the largest tensor that crosses it, rows first): a received
     payload that declares more bytes than any codec's payload of it takes, or more elements, is
-    refused before it is decompressed or decoded, and one of another shape (per sample) after."""
+    refused before it is decompressed or decoded, and one of another shape (per sample) after.
+    `defense` (the back boundary's: privacy's defenses): what each training gradient this end
+    encodes goes through first, its draws keyed as a codec's (pass 'defense'): every micro-batch
+    then needs its ids (next_ids; dist's edge gets them from new_step, `step_ids`)."""
 
     def __init__(self, name: str, codecs: BoundaryCodecs, meter: Optional[CommMeter],
                  eval_compressed: bool = True, seed: int = 0,
