@@ -40,9 +40,11 @@ def max_norm(g: Tensor, generator: torch.Generator) -> Tensor:
 def gaussian_noise(g: Tensor, relative: float, generator: torch.Generator) -> Tensor:
     """g plus i.i.d. Gaussian noise of one std for the whole micro-batch, relative * |g| / sqrt(numel):
     the noise's norm is about `relative` times the gradient's. One std for all samples, not one
-    per sample: a std proportional to each sample's own norm would keep the order of the noisy
-    norms (what the norm attack reads); a common one drowns the differences (Li et al.'s
-    isotropic Gaussian baseline is scaled by the batch the same way)."""
+    per sample: a std proportional to each sample's norm would leave the noisy norms in the true
+    ones' order and ratios exactly (what the norm attack reads); a common one pulls them towards
+    one value (Li et al.'s isotropic Gaussian baseline is scaled by the batch the same way). In
+    high dimension the noise's own norm barely varies, so the order mostly survives: against the
+    norm attack max-norm is the defense, the noise mostly against the direction attack."""
     g32 = g.float()
     std = relative * torch.linalg.vector_norm(g32) / math.sqrt(max(g.numel(), 1))
     noise = torch.randn(g.shape, generator=generator, device=g.device)
