@@ -174,6 +174,8 @@ class LinkIn(_Link, Source):
 
     def send_gradient(self, i: int, grad: Optional[Tensor], ids: Ids) -> None:
         assert grad is not None, "the input of a cloud stage requires a gradient"
+        if ids is None:  # ids that did not cross the link: the edge's own (its back's gradient defense)
+            ids = self.boundary.step_ids(i)
         payload = self.boundary.send("backward", grad, self.supports.pop(i), ids)
         self._send("backward", Header(Kind.BACKWARD, i, self.step.count), payload)
 
