@@ -125,7 +125,11 @@ def validate(cfg: DictConfig) -> None:
                "not a key of this config")
     if "link" in b:  # the dist backend's keys
         validate_dist(b)
-    validate_measurement(cfg.privacy)
+    if "privacy" in cfg:  # the defenses' weights (edgesplit.privacy.defenses)
+        for key in ("nopeek_weight", "grad_noise"):
+            v = cfg.privacy[key]
+            _check(v >= 0 and math.isfinite(v), f"privacy.{key}", v, "must be finite and >= 0 (0: off)")
+        validate_measurement(cfg.privacy)
 
 
 def validate_dist(b: DictConfig) -> None:

@@ -7,10 +7,12 @@ import pytest
 from omegaconf import DictConfig
 
 from edgesplit.assemble import pipeline_of
-from edgesplit.backends.remote import stage as stage_module
+from edgesplit.backends.remote import edge, stage as stage_module
+from edgesplit.backends.remote.edge import RemoteBackend
 from edgesplit.backends.remote.stage import run_steps
 from edgesplit.errors import ConfigError
 from edgesplit.validate import validate
+from tests.dist_helpers import build, config, data
 
 
 class Clock:
@@ -67,3 +69,49 @@ def test_the_key_reaches_the_dist_spec_and_is_checked(make_cfg: Callable[..., Di
     assert dist is not None and dist.edge_slowdown == 4.0
     with pytest.raises(ConfigError, match=r"pipeline_backend\.edge_slowdown=0\.5 is invalid"):
         validate(make_cfg("pipeline_backend=dist", "pipeline_backend.edge_slowdown=0.5"))
+
+
+class FakeTransport:
+    """The edge's transport without a cloud: sends go nowhere, nothing is waited for."""
+    wait_s = 0.0
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def send(self, *args: Any) -> None:
+        pass
+
+    def wait_sent(self, *args: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class StepLoopReached(Exception):
+    """run_steps was called: its arguments are recorded, nothing is run."""
+
+
+def test_the_dist_edge_hands_its_slowdown_to_the_step_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """edge.py takes edge_slowdown from the spec and passes it to run_steps (which pads: the test
+    above). The edge in this process without cloud processes (launch, transport and the cloud's
+    first state faked), stopped where its first training step enters run_steps."""
+    slowdowns: List[float] = []
+
+    def record(steps: Any, transport: Any, slowdown: float = 1.0) -> float:
+        slowdowns.append(slowdown)
+        raise StepLoopReached
+
+    world = SimpleNamespace(children=[], global_ranks=[0, 1], sealer=None, diagnose=None)
+    monkeypatch.setattr(RemoteBackend, "_launch", lambda self, *args: world)
+    monkeypatch.setattr(RemoteBackend, "_load_cloud", lambda self, state: None)
+    monkeypatch.setattr(edge, "Transport", FakeTransport)
+    monkeypatch.setattr(edge, "run_steps", record)
+    backend = build("dist", config(edge_slowdown=4.0))
+    x, y, ids = data(batches=1)[0]
+    try:
+        with pytest.raises(StepLoopReached):
+            backend.train_step(x, y, ids)
+    finally:
+        backend.close()
+    assert slowdowns == [4.0]

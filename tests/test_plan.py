@@ -18,11 +18,12 @@ from edgesplit.plan.cache import cache_path, cached_profile, profile_key, write_
 from edgesplit.plan.inputs import plan_inputs
 from edgesplit.plan.measure import Profile, profile_codec
 from edgesplit.plan.profile import main as profile_main
-from edgesplit.plan.output import measure_command
+from edgesplit.plan.output import best_per_split, measure_command, plot
 from edgesplit.plan.space import Candidate, Figures
 from tests.conftest import ROOT, TEST_MODEL, TINY
 from tests.trained_run import TRAINED
 from tests.dist_helpers import train_env
+from tests.test_plan_join import fake_sweep
 
 FACTS = DataFacts(10, 256, 128, (3, 32, 32))  # digits' facts: no dataset to load
 # every compressor option but the learned bottleneck (it adds units: the planner refuses it)
@@ -86,16 +87,28 @@ def test_bad_plan_keys_are_one_line_naming_the_key() -> None:
         assert "\n" not in str(e.value)
 
 
-def test_planned_bytes_equal_the_meters_of_a_trained_run(trained_run: Any, tmp_path: Path) -> None:
+def test_planned_bytes_equal_the_meters_of_a_trained_run(trained_run: Any, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
     """TRAINED (gpipe, 2 chunks, quantize2_sr_group with error feedback, front 1, back 1): the plan's
-    bytes up and down per step are summary.json's per batch, to the byte."""
+    bytes up and down per step are summary.json's per batch, to the byte. Joined with a sweep
+    (plan.results): its accuracy, time to train, the unmatched group and plan_accuracy.png."""
+    fake_sweep(tmp_path / "sweep")
     argv = [*TRAINED, *PLAN, "plan.fronts=[1]", "plan.backs=[1]", "plan.compressors=[quantize2_sr_group]",
-            f"plan.cache_dir={tmp_path}", f"plan.out_dir={tmp_path / 'out'}"]
+            f"plan.cache_dir={tmp_path}", f"plan.out_dir={tmp_path / 'out'}",
+            f"plan.results={tmp_path / 'sweep'}"]
     assert plan_main(argv) == 0
-    planned = json.loads((tmp_path / "out" / "plan.json").read_text())["candidates"][0]
+    record = json.loads((tmp_path / "out" / "plan.json").read_text())
+    planned = record["candidates"][0]
     measured = trained_run.straight_summary["history"][-1]
     assert (planned["up_bytes"], planned["down_bytes"]) == (measured["up_bytes_per_batch"],
                                                             measured["down_bytes_per_batch"])
+    # fake_sweep's runs without front, back, compressor or chunks overrides ran TRAINED's: best 80 at
+    # epoch 2 of 4 steps (256 samples / 64); the others are no candidate of this plan
+    assert (planned["best_val_acc1_mean"], planned["seeds"]) == (80.0, 1)
+    assert planned["time_to_train_s"] == pytest.approx(planned["step_s"] * 4 * 2)
+    assert record["results"]["unmatched"] == ["2/1 quantize4 x2", "4/1 quantize2_sr_group x2"]
+    assert "| 80.00 ± — (n=1) | 2 |" in capsys.readouterr().out
+    assert (tmp_path / "out" / "plan_accuracy.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -138,3 +151,14 @@ def test_the_measure_command_sweeps_the_top_candidates_on_the_planned_edge() -> 
     assert command == ("python train.py -m data=digits pipeline_backend.edge_slowdown=4 partition.front=2 "
                        "partition.back=3,2 compressor=quantize2 pipeline_backend.chunks=4")
     assert "edge_slowdown" not in measure_command(figures, 2, ["data=digits"])
+
+
+def test_the_heatmap_shows_each_splits_fastest_candidate() -> None:
+    """plan.png's right panel: per (front, back) the least predicted step time over compressors and
+    chunks (rows fronts 1, 2; columns backs 1, 2), a split the space leaves out blank (NaN)."""
+    times = {(1, 1, "none"): 3.0, (1, 1, "quantize4"): 2.0, (1, 2, "none"): 5.0, (2, 1, "prune"): 1.0}
+    figures = [Figures(Candidate(f, b, c, 4), t, 1.0, 1, 1, 1, 1, "cloud", {})
+               for (f, b, c), t in times.items()]
+    drawn = plot(figures, "title").axes[1].images[0].get_array()
+    assert drawn.filled(-1).tolist() == [[2.0, 5.0], [1.0, -1]]
+    assert best_per_split(figures)[1, 1].candidate.compressor == "quantize4"

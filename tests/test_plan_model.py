@@ -90,6 +90,13 @@ def test_memory_estimate_by_hand() -> None:
     assert activation_bytes(part, Schedule(4, "1f1b", "never"), later=1) == 2000
     # + parameters, their gradients, SGD's momentum: 3 x 100
     assert side_peak_bytes({2: part}, Schedule(4, "gpipe", "except_last"), 1) == 2330
+    # measured transients (one partition computes at a time): every micro-batch keeps its tensors, the
+    # one in its backward holds the larger partition's transient instead. gpipe, except_last: front
+    # 10+10+10+1000 kept, back 20+20+20+200; the front's 5000 replacing its largest kept (1000) adds
+    # more than the back's 3000 replacing its 200: 300 (parameters) + 1030 + 260 + 4000
+    front = PartMemory(100, 1000, 10, transient_bytes=5000)
+    back = PartMemory(0, 200, 20, transient_bytes=3000)
+    assert side_peak_bytes({1: front, 0: back}, Schedule(4, "gpipe", "except_last"), 1) == 5590
     assert optimizer_state_factor({"_target_": "torch.optim.SGD", "momentum": 0.9}) == 1
     assert optimizer_state_factor({"_target_": "torch.optim.SGD", "momentum": 0.0}) == 0
     assert optimizer_state_factor({"_target_": "torch.optim.AdamW"}) == 2

@@ -13,6 +13,7 @@ from edgesplit.data.datasets import Datasets, build_datasets
 from edgesplit.model.bottleneck import Bottleneck, boundary_channels, boundary_shapes
 from edgesplit.model.mobilenetv2 import check_num_classes
 from edgesplit.model.partition import split_units
+from edgesplit.privacy.defenses import Defenses
 from edgesplit.privacy.schema import PrivacyConfig
 from edgesplit.run.lr_schedule import OptimizerSpec
 from edgesplit.run.precision import Precision
@@ -87,7 +88,7 @@ def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
                    Precision(cfg.precision, bool(cfg.channels_last), float(cfg.loss_scale)),
                    pipeline_of(cfg.pipeline_backend),
                    OptimizerSpec(_container(cfg.optimizer), int(s.epochs), int(s.warmup_epochs)),
-                   _crossings(cfg, shapes, bottleneck))
+                   _crossings(cfg, shapes, bottleneck), Defenses.of(cfg.get("privacy")))
     check_link(spec, base, int(cfg.data.batch_size))
     units, front, back = spec.units(base)
     split = split_units(units, front, back, p.cloud_stages, facts.input_shape)

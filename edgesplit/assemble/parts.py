@@ -15,6 +15,7 @@ from edgesplit.model.mobilenetv2 import build_units
 from edgesplit.model.partition import Split
 from edgesplit.privacy.schema import PrivacyConfig
 from edgesplit.options import CheckpointMode, Order, Role
+from edgesplit.privacy.defenses import Defenses
 from edgesplit.run.lr_schedule import Optimization, OptimizerSpec
 from edgesplit.run.precision import Precision
 
@@ -122,6 +123,7 @@ class RunSpec:
     pipeline: PipelineSpec
     optimizer: OptimizerSpec
     crossings: Optional[Crossings] = None  # None: received payloads are bounded by the caps alone
+    defenses: Defenses = Defenses()  # `privacy`'s defenses, the edge's to apply (none by default)
 
     def units(self, base: Optional[List[nn.Module]] = None) -> Tuple[List[nn.Module], int, int]:
         """(units, front, back): the model's units (`base`, or built afresh) with the bottleneck's
@@ -137,6 +139,8 @@ class RunSpec:
                      receiver[name] if receiver is not None else None,
                      boundary_channels(self.codecs.bottleneck, name))
         b.loss_scaled, b.channels_last = self.precision.scaled, self.precision.channels_last
+        if name == "back":  # the gradient the edge sends back: only the edge ever encodes it
+            b.defense = self.defenses.gradient()
         if self.pipeline.dist is not None and self.crossings is not None:  # a peer's payloads
             b.largest = self.crossings.largest(name)
         return b

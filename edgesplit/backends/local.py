@@ -37,6 +37,9 @@ class LocalBackend(Backend):
         self.devices = resolve_devices(spec.pipeline.devices, len(partitions))
         self.partitions = [self.precision.partition(part.to(device), device)
                            for part, device in zip(partitions, self.devices)]
+        self.nopeek = spec.defenses.front(self.partitions[0])  # privacy.nopeek_weight's term, or None
+        if self.nopeek is not None:
+            self.partitions[0] = self.nopeek
         self.optimization = spec.optimization(named_unit_parameters(self.local_units()), self.devices[0])
         self.steps = 0
         self.chunks = spec.pipeline.chunks  # as torchgpipe cuts a batch (torch.chunk)
@@ -55,6 +58,8 @@ class LocalBackend(Backend):
     def train_step(self, x: Tensor, y: Tensor, ids: Tensor) -> StepResult:
         for b in self.boundaries:
             b.new_step(list(ids.chunk(self.chunks)))
+        if self.nopeek is not None:
+            self.nopeek.begin_step(x.shape[0], self.optimization.scaling.value)
         self.optimization.zero_grad()
         logits = self.forward(self.precision.input(x))
         y = y.to(logits.device)

@@ -17,6 +17,7 @@ from edgesplit.codecs.build import BoundaryCodecs
 from edgesplit.run.precision import dtype_name
 
 RAW = BoundaryCodecs(Identity(), Identity(), reuses_support=False)
+GradientDefense = Callable[[Tensor, int], Tensor]  # (gradient, draw key) -> the gradient to send
 # a reader of what the receiver decodes of a train crossing: (pass, tensor, micro-batch ids)
 Tap = Callable[[str, Tensor, Optional[Tensor]], None]
 MASK64 = 2**64 - 1
@@ -66,7 +67,10 @@ class Boundary:
     tensor to encode that holds NaN or inf ends the run: TrainingDiverged. `largest` (a link
     from another process: the shape of the largest tensor that crosses it, rows first): a received
     payload that declares more bytes than any codec's payload of it takes, or more elements, is
-    refused before it is decompressed or decoded, and one of another shape (per sample) after."""
+    refused before it is decompressed or decoded, and one of another shape (per sample) after.
+    `defense` (the back boundary's: privacy's defenses): what each training gradient this end
+    encodes goes through first, its draws keyed as a codec's (pass 'defense'): every micro-batch
+    then needs its ids (next_ids; dist's edge gets them from new_step, `step_ids`)."""
 
     def __init__(self, name: str, codecs: BoundaryCodecs, meter: Optional[CommMeter],
                  eval_compressed: bool = True, seed: int = 0,
@@ -85,6 +89,8 @@ class Boundary:
         self.largest: Optional[Tuple[int, ...]] = None
         self._overflows: List[Tensor] = []  # this step's non-finite gradient flags (loss_scaled)
         self._nonfinite: List[Tuple[str, Tensor]] = []  # fused encodes' flags, read once a step
+        # privacy's defense of the gradients this boundary sends backward (edgesplit.privacy.defenses)
+        self.defense: Optional[GradientDefense] = None
         self.tap: Optional[Tap] = None  # privacy's attacks: gets a copy, changes nothing
 
     @staticmethod
@@ -145,7 +151,7 @@ class Boundary:
     def next_ids(self, rows: int) -> Optional[Tensor]:
         """The ids of the next micro-batch to cross forward in one process: a pipeline runs a
         partition's micro-batches in order (a recomputation replays a crossing: not one)."""
-        if not (self.training and (self.needs_ids or self.tap is not None)):
+        if not (self.training and (self.needs_ids or self.defense is not None or self.tap is not None)):
             return None
         if self._forwards >= len(self._batch_ids):
             raise RuntimeError(f"boundary {self.name}: more forward crossings than the "
@@ -156,6 +162,10 @@ class Boundary:
             raise RuntimeError(f"boundary {self.name}: micro-batch of {rows} rows, its ids "
                                f"hold {ids.numel()}: micro-batches crossed out of order")
         return ids
+
+    def step_ids(self, index: int) -> Optional[Tensor]:
+        """The ids of this step's micro-batch `index` that new_step was given (None: none)."""
+        return self._batch_ids[index] if index < len(self._batch_ids) else None
 
     def crossing(self, pass_: str, ids: Optional[Tensor]) -> Crossing:
         """Which crossing this is: ids and draw key when a codec needs them, in training only."""
@@ -180,6 +190,10 @@ class Boundary:
         x = x.detach()
         if self.loss_scaled and pass_ == "backward":
             x = self._finite(x)
+        if self.defense is not None and self.training and pass_ == "backward":
+            if ids is None:
+                raise RuntimeError(f"boundary {self.name}: the gradient defense needs the micro-batch's ids")
+            x = self.defense(x, draw_key(self.seed, self.step, self.name, "defense", int(ids[0])))
         codec, crossing = self.codec(pass_), self.crossing(pass_, ids)
         try:
             payload = codec.encode(x, support, crossing)

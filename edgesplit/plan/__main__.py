@@ -9,10 +9,13 @@ from omegaconf import OmegaConf
 
 from edgesplit.errors import ConfigError, UserError
 from edgesplit.model.partition import split_units
+from edgesplit.plan.accuracy import plan_results, summary_lines
 from edgesplit.plan.inputs import PlanInputs, plan_inputs
 from edgesplit.plan.output import measure_command, table, write_outputs
 from edgesplit.plan.profile import profiles
 from edgesplit.plan.space import Bounds, candidates, plan_space, single_stage
+from edgesplit.plan.validate import check_validation, validate_plan
+from edgesplit.plan.validation_report import agreement, agreement_line, validation_table, write_validation
 
 log = logging.getLogger("edgesplit")
 
@@ -37,6 +40,8 @@ def describe(inputs: PlanInputs) -> Dict[str, Any]:
 
 def run(argv: List[str]) -> int:
     inputs = plan_inputs(argv)
+    if inputs.plan.validate:
+        check_validation(inputs)  # before the profile: a refusal costs nothing
     first = next(iter(inputs.parts.values()))
     n = first.split.num_units
     cands, skipped = candidates(list(inputs.plan.fronts), list(inputs.plan.backs), list(inputs.parts),
@@ -44,6 +49,7 @@ def run(argv: List[str]) -> int:
     if not cands:
         raise ConfigError(f"plan.fronts={list(inputs.plan.fronts)}, plan.backs={list(inputs.plan.backs)}: "
                           f"no split leaves the cloud a unit of the model's {n}")
+    results = plan_results(inputs, cands)
     by_chunks = profiles(inputs)
     figures = plan_space(cands, by_chunks, inputs.codec_ids, cloud_bounds(inputs), inputs.link,
                          inputs.schedules, inputs.devices, inputs.batch_size, inputs.state_factor)
@@ -52,17 +58,25 @@ def run(argv: List[str]) -> int:
     title = (f"{model}, link up {link.up_mbps or 'inf'} / down {link.down_mbps or 'inf'} Mbit/s + "
              f"{link.latency_ms:g} ms, edge x{inputs.devices.edge_slowdown:g}, "
              f"cloud /{inputs.devices.cloud_speedup:g}")
-    paths = write_outputs(Path(inputs.plan.out_dir), figures, by_chunks, describe(inputs), title)
-    print(table(figures))
+    paths = write_outputs(Path(inputs.plan.out_dir), figures, by_chunks, describe(inputs), title, results)
+    print(table(figures, results))
     if skipped:
         print(f"\n({skipped} candidate(s) left out: front + back must leave the cloud a unit of {n})")
     best = figures[0]
     c = best.candidate
     print(f"\nfastest: front {c.front}, back {c.back}, {c.compressor}, {c.chunks} chunks: "
           f"{best.step_s:.4g} s/step, bound by the {best.bottleneck}")
+    for line in summary_lines(figures, results) if results is not None else []:
+        print(line)
     print(f"written: {', '.join(str(p) for p in paths)}")
     print(f"measure the top {min(int(inputs.plan.top), len(figures))}:\n"
           f"{measure_command(figures, int(inputs.plan.top), inputs.overrides, inputs.devices.edge_slowdown)}")
+    if inputs.plan.validate:
+        rows = validate_plan(inputs, figures)
+        written = write_validation(Path(inputs.plan.out_dir), rows, {**describe(inputs), "title": title})
+        print(f"\nvalidation, measured on this host (dist, the emulated link and edge slowdown):\n"
+              f"{validation_table(rows)}\n\n{agreement_line(agreement(rows), len(rows))}\n"
+              f"written: {', '.join(str(p) for p in written)}")
     return 0
 
 

@@ -13,11 +13,14 @@ from edgesplit.errors import write_failed
 from edgesplit.plan.measure import Profile
 
 
+PROFILE_FORMAT = 2  # 2: units' train_peak_bytes measured (profiles of format 1 are measured again)
+
+
 def profile_key(spec: RunSpec, rows: int, device: torch.device) -> Dict[str, Any]:
     """What a profile's figures depend on: the model (its `_target_` and keys, width among them) and
     classes, the input shape, the micro-batch's rows, the device, torch's version and threads, and
     the precision."""
-    return {"model": spec.model.target, "num_classes": spec.facts.num_classes,
+    return {"format": PROFILE_FORMAT, "model": spec.model.target, "num_classes": spec.facts.num_classes,
             "input_shape": list(spec.facts.input_shape), "micro_batch": rows, "device": str(device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": spec.precision.name}
 

@@ -7,7 +7,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import torch
+
 from edgesplit.assemble import RunParts, assemble
+from edgesplit.backends.remote.launch import threads_per_rank
 from edgesplit.errors import ConfigError
 from edgesplit.plan.cache import compressor_id
 from edgesplit.plan.memory import optimizer_state_factor
@@ -61,6 +64,8 @@ def check_plan(plan: DictConfig, batch_size: int) -> None:
     _positive(plan, "repeats", 1, "must be >= 1")
     _positive(plan, "warmup", 0, "must be >= 0")
     _positive(plan, "top", 1, "must be >= 1")
+    _positive(plan, "validate", 0, "must be >= 0 (candidates to measure; 0: none)")
+    _positive(plan, "validate_warmup", 0, "must be >= 0")
     for key in ("edge_slowdown", "cloud_speedup"):
         if not plan[key] > 0:
             raise ConfigError(f"plan.{key}={plan[key]!r} is invalid: must be > 0")
@@ -96,6 +101,8 @@ def plan_inputs(overrides: List[str]) -> PlanInputs:
         parts[name] = (assemble(c) if first is None else
                        assemble(c, first.spec.facts, first.split.units))
     b = cfg.pipeline_backend
+    if b.name == "dist" and b.get("role") is None:  # profile at the threads each local rank gets
+        torch.set_num_threads(threads_per_rank(int(cfg.partition.cloud_stages) + 1, cfg.threads))
     link = b.get("link") or {}
     chunks = [int(m) for m in plan.chunks] or [int(b.chunks)]
     order = str(b.get("order") or "gpipe")

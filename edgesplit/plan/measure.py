@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from edgesplit.assemble import RunParts
 from edgesplit.boundary.meter import CommMeter
+from edgesplit.run import memory
 
 # A boundary tensor: 'front@K' / 'back@K' is the output of unit K crossing that boundary.
 T = TypeVar("T")
@@ -18,13 +19,16 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class UnitProfile:
     """One unit at one micro-batch: seconds per forward and backward (medians), the per-sample output
-    shape, its parameters' bytes, its output's and the activations autograd saves for its backward."""
+    shape, its parameters' bytes, its output's and the activations autograd saves for its backward,
+    and the peak memory one forward and backward adds (workspaces, gradients and saved tensors as the
+    device's allocator or the CPU's RSS sees them; 0 in profiles from before it was measured)."""
     forward_s: float
     backward_s: float
     out_shape: Tuple[int, ...]
     param_bytes: int
     out_bytes: int
     saved_bytes: int
+    train_peak_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Profile:
         """Inverse of to_dict (KeyError/TypeError/ValueError on a malformed one)."""
         units = [UnitProfile(float(u["forward_s"]), float(u["backward_s"]),
                              tuple(int(d) for d in u["out_shape"]), int(u["param_bytes"]),
-                             int(u["out_bytes"]), int(u["saved_bytes"]))
+                             int(u["out_bytes"]), int(u["saved_bytes"]), int(u.get("train_peak_bytes", 0)))
                  for u in data["units"]]
         codecs = {str(c): {str(t): CodecProfile(**{k: type(v)(p[k]) for k, v in _CODEC_ZERO.items()})
                            for t, p in by.items()} for c, by in data["codecs"].items()}
@@ -103,6 +107,15 @@ def _saved_bytes(unit: nn.Module, x: Tensor) -> int:
     return sum(storages.values())
 
 
+def _train_peak_bytes(unit: nn.Module, x: Tensor, grad: Tensor) -> int:
+    """What one forward and backward of `unit` on `x` adds to the device's peak memory."""
+    base = memory.reset_peak(x.device)
+    unit(x).backward(grad)
+    peak = memory.peak_since_reset(x.device)
+    unit.zero_grad(set_to_none=True)
+    return max(peak - base, 0)
+
+
 def profile_units(units: List[nn.Module], x: Tensor, repeats: int,
                   warmup: int) -> Tuple[List[UnitProfile], List[Tensor]]:
     """Each unit's profile on micro-batch `x` (in training mode), and each unit's output."""
@@ -114,10 +127,10 @@ def profile_units(units: List[nn.Module], x: Tensor, repeats: int,
         grad = torch.randn_like(y)
         forward_s, backward_s = two_phase(lambda: unit(x), lambda out: out.backward(grad), repeats, warmup)
         params = sum(p.numel() * p.element_size() for p in unit.parameters())
+        unit.zero_grad(set_to_none=True)
         out.append(UnitProfile(forward_s, backward_s, tuple(y.shape[1:]), params,
                                y.numel() * y.element_size(),
-                               _saved_bytes(unit, x)))
-        unit.zero_grad(set_to_none=True)
+                               _saved_bytes(unit, x), _train_peak_bytes(unit, x, grad)))
         outputs.append(y.detach())
         x = y
     return out, outputs

@@ -1,6 +1,6 @@
 """The `plan` config group's schema, registered beside train.py's, and composing the planner's configs."""
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -29,6 +29,10 @@ class PlanConfig:
     repeats: int = 5  # timed repeats per measurement (the median is kept), after `warmup` untimed ones
     warmup: int = 2
     top: int = 3  # candidates the printed `train.py -m` command measures
+    validate: int = 0  # run this many candidates on dist and set measured beside predicted (0: none)
+    validate_steps: int = 20  # timed training steps per validated candidate (their median is kept)
+    validate_warmup: int = 3  # untimed steps before them
+    results: Any = None  # a sweep dir (or a list of them) whose accuracies the plan joins; null = none
 
 
 def register_plan_configs() -> None:

@@ -57,7 +57,20 @@ def _memory(profile: Profile, units: range) -> PartMemory:
     first = units.start
     return PartMemory(sum(profile.units[u].param_bytes for u in units),
                       sum(profile.units[u].saved_bytes for u in units),
-                      profile.input_bytes if first == 0 else profile.units[first - 1].out_bytes)
+                      profile.input_bytes if first == 0 else profile.units[first - 1].out_bytes,
+                      _transient(profile, units))
+
+
+def _transient(profile: Profile, units: range) -> int:
+    """The peak of a partition's backward: while unit k runs its backward (its measured transient),
+    the units before it still hold what they saved."""
+    peaks, saved = [], 0
+    for u in units:
+        if not profile.units[u].train_peak_bytes:
+            return 0
+        peaks.append(saved + profile.units[u].train_peak_bytes)
+        saved += profile.units[u].saved_bytes
+    return max(peaks, default=0)
 
 
 def _crossing(codec: CodecProfile, pass_: str, sender: float, receiver: float) -> CrossingCost:
@@ -90,9 +103,11 @@ def evaluate(c: Candidate, profile: Profile, codecs: Mapping[str, CodecProfile],
     p = predict(costs(profile, codecs, c.front, c.back, cut, devices), link, sched)
     edge = {stages + 1: _memory(profile, range(c.front)), 0: _memory(profile, range(n - c.back, n))}
     cloud = {stages - s: _memory(profile, range(cut[s], cut[s + 1])) for s in range(stages)}
+    # each side sends and receives every payload of a step: on a busy link they wait in its memory
+    payloads = p.up_bytes + p.down_bytes
     return Figures(c, p.step_s, batch_size / p.step_s if p.step_s > 0 else float("inf"), p.up_bytes,
-                   p.down_bytes, side_peak_bytes(edge, sched, state_factor),
-                   side_peak_bytes(cloud, sched, state_factor), p.bottleneck, p.busy_s)
+                   p.down_bytes, side_peak_bytes(edge, sched, state_factor) + payloads,
+                   side_peak_bytes(cloud, sched, state_factor) + payloads, p.bottleneck, p.busy_s)
 
 
 def candidates(fronts: Sequence[int], backs: Sequence[int], compressors: Sequence[str], chunks: Sequence[int],

@@ -83,6 +83,43 @@ def stop_job() -> None:
         _job = None
 
 
+def _status_bytes(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak(device: torch.device) -> int:
+    """Start an exact peak measurement on `device`; returns the baseline (bytes in use now). CPU:
+    freed heap handed back, then Linux's peak RSS (VmHWM) reset through /proc/self/clear_refs; CUDA:
+    torch's peak statistics."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return int(torch.cuda.memory_allocated(device))
+    release_freed_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: the peak below is the process's whole life's
+    return rss_bytes()
+
+
+def peak_since_reset(device: torch.device) -> int:
+    """The peak bytes in use on `device` since reset_peak (CPU: VmHWM, else the lifetime ru_maxrss)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    hwm = _status_bytes("VmHWM")
+    return hwm if hwm is not None else max_rss_bytes()
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory of this job on `device`: CUDA allocations on a GPU, else the RSS (see above)."""
     if device.type == "cuda":

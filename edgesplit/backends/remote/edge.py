@@ -51,8 +51,9 @@ class RemoteBackend(Backend):
         self.precision = precision = spec.precision
         carry_ids = any(b.needs_ids for b in self.boundaries)
         mode, dbn = spec.pipeline.checkpoint, spec.pipeline.deferred_batch_norm
-        self.front = StageRunner(precision.partition(split.edge_front, self.device), mode,
-                                 self.chunks, dbn)
+        front = precision.partition(split.edge_front, self.device)
+        self.nopeek = spec.defenses.front(front)  # privacy.nopeek_weight's loss term, or None
+        self.front = StageRunner(self.nopeek or front, mode, self.chunks, dbn)
         self.back = StageRunner(precision.partition(split.edge_back, self.device), mode,
                                 self.chunks, dbn)
         self.optimization = spec.optimization(named_unit_parameters(self._units), self.device)
@@ -133,15 +134,16 @@ class RemoteBackend(Backend):
         id_chunks: List[Optional[Tensor]] = (list(ids.chunk(self.chunks)) if ids is not None
                                              else [None] * len(xs))
         info = StepInfo(len(xs), train, self.front.module.training)
-        self.from_cloud.known_ids = id_chunks
         loss = Loss(ys, self.optimization.scaling.scale)
         stages = {"front": Stage(self.front, Inputs(xs, id_chunks), self.to_cloud),
                   "back": Stage(self.back, self.from_cloud, loss)}
         for stage in stages.values():
             stage.begin(info)
         if train:
-            for b in self.boundaries:
-                b.new_step()
+            for b in self.boundaries:  # the ids stay here: the back's gradient defense keys by them
+                b.new_step([i for i in id_chunks if i is not None])
+            if self.nopeek is not None:
+                self.nopeek.begin_step(x.shape[0], self.optimization.scaling.value)
             self.optimization.zero_grad()
         steps = [(stages[part], op, i) for part, op, i in edge_steps(self.order, info.count,
                                                                      self.stages, train)]

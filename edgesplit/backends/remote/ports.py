@@ -152,8 +152,6 @@ class LinkIn(_Link, Source):
                  device: torch.device, carry_ids: bool = False) -> None:
         super().__init__(transport, peer, boundary, device, carry_ids)
         self.first: Optional[Tuple[Header, Tensor]] = None
-        # the edge's own ids of each micro-batch, where none travel with it (the edge-back's tap)
-        self.known_ids: List[Ids] = []
 
     def prime(self, header: Header, payload: Tensor) -> None:
         """Micro-batch 0, already received by the loop that waits for the next step."""
@@ -167,8 +165,6 @@ class LinkIn(_Link, Source):
             _, message = self.t.recv(self.peer, self.step.kind, i)
         with self.t.decoding(self.peer, f"{self.step.kind.name} payload #{i}"):
             ids, payload = self._split_ids(message)
-            if ids is None and i < len(self.known_ids):
-                ids = self.known_ids[i]
             x = self.boundary.receive("forward", payload, ids=ids).to(self.device)
             if self.step.train:
                 self.supports[i] = self.boundary.support(payload)
@@ -178,6 +174,8 @@ class LinkIn(_Link, Source):
 
     def send_gradient(self, i: int, grad: Optional[Tensor], ids: Ids) -> None:
         assert grad is not None, "the input of a cloud stage requires a gradient"
+        if ids is None:  # ids that did not cross the link: the edge's own (its back's gradient defense)
+            ids = self.boundary.step_ids(i)
         payload = self.boundary.send("backward", grad, self.supports.pop(i), ids)
         self._send("backward", Header(Kind.BACKWARD, i, self.step.count), payload)
 
