@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from edgesplit.errors import PeerError
 
@@ -83,12 +83,11 @@ class Zygote:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.path = list(sys.path)
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "edgesplit.backends.remote",
                                           str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                                         stdin=subprocess.DEVNULL, env=env)
+                                         stdin=subprocess.DEVNULL, env=_child_env())
         except BaseException:
             ours.close()
             raise
@@ -102,7 +101,7 @@ class Zygote:
     def fork(self, argv: List[str], given: str, limit_s: float) -> LocalRank:
         """Ask for a rank running cloud_main.child_main on `argv` and `given` (its secret and spec):
         the zygote forks it once its imports are done (the caller waits for the rank to connect)."""
-        request = json.dumps({"argv": argv, "given": given, "env": dict(os.environ),
+        request = json.dumps({"argv": argv, "given": given, "env": _child_env(),
                               "cwd": os.getcwd()}).encode()
         status_r, status_w = os.pipe()
         sent = _console() + [status_w]
@@ -128,6 +127,11 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+def _child_env() -> Dict[str, str]:
+    """This process's environment now, and its sys.path for the imports."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 
 def _console() -> List[int]:
