@@ -170,12 +170,13 @@ TAG = os.environ.setdefault("EDGESPLIT_TEST_TAG", f"{os.getpid()}-{os.urandom(4)
 
 
 def dist_process_count() -> int:
-    """Live processes started by the dist backend (local cloud ranks) in this test session."""
+    """Live processes started by the dist backend in this test session: local cloud ranks, and
+    zygotes (they fork the ranks) but this process's own, which it keeps for its next dist run."""
     import psutil
     n = 0
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter(["cmdline", "ppid"]):
         cmd = p.info["cmdline"] or []
-        if "edgesplit.backends.remote" not in cmd or p.pid == os.getpid():
+        if "edgesplit.backends.remote" not in cmd or os.getpid() in (p.pid, p.info["ppid"]):
             continue
         try:
             n += p.environ().get("EDGESPLIT_TEST_TAG") == TAG

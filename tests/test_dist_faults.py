@@ -25,11 +25,12 @@ TIMEOUT_S = 5  # what the tests about the timeout set: a few seconds
 
 
 def _dist_children(pid: int) -> List[psutil.Process]:
+    """The cloud ranks below `pid` (forked by its zygote, which names them)."""
     try:
         kids = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return [k for k in kids if "edgesplit.backends.remote" in " ".join(k.cmdline())]
+    return [k for k in kids if k.name().startswith("cloud-rank-")]
 
 
 def _train_until_a_checkpoint(run: Path) -> subprocess.Popen:

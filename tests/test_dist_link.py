@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edgesplit.backends.remote import launch, progress
+from edgesplit.backends.remote import forks, launch, progress
 from edgesplit.backends.remote.protocol import HEADER_BYTES
 from edgesplit.boundary.meter import CommMeter
 from tests.dist_helpers import build, config, data, dist_process_count
@@ -50,10 +50,11 @@ ASYMMETRIC = {"uplink_mbps": 2.0, "downlink_mbps": 1000.0, "latency_ms": 1}
 def test_slow_link_costs_its_bytes_and_compression_shrinks_it(caplog, monkeypatch):
     """A slow uplink costs what its bytes predict and 8-bit codes about a quarter of that; the
     payloads (counted by each sender) plus the headers are what crossed. A real start says the
-    link and, every few seconds, whom the edge waits for (a local child gets at least
-    launch.LOCAL_START_S to start)."""
+    link and, every few seconds, whom the edge waits for (a local rank gets at least
+    launch.LOCAL_START_S to start: here a new zygote's imports, a second or more)."""
     fast, comm, _ = step_times("none")
     monkeypatch.setattr(progress, "EVERY_S", 0.2)
+    forks.close_zygote()
     with caplog.at_level(logging.INFO):
         slow, _, _ = step_times("none", **ASYMMETRIC)
     predicted = comm["up_bytes_per_batch"] * 8 / 2e6

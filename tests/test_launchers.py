@@ -106,7 +106,8 @@ def _check_jobs(sweep: Path, seeds: List[int]) -> List[Path]:
         assert not (job / "run.lock").exists()
         assert summary(job)["status"] == "finished"
         seed = overrides(job)["seed"]
-        assert f"seed={seed}" in _job_overrides(job) and f"seed={seed}" in job.name
+        assert f"seed={seed}" in _job_overrides(job)
+        assert f"seed={seed}" in job.name or len(seeds) == 1  # a one-job sweep's dir: its number only
         assert not any(o.startswith("hydra") for o in _job_overrides(job))
     assert not list(sweep.glob(".edgesplit-sweep-*"))
     return ran
@@ -119,19 +120,21 @@ def test_joblib_runs_each_job_in_its_own_dir_with_its_seed(e2e_sweep: Sweep) -> 
 
 
 @pytest.mark.slow
-def test_submitit_local_runs_the_jobs_as_processes_and_computes_as_joblib(
+def test_submitit_local_runs_a_job_as_a_process_and_computes_as_joblib(
         e2e_sweep: Sweep, tmp_path: Path) -> None:
-    """The end-to-end sweep's first two jobs again, through submitit_local: one thread each, bit for bit."""
+    """The end-to-end sweep's first job again, through submitit_local (a job process, one thread):
+    bit for bit. One job: a second would cost a process start and prove the same."""
     sweep = tmp_path / "sweep"
-    args = [a for a in E2E_SWEEP if not a.startswith(("compressor=", "partition.front=", "hydra", "logger"))]
-    out = train("-m", *args, "compressor=none", "partition.front=2", "hydra/launcher=submitit_local",
-                f"hydra.sweep.dir={sweep}")
+    dropped = ("compressor=", "partition.front=", "seed=", "hydra", "logger")
+    args = [a for a in E2E_SWEEP if not a.startswith(dropped)]
+    out = train("-m", *args, "compressor=none", "partition.front=2", "seed=1",
+                "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}")
     assert out.returncode == 0, out.stderr[-3000:]
-    ran = _check_jobs(sweep, [1, 2])
-    assert (sweep / ".submitit").is_dir()  # submitit's own files, beside the jobs
+    (ran,) = _check_jobs(sweep, [1])
+    assert (sweep / ".submitit").is_dir()  # submitit's own files, beside the job
     by_joblib = [summary(j)["train_loss"] for j in jobs(e2e_sweep.dir)[:2]]
-    assert [summary(j)["train_loss"] for j in ran] == by_joblib
-    assert by_joblib[0] != by_joblib[1]  # each seed its own
+    assert summary(ran)["train_loss"] == by_joblib[0]
+    assert by_joblib[0] != by_joblib[1]  # each seed its own: the equality is seed 1's, not any run's
 
 
 def _wait_for(proc: subprocess.Popen, until: Any, timeout: float) -> None:

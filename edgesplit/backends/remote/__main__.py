@@ -1,10 +1,11 @@
-"""A local cloud rank: `python -m edgesplit.backends.remote RANK WORLD HOST PORT TIMEOUT THREADS`,
-the shared secret and its StageSpec as JSON on stdin ({"secret": ..., "spec": ...})."""
+"""The zygote of the local cloud ranks: `python -m edgesplit.backends.remote FD`, FD the socket
+to the edge that started it (forks.py)."""
+import os
 import sys
 
-from edgesplit.backends.remote.cloud_main import child_main
+from edgesplit.backends.remote.zygote import serve
 
 if __name__ == "__main__":
-    rank, world, host, port, timeout_s, threads = sys.argv[1:7]
-    child_main(int(rank), int(world), host, int(port), sys.stdin.buffer.read().decode(),
-               float(timeout_s), int(threads))
+    serve(int(sys.argv[1]))
+    sys.stderr.flush()
+    os._exit(0)  # the interpreter's teardown of torch's modules takes seconds, with nothing to keep

@@ -29,14 +29,14 @@ def _serve(world: launch.World, spec: StageSpec, heartbeat: Optional[Heartbeat] 
         transport.close()
 
 
-def child_main(rank: int, world_size: int, host: str, port: int, stdin: str,
+def child_main(rank: int, world_size: int, host: str, port: int, secret_and_spec: str,
                timeout_s: float, threads: int) -> None:
-    """A cloud rank that the edge started on this machine (see __main__.py)."""
+    """A cloud rank that the edge started on this machine (forked by its zygote: zygote.py)."""
     launch.die_with_parent()
     torch.set_num_threads(threads)
     world = None
     try:
-        given = json.loads(stdin)
+        given = json.loads(secret_and_spec)
         spec = StageSpec.from_json(given["spec"])
         world = launch.connect_local(rank, world_size, host, port, given["secret"], timeout_s)
         _serve(world, spec)

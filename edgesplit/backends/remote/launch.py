@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from edgesplit.backends.remote import auth
+from edgesplit.backends.remote import auth, forks
 from edgesplit.backends.remote.progress import Waiting
 from edgesplit.backends.remote.seal import Sealer
 from edgesplit.backends.remote.transport import EDGE, rank_name
@@ -56,7 +56,7 @@ class World:
     store: dist.Store
     timeout_s: float
     key: bytes
-    children: List[Any] = field(default_factory=list)  # subprocess.Popen of local cloud ranks
+    children: List[Any] = field(default_factory=list)  # forks.LocalRank of local cloud ranks
 
     def __post_init__(self) -> None:
         self.sealer = Sealer(self.key)
@@ -154,31 +154,23 @@ def _serve_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
 def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
                 threads: int) -> World:
     """Edge side of a one-machine run: a store on a free loopback port, one child per stage
-    (`python -m edgesplit.backends.remote`, the secret and its StageSpec as JSON on stdin, where
-    other users cannot read them as they can argv; this process's sys.path)."""
+    forked by this process's zygote (forks.py), the secret and its StageSpec as JSON through the
+    zygote's socket, where other users cannot read them as they can argv."""
     world_size = stages + 1
     store = _serve_store("127.0.0.1", 0, timeout_s)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     children: List[Any] = []
     try:
         for s in range(stages):
-            argv = [sys.executable, "-m", "edgesplit.backends.remote", str(s + 1), str(world_size),
-                    "127.0.0.1", str(store.port), str(timeout_s), str(threads)]
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env)
-            children.append(proc)
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps({"secret": secret, "spec": specs[s]}).encode())
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # it died at start: check() names it
+            argv = [str(s + 1), str(world_size), "127.0.0.1", str(store.port), str(timeout_s), str(threads)]
+            given = json.dumps({"secret": secret, "spec": specs[s]})
+            # the first waits for the zygote's imports (python, torch): under load that takes a while
+            children.append(forks.start_rank(argv, given, max(timeout_s, LOCAL_START_S)))
 
         def check(missing: List[int]) -> None:
             for rank, proc in enumerate(children, start=1):
                 if rank in missing and proc.poll() is not None:
                     raise PeerError(f"{rank_name(rank, world_size)} (pid {proc.pid}) exited with "
                                     f"status {proc.returncode} before connecting to the edge")
-        # children start python and torch first: under load that alone can take a while
         key = auth.Gate(store, secret, world_size).wait(max(timeout_s, LOCAL_START_S), check,
                                                         where=f"127.0.0.1:{store.port}")
         init_group(store, EDGE, world_size, timeout_s)
