@@ -16,20 +16,28 @@ _AT = _RECORD.index("val_acc5") + 1
 COLUMNS = _RECORD[:_AT] + ["best_val_acc1"] + _RECORD[_AT:]
 
 
+def client_columns(summary: RunSummary) -> List[str]:
+    """A multi-client run's extra columns, its figures' tags (`client<k>/...`, `clients/...`)."""
+    history = (summary.clients or {}).get("history") or []
+    return list(dict.fromkeys(tag for figures in history for tag in figures if tag != "epoch"))
+
+
 def epoch_rows(summary: RunSummary) -> List[Dict[str, Any]]:
-    """One dict per finished epoch, keyed by COLUMNS (None where a figure is unknown)."""
+    """One dict per finished epoch, keyed by COLUMNS and the client columns (None where unknown)."""
     rows, best = [], -math.inf
+    by_epoch = {f["epoch"]: f for f in (summary.clients or {}).get("history") or []}
+    columns = COLUMNS + client_columns(summary)
     for record in summary.history:
         best = max(best, record.val_acc1)
-        rows.append({**record.to_dict(), "best_val_acc1": best})
-    return [{key: row[key] for key in COLUMNS} for row in rows]
+        rows.append({**record.to_dict(), "best_val_acc1": best, **by_epoch.get(record.epoch, {})})
+    return [{key: row.get(key) for key in columns} for row in rows]
 
 
 def write_metrics_csv(run_dir: Path, summary: RunSummary) -> None:
     """The whole history at every epoch end (atomically): a resumed run, whose history comes from
     the checkpoint, rewrites it with no row twice and none lost to a kill between two writes."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS + client_columns(summary), lineterminator="\n")
     writer.writeheader()
     for row in epoch_rows(summary):
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
