@@ -6,10 +6,12 @@ from typing import Callable, List
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from edgesplit.assemble import assemble
 from edgesplit.backends import build_backend
 from edgesplit.boundary.meter import CommMeter
+from edgesplit.clients.averaging import average_into
 from edgesplit.clients.backend import ClientsBackend
 from edgesplit.clients.rounds import Turn, epoch_turns, sampled
 from edgesplit.errors import ConfigError
@@ -89,6 +91,16 @@ def test_a_round_ends_with_every_edge_averaged(make_cfg: Callable[..., DictConfi
     shared = ClientsBackend(assemble(make_cfg(*ONE_EPOCH, "clients=many", "clients.count=2",
                                               "data.batch_size=16")), CommMeter())
     assert len(shared.clouds) == 1 and shared.clients[0].edge[0] is not shared.clients[1].edge[0]
+
+
+def test_fedavg_weighs_each_holder_by_its_samples_and_every_copy_ends_equal() -> None:
+    holders = [nn.BatchNorm1d(2), nn.BatchNorm1d(2), nn.BatchNorm1d(2)]
+    for value, bn in zip((1.0, 5.0, 100.0), holders):
+        nn.init.constant_(bn.weight, value)
+        bn.num_batches_tracked += int(value)
+    average_into([[h] for h in holders], [1.0, 3.0, 0.0], [[h] for h in holders])  # the third sat out
+    for bn in holders:
+        assert torch.equal(bn.weight, torch.full((2,), 4.0)) and int(bn.num_batches_tracked) == 100
 
 
 REFUSED = [
