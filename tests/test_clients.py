@@ -122,3 +122,5 @@ def test_what_many_edges_cannot_run_is_one_line(make_cfg: Callable[..., DictConf
             OmegaConf.update(cfg, key, value)
         with pytest.raises(ConfigError, match=re.escape(says)):
             validate(cfg)
+    with pytest.raises(ConfigError, match="client 0 trains on 58 samples, fewer than data.batch_size=64"):
+        assemble(make_cfg(*TEST_MODEL, "clients=many"))  # 256 samples, 4 clients, a tenth held out

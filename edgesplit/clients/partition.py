@@ -15,8 +15,8 @@ def _rng(seed: int, *words: int) -> np.random.Generator:
 
 
 def iid(size: int, count: int, seed: int) -> List[np.ndarray]:
-    """A seeded shuffle cut into `count` near-equal parts (one client: every sample, in order)."""
-    order = np.arange(size) if count == 1 else _rng(seed).permutation(size)
+    """A seeded shuffle cut into `count` near-equal parts, each sorted (one client: every sample)."""
+    order = _rng(seed).permutation(size)
     return [np.sort(part) for part in np.array_split(order, count)]
 
 
