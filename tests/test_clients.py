@@ -13,11 +13,14 @@ from edgesplit.backends import build_backend
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.clients.averaging import average_into
 from edgesplit.clients.backend import ClientsBackend
+from edgesplit.clients.partition import holdout, labels_of, partition
 from edgesplit.clients.rounds import Turn, epoch_turns, sampled
+from edgesplit.data.datasets import digits
 from edgesplit.errors import ConfigError
 from edgesplit.run.trainer import train_loader, val_loader
 from edgesplit.validate import validate
 from tests.conftest import TEST_MODEL
+from tests.test_studies import _compose, _sweep_params
 
 ONE_EPOCH = [*TEST_MODEL, "schedule.epochs=1", "data.num_workers=0", "data.train_size=96", "data.val_size=32",
              "data.batch_size=32"]
@@ -124,3 +127,16 @@ def test_what_many_edges_cannot_run_is_one_line(make_cfg: Callable[..., DictConf
             validate(cfg)
     with pytest.raises(ConfigError, match="client 0 trains on 58 samples, fewer than data.batch_size=64"):
         assemble(make_cfg(*TEST_MODEL, "clients=many"))  # 256 samples, 4 clients, a tenth held out
+
+
+def test_the_clients_preset_sweeps_count_algorithm_and_partition_on_digits() -> None:
+    cfg = _compose("experiment=clients", "clients.count=8", "clients.partition=dirichlet")
+    assert _sweep_params(cfg) == {"clients.count": ["1", "4", "8"],
+                                  "clients.algorithm": ["sequential", "sflv1", "sflv2"],
+                                  "clients.partition": ["iid", "dirichlet"]}
+    assert (cfg.data.name, cfg.model.width, cfg.data.batch_size, cfg.schedule.lr, cfg.clients.alpha) \
+        == ("digits", 0.25, 64, 0.2, 0.3)
+    labels, c = labels_of(digits().train), cfg.clients  # the largest Dirichlet cell: a batch each, any seed
+    for seed in range(3):
+        parts = partition(labels, "dirichlet", 8, seed, c.alpha, c.min_samples)
+        assert min(len(holdout(p, c.holdout, seed, k)[0]) for k, p in enumerate(parts)) >= 64

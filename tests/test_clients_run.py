@@ -15,7 +15,10 @@ from edgesplit.config import compose_config
 from edgesplit.logs.metrics_csv import COLUMNS
 from edgesplit.logs.summary import RunSummary
 from edgesplit.run import checkpoint, trainer
+from edgesplit.report.build import build_report
+from edgesplit.report.runs import find_runs
 from tests.conftest import TEST_MODEL, TINY
+from tests.test_report import _run_dir, _summary, _table
 from tests.trained_run import Interrupt, TrainedRun, interrupt_after_first_epoch
 
 # 3 clients, 2 sampled a round, 2 rounds an epoch, a quarter of each client's samples held out;
@@ -37,7 +40,7 @@ def many_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield root / "straight"
 
 
-def _summary(run_dir: Path) -> Dict[str, Any]:
+def _read(run_dir: Path) -> Dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
 
 
@@ -66,9 +69,9 @@ def test_a_resumed_many_client_run_ends_bit_exact(many_run: Path, tmp_path: Path
             trainer.run(compose_config(MANY), tmp_path, [])
     trainer.run(compose_config([*MANY, "resume=true"]), tmp_path, [])
     numbers = ("lr", "train_loss", "val_loss", "val_acc1", "up_bytes_per_batch", "down_bytes_per_batch")
-    for resumed, straight in zip(_summary(tmp_path)["history"], _summary(many_run)["history"], strict=True):
+    for resumed, straight in zip(_read(tmp_path)["history"], _read(many_run)["history"], strict=True):
         assert {k: resumed[k] for k in numbers} == {k: straight[k] for k in numbers}
-    assert _summary(tmp_path)["clients"]["history"] == _summary(many_run)["clients"]["history"]
+    assert _read(tmp_path)["clients"]["history"] == _read(many_run)["clients"]["history"]
     straight, resumed = (checkpoint.load(d / checkpoint.NAME) for d in (many_run, tmp_path))
     assert straight["clients"]["round"] == 4 and sorted(straight["clients"]["slots"]) == [0, 1, 2]
     for key in ("units", "optimizer", "boundaries", "rng", "clients"):
@@ -76,7 +79,7 @@ def test_a_resumed_many_client_run_ends_bit_exact(many_run: Path, tmp_path: Path
 
 
 def test_a_many_client_run_reports_each_client(many_run: Path) -> None:
-    s = _summary(many_run)
+    s = _read(many_run)
     clients = s["clients"]
     assert (clients["count"], clients["algorithm"], clients["rounds"]) == (3, "sflv1", 4)
     assert sum(clients["train_samples"]) + sum(clients["held_out_samples"]) == 256
@@ -105,3 +108,27 @@ def test_a_single_edge_run_records_no_client_figures(trained_run: TrainedRun) ->
     assert "clients" not in trained_run.straight_summary
     with open(trained_run.straight / "metrics.csv") as f:
         assert next(csv.reader(f)) == COLUMNS
+
+
+def test_the_report_tables_many_edges_by_count_and_algorithm(tmp_path: Path) -> None:
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    job = 0
+    for partition in ("iid", "dirichlet"):
+        for count in (1, 4):
+            for algorithm in ("sflv1", "sflv2"):
+                summary = _summary(90.0 + count + (algorithm == "sflv2") - 5 * (partition == "dirichlet"))
+                summary.record_clients({"count": count}, {"epoch": 3,
+                                                          "clients/link_bytes_per_round": 2000.0 * count,
+                                                          "clients/averaging_bytes_per_round": 30.0 * count})
+                _run_dir(tmp_path / str(job), [f"clients.count={count}", f"clients.algorithm={algorithm}",
+                                               f"clients.partition={partition}"], summary)
+                job += 1
+    text = build_report(find_runs([tmp_path]))
+    head = "## Many edges: {}, rows clients.count, columns clients.algorithm (clients.partition=dirichlet)"
+    assert _table(text, head.format("best_val_acc1 (%)")) == [
+        ["clients.count \\ clients.algorithm", "sflv1", "sflv2"], ["1", "86.00", "87.00"],
+        ["4", "89.00", "90.00"]]
+    assert [row[1:] for row in _table(text, head.format("up+down bytes per client and round"))[1:]] \
+        == [["2 kB", "2 kB"]] * 2
+    fedavg = _table(text, head.format("FedAvg bytes per client and round (up+down)"))
+    assert fedavg[2] == ["4", "30 B", "30 B"]

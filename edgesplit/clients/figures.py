@@ -49,8 +49,10 @@ def epoch_figures(epoch: int, tallies: Sequence[ClientTally], meters: Sequence[C
                    "averaging_up_bytes_per_round": tally.averaging_up / rounds,
                    "averaging_down_bytes_per_round": tally.averaging_down / rounds,
                    "samples": float(tally.samples)}
-        for key, value in zip(totals, figures.values()):
-            totals[key] += value
+        for key, name in (("up", "up_bytes_per_round"), ("down", "down_bytes_per_round"),
+                          ("avg_up", "averaging_up_bytes_per_round"),
+                          ("avg_down", "averaging_down_bytes_per_round"), ("samples", "samples")):
+            totals[key] += figures[name]
         if tally.steps:
             figures["train_loss"] = tally.loss_sum / tally.samples
         accuracy = _percent(held_out[k])
@@ -58,8 +60,10 @@ def epoch_figures(epoch: int, tallies: Sequence[ClientTally], meters: Sequence[C
             figures["held_out_acc1"] = accuracy
         out.update({f"client{k}/{name}": value for name, value in figures.items()})
     out.update({"clients/up_bytes_per_round": totals["up"], "clients/down_bytes_per_round": totals["down"],
+                "clients/link_bytes_per_round": totals["up"] + totals["down"],
                 "clients/averaging_up_bytes_per_round": totals["avg_up"],
                 "clients/averaging_down_bytes_per_round": totals["avg_down"],
+                "clients/averaging_bytes_per_round": totals["avg_up"] + totals["avg_down"],
                 "clients/samples": totals["samples"]})
     results: List[StepResult] = [r for r in held_out if r is not None]
     if results:
