@@ -91,19 +91,36 @@ def test_a_round_ends_with_every_edge_averaged(make_cfg: Callable[..., DictConfi
         for a, b in zip(first[i].state_dict().values(), second[i].state_dict().values()):
             assert torch.equal(a, b), i
     assert next(cloud.parameters()) is not next(backend.clouds[1][0].parameters())
-    shared = ClientsBackend(assemble(make_cfg(*ONE_EPOCH, "clients=many", "clients.count=2",
-                                              "data.batch_size=16")), CommMeter())
-    assert len(shared.clouds) == 1 and shared.clients[0].edge[0] is not shared.clients[1].edge[0]
+    v2 = ClientsBackend(assemble(make_cfg(*ONE_EPOCH, "clients=many", "clients.count=2",
+                                          "data.batch_size=16")), CommMeter())
+    assert len(v2.clouds) == 1 and v2.clients[0].edge[0] is not v2.clients[1].edge[0]
+
+
+def test_sequential_hands_one_edge_on_and_counts_its_weights(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg(*ONE_EPOCH, "clients=many", "clients.count=2", "clients.algorithm=sequential",
+                   "clients.holdout=0", "data.batch_size=16", "pipeline_backend=naive",
+                   "pipeline_backend.chunks=1")
+    backend = ClientsBackend(assemble(cfg), CommMeter())
+    assert len(backend.clouds) == 1 and backend.clients[0].edge[0] is backend.clients[1].edge[0]
+    backend.start_epoch(0)
+    for batch in backend.batches(0):  # client 0's 3 steps, then client 1's: one hand-over
+        backend.train_step(*batch)
+    first, second = (c.tally for c in backend.clients)
+    assert (first.averaging_up, first.averaging_down, second.averaging_up, second.averaging_down) \
+        == (backend.edge_bytes, 0, 0, backend.edge_bytes) and backend.holder == 1
+    assert first.samples == second.samples == 48
 
 
 def test_fedavg_weighs_each_holder_by_its_samples_and_every_copy_ends_equal() -> None:
     holders = [nn.BatchNorm1d(2), nn.BatchNorm1d(2), nn.BatchNorm1d(2)]
     for value, bn in zip((1.0, 5.0, 100.0), holders):
         nn.init.constant_(bn.weight, value)
-        bn.num_batches_tracked += int(value)
+        assert bn.num_batches_tracked is not None
+        bn.num_batches_tracked.fill_(int(value))
     average_into([[h] for h in holders], [1.0, 3.0, 0.0], [[h] for h in holders])  # the third sat out
     for bn in holders:
-        assert torch.equal(bn.weight, torch.full((2,), 4.0)) and int(bn.num_batches_tracked) == 5
+        assert torch.equal(bn.weight, torch.full((2,), 4.0))
+        assert bn.num_batches_tracked is not None and int(bn.num_batches_tracked) == 5
 
 
 REFUSED = [

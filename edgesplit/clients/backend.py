@@ -179,8 +179,9 @@ class ClientsBackend(Backend):
 
     def epoch_figures(self, epoch: int) -> Dict[str, float]:
         """This epoch's figures by tag, per client (`client<k>/...`) and in total (`clients/...`)."""
+        compute_s = [sum(c.pipeline.clock.seconds.values()) for c in self.clients]
         return epoch_figures(epoch, [c.tally for c in self.clients], [c.meter for c in self.clients],
-                             self.held_out_results(), self.spec.rounds_per_epoch)
+                             self.held_out_results(), compute_s, self.spec.rounds_per_epoch)
 
     def side_stats(self) -> Dict[str, SideStats]:
         """Client 0's shares of the model; compute per step over every client's steps; codec state

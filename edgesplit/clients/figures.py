@@ -38,9 +38,11 @@ def _percent(result: Optional[StepResult]) -> Optional[float]:
 
 
 def epoch_figures(epoch: int, tallies: Sequence[ClientTally], meters: Sequence[CommMeter],
-                  held_out: Sequence[Optional[StepResult]], rounds: int) -> Dict[str, float]:
+                  held_out: Sequence[Optional[StepResult]], compute_s: Sequence[float],
+                  rounds: int) -> Dict[str, float]:
     """The epoch's figures by tag (with `epoch`); a held-out accuracy only where a client holds
-    samples out; bytes per round = the epoch's / clients.rounds_per_epoch."""
+    samples out; bytes per round = the epoch's / clients.rounds_per_epoch; `compute_s`: each
+    client's compute seconds in the epoch (edge and its share of the cloud)."""
     out: Dict[str, float] = {"epoch": epoch}
     totals = {"up": 0.0, "down": 0.0, "avg_up": 0.0, "avg_down": 0.0, "samples": 0.0}
     for k, (tally, meter) in enumerate(zip(tallies, meters)):
@@ -48,7 +50,7 @@ def epoch_figures(epoch: int, tallies: Sequence[ClientTally], meters: Sequence[C
         figures = {"up_bytes_per_round": link["up"] / rounds, "down_bytes_per_round": link["down"] / rounds,
                    "averaging_up_bytes_per_round": tally.averaging_up / rounds,
                    "averaging_down_bytes_per_round": tally.averaging_down / rounds,
-                   "samples": float(tally.samples)}
+                   "samples": float(tally.samples), "compute_s": compute_s[k]}
         for key, name in (("up", "up_bytes_per_round"), ("down", "down_bytes_per_round"),
                           ("avg_up", "averaging_up_bytes_per_round"),
                           ("avg_down", "averaging_down_bytes_per_round"), ("samples", "samples")):
