@@ -26,7 +26,7 @@ from tests.trained_run import Interrupt, TrainedRun, interrupt_after_first_epoch
 MANY = [*TINY, *TEST_MODEL, "clients=many", "clients.count=3", "clients.algorithm=sflv1",
         "clients.fraction=0.67", "clients.rounds_per_epoch=2", "clients.holdout=0.25", "data.batch_size=16",
         "compressor.error_feedback=true", "pipeline_backend=naive", "pipeline_backend.chunks=1",
-        "data.num_workers=0"]
+        "data.num_workers=0", "data.train_size=192", "data.val_size=64"]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_a_many_client_run_reports_each_client(many_run: Path) -> None:
     s = _read(many_run)
     clients = s["clients"]
     assert (clients["count"], clients["algorithm"], clients["rounds"]) == (3, "sflv1", 4)
-    assert sum(clients["train_samples"]) + sum(clients["held_out_samples"]) == 256
+    assert sum(clients["train_samples"]) + sum(clients["held_out_samples"]) == 192
     last = clients["history"][-1]
     steps = last["clients/samples"] / 16
     # each client's payloads are the single-edge meter's per batch; the run's meter sums them
