@@ -187,7 +187,7 @@ class ClientsBackend(Backend):
         """Client 0's shares of the model; compute per step over every client's steps; codec state
         summed over the clients. Every client's link figures merge into the run's meter (once)."""
         stats = [c.pipeline.side_stats() for c in self.clients]
-        steps = [max(c.pipeline.steps, 0) for c in self.clients]
+        steps = [c.pipeline.steps for c in self.clients]
         if not self._merged:
             for c in self.clients:
                 self.meter.merge(c.meter.state())

@@ -12,7 +12,8 @@ class JointOptimization(Optimization):
     sflv2, its own under sflv1). The schedule is the same function of the epoch for both; one
     step, zero_grad and checkpoint for the pair, keyed by parameter name as for one optimizer."""
 
-    def __init__(self, own: Optimization, cloud: Optimization) -> None:  # noqa: no super(): a pair
+    def __init__(self, own: Optimization, cloud: Optimization) -> None:
+        # no super().__init__: the pair builds no optimizer of its own
         self.own, self.cloud = own, cloud
         self.named = {**own.named, **cloud.named}
         self.optimizer, self.scheduler, self.scaling = own.optimizer, own.scheduler, own.scaling
