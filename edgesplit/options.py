@@ -17,6 +17,8 @@ ResumeMode = Literal["false", "true", "force"]
 # checkpoint.monitor: an epoch figure checkpoint_best.pt is kept by, and whether more is better
 MonitorTag = Literal["val/acc1", "val/acc5", "val/loss", "train/acc1", "train/loss"]
 MonitorMode = Literal["max", "min"]
+ClientPartition = Literal["iid", "dirichlet", "shards"]  # clients.partition: who holds which samples
+ClientAlgorithm = Literal["sequential", "sflv1", "sflv2"]  # clients.algorithm: edgesplit.clients
 MAX_BITS = 16  # compressor.bits, first_bits, gradient_bits: 1..MAX_BITS
 DEFAULT_LOSS_SCALE = 65536.0  # precision=fp16's initial loss scale: torch.amp.GradScaler's default
 MAX_SEED = 2**63 - 1  # seed: 0..MAX_SEED, torch's range for a seed it also draws from

@@ -12,9 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgesplit.errors import ConfigError
 from edgesplit.logs.mlflow_log import check_tracking_uri
+from edgesplit.clients.schema import simulated
 from edgesplit.options import (MAX_BITS, MAX_LATENCY_MS, MAX_PORT, MAX_SEED, MAX_TIMEOUT_S, CacheDtype,
-                               CheckpointMode, EntropyMethod, MonitorMode, MonitorTag, Order, PrecisionName,
-                               ResumeMode, Role, Rounding, Scale, bits_in_range, options)
+                               CheckpointMode, ClientAlgorithm, ClientPartition, EntropyMethod, MonitorMode,
+                               MonitorTag, Order, PrecisionName, ResumeMode, Role, Rounding, Scale,
+                               bits_in_range, options)
 from edgesplit.privacy.checks import validate_measurement
 
 MAX_WIDTH = 8.0  # parameters grow with width²: MobileNetV2 at 8 has ~140 M, at 100 ~22 G
@@ -130,6 +132,7 @@ def validate(cfg: DictConfig) -> None:
             v = cfg.privacy[key]
             _check(v >= 0 and math.isfinite(v), f"privacy.{key}", v, "must be finite and >= 0 (0: off)")
         validate_measurement(cfg.privacy)
+    _clients(cfg)
 
 
 def validate_dist(b: DictConfig) -> None:
@@ -153,6 +156,34 @@ def validate_dist(b: DictConfig) -> None:
     _one_of(Order, "pipeline_backend.order", b.order)
     _check(b.edge_slowdown >= 1, "pipeline_backend.edge_slowdown", b.edge_slowdown,
            "must be >= 1 (the edge's compute time as a multiple of this host's)")
+
+
+def _clients(cfg: DictConfig) -> None:
+    """The `clients` group (edgesplit.clients): sizes, shares, options, and what runs many edges."""
+    c = cfg.clients
+    for key in ("count", "min_samples", "shards_per_client", "rounds_per_epoch", "min_per_round"):
+        _check(c[key] >= 1, f"clients.{key}", c[key], "must be >= 1")
+    _check(c.local_steps is None or c.local_steps >= 1, "clients.local_steps", c.local_steps,
+           "must be >= 1 or null (each client's share of the epoch)")
+    _check(c.alpha > 0 and math.isfinite(c.alpha), "clients.alpha", c.alpha, "must be finite and > 0")
+    _check(0 < c.fraction <= 1, "clients.fraction", c.fraction, "must be in (0, 1]")
+    _check(0 <= c.holdout < 1, "clients.holdout", c.holdout, "must be in [0, 1)")
+    _one_of(ClientPartition, "clients.partition", c.partition)
+    _one_of(ClientAlgorithm, "clients.algorithm", c.algorithm)
+    if not simulated(c):
+        return
+    needs = [(cfg.pipeline_backend.name != "dist",
+              "pipeline_backend=naive or gpipe: many edges across processes is not built yet"),
+             (cfg.precision != "fp16",
+              "precision=fp32 or bf16: one fp16 loss scaler per client is not built"),
+             (cfg.data.device == "cpu", "data.device=cpu: each client's batches come from the CPU loader"),
+             (not cfg.pipeline_backend.deferred_batch_norm,
+              "pipeline_backend.deferred_batch_norm=false: it swaps the BatchNorms the clients share"),
+             (not (cfg.privacy.label_leak or cfg.privacy.input_leak) if "privacy" in cfg else True,
+              "privacy.label_leak=false and privacy.input_leak=false: leakage per client is not measured yet")]
+    for ok, what in needs:
+        if not ok:
+            raise ConfigError(f"clients.count={c.count} needs {what}")
 
 
 def _data_name(d: DictConfig) -> None:

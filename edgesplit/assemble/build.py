@@ -9,6 +9,8 @@ from torch import nn
 from edgesplit.assemble.link_fit import check_link
 from edgesplit.assemble.parts import (CodecParts, Crossings, DataFacts, DistSpec, ModelSpec, PipelineSpec,
                                       RunParts, RunSpec)
+from edgesplit.clients.schema import simulated
+from edgesplit.clients.spec import ClientsRun, ClientsSpec
 from edgesplit.data.datasets import Datasets, build_datasets
 from edgesplit.model.bottleneck import Bottleneck, boundary_channels, boundary_shapes
 from edgesplit.model.mobilenetv2 import check_num_classes
@@ -93,7 +95,21 @@ def assemble(cfg: DictConfig, facts: Optional[DataFacts] = None,
     units, front, back = spec.units(base)
     split = split_units(units, front, back, p.cloud_stages, facts.input_shape)
     privacy = OmegaConf.to_object(cfg.privacy) if "privacy" in cfg else PrivacyConfig()
-    return RunParts(spec, split, datasets, cast(PrivacyConfig, privacy))
+    clients = (_clients(cfg, datasets) if datasets is not None and "clients" in cfg and simulated(cfg.clients)
+               else None)
+    return RunParts(spec, split, datasets, cast(PrivacyConfig, privacy), clients)
+
+
+def _clients(cfg: DictConfig, datasets: Datasets) -> ClientsRun:
+    """The `clients` keys and the loader's as a ClientsSpec, and the partition of the training set."""
+    c, d = cfg.clients, cfg.data
+    spec = ClientsSpec(int(c.count), str(c.partition), float(c.alpha), int(c.min_samples),
+                       int(c.shards_per_client), str(c.algorithm), int(c.rounds_per_epoch),
+                       None if c.local_steps is None else int(c.local_steps), float(c.fraction),
+                       float(c.holdout), int(cfg.seed), int(d.batch_size),
+                       int(d.eval_batch_size or d.batch_size),
+                       int(d.num_workers), d.get("augment") == "fixed")
+    return ClientsRun.of(spec, datasets.train)
 
 
 def derived_config(spec: RunSpec) -> Dict[str, Any]:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from edgesplit.boundary.boundary import Boundary
+from edgesplit.clients.spec import ClientsRun
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.codecs.build import BoundaryCodecs, build_codecs
 from edgesplit.data.datasets import Datasets
@@ -152,9 +153,11 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunParts:
-    """A run assembled: its spec, the split units, the datasets (None where the facts were given) and
-    what the edge measures of the cloud's view (`privacy`; the cloud's processes never need it)."""
+    """A run assembled: its spec, the split units, the datasets (None where the facts were given),
+    what the edge measures of the cloud's view (`privacy`; the cloud's processes never need it) and,
+    for a multi-client run (edgesplit.clients), who holds which samples."""
     spec: RunSpec
     split: Split
     datasets: Optional[Datasets] = None
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    clients: Optional[ClientsRun] = None

@@ -1,6 +1,6 @@
 """The `clients` config group's schema: how many edges, how their data is split, how they train."""
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass
@@ -17,3 +17,10 @@ class ClientsConfig:
     local_steps: Optional[int] = None  # steps per client per round; null = its share of the epoch
     fraction: float = 1.0  # share of the clients sampled per round (seeded)
     min_per_round: int = 1  # dist: a round completes with at least this many clients alive
+    holdout: float = 0.0  # share of each client's samples held out to measure it (not trained on)
+
+
+def simulated(clients: Any) -> bool:
+    """Whether the run simulates many edges (edgesplit.clients.backend): more than one client, or
+    any option other than `single` (so one client can run through the same machinery)."""
+    return bool(clients.count > 1 or clients.name != "single")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, SubsetRandomSampler, TensorDataset
 
 from edgesplit.config import LOADER_KEYS, instantiate_target
 from edgesplit.errors import ConfigError, DataError
@@ -197,23 +197,28 @@ class EpochSeeded(Dataset):
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, epoch: int,
                  num_workers: int, collate_fn: Optional[Callable[[Sequence[Any]], Any]] = None,
-                 fixed_augment: bool = False) -> DataLoader:
+                 fixed_augment: bool = False, indices: Optional[Sequence[int]] = None) -> DataLoader:
     """Train: batches of (x, y, dataset indices), shuffled, augmented and batched as a function of
     (seed, epoch) only; last partial batch dropped. fixed_augment: each sample's crop and flip are
     drawn once from the seed and kept every epoch (data.augment=fixed), only the order changes.
+    `indices` (train): only these samples, shuffled as a set of their size is (one client's share).
     Val: (x, y) in order, every sample. The sizes are range-checked by config.validate."""
-    size = len(dataset)  # type: ignore[arg-type]
+    size = len(dataset) if indices is None else len(indices)  # type: ignore[arg-type]
     if train and size < batch_size:
         raise DataError(f"data.batch_size={batch_size} is larger than the training set "
                         f"({size} samples, see data.train_size): with the last partial batch "
                         "dropped no batch is left")
     s = epoch_seed(seed, epoch)
+    generator = torch.Generator().manual_seed(s) if train else None
+    # the same draws as shuffle=True's RandomSampler: one permutation of `size` from the generator
+    subset = None if indices is None or not train else SubsetRandomSampler(indices, generator)
     return DataLoader(
         EpochSeeded(dataset, epoch_seed(seed, 0) if fixed_augment else s) if train else dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and subset is None,
+        sampler=subset,
         drop_last=train,
-        generator=torch.Generator().manual_seed(s) if train else None,
+        generator=generator,
         num_workers=num_workers,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),

@@ -116,6 +116,19 @@ class RunSummary:
     # `<name>_best` (the most the cloud learned: edgesplit.privacy), empty when none was measured
     privacy: Dict[str, float] = field(default_factory=dict)
     history: List[EpochRecord] = field(default_factory=list)
+    # a multi-client run's (edgesplit.clients): its options, and per epoch the figures by tag
+    # (`client<k>/...`, `clients/...`) under `history`; absent from a single edge's summary
+    clients: Optional[Dict[str, Any]] = None
+
+    def record_clients(self, header: Mapping[str, Any], figures: Mapping[str, float]) -> None:
+        """A finished epoch's client figures (edgesplit.clients.figures), after record_epoch."""
+        history = list((self.clients or {}).get("history") or [])
+        self.clients = {**header, "history": [*history, dict(figures)]}
+
+    def client_scalars(self) -> Dict[str, float]:
+        """The last epoch's client figures by TensorBoard tag ({} for a single edge)."""
+        history = (self.clients or {}).get("history") or [{}]
+        return {tag: float(v) for tag, v in history[-1].items() if tag != "epoch" and v is not None}
 
     def record_epoch(self, record: EpochRecord, batch_size: int, comm: CommFigures,
                      sides: Mapping[str, SideStats], time_per_batch_s: Optional[float] = None) -> None:
@@ -175,6 +188,7 @@ class RunSummary:
         for side, stats in self.sides.items():
             values[f"time/{side}_compute_s"] = stats.compute_s_per_batch
             values[f"memory/{side}_peak_bytes"] = stats.peak_memory_bytes
+        values.update(self.client_scalars())
         return {tag: float(value) for tag, value in values.items() if value is not None}
 
     def to_dict(self) -> Dict[str, Any]:
@@ -183,6 +197,8 @@ class RunSummary:
         out["comm"] = None if self.comm is None else self.comm.to_dict()
         out["sides"] = {side: stats.to_dict() for side, stats in self.sides.items()}
         out["history"] = [record.to_dict() for record in self.history]
+        if self.clients is None:  # a single edge's summary.json as before the clients group
+            del out["clients"]
         return out
 
     @classmethod
@@ -213,6 +229,7 @@ class RunSummary:
                 sides={side: SideStats.from_dict(s) for side, s in (data.get("sides") or {}).items()},
                 privacy=_figures(data.get("privacy")),
                 history=[EpochRecord.from_dict(h) for h in data.get("history") or []],
+                clients=_optional(data, "clients", dict),
             )
         except KeyError as exc:
             raise SummaryFormatError(f"no {exc.args[0]!r}") from None

@@ -98,12 +98,13 @@ def _where(runs: Sequence[Run], **values: Optional[str]) -> list[Run]:
     return [r for r in runs if all(r.overrides.get(k) == v for k, v in values.items())]
 
 
-def pivot_table(runs: Sequence[Run], row_key: str, col_key: str) -> str:
-    """best_val_acc1 with rows = values of `row_key`, columns = values of `col_key`; a cell's runs
-    differ only in seed: their mean ± std (n)."""
+def pivot_table(runs: Sequence[Run], row_key: str, col_key: str, figure: Getter = BEST,
+                show: Callable[[Any], str] = _fmt) -> str:
+    """`figure` (best_val_acc1) with rows = values of `row_key`, columns = values of `col_key`; a
+    cell's runs differ only in seed: their mean ± std (n)."""
     rows_v, cols_v = _value_order(runs, row_key), _value_order(runs, col_key)
-    body = [[_label(rv), *(group_cell(_where(runs, **{row_key: rv, col_key: cv}), BEST) for cv in cols_v)]
-            for rv in rows_v]
+    body = [[_label(rv), *(group_cell(_where(runs, **{row_key: rv, col_key: cv}), figure, show)
+                           for cv in cols_v)] for rv in rows_v]
     return markdown_table([f"{row_key} \\ {col_key}", *(_label(c) for c in cols_v)], body)
 
 
@@ -118,6 +119,37 @@ def backends_table(runs: Sequence[Run], key: str) -> str:
     return markdown_table(["", *(_label(b) for b in cols)], [
         row("Val_acc1%", BEST, _fmt), row("Time per batch (s)", TIME, lambda v: _fmt(v, 3)),
         row("Memory (peak)", MEMORY, human_bytes)])
+
+
+def _per_client(tag: str) -> Getter:
+    """A multi-client run's last-epoch `clients/<tag>` per client (edgesplit.clients.figures)."""
+    def get(run: Run) -> Any:
+        clients = (run.summary.clients if run.summary else None) or {}
+        last = (clients.get("history") or [{}])[-1]
+        return last[f"clients/{tag}"] / clients["count"] if f"clients/{tag}" in last else None
+    return get
+
+
+def clients_tables(runs: Sequence[Run], keys: Sequence[str], over: str) -> list[str]:
+    """Where clients.count and clients.algorithm were swept: per value of the other swept keys,
+    best_val_acc1 and each client's link bytes per round, rows the count, columns the algorithm."""
+    count, algorithm = "clients.count", "clients.algorithm"
+    if count not in keys or algorithm not in keys:
+        return []
+    others = [k for k in keys if k not in (count, algorithm)]
+    parts: list[str] = []
+    for values in dict.fromkeys(tuple(r.overrides.get(k) for k in others) for r in runs):
+        some = _where(runs, **dict(zip(others, values)))
+        where = ", ".join(f"{k}={_label(v)}" for k, v in zip(others, values))
+        for title, figure, show in [("best_val_acc1 (%)", BEST, _fmt),
+                                    ("up+down bytes per client and round",
+                                     _per_client("link_bytes_per_round"), human_bytes),
+                                    ("FedAvg bytes per client and round (up+down)",
+                                     _per_client("averaging_bytes_per_round"), human_bytes)]:
+            parts += ["", f"## Many edges: {title}, rows {count}, columns {algorithm}"
+                          f"{' (' + where + ')' if where else ''}{over}", "",
+                      pivot_table(some, count, algorithm, figure, show)]
+    return parts
 
 
 def _is_compression_sweep(keys: Sequence[str]) -> bool:
@@ -142,6 +174,7 @@ def build_report(runs: Sequence[Run]) -> str:
     if len(runs) > 1 and len(keys) == 2:
         parts += ["", f"## best_val_acc1 (%): rows {keys[0]}, columns {keys[1]}{over}", "",
                   pivot_table(runs, keys[0], keys[1])]
+    parts += clients_tables(runs, keys, over)
     if len(runs) > 1 and len(keys) == 1 and keys[0] in BACKEND_KEYS:
         parts += ["", f"## Pipeline backends{over}", "", backends_table(runs, keys[0])]
     if _is_compression_sweep(keys):

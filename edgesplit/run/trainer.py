@@ -14,6 +14,7 @@ from edgesplit.assemble import assemble, derived_config
 from edgesplit.run import best, checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.boundary.meter import CommMeter
+from edgesplit.clients.backend import ClientsBackend
 from edgesplit.validate import validate
 from edgesplit.data.datasets import Datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
@@ -207,7 +208,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     backend: Optional[Backend] = None
     logbook: Optional[Logbook] = None
     try:  # a peer that fails while the backend starts (dist) ends the run as any failure does
-        backend = build_backend(parts, meter)
+        # many edges (clients.count > 1): the clients' pipelines of the configured backend
+        clients = ClientsBackend(parts, meter) if parts.clients is not None else None
+        backend = clients or build_backend(parts, meter)
         logbook = Logbook(run_dir, cfg, overrides)  # logger=mlflow's store opens here
         start = 0
         if state is not None:
@@ -229,7 +232,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             meter.reset()
             backend.start_epoch(epoch)
             lr = backend.lr
-            loader = train_loader(cfg, datasets, resident, epoch)
+            loader = clients.batches(epoch) if clients else train_loader(cfg, datasets, resident, epoch)
             loader = loader if probe is None else probe.watch(loader)
             metrics = train_epoch(backend, loader, epoch, cfg, logbook, last_good, run_times)
             try:
@@ -247,6 +250,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
             comm = meter.summary()  # after side_stats: it merges the figures of other processes
             summary.record_epoch(record, cfg.data.batch_size, comm, sides,
                                  time_per_batch_s=run_times.median())
+            if clients is not None:
+                summary.record_clients(clients.header(), clients.epoch_figures(epoch + 1))
             summary.load_avg_end = _load_avg()
             step_times = {checkpoint.EDGE_PROCESS: run_times.histogram.state_dict()}
             # the config without the dist link's secret: a checkpoint may be handed to others
