@@ -179,8 +179,8 @@ def _clients(cfg: DictConfig) -> None:
              (cfg.data.device == "cpu", "data.device=cpu: each client's batches come from the CPU loader"),
              (not cfg.pipeline_backend.deferred_batch_norm,
               "pipeline_backend.deferred_batch_norm=false: it swaps the BatchNorms the clients share"),
-             (not (cfg.privacy.label_leak or cfg.privacy.input_leak) if "privacy" in cfg else True,
-              "privacy.label_leak=false and privacy.input_leak=false: leakage per client is not measured yet")]
+             ("privacy" not in cfg or not (cfg.privacy.label_leak or cfg.privacy.input_leak),
+              "privacy.label_leak=false and privacy.input_leak=false: leakage per client is not measured")]
     for ok, what in needs:
         if not ok:
             raise ConfigError(f"clients.count={c.count} needs {what}")

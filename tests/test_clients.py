@@ -127,6 +127,8 @@ REFUSED = [
     ("pipeline_backend", "dist", "clients.count=4 needs pipeline_backend=naive or gpipe: many edges across "
                                  "processes is not built yet"),
     ("precision", "fp16", "clients.count=4 needs precision=fp32 or bf16"),
+    ("privacy.label_leak", True, "clients.count=4 needs privacy.label_leak=false and "
+                                 "privacy.input_leak=false"),
     ("clients.fraction", 0.0, "clients.fraction=0.0 is invalid: must be in (0, 1]"),
     ("clients.algorithm", "fedavg", "clients.algorithm='fedavg' is invalid"),
 ]
