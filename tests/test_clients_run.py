@@ -10,7 +10,6 @@ import torch
 
 from edgesplit.assemble import assemble
 from edgesplit.clients.averaging import state_bytes
-from edgesplit.codecs import fused
 from edgesplit.config import compose_config
 from edgesplit.logs.metrics_csv import COLUMNS
 from edgesplit.logs.summary import RunSummary
@@ -19,7 +18,7 @@ from edgesplit.report.build import build_report
 from edgesplit.report.runs import find_runs
 from tests.conftest import TEST_MODEL, TINY
 from tests.test_report import _run_dir, _summary, _table
-from tests.trained_run import Interrupt, TrainedRun, interrupt_after_first_epoch
+from tests.trained_run import Interrupt, TrainedRun, as_tests_run, interrupt_after_first_epoch
 
 # 3 clients, 2 sampled a round, 2 rounds an epoch, a quarter of each client's samples held out;
 # per-client state everywhere: edges, cloud copies (sflv1), optimizers, error-feedback residuals
@@ -33,9 +32,7 @@ MANY = [*TINY, *TEST_MODEL, "clients=many", "clients.count=3", "clients.algorith
 def many_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The run dir of MANY trained start to end."""
     root = tmp_path_factory.mktemp("many")
-    torch.set_num_threads(1)  # as conftest's autouse fixtures, which run after a module fixture
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(fused, "COMPILE", False)
+    with as_tests_run():
         trainer.run(compose_config(MANY), root / "straight", [])
     yield root / "straight"
 

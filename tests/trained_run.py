@@ -3,6 +3,7 @@ resume-reading tests read its files instead of training their own; a test that c
 works on a copy (`copy_run`)."""
 import logging
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator
@@ -72,12 +73,20 @@ def _logged_run(run_dir: Path) -> tuple:
         logger.setLevel(level)
 
 
+@contextmanager
+def as_tests_run() -> Iterator[None]:
+    """What conftest's autouse fixtures set (one thread, no compiled kernels), for a module or
+    session fixture's run: those fixtures run after it."""
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fused, "COMPILE", False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedRun]:
     root = tmp_path_factory.mktemp("trained")
-    torch.set_num_threads(1)  # as conftest's autouse fixtures, which run after a session fixture
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(fused, "COMPILE", False)
+    with as_tests_run():
         straight, log = _logged_run(root / "straight")
         with pytest.MonkeyPatch.context() as kill:
             interrupt_after_first_epoch(kill)
