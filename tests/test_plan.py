@@ -29,7 +29,7 @@ FACTS = DataFacts(10, 256, 128, (3, 32, 32))  # digits' facts: no dataset to loa
 # every compressor option but the learned bottleneck (it adds units: the planner refuses it)
 OPTIONS = sorted(p.stem for p in (ROOT / "conf" / "compressor").glob("*.yaml")
                  if not p.stem.startswith("bottleneck"))
-PLAN = ["plan.repeats=1", "plan.warmup=0"]
+PLAN = ["plan.repeats=1", "plan.warmup=0", "plan.calibrate=0"]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,9 @@ from typing import Dict, Tuple
 
 import pytest
 
+from edgesplit.plan.calibration import SCALE_RANGE, Calibration, SideCost, fit_side
+from edgesplit.plan.measure import CodecProfile, Profile, UnitProfile
+from edgesplit.plan.space import Devices, costs as space_costs
 from edgesplit.plan.memory import PartMemory, activation_bytes, optimizer_state_factor, side_peak_bytes
 from edgesplit.plan.step_model import CrossingCost, Link, PartCost, Schedule, StepCosts, predict
 
@@ -52,6 +55,11 @@ CASES = [
     # micro-batch in turn (up F, down F, up B, down B), the others' overlap them: 0.2
     ("latency-bound", costs(PartCost(0, 0), PartCost(0, 0), PartCost(0, 0), NOTHING), Link(None, None, 50.0),
      Schedule(4, "gpipe", "never"), 0.2, None),
+    # the backend's cost (calibrated): "one micro-batch" + 0.5 on each of the edge's 4 tasks + 1 on each
+    # of the cloud's 2 + 3 per step: 38.2 + 2 + 2 + 3
+    ("backend cost", StepCosts(PartCost(1, 2, 0.5), (PartCost(10, 20, 1.0),), PartCost(1, 2, 0.5),
+                               {k: CrossingCost(v) for k, v in FRONT_HEAVY.items()}, fixed_s=3.0),
+     KB_PER_S, Schedule(1, "gpipe", "never"), 45.2, "cloud"),
 ]
 
 
@@ -100,3 +108,21 @@ def test_memory_estimate_by_hand() -> None:
     assert optimizer_state_factor({"_target_": "torch.optim.SGD", "momentum": 0.9}) == 1
     assert optimizer_state_factor({"_target_": "torch.optim.SGD", "momentum": 0.0}) == 0
     assert optimizer_state_factor({"_target_": "torch.optim.AdamW"}) == 2
+
+
+def test_the_calibration_fits_the_backends_cost_and_scales_it_with_the_devices() -> None:
+    """fit_side: measured = 1.5 x profiled + 0.2 per step over 4 tasks is found back; a slope past the
+    range is clamped; references that profile alike give the ratio. costs(): the edge's profiled
+    compute x slowdown x its factor, its task cost x slowdown; the cloud's / speedup."""
+    side = fit_side([0.1, 0.2, 0.4], [0.35, 0.5, 0.8], tasks=4)
+    assert (side.scale, side.task_s) == (pytest.approx(1.5), pytest.approx(0.05))
+    assert fit_side([0.1, 0.2], [0.1, 2.0], tasks=1).scale == SCALE_RANGE[1]
+    assert fit_side([0.1, 0.101], [0.3, 0.3], tasks=2) == SideCost(pytest.approx(0.6 / 0.201), 0.0)
+    unit = UnitProfile(1.0, 2.0, (4,), 0, 16, 16)
+    codec = CodecProfile(8, 8, 0.0, 0.0, 0.0, 0.0)
+    profile = Profile({}, [unit] * 4, 16, {"c": {"front@0": codec, "back@2": codec}})
+    cal = Calibration(SideCost(1.5, 0.1), SideCost(2.0, 0.2), 0.7, 0)
+    step = space_costs(profile, profile.codecs["c"], 1, 1, [1, 3], Devices(2.0, 4.0), cal)
+    assert step.edge_front == PartCost(1.0 * 2 * 1.5, 2.0 * 2 * 1.5, 0.1 * 2)
+    assert step.cloud == (PartCost(2.0 * 2 / 4, 4.0 * 2 / 4, 0.2 / 4),)
+    assert step.fixed_s == 0.7

@@ -10,6 +10,7 @@ from edgesplit.errors import ConfigError
 from edgesplit.plan.__main__ import main as plan_main
 from edgesplit.plan.inputs import plan_inputs
 from edgesplit.plan.space import Candidate, Figures
+from edgesplit.plan import calibrate
 from edgesplit.plan.validate import Row, check_validation, chosen
 from edgesplit.plan.validation_report import agreement, gathered, validation_table, write_validation
 from tests.dist_helpers import SECRET, REPO
@@ -68,14 +69,23 @@ def test_a_validation_this_host_cannot_measure_is_refused(override: str, line: s
 def test_a_validation_measures_the_bytes_the_plan_predicts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """Two candidates of the test model run on dist for 3 steps: the meter's bytes per step equal
-    the plan's to the byte; the measured figures are written beside the predicted ones."""
+    the plan's to the byte; the measured figures are written beside the predicted ones. The plan was
+    calibrated first (its references run on dist), once: planning again reads it from the cache."""
     monkeypatch.setenv("PYTHONPATH", REPO)  # the cloud process imports the test model
     monkeypatch.setenv("EDGESPLIT_SECRET", SECRET)
     argv = [*TINY, *TEST_MODEL, "plan.repeats=1", "plan.warmup=0", "plan.fronts=[1,2]", "plan.backs=[1]",
             "plan.compressors=[quantize4]", "plan.chunks=[2]", "plan.validate=2", "plan.validate_steps=3",
-            "plan.validate_warmup=1", f"plan.cache_dir={tmp_path}", f"plan.out_dir={tmp_path / 'out'}"]
+            "plan.validate_warmup=1", f"plan.cache_dir={tmp_path}", f"plan.out_dir={tmp_path / 'out'}",
+            "plan.calibrate=2"]
     assert plan_main(argv) == 0
+    fitted = json.loads((tmp_path / "out" / "plan.json").read_text())["profiles"]["2"]["calibrations"]
+    assert list(fitted) == ["chunks=2 order=gpipe checkpoint=except_last compressor=quantize4"]
+    assert all(v >= 0 for side in ("edge", "cloud") for v in next(iter(fitted.values()))[side].values())
     record = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert record["agreement"]["rows"] == 2 and record["agreement"]["bytes_equal"] == 2
     assert all(r["measured"]["step_s"] > 0 and r["measured"]["edge_peak_bytes"] > 0 for r in record["rows"])
     assert "bytes per step equal to the meter's in 2 of 2" in capsys.readouterr().out
+    assert all(r["measured"]["edge_compute_s"] > 0 and r["measured"]["cloud_compute_s"] > 0
+               for r in record["rows"])
+    monkeypatch.setattr(calibrate, "measure", lambda *a: pytest.fail("calibrated again"))
+    assert plan_main([*argv, "plan.validate=0"]) == 0

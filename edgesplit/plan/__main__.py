@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from edgesplit.errors import ConfigError, UserError
 from edgesplit.model.partition import split_units
 from edgesplit.plan.accuracy import plan_results, summary_lines
+from edgesplit.plan.calibrate import calibrations
 from edgesplit.plan.inputs import PlanInputs, plan_inputs
 from edgesplit.plan.output import measure_command, table, write_outputs
 from edgesplit.plan.profile import profiles
@@ -51,8 +52,10 @@ def run(argv: List[str]) -> int:
                           f"no split leaves the cloud a unit of the model's {n}")
     results = plan_results(inputs, cands)
     by_chunks = profiles(inputs)
-    figures = plan_space(cands, by_chunks, inputs.codec_ids, cloud_bounds(inputs), inputs.link,
-                         inputs.schedules, inputs.devices, inputs.batch_size, inputs.state_factor)
+    bounds = cloud_bounds(inputs)
+    figures = plan_space(cands, by_chunks, inputs.codec_ids, bounds, inputs.link, inputs.schedules,
+                         inputs.devices, inputs.batch_size, inputs.state_factor,
+                         calibrations(inputs, by_chunks, cands, bounds))
     link = inputs.link
     model = first.spec.model.target["_target_"].rsplit(".", 1)[-1]
     title = (f"{model}, link up {link.up_mbps or 'inf'} / down {link.down_mbps or 'inf'} Mbit/s + "

@@ -66,6 +66,7 @@ def check_plan(plan: DictConfig, batch_size: int) -> None:
     _positive(plan, "top", 1, "must be >= 1")
     _positive(plan, "validate", 0, "must be >= 0 (candidates to measure; 0: none)")
     _positive(plan, "validate_warmup", 0, "must be >= 0")
+    _positive(plan, "calibrate", 0, "must be >= 0 (timed steps per reference split; 0: no calibration)")
     for key in ("edge_slowdown", "cloud_speedup"):
         if not plan[key] > 0:
             raise ConfigError(f"plan.{key}={plan[key]!r} is invalid: must be > 0")

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from edgesplit.assemble import RunParts
 from edgesplit.boundary.meter import CommMeter
+from edgesplit.plan.calibration import Calibration
 from edgesplit.run import memory
 
 # A boundary tensor: 'front@K' / 'back@K' is the output of unit K crossing that boundary.
@@ -46,15 +47,18 @@ class CodecProfile:
 @dataclass
 class Profile:
     """A host's measurements under `key` (the cache's): units in order, the input's bytes per
-    micro-batch, and codecs[compressor name][boundary tensor name]."""
+    micro-batch, codecs[compressor name][boundary tensor name], and the backend's calibration by
+    schedule (calibration.schedule_key)."""
     key: Dict[str, Any]
     units: List[UnitProfile]
     input_bytes: int
     codecs: Dict[str, Dict[str, CodecProfile]] = field(default_factory=dict)
+    calibrations: Dict[str, Calibration] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"key": self.key, "units": [asdict(u) for u in self.units], "input_bytes": self.input_bytes,
-                "codecs": {c: {t: asdict(p) for t, p in by.items()} for c, by in self.codecs.items()}}
+                "codecs": {c: {t: asdict(p) for t, p in by.items()} for c, by in self.codecs.items()},
+                "calibrations": {k: c.to_dict() for k, c in self.calibrations.items()}}
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> "Profile":
@@ -65,7 +69,8 @@ class Profile:
                  for u in data["units"]]
         codecs = {str(c): {str(t): CodecProfile(**{k: type(v)(p[k]) for k, v in _CODEC_ZERO.items()})
                            for t, p in by.items()} for c, by in data["codecs"].items()}
-        return Profile(dict(data["key"]), units, int(data["input_bytes"]), codecs)
+        calibrations = {str(k): Calibration.from_dict(c) for k, c in data.get("calibrations", {}).items()}
+        return Profile(dict(data["key"]), units, int(data["input_bytes"]), codecs, calibrations)
 
 
 _CODEC_ZERO = asdict(CodecProfile(0, 0, 0.0, 0.0, 0.0, 0.0))

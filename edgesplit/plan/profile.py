@@ -39,7 +39,8 @@ def host_profile(inputs: PlanInputs, chunks: int) -> Profile:
     codecs = measure_codecs(ids, outputs, tensors, int(plan.repeats), int(plan.warmup),
                             cached.codecs if cached is not None else None)
     profile = Profile(key, cached.units if cached is not None else measured,
-                      x.numel() * x.element_size(), {**(cached.codecs if cached else {}), **codecs})
+                      x.numel() * x.element_size(), {**(cached.codecs if cached else {}), **codecs},
+                      cached.calibrations if cached is not None else {})
     write_profile(profile, cache_path(key, plan.cache_dir))
     return profile
 

@@ -28,6 +28,9 @@ class PlanConfig:
     out_dir: str = "plan"  # the table, plan.json, plan.png
     repeats: int = 5  # timed repeats per measurement (the median is kept), after `warmup` untimed ones
     warmup: int = 2
+    # timed steps of each of three reference splits run on dist to fit the backend's own cost
+    # (docs/plan.md); 0: the units' compute alone
+    calibrate: int = 10
     top: int = 3  # candidates the printed `train.py -m` command measures
     validate: int = 0  # run this many candidates on dist and set measured beside predicted (0: none)
     validate_steps: int = 20  # timed training steps per validated candidate (their median is kept)

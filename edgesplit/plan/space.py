@@ -1,8 +1,9 @@
 """The candidate space (front x back x compressor x chunks) and each candidate's predicted figures,
 from the profiles of this host scaled to the edge and the cloud; ranked, with the Pareto front."""
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from edgesplit.plan.calibration import Calibration
 from edgesplit.plan.memory import PartMemory, side_peak_bytes
 from edgesplit.plan.measure import CodecProfile, Profile, tensor_name
 from edgesplit.plan.step_model import CrossingCost, Link, PartCost, Schedule, StepCosts, predict
@@ -48,9 +49,9 @@ def single_stage(num_units: int) -> Bounds:
     return lambda front, back: [front, num_units - back]
 
 
-def _part(profile: Profile, units: range, scale: float) -> PartCost:
+def _part(profile: Profile, units: range, scale: float, task_s: float) -> PartCost:
     return PartCost(sum(profile.units[u].forward_s for u in units) * scale,
-                    sum(profile.units[u].backward_s for u in units) * scale)
+                    sum(profile.units[u].backward_s for u in units) * scale, task_s)
 
 
 def _memory(profile: Profile, units: range) -> PartMemory:
@@ -80,33 +81,38 @@ def _crossing(codec: CodecProfile, pass_: str, sender: float, receiver: float) -
 
 
 def costs(profile: Profile, codecs: Mapping[str, CodecProfile], front: int, back: int, bounds: List[int],
-          devices: Devices) -> StepCosts:
-    """The per-micro-batch costs of a split: edge parts slowed down, cloud stages sped up, each
-    codec end on the side that runs it."""
-    n, edge, cloud = len(profile.units), devices.edge_slowdown, 1.0 / devices.cloud_speedup
+          devices: Devices, cal: Calibration = Calibration()) -> StepCosts:
+    """The per-micro-batch costs of a split: each side's profiled compute (its codec ends included) as
+    the backend runs it (`cal`), the edge's slowed down and the cloud's sped up (as the dist backend
+    emulates a slow edge: the whole measured segment, the backend's cost too)."""
+    n, slow, fast = len(profile.units), devices.edge_slowdown, devices.cloud_speedup
+    edge, cloud = slow * cal.edge.scale, cal.cloud.scale / fast
+    edge_task, cloud_task = slow * cal.edge.task_s, cal.cloud.task_s / fast
     f, b = codecs[tensor_name("front", front - 1)], codecs[tensor_name("back", n - back - 1)]
-    return StepCosts(_part(profile, range(front), edge),
-                     tuple(_part(profile, range(bounds[s], bounds[s + 1]), cloud)
+    return StepCosts(_part(profile, range(front), edge, edge_task),
+                     tuple(_part(profile, range(bounds[s], bounds[s + 1]), cloud, cloud_task)
                            for s in range(len(bounds) - 1)),
-                     _part(profile, range(n - back, n), edge),
+                     _part(profile, range(n - back, n), edge, edge_task),
                      {("front", "forward"): _crossing(f, "forward", edge, cloud),
                       ("front", "backward"): _crossing(f, "backward", cloud, edge),
                       ("back", "forward"): _crossing(b, "forward", cloud, edge),
-                      ("back", "backward"): _crossing(b, "backward", edge, cloud)})
+                      ("back", "backward"): _crossing(b, "backward", edge, cloud)},
+                     cal.step_s)
 
 
 def evaluate(c: Candidate, profile: Profile, codecs: Mapping[str, CodecProfile], bounds: Bounds,
-             link: Link, sched: Schedule, devices: Devices, batch_size: int, state_factor: int) -> Figures:
+             link: Link, sched: Schedule, devices: Devices, batch_size: int, state_factor: int,
+             cal: Calibration = Calibration()) -> Figures:
     """One candidate's predicted step: time, samples/s, bytes, memory of each side, bottleneck."""
     n, cut = len(profile.units), bounds(c.front, c.back)
     stages = len(cut) - 1
-    p = predict(costs(profile, codecs, c.front, c.back, cut, devices), link, sched)
+    p = predict(costs(profile, codecs, c.front, c.back, cut, devices, cal), link, sched)
     edge = {stages + 1: _memory(profile, range(c.front)), 0: _memory(profile, range(n - c.back, n))}
     cloud = {stages - s: _memory(profile, range(cut[s], cut[s + 1])) for s in range(stages)}
     # each side sends and receives every payload of a step: on a busy link they wait in its memory
     payloads = p.up_bytes + p.down_bytes
     return Figures(c, p.step_s, batch_size / p.step_s if p.step_s > 0 else float("inf"), p.up_bytes,
-                   p.down_bytes, side_peak_bytes(edge, sched, state_factor) + payloads,
+                   p.down_bytes, side_peak_bytes(edge, sched, state_factor) + payloads + cal.edge_memory_bytes,
                    side_peak_bytes(cloud, sched, state_factor) + payloads, p.bottleneck, p.busy_s)
 
 
@@ -134,9 +140,13 @@ def pareto_front(figures: Sequence[Figures]) -> List[Figures]:
 
 def plan_space(cands: Sequence[Candidate], profiles: Mapping[int, Profile], codec_ids: Mapping[str, str],
                bounds: Bounds, link: Link, schedules: Mapping[int, Schedule], devices: Devices,
-               batch_size: int, state_factor: int) -> List[Figures]:
-    """Every candidate's figures, ranked: `profiles` and `schedules` by chunks, `codec_ids` maps a
-    compressor option to its entry in a profile's codecs."""
+               batch_size: int, state_factor: int,
+               calibrations: Optional[Mapping[int, Calibration]] = None) -> List[Figures]:
+    """Every candidate's figures, ranked: `profiles`, `schedules` and the backend's `calibrations` (none:
+    the units' compute alone) by chunks, `codec_ids` maps a compressor option to its entry in a
+    profile's codecs."""
+    cal = calibrations or {}
     out = [evaluate(c, profiles[c.chunks], profiles[c.chunks].codecs[codec_ids[c.compressor]], bounds, link,
-                    schedules[c.chunks], devices, batch_size, state_factor) for c in cands]
+                    schedules[c.chunks], devices, batch_size, state_factor, cal.get(c.chunks, Calibration()))
+           for c in cands]
     return ranked(out)

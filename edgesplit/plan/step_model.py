@@ -13,9 +13,11 @@ EDGE_FRONT, EDGE_BACK, UPLINK, DOWNLINK, EDGE = "edge front", "edge back", "upli
 
 @dataclass(frozen=True)
 class PartCost:
-    """One partition's seconds per micro-batch on its device (already scaled to that device)."""
+    """One partition's seconds per micro-batch on its device (already scaled to that device), and the
+    backend's fixed seconds of each of its tasks (calibration.SideCost.task_s)."""
     forward_s: float
     backward_s: float
+    task_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,13 @@ class Schedule:
 @dataclass(frozen=True)
 class StepCosts:
     """A candidate's per-micro-batch costs: its partitions and its four crossings ('front'/'back'
-    boundary x 'forward'/'backward' pass)."""
+    boundary x 'forward'/'backward' pass); and the step's seconds outside its tasks (the optimizer
+    steps: calibration.Calibration.step_s)."""
     edge_front: PartCost
     cloud: Tuple[PartCost, ...]
     edge_back: PartCost
     crossings: Dict[Tuple[str, str], CrossingCost]
+    fixed_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -103,14 +107,14 @@ def step_tasks(costs: StepCosts, link: Link, sched: Schedule) -> List[Task]:
             f_dep = () if before is None else ((before, "F", i),)
             f_codec = ((links[k][2].encode_s if k in links else 0.0)
                        + (links[k - 1][2].decode_s if k - 1 in links else 0.0))
-            tasks.append(Task((name, "F", i), name, cost.forward_s + f_codec, f_dep))
+            tasks.append(Task((name, "F", i), name, cost.forward_s + f_codec + cost.task_s, f_dep))
             b_dep = ((name, "F", i),) + (() if k == last else
                                          ((back_links[k + 1][0], "B", i) if k + 1 in back_links
                                           else (parts[k + 1][0], "B", i),))
             b_codec = ((back_links[k][2].encode_s if k in back_links else 0.0)
                        + (back_links[k + 1][2].decode_s if k + 1 in back_links else 0.0))
             recompute = cost.forward_s if sched.recomputes(i) else 0.0
-            tasks.append(Task((name, "B", i), name, cost.backward_s + recompute + b_codec, b_dep))
+            tasks.append(Task((name, "B", i), name, cost.backward_s + recompute + b_codec + cost.task_s, b_dep))
         for table, op in ((links, "F"), (back_links, "B")):
             for k, (resource, direction, crossing) in table.items():
                 tasks.append(Task((resource, op, i), resource, link.serialize_s(direction, crossing.nbytes),
@@ -149,4 +153,5 @@ def predict(costs: StepCosts, link: Link, sched: Schedule) -> StepPrediction:
     x = costs.crossings
     up = sched.chunks * (x["front", "forward"].nbytes + x["back", "backward"].nbytes)
     down = sched.chunks * (x["back", "forward"].nbytes + x["front", "backward"].nbytes)
-    return StepPrediction(timeline.makespan, up, down, busy, max(devices, key=lambda r: devices[r]))
+    return StepPrediction(timeline.makespan + costs.fixed_s, up, down, busy,
+                          max(devices, key=lambda r: devices[r]))

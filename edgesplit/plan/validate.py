@@ -18,7 +18,7 @@ from edgesplit.errors import ConfigError
 from edgesplit.assemble import assemble
 from edgesplit.plan.inputs import PlanInputs
 from edgesplit.plan.schema import compose_plan
-from edgesplit.plan.space import Figures
+from edgesplit.plan.space import Candidate, Figures
 from edgesplit.run import memory
 from edgesplit.run.trainer import train_loader
 from edgesplit.validate import validate
@@ -29,11 +29,14 @@ log = logging.getLogger("edgesplit")
 @dataclass
 class Measured:
     """One candidate's run: the median step, bytes per step each way, the edge's peak memory (its
-    parameters plus the RSS growth over its steps: gradients, optimizer state, activations)."""
+    parameters plus the RSS growth over its steps: gradients, optimizer state, activations), and each
+    side's compute per step as the backend counts it (the time blocked on the link not in it)."""
     step_s: float
     up_bytes: float
     down_bytes: float
     edge_peak_bytes: int
+    edge_compute_s: float = 0.0
+    cloud_compute_s: float = 0.0
 
 
 def chosen(figures: Sequence[Figures], k: int) -> List[Figures]:
@@ -74,12 +77,12 @@ def _edge_param_bytes(backend: Backend) -> int:
     return sum(p.numel() * p.element_size() for u in backend.local_units().values() for p in u.parameters())
 
 
-def measure(inputs: PlanInputs, figures: Figures) -> Measured:
-    """Run one candidate: `validate_warmup` untimed steps, then `validate_steps` timed ones."""
-    c = figures.candidate
+def measure(inputs: PlanInputs, c: Candidate, warmup: int, steps: int, extra: Sequence[str] = ()) -> Measured:
+    """Run one candidate (the plan's config, then `extra` overrides): `warmup` untimed steps, then
+    `steps` timed ones."""
     cfg, _ = compose_plan([*inputs.overrides, f"partition.front={c.front}", f"partition.back={c.back}",
                            f"compressor={c.compressor}", f"pipeline_backend.chunks={c.chunks}",
-                           f"pipeline_backend.edge_slowdown={inputs.devices.edge_slowdown}"])
+                           f"pipeline_backend.edge_slowdown={inputs.devices.edge_slowdown}", *extra])
     validate(cfg)
     parts = assemble(cfg)
     meter = CommMeter()
@@ -88,7 +91,6 @@ def measure(inputs: PlanInputs, figures: Figures) -> Measured:
         backend.train(True)
         backend.start_epoch(0)
         batches = _batches(cfg, parts.datasets)
-        warmup, steps = int(inputs.plan.validate_warmup), int(inputs.plan.validate_steps)
         for x, y, ids in itertools.islice(batches, warmup):
             backend.train_step(x, y, ids)
         backend.start_epoch(1)  # the cloud's meter counts from here too
@@ -103,10 +105,11 @@ def measure(inputs: PlanInputs, figures: Figures) -> Measured:
             if not math.isfinite(result.loss_sum):
                 raise RuntimeError(f"the loss is {result.loss_sum}: lower schedule.lr")
         grown = memory.peak_since_reset(cpu) - base
-        backend.side_stats()  # merges the cloud's meter figures into this one
+        sides = backend.side_stats()  # merges the cloud's meter figures into this one
         comm = meter.summary()
         return Measured(statistics.median(times), comm.up_bytes_per_batch, comm.down_bytes_per_batch,
-                        _edge_param_bytes(backend) + max(grown, 0) + _warm_state_bytes(backend))
+                        _edge_param_bytes(backend) + max(grown, 0) + _warm_state_bytes(backend),
+                        sides["edge"].compute_s_per_batch, sides["cloud"].compute_s_per_batch)
     finally:
         backend.close()
 
@@ -154,7 +157,8 @@ def validate_plan(inputs: PlanInputs, figures: Sequence[Figures]) -> List[Row]:
                      "edge_peak_bytes": f.edge_peak_bytes}
         row = Row(rank[id(f)], c.front, c.back, c.compressor, c.chunks, predicted, None)
         try:
-            row.measured = asdict(measure(inputs, f))
+            row.measured = asdict(measure(inputs, c, int(inputs.plan.validate_warmup),
+                                          int(inputs.plan.validate_steps)))
         except ConfigError:
             raise
         except Exception as e:  # a candidate that fails is a row that says why, not a lost validation

@@ -1,0 +1,87 @@
+"""Calibrate the step model against the backend on this host: three reference splits run on dist (no
+link, no slowdown) for `plan.calibrate` steps each; each side's measured compute against its profiled
+compute gives the side's in-backend factor and fixed cost per task, the step's rest its fixed
+seconds, the edge's memory its fixed term. Cached in the profile, as the units are."""
+import logging
+from typing import Dict, List, Mapping, Sequence
+
+from edgesplit.plan.cache import cache_path, write_profile
+from edgesplit.plan.calibration import Calibration, fit_side, mean_rest, schedule_key
+from edgesplit.plan.inputs import PlanInputs
+from edgesplit.plan.measure import Profile
+from edgesplit.plan.space import Bounds, Candidate, Devices, Figures, evaluate
+from edgesplit.plan.step_model import EDGE_BACK, EDGE_FRONT, Link
+from edgesplit.plan.validate import Measured, measure
+
+log = logging.getLogger("edgesplit")
+
+# The references run without the plan's link and edge slowdown: the backend's own cost is wanted.
+BARE = ["pipeline_backend.link.bandwidth_mbps=null", "pipeline_backend.link.uplink_mbps=null",
+        "pipeline_backend.link.downlink_mbps=null", "pipeline_backend.link.latency_ms=0",
+        "pipeline_backend.edge_slowdown=1"]
+
+
+def calibrated(inputs: PlanInputs) -> bool:
+    """Whether the plan calibrates: `plan.calibrate`, on a dist backend this process starts, with this
+    host's profile (a brought profile's host is not here to run)."""
+    b = inputs.cfg.pipeline_backend
+    return (int(inputs.plan.calibrate) > 0 and b.name == "dist" and b.get("role") is None
+            and inputs.plan.profile is None)
+
+
+def references(cands: Sequence[Candidate], chunks: int) -> List[Candidate]:
+    """The smallest, the middle and the largest edge of the space at `chunks` (by edge units), with
+    the space's first compressor."""
+    mine = [c for c in cands if c.chunks == chunks and c.compressor == cands[0].compressor]
+    by_edge = sorted(mine, key=lambda c: (c.front + c.back, c.front))
+    return list(dict.fromkeys([by_edge[0], by_edge[len(by_edge) // 2], by_edge[-1]]))
+
+
+def _side_busy(f: Figures) -> Dict[str, float]:
+    edge = f.busy_s.get(EDGE_FRONT, 0.0) + f.busy_s.get(EDGE_BACK, 0.0)
+    cloud = sum(s for r, s in f.busy_s.items() if r.startswith("cloud"))
+    return {"edge": edge, "cloud": cloud}
+
+
+def fit(inputs: PlanInputs, profile: Profile, refs: Sequence[Candidate], runs: Sequence[Measured],
+        bounds: Bounds) -> Calibration:
+    """The calibration through the references' runs (their predictions made without a link, at this
+    host's speed, as they ran)."""
+    bare, host = Link(None, None, 0.0), Devices()
+
+    def predicted(c: Candidate, cal: Calibration) -> Figures:
+        codecs = profile.codecs[inputs.codec_ids[c.compressor]]
+        return evaluate(c, profile, codecs, bounds, bare, inputs.schedules[c.chunks], host, inputs.batch_size,
+                        inputs.state_factor, cal)
+
+    raw = [_side_busy(predicted(c, Calibration())) for c in refs]
+    chunks, stages = refs[0].chunks, len(bounds(refs[0].front, refs[0].back)) - 1
+    sides = Calibration(fit_side([r["edge"] for r in raw], [m.edge_compute_s for m in runs], 4 * chunks),
+                        fit_side([r["cloud"] for r in raw], [m.cloud_compute_s for m in runs],
+                                 2 * chunks * stages))
+    with_sides = [predicted(c, sides) for c in refs]
+    step_s = mean_rest([(f.step_s, m.step_s) for f, m in zip(with_sides, runs)])
+    memory = mean_rest([(f.edge_peak_bytes, m.edge_peak_bytes) for f, m in zip(with_sides, runs)])
+    return Calibration(sides.edge, sides.cloud, max(step_s, 0.0), max(int(memory), 0))
+
+
+def calibrations(inputs: PlanInputs, profiles: Mapping[int, Profile], cands: Sequence[Candidate],
+                 bounds: Bounds) -> Dict[int, Calibration]:
+    """Each chunks' calibration: the profile's (cached), or measured now and written into it."""
+    if not calibrated(inputs):
+        return {}
+    out = {}
+    for chunks, profile in profiles.items():
+        sched = inputs.schedules[chunks]
+        refs = references(cands, chunks)
+        key = f"{schedule_key(chunks, sched.order, sched.checkpoint)} compressor={refs[0].compressor}"
+        if key not in profile.calibrations:
+            runs = []
+            for c in refs:
+                log.info(f"calibrating the backend on this host: front {c.front}, back {c.back}, "
+                         f"{c.compressor}, {chunks} chunks, {int(inputs.plan.calibrate)} steps")
+                runs.append(measure(inputs, c, int(inputs.plan.warmup), int(inputs.plan.calibrate), BARE))
+            profile.calibrations[key] = fit(inputs, profile, refs, runs, bounds)
+            write_profile(profile, cache_path(profile.key, inputs.plan.cache_dir))
+        out[chunks] = profile.calibrations[key]
+    return out
