@@ -3,7 +3,7 @@ from typing import Dict, Tuple
 
 import pytest
 
-from edgesplit.plan.calibration import SCALE_RANGE, Calibration, SideCost, fit_side
+from edgesplit.plan.calibration import SCALE_RANGE, Calibration, SideCost, fit_sides, pooled_slope
 from edgesplit.plan.measure import CodecProfile, Profile, UnitProfile
 from edgesplit.plan.space import Devices, costs as space_costs
 from edgesplit.plan.memory import PartMemory, activation_bytes, optimizer_state_factor, side_peak_bytes
@@ -114,15 +114,19 @@ def test_the_calibration_fits_the_backends_cost_and_scales_it_with_the_devices()
     """fit_side: measured = 1.5 x profiled + 0.2 per step over 4 tasks is found back; a slope past the
     range is clamped; references that profile alike give the ratio. costs(): the edge's profiled
     compute x slowdown x its factor, its task cost x slowdown; the cloud's / speedup."""
-    side = fit_side([0.1, 0.2, 0.4], [0.35, 0.5, 0.8], tasks=4)
-    assert (side.scale, side.task_s) == (pytest.approx(1.5), pytest.approx(0.05))
-    assert fit_side([0.1, 0.2], [0.1, 2.0], tasks=1).scale == SCALE_RANGE[1]
-    assert fit_side([0.1, 0.101], [0.3, 0.3], tasks=2) == SideCost(pytest.approx(0.6 / 0.201), 0.0)
+    # edge: 1.5 x profiled + 0.2 over 4 tasks; cloud (barely varying): the same factor, 0.4 over 2
+    sides = fit_sides({"edge": [0.1, 0.2, 0.4], "cloud": [1.0, 1.01, 1.0]},
+                      {"edge": [0.35, 0.5, 0.8], "cloud": [1.9, 1.915, 1.9]}, {"edge": 4, "cloud": 2})
+    assert sides == {"edge": SideCost(pytest.approx(1.5), pytest.approx(0.05)),
+                     "cloud": SideCost(pytest.approx(1.5), pytest.approx(0.2))}
+    assert pooled_slope([([0.1, 0.2], [0.1, 2.0])]) == SCALE_RANGE[1]
+    alike = fit_sides({"edge": [0.1, 0.101]}, {"edge": [0.3, 0.3]}, {"edge": 2})
+    assert alike == {"edge": SideCost(pytest.approx(0.6 / 0.201), 0.0)}
     unit = UnitProfile(1.0, 2.0, (4,), 0, 16, 16)
     codec = CodecProfile(8, 8, 0.0, 0.0, 0.0, 0.0)
     profile = Profile({}, [unit] * 4, 16, {"c": {"front@0": codec, "back@2": codec}})
-    cal = Calibration(SideCost(1.5, 0.1), SideCost(2.0, 0.2), 0.7, 0)
+    cal = Calibration(SideCost(1.5, 0.1), SideCost(2.0, 0.2), 0.7, 1000, 1.25)
     step = space_costs(profile, profile.codecs["c"], 1, 1, [1, 3], Devices(2.0, 4.0), cal)
     assert step.edge_front == PartCost(1.0 * 2 * 1.5, 2.0 * 2 * 1.5, 0.1 * 2)
     assert step.cloud == (PartCost(2.0 * 2 / 4, 4.0 * 2 / 4, 0.2 / 4),)
-    assert step.fixed_s == 0.7
+    assert step.fixed_s == 0.7 and cal.edge_memory(4000) == 6000

@@ -6,7 +6,7 @@ import logging
 from typing import Dict, List, Mapping, Sequence
 
 from edgesplit.plan.cache import cache_path, write_profile
-from edgesplit.plan.calibration import Calibration, fit_side, mean_rest, schedule_key
+from edgesplit.plan.calibration import Calibration, fit_sides, mean_rest, pooled_slope, schedule_key
 from edgesplit.plan.inputs import PlanInputs
 from edgesplit.plan.measure import Profile
 from edgesplit.plan.space import Bounds, Candidate, Devices, Figures, evaluate
@@ -56,13 +56,16 @@ def fit(inputs: PlanInputs, profile: Profile, refs: Sequence[Candidate], runs: S
 
     raw = [_side_busy(predicted(c, Calibration())) for c in refs]
     chunks, stages = refs[0].chunks, len(bounds(refs[0].front, refs[0].back)) - 1
-    sides = Calibration(fit_side([r["edge"] for r in raw], [m.edge_compute_s for m in runs], 4 * chunks),
-                        fit_side([r["cloud"] for r in raw], [m.cloud_compute_s for m in runs],
-                                 2 * chunks * stages))
+    fitted = fit_sides({s: [r[s] for r in raw] for s in ("edge", "cloud")},
+                       {"edge": [m.edge_compute_s for m in runs], "cloud": [m.cloud_compute_s for m in runs]},
+                       {"edge": 4 * chunks, "cloud": 2 * chunks * stages})
+    sides = Calibration(fitted["edge"], fitted["cloud"])
     with_sides = [predicted(c, sides) for c in refs]
     step_s = mean_rest([(f.step_s, m.step_s) for f, m in zip(with_sides, runs)])
-    memory = mean_rest([(f.edge_peak_bytes, m.edge_peak_bytes) for f, m in zip(with_sides, runs)])
-    return Calibration(sides.edge, sides.cloud, max(step_s, 0.0), max(int(memory), 0))
+    estimates = [f.edge_peak_bytes for f in with_sides]
+    memory_scale = pooled_slope([(estimates, [m.edge_peak_bytes for m in runs])]) or 1.0
+    memory = mean_rest([(memory_scale * e, m.edge_peak_bytes) for e, m in zip(estimates, runs)])
+    return Calibration(sides.edge, sides.cloud, max(step_s, 0.0), int(memory), memory_scale)
 
 
 def calibrations(inputs: PlanInputs, profiles: Mapping[int, Profile], cands: Sequence[Candidate],

@@ -2,7 +2,7 @@
 side computes inside the backend than its units alone, its fixed seconds per task and per step, and the
 edge process's memory the unit profile does not see (data only: stored in the profile's JSON)."""
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 # The in-backend factor is clamped: a reference pair that barely differs must not fit a wild slope.
 SCALE_RANGE = (0.5, 4.0)
@@ -24,12 +24,17 @@ class SideCost:
 class Calibration:
     """The backend's cost at one schedule (chunks, order, checkpoint): the edge's and each cloud
     stage's SideCost, the seconds per step outside the tasks (optimizer steps, zeroing, the batch's
-    split and the loss's mean), and the edge's memory beyond the estimate (the framework's own growth:
-    allocator arenas, the transport's buffers). The identity (no calibration) changes nothing."""
+    split and the loss's mean), and the edge's memory as `edge_memory_scale` x the estimate +
+    `edge_memory_bytes` (what the estimate misses: the allocator's rounding and arenas, the transport's
+    buffers). The identity (no calibration) changes nothing."""
     edge: SideCost = SideCost()
     cloud: SideCost = SideCost()
     step_s: float = 0.0
     edge_memory_bytes: int = 0
+    edge_memory_scale: float = 1.0
+
+    def edge_memory(self, estimate: int) -> int:
+        return int(self.edge_memory_scale * estimate) + self.edge_memory_bytes
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -38,7 +43,8 @@ class Calibration:
     def from_dict(data: Mapping[str, Any]) -> "Calibration":
         return Calibration(SideCost(float(data["edge"]["scale"]), float(data["edge"]["task_s"])),
                            SideCost(float(data["cloud"]["scale"]), float(data["cloud"]["task_s"])),
-                           float(data["step_s"]), int(data["edge_memory_bytes"]))
+                           float(data["step_s"]), int(data["edge_memory_bytes"]),
+                           float(data["edge_memory_scale"]))
 
 
 def schedule_key(chunks: int, order: str, checkpoint: str) -> str:
@@ -46,21 +52,34 @@ def schedule_key(chunks: int, order: str, checkpoint: str) -> str:
     return f"chunks={chunks} order={order} checkpoint={checkpoint}"
 
 
-def fit_side(profiled: Sequence[float], measured: Sequence[float], tasks: int) -> SideCost:
-    """The SideCost through the references' (profiled, measured) compute per step, `tasks` tasks each:
-    the least-squares slope (clamped to SCALE_RANGE), the mean rest shared out per task (not below
-    0). References that profile alike (within 5 %): the ratio alone."""
-    n = len(profiled)
-    p_mean, m_mean = sum(profiled) / n, sum(measured) / n
-    spread = sum((p - p_mean) ** 2 for p in profiled)
-    if max(profiled) - min(profiled) < 0.05 * max(max(profiled), 1e-9):
-        return SideCost(_clamp(m_mean / max(p_mean, 1e-9)), 0.0)
-    scale = _clamp(sum((p - p_mean) * (m - m_mean) for p, m in zip(profiled, measured)) / spread)
-    return SideCost(scale, max(m_mean - scale * p_mean, 0.0) / tasks)
+def pooled_slope(groups: Sequence[Tuple[Sequence[float], Sequence[float]]]) -> Optional[float]:
+    """The least-squares slope shared by groups of (x, y) points, each group with its own intercept
+    (clamped to SCALE_RANGE); None where no group's x vary (by 5 % of their largest)."""
+    num = den = 0.0
+    for xs, ys in groups:
+        if max(xs) - min(xs) < 0.05 * max(max(xs), 1e-12):
+            continue
+        x_mean, y_mean = sum(xs) / len(xs), sum(ys) / len(ys)
+        num += sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys))
+        den += sum((x - x_mean) ** 2 for x in xs)
+    return min(max(num / den, SCALE_RANGE[0]), SCALE_RANGE[1]) if den else None
 
 
-def _clamp(scale: float) -> float:
-    return min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1])
+def fit_sides(profiled: Mapping[str, Sequence[float]], measured: Mapping[str, Sequence[float]],
+              tasks: Mapping[str, int]) -> Dict[str, SideCost]:
+    """Each side's SideCost through the references' (profiled, measured) compute per step: one factor
+    for both sides (the same host and threads; the edge's splits differ most, so they fix it), the rest
+    of each side shared out over its `tasks` per step (not below 0). No side varying: the ratio alone."""
+    scale = pooled_slope([(profiled[s], measured[s]) for s in profiled])
+    out = {}
+    for side, xs in profiled.items():
+        ys = measured[side]
+        if scale is None:
+            out[side] = SideCost(min(max(sum(ys) / max(sum(xs), 1e-12), SCALE_RANGE[0]), SCALE_RANGE[1]))
+            continue
+        rest = (sum(ys) - scale * sum(xs)) / len(xs)
+        out[side] = SideCost(scale, max(rest, 0.0) / tasks[side])
+    return out
 
 
 def mean_rest(pairs: Sequence[Tuple[float, float]]) -> float:

@@ -109,10 +109,11 @@ def evaluate(c: Candidate, profile: Profile, codecs: Mapping[str, CodecProfile],
     p = predict(costs(profile, codecs, c.front, c.back, cut, devices, cal), link, sched)
     edge = {stages + 1: _memory(profile, range(c.front)), 0: _memory(profile, range(n - c.back, n))}
     cloud = {stages - s: _memory(profile, range(cut[s], cut[s + 1])) for s in range(stages)}
-    # each side sends and receives every payload of a step: on a busy link they wait in its memory
-    payloads = p.up_bytes + p.down_bytes
+    # a micro-batch's payloads each way are in a side's memory at once (encoded beside their tensors;
+    # measured: a step's payloads do not add up, the sent ones are freed as the link takes them)
+    payloads = (p.up_bytes + p.down_bytes) // sched.chunks
     return Figures(c, p.step_s, batch_size / p.step_s if p.step_s > 0 else float("inf"), p.up_bytes,
-                   p.down_bytes, side_peak_bytes(edge, sched, state_factor) + payloads + cal.edge_memory_bytes,
+                   p.down_bytes, cal.edge_memory(side_peak_bytes(edge, sched, state_factor) + payloads),
                    side_peak_bytes(cloud, sched, state_factor) + payloads, p.bottleneck, p.busy_s)
 
 

@@ -114,7 +114,8 @@ def step_tasks(costs: StepCosts, link: Link, sched: Schedule) -> List[Task]:
             b_codec = ((back_links[k][2].encode_s if k in back_links else 0.0)
                        + (back_links[k + 1][2].decode_s if k + 1 in back_links else 0.0))
             recompute = cost.forward_s if sched.recomputes(i) else 0.0
-            tasks.append(Task((name, "B", i), name, cost.backward_s + recompute + b_codec + cost.task_s, b_dep))
+            b_s = cost.backward_s + recompute + b_codec + cost.task_s
+            tasks.append(Task((name, "B", i), name, b_s, b_dep))
         for table, op in ((links, "F"), (back_links, "B")):
             for k, (resource, direction, crossing) in table.items():
                 tasks.append(Task((resource, op, i), resource, link.serialize_s(direction, crossing.nbytes),
