@@ -14,8 +14,9 @@ from edgesplit.config import compose_config
 from edgesplit.logs.metrics_csv import COLUMNS
 from edgesplit.logs.summary import RunSummary
 from edgesplit.run import checkpoint, trainer
-from edgesplit.report.build import build_report
-from edgesplit.report.runs import find_runs
+from edgesplit.report import clients as clients_report
+from edgesplit.report.build import build_report, figures as report_figures, setting_keys
+from edgesplit.report.runs import find_runs, group_runs
 from tests.conftest import TEST_MODEL, TINY
 from tests.test_report import _run_dir, _summary, _table
 from tests.trained_run import Interrupt, TrainedRun, as_tests_run, interrupt_after_first_epoch
@@ -131,3 +132,10 @@ def test_the_report_tables_many_edges_by_count_and_algorithm(tmp_path: Path) -> 
         == [["2 kB", "2 kB"]] * 2
     fedavg = _table(text, head.format("FedAvg bytes per client and round (up+down)"))
     assert fedavg[2] == ["4", "30 B", "30 B"]
+    # clients.png: per partition a panel, per (count, algorithm) a point at the bytes one client moved
+    runs = find_runs([tmp_path])
+    assert {clients_report.bytes_per_client(r) for r in runs} == {2030.0}  # (2000 + 30) x count / count
+    assert "clients.png" in report_figures(runs)
+    fig = clients_report.plot_clients(group_runs(runs), setting_keys(runs))
+    assert [len(ax.containers) for ax in fig.axes] == [4, 4]
+    assert [ax.get_title() for ax in fig.axes] == ["clients.partition=iid", "clients.partition=dirichlet"]

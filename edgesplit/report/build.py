@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from matplotlib.figure import Figure
 
-from edgesplit.report import pareto, privacy
+from edgesplit.report import clients, pareto, privacy
 from edgesplit.report.header import header_lines
 from edgesplit.report.curves import (Series, encode, label as _label, plot_train_loss, plot_validation,
                                      run_label, save_png)
@@ -227,16 +227,18 @@ def figures(runs: Sequence[Run]) -> dict[str, Callable[[Sequence[Run]], Figure]]
         pngs["pareto.png"] = plot_accuracy_vs_bytes
     if privacy.measured(runs):
         pngs["privacy.png"] = lambda rs: privacy.plot_privacy(group_runs(rs), setting_keys(rs))
+    if clients.swept(setting_keys(runs)):
+        pngs["clients.png"] = lambda rs: clients.plot_clients(group_runs(rs), setting_keys(rs))
     return pngs
 
 
 _ALT = {"curves.png": "validation accuracy", "loss.png": "train loss", "pareto.png": "accuracy vs bytes",
-        "privacy.png": "accuracy vs leakage"}
+        "privacy.png": "accuracy vs leakage", "clients.png": "accuracy vs bytes per client"}
 
 
 def write_report(runs: Sequence[Run], out_dir: Path) -> str:
-    """Write report.md and the PNGs (curves.png, loss.png, pareto.png, privacy.png) into out_dir;
-    return the markdown."""
+    """Write report.md and the PNGs (curves.png, loss.png, pareto.png, privacy.png, clients.png) into
+    out_dir; return the markdown."""
     text, pngs = build_report(runs), figures(runs)
     links = "".join(f"\n![{_ALT[name]}]({name})\n" for name in pngs)
     (out_dir / "report.md").write_text(text + links)
