@@ -109,6 +109,10 @@ def test_a_stalled_edge_is_dropped_from_its_round_and_the_others_finish(
     assert any(r.getMessage().startswith(line) for r in caplog.records)
     assert len(header["dropped"]) == 1 and header["dropped"][0].startswith(line)
     assert figures["client1/samples"] == 0 and figures["client0/samples"] == figures["client2/samples"] == 32
+    # the round ended with the others: FedAvg of theirs, back to them only
+    up, down = "averaging_up_bytes_per_round", "averaging_down_bytes_per_round"
+    assert figures[f"client0/{up}"] == figures[f"client2/{down}"] > 0
+    assert figures[f"client1/{up}"] == figures[f"client1/{down}"] == 0
     assert len(losses) == 6 + 2 and losses[1] == 0.0  # client 1's two turns ran no step
     # below clients.min_per_round the run stops, in one line (the trainer keeps its last checkpoint)
     says = ("round 1 of epoch 1 ends with 2 of its 3 clients alive (clients [1] dropped), fewer than "

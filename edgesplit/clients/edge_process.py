@@ -20,7 +20,7 @@ from edgesplit.backends.remote.edge import RemoteBackend
 from edgesplit.backends.remote.launch import World
 from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.protocol import Command, Header, Kind, Op, Reply, pack_state, unpack_state
-from edgesplit.backends.remote.transport import Transport
+from edgesplit.backends.remote.transport import Transport, rank_name
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.clients.data import ClientStream, holdout_loader
 from edgesplit.clients.spec import ClientsSpec
@@ -43,10 +43,6 @@ def preload() -> None:
         import sklearn.datasets  # noqa: F401
     except ImportError:
         pass
-
-
-def client_name(rank: int) -> str:
-    return "the cloud (rank 0)" if rank == CLOUD else f"client {rank - 1} (edge rank {rank})"
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ def transport_of(world: World, count: int, spec: RunSpec) -> Transport:
               for k in range(1, count + 1)}
     mine = {k: g for k, g in groups.items() if world.rank in (CLOUD, k)}
     return Transport(world.rank, world.global_ranks, world.timeout_s, world.sealer, link, world.diagnose,
-                     edges=range(1, count + 1), names=client_name,
+                     edges=range(1, count + 1), names=lambda rank: rank_name(rank, count + 1, True),
                      groups=mine if world.rank == CLOUD else {CLOUD: mine[world.rank]})
 
 

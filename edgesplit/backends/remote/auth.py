@@ -265,8 +265,7 @@ class Gate:
         deadline = time.monotonic() + timeout_s
 
         def missing() -> str:
-            names = ", ".join(f"client {r - 1} (edge rank {r})" if self.per_rank
-                              else rank_name(r, self.world_size) for r in self.missing())
+            names = ", ".join(rank_name(r, self.world_size, self.per_rank) for r in self.missing())
             return f"{names} at {where}" if where else names
         with Waiting(missing, timeout_s):
             while True:

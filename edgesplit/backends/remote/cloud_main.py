@@ -15,7 +15,7 @@ from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.progress import Heartbeat, say
 from edgesplit.backends.remote.protocol import Kind, loads_bounded
 from edgesplit.backends.remote.spec import StageSpec
-from edgesplit.backends.remote.transport import EDGE, Transport
+from edgesplit.backends.remote.transport import EDGE, Transport, rank_name
 
 
 def _serve(world: launch.World, spec: StageSpec, heartbeat: Optional[Heartbeat] = None) -> None:
@@ -47,7 +47,7 @@ def child_main(rank: int, world_size: int, host: str, port: int, secret_and_spec
             world = launch.connect_local(rank, world_size, host, port, given["secret"], timeout_s)
             _serve(world, spec)
     except BaseException as e:
-        launch.fail(world, rank, e)
+        launch.fail(world, rank, e, rank_name(rank, world_size, True) if entry == "edge" else "")
         # no clean-up: tearing down the group waits on a peer that may be frozen or gone
         sys.stderr.flush()
         os._exit(1)

@@ -58,6 +58,7 @@ class World:
     key: bytes
     children: List[Any] = field(default_factory=list)  # forks.LocalRank of local cloud ranks
     peer_keys: Dict[int, bytes] = field(default_factory=dict)  # many edges: each client's message key
+    clients: bool = False  # many edges: rank 0 is the cloud, the others clients' edges (rank_name)
 
     def __post_init__(self) -> None:
         self.sealer = Sealer(self.key, self.peer_keys)
@@ -80,7 +81,7 @@ class World:
             code = proc.poll()
             if code:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                notes.append(f"{rank_name(rank, self.size)} (pid {proc.pid}) {how}")
+                notes.append(f"{rank_name(rank, self.size, self.clients)} (pid {proc.pid}) {how}")
 
         def messages() -> None:
             for rank in range(self.size):
@@ -174,7 +175,7 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
         def check(missing: List[int]) -> None:
             for rank, proc in enumerate(children, start=1):
                 if rank in missing and proc.poll() is not None:
-                    raise PeerError(f"{rank_name(rank, world_size)} (pid {proc.pid}) exited with "
+                    raise PeerError(f"{rank_name(rank, world_size, per_client)} (pid {proc.pid}) exited with "
                                     f"status {proc.returncode} before connecting to the edge")
         gate = auth.Gate(store, secret, world_size, per_rank=per_client)
         key = gate.wait(max(timeout_s, LOCAL_START_S), check, where=f"127.0.0.1:{store.port}")
@@ -183,7 +184,7 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
         stop_children(children, grace_s=0)
         raise
     return World(EDGE, list(range(world_size)), store, timeout_s, key, children,
-                 gate.keys if per_client else {})
+                 gate.keys if per_client else {}, per_client)
 
 
 def connect_local(rank: int, world_size: int, host: str, port: int, secret: str,
@@ -257,11 +258,12 @@ def stop_children(children: List[Any], grace_s: float) -> None:
         proc.wait(timeout=10)
 
 
-def fail(world: Optional[World], rank: int, e: BaseException) -> None:
-    """A cloud rank's last words: one line on stderr and in the store, then a non-zero exit."""
-    who = f"cloud rank {rank}"
+def fail(world: Optional[World], rank: int, e: BaseException, who: str = "") -> None:
+    """A cloud rank's (or a client's edge's: `who`) last words: one line on stderr and in the
+    store, then a non-zero exit."""
+    who = who or f"cloud rank {rank}"
     line = str(e)
-    if not line.startswith(("cloud rank", "edge rank")):
+    if not line.startswith(("cloud rank", "edge rank", "client ")):
         line = f"{who} failed: {type(e).__name__}: {e}"
     print(f"edgesplit: {line.splitlines()[0]}", file=sys.stderr, flush=True)
     if world is not None:

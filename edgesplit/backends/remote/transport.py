@@ -28,7 +28,11 @@ PAYLOAD_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, A
                   CheckpointError)
 
 
-def rank_name(rank: int, world_size: int) -> str:
+def rank_name(rank: int, world_size: int, clients: bool = False) -> str:
+    """How a rank is named in lines; `clients`: a many-edge run's, where rank 0 is the cloud and
+    rank k + 1 client k's edge (edgesplit.clients.dist)."""
+    if clients:
+        return "the cloud (rank 0)" if rank == 0 else f"client {rank - 1} (edge rank {rank})"
     if rank == EDGE:
         return "edge rank 0"
     return f"cloud rank {rank} (stage {rank} of {world_size - 1})"
