@@ -194,3 +194,11 @@ def test_a_resumed_many_edge_dist_run_ends_bit_exact(tmp_path: Path, monkeypatch
     assert straight["clients"]["round"] == 4 and sorted(straight["clients"]["slots"]) == [0, 1, 2]
     for key in ("units", "optimizer", "boundaries", "clients"):
         _equal(straight[key], resumed[key], key)
+
+
+def test_many_edges_under_torchrun_are_refused_in_one_line(make_cfg: Callable[..., DictConfig],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "1")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match=re.escape("K edge ranks under torchrun are not built yet")):
+        build_clients(assemble(make_cfg(*FOUR, "pipeline_backend=dist")), CommMeter())
