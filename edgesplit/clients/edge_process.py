@@ -89,7 +89,8 @@ class ClientEdge(RemoteBackend):
         run = spec.run
         units, front, back = run.units()
         split = split_units(units, front, back, 1, run.facts.input_shape)
-        self.meter, self.split, self.spec = CommMeter(), split, spec
+        # the cloud's units are built (one model builder) and let go: only the edge parts stay here
+        self.meter, self.spec = CommMeter(), spec
         self.order = run.pipeline.dist.order if run.pipeline.dist else "gpipe"
         self.stages, self.chunks, self.timeout_s = 1, run.pipeline.chunks, transport.timeout_s
         self._build_side(run, split, torch.device("cpu"), run.pipeline.dist.edge_slowdown
