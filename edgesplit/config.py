@@ -144,6 +144,7 @@ class DistConfig(BackendConfig):
     secret: Optional[str] = None
     secret_file: Optional[str] = None  # a file that holds the secret (the command line may not)
     edge_slowdown: float = 1.0  # emulation: each edge compute segment padded to this many times its time
+    edges: Optional[int] = None  # many edges (clients.count > 1): edge processes; null = clients.count
 
 
 @dataclass

@@ -170,10 +170,15 @@ def _clients(cfg: DictConfig) -> None:
     _check(0 <= c.holdout < 1, "clients.holdout", c.holdout, "must be in [0, 1)")
     _one_of(ClientPartition, "clients.partition", c.partition)
     _one_of(ClientAlgorithm, "clients.algorithm", c.algorithm)
+    b = cfg.pipeline_backend
+    if b.name == "dist":
+        _check(b.edges is None or b.edges == c.count, "pipeline_backend.edges", b.edges,
+               f"must equal clients.count={c.count} (one edge process per client) or null (= clients.count)")
     if not simulated(c):
         return
-    needs = [(cfg.pipeline_backend.name != "dist",
-              "pipeline_backend=naive or gpipe: many edges across processes is not built yet"),
+    needs = [(b.name != "dist" or (b.role is None and cfg.partition.cloud_stages == 1),
+              "pipeline_backend.role=null and partition.cloud_stages=1 with pipeline_backend=dist: "
+              "many edges across hosts, and a cloud of several stages, are not built yet"),
              (cfg.precision != "fp16",
               "precision=fp32 or bf16: one fp16 loss scaler per client is not built"),
              (cfg.data.device == "cpu", "data.device=cpu: each client's batches come from the CPU loader"),

@@ -124,8 +124,6 @@ def test_fedavg_weighs_each_holder_by_its_samples_and_every_copy_ends_equal() ->
 
 
 REFUSED = [
-    ("pipeline_backend", "dist", "clients.count=4 needs pipeline_backend=naive or gpipe: many edges across "
-                                 "processes is not built yet"),
     ("precision", "fp16", "clients.count=4 needs precision=fp32 or bf16"),
     ("privacy.label_leak", True, "clients.count=4 needs privacy.label_leak=false and "
                                  "privacy.input_leak=false"),
@@ -138,10 +136,7 @@ def test_what_many_edges_cannot_run_is_one_line(make_cfg: Callable[..., DictConf
     many = make_cfg("clients.count=4")
     for key, value, says in REFUSED:
         cfg = many.copy()
-        if key == "pipeline_backend":  # the option's name is all the check reads
-            cfg.pipeline_backend.name = value
-        else:
-            OmegaConf.update(cfg, key, value)
+        OmegaConf.update(cfg, key, value)
         with pytest.raises(ConfigError, match=re.escape(says)):
             validate(cfg)
     with pytest.raises(ConfigError, match="client 0 trains on 58 samples, fewer than data.batch_size=64"):

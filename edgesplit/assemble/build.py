@@ -108,7 +108,8 @@ def _clients(cfg: DictConfig, datasets: Datasets) -> ClientsRun:
                        None if c.local_steps is None else int(c.local_steps), float(c.fraction),
                        float(c.holdout), int(cfg.seed), int(d.batch_size),
                        int(d.eval_batch_size or d.batch_size),
-                       int(d.num_workers), d.get("augment") == "fixed")
+                       int(d.num_workers), d.get("augment") == "fixed", int(c.min_per_round),
+                       cast(Dict[str, Any], OmegaConf.to_container(d, resolve=True)))
     return ClientsRun.of(spec, datasets.train)
 
 

@@ -3,7 +3,7 @@ configured backend (its edge parts, its boundaries and codec state, its optimize
 parts shared or copied as the algorithm says; the round plan orders the steps, FedAvg ends rounds."""
 import copy
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 from hydra.utils import get_class
@@ -27,11 +27,28 @@ class Client:
     """One edge: its pipeline (edge parts + the cloud copy it trains against), the meter its
     boundaries count into, its edge units, its held-out batches and this epoch's tally."""
 
-    def __init__(self, index: int, pipeline: LocalBackend, meter: CommMeter, edge: List[nn.Module],
+    def __init__(self, index: int, pipeline: Any, meter: CommMeter, edge: List[nn.Module],
                  held_out: Any) -> None:
         self.index, self.pipeline, self.meter, self.edge = index, pipeline, meter, edge
         self.held_out = held_out
         self.tally = ClientTally()
+
+
+Units = Dict[int, nn.Module]  # layer units by global index
+
+
+def copies(parts: RunParts, algorithm: str, count: int) -> Tuple[List[Units], List[Units]]:
+    """(each client's edge units, each cloud copy's units) by global index, before any pipeline
+    moves or wraps a unit: every copy starts from the seed's; sequential's one edge is shared, and
+    only sflv1 has a cloud copy per client."""
+    split = parts.split
+    base = split.units
+    shared_edge = algorithm == "sequential"
+    edges = [{i: base[i] if k == 0 or shared_edge else copy.deepcopy(base[i]) for i in split.edge_indices}
+             for k in range(count)]
+    clouds = [{i: base[i] if j == 0 else copy.deepcopy(base[i]) for i in split.cloud_indices}
+              for j in range(count if algorithm == "sflv1" else 1)]
+    return edges, clouds
 
 
 class ClientsBackend(Backend):
@@ -47,22 +64,29 @@ class ClientsBackend(Backend):
     def __init__(self, parts: RunParts, meter: CommMeter) -> None:
         assert parts.clients is not None and parts.datasets is not None  # assembled for clients
         self.run, self.meter, self.train_set = parts.clients, meter, parts.datasets.train
-        self.spec = spec = parts.clients.spec
+        self.spec = parts.clients.spec
         self.name = parts.spec.pipeline.name
+        self.dropped: Dict[int, str] = {}  # dist: a client lost, and the line that said so
+        self.clients: List[Client] = []
+        self.clouds: List[List[nn.Module]] = []
+        self._build(parts)
+        self.edge_bytes = state_bytes(self.clients[0].edge)  # what one client sends to be averaged
+        self.owner = torch.as_tensor(self.run.owner(len(self.train_set)))  # type: ignore[arg-type]
+        self.turns: List[Turn] = []
+        self.ends: Set[int] = set()
+        self.position, self.rounds_done, self.holder, self.epoch = 0, 0, 0, 0
+        self._merged = False
+
+    def _build(self, parts: RunParts) -> None:
+        """Every client's pipeline in this process (self.clients) and the cloud copies (self.clouds)."""
+        spec = self.spec
         cls = get_class(parts.spec.pipeline.target)
         if not (isinstance(cls, type) and issubclass(cls, LocalBackend)):
-            raise ConfigError(f"clients.count={spec.count} needs pipeline_backend=naive or gpipe: "
-                              f"many edges across processes is not built yet")
+            raise ConfigError(f"clients.count={spec.count} needs pipeline_backend=naive, gpipe or dist")
         split = parts.split
+        edges, clouds = copies(parts, spec.algorithm, spec.count)
         base = split.units
-        # the copies before any pipeline moves or wraps a unit: every copy starts from the seed's
-        shared_edge = spec.algorithm == "sequential"
-        edges = [{i: base[i] if k == 0 or shared_edge else copy.deepcopy(base[i]) for i in split.edge_indices}
-                 for k in range(spec.count)]
-        clouds = [{i: base[i] if j == 0 else copy.deepcopy(base[i]) for i in split.cloud_indices}
-                  for j in range(spec.count if spec.algorithm == "sflv1" else 1)]
         cloud_opts: List[Any] = [None] * len(clouds)
-        self.clients: List[Client] = []
         for k in range(spec.count):
             j = k if spec.algorithm == "sflv1" else 0
             units = {**edges[k], **clouds[j]}
@@ -75,14 +99,12 @@ class ClientsBackend(Backend):
             # the pipeline's one optimizer over every unit gives way to the pair (its own + the cloud's)
             pipeline.optimization = JointOptimization(own, cloud_opts[j])
             self.clients.append(Client(k, pipeline, client_meter, [edges[k][i] for i in split.edge_indices],
-                                       holdout_loader(self.train_set, self.run.held_out[k], spec)))
+                                       holdout_loader(self.train_set, self.run.held_out[k], self.spec)))
         self.clouds = [list(c.values()) for c in clouds]
-        self.edge_bytes = state_bytes(self.clients[0].edge)  # what one client sends to be averaged
-        self.owner = torch.as_tensor(self.run.owner(len(self.train_set)))  # type: ignore[arg-type]
-        self.turns: List[Turn] = []
-        self.ends: Set[int] = set()
-        self.position, self.rounds_done, self.holder, self.epoch = 0, 0, 0, 0
-        self._merged = False
+
+    def alive(self) -> List[Client]:
+        """The clients not dropped (dist: a client lost past pipeline_backend.timeout_s)."""
+        return [c for c in self.clients if c.index not in self.dropped]
 
     # -- the plan and its steps ----------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
@@ -91,7 +113,7 @@ class ClientsBackend(Backend):
         self.turns = epoch_turns(s.algorithm, self.run.batches(), s.rounds_per_epoch, s.local_steps,
                                  s.fraction, s.seed, epoch)
         self.ends, self.position, self._merged = set(round_ends(self.turns)), 0, False
-        for c in self.clients:
+        for c in self.alive():
             c.pipeline.start_epoch(epoch)
             c.meter.reset()
             c.tally = ClientTally()
@@ -102,25 +124,42 @@ class ClientsBackend(Backend):
 
     def train_step(self, x: Tensor, y: Tensor, ids: Tensor) -> StepResult:
         turn = self.turns[self.position]
-        if int(self.owner[int(ids[0])]) != turn.client:
-            raise RuntimeError(f"step {self.position}: a batch of sample {int(ids[0])}, which client "
-                               f"{turn.client} does not hold: batches and plan out of step")
-        client = self.clients[turn.client]
-        self._hand_over(turn.client)
-        result = client.pipeline.train_step(x, y, ids)
-        self.meter.end_batch()
-        client.tally.step(result)
+        self._check_batch(turn, ids)
+        result = self._run_turn(turn, x, y, ids)
         self.position += 1
         if self.position - 1 in self.ends:
             self._end_round()
         return result
 
+    def _check_batch(self, turn: Turn, ids: Tensor) -> None:
+        if int(self.owner[int(ids[0])]) != turn.client:
+            raise RuntimeError(f"step {self.position}: a batch of sample {int(ids[0])}, which client "
+                               f"{turn.client} does not hold: batches and plan out of step")
+
+    def _run_turn(self, turn: Turn, x: Tensor, y: Tensor, ids: Tensor) -> StepResult:
+        client = self.clients[turn.client]
+        self._hand_over(turn.client)
+        result = client.pipeline.train_step(x, y, ids)
+        self.meter.end_batch()
+        client.tally.step(result)
+        return result
+
     def _hand_over(self, client: int) -> None:
         """sequential: the edge weights go from the client that last trained to the next."""
         if self.spec.algorithm == "sequential" and client != self.holder:
+            self._pass_edge(self.holder, client)
             self.clients[self.holder].tally.averaging_up += self.edge_bytes
             self.clients[client].tally.averaging_down += self.edge_bytes
             self.holder = client
+
+    def _pass_edge(self, holder: int, client: int) -> None:
+        """In one process the clients hold the one edge already (dist sends it)."""
+
+    def _average(self, weights: List[float]) -> None:
+        """FedAvg of the edge parts into every client (sflv1: of the cloud copies too)."""
+        average_into([c.edge for c in self.clients], weights, [c.edge for c in self.clients])
+        if self.spec.algorithm == "sflv1":
+            average_into(self.clouds, weights, self.clouds)
 
     def _end_round(self) -> None:
         """sflv1/sflv2: FedAvg of the edge parts weighted by the round's samples, sent up by those
@@ -129,13 +168,11 @@ class ClientsBackend(Backend):
         self.rounds_done += 1
         if self.spec.algorithm == "sequential":
             return
-        weights = [float(c.tally.round_samples) for c in self.clients]
-        average_into([c.edge for c in self.clients], weights, [c.edge for c in self.clients])
-        if self.spec.algorithm == "sflv1":
-            average_into(self.clouds, weights, self.clouds)
+        weights = [0.0 if c.index in self.dropped else float(c.tally.round_samples) for c in self.clients]
+        self._average(weights)
         for c, w in zip(self.clients, weights):
             c.tally.averaging_up += self.edge_bytes if w > 0 else 0
-            c.tally.averaging_down += self.edge_bytes
+            c.tally.averaging_down += 0 if c.index in self.dropped else self.edge_bytes
             c.tally.round_samples = 0
 
     # -- evaluation, figures -------------------------------------------------------------------
@@ -186,8 +223,8 @@ class ClientsBackend(Backend):
     def side_stats(self) -> Dict[str, SideStats]:
         """Client 0's shares of the model; compute per step over every client's steps; codec state
         summed over the clients. Every client's link figures merge into the run's meter (once)."""
-        stats = [c.pipeline.side_stats() for c in self.clients]
-        steps = [c.pipeline.steps for c in self.clients]
+        stats = [c.pipeline.side_stats() for c in self.alive()]
+        steps = [c.pipeline.steps for c in self.alive()]
         if not self._merged:
             for c in self.clients:
                 self.meter.merge(c.meter.state())

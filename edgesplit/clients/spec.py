@@ -1,7 +1,7 @@
 """A multi-client run's typed parts (assembled once from `clients`, edgesplit.assemble): the
 options, and which samples each client trains on and holds out."""
-from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -27,6 +27,8 @@ class ClientsSpec:
     eval_batch_size: int
     num_workers: int
     fixed_augment: bool
+    min_per_round: int = 1  # dist: a round needs this many of its clients alive
+    data: Dict[str, Any] = field(default_factory=dict)  # dist: the `data` keys an edge builds its set from
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from edgesplit.assemble import assemble, derived_config
 from edgesplit.run import best, checkpoint, interrupt, memory
 from edgesplit.backends import Backend, StepResult, build_backend
 from edgesplit.boundary.meter import CommMeter
-from edgesplit.clients.backend import ClientsBackend
+from edgesplit.clients.dist import build_clients
 from edgesplit.validate import validate
 from edgesplit.data.datasets import Datasets, build_loader
 from edgesplit.errors import RunInterrupted, TrainingDiverged, UserError
@@ -53,6 +53,9 @@ def train_epoch(backend: Backend, loader: Any, epoch: int, cfg: DictConfig, logb
             result = backend.train_step(x, y, ids)
         except TrainingDiverged as e:  # a boundary's: where the run was and what is kept
             raise TrainingDiverged(f"{e} at epoch {epoch + 1} step {step + 1}; {last_good}") from None
+        if not result.count:  # a dropped client's turn (many edges in dist): no step ran
+            fetched = time.perf_counter()
+            continue
         loss = result.loss_sum / result.count
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1} step {step + 1} "
@@ -209,7 +212,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, overrides: List[str], lock: RunD
     logbook: Optional[Logbook] = None
     try:  # a peer that fails while the backend starts (dist) ends the run as any failure does
         # many edges (clients.count > 1): the clients' pipelines of the configured backend
-        clients = ClientsBackend(parts, meter) if parts.clients is not None else None
+        clients = build_clients(parts, meter) if parts.clients is not None else None
         backend = clients or build_backend(parts, meter)
         logbook = Logbook(run_dir, cfg, overrides)  # logger=mlflow's store opens here
         start = 0

@@ -67,6 +67,12 @@ def derive(secret: str, purpose: str) -> bytes:
     return hmac.new(secret.encode(), f"edgesplit {purpose} v1".encode(), hashlib.sha256).digest()
 
 
+def client_secret(secret: str, client: int) -> str:
+    """Client `client`'s own secret (many edges): the run secret's HMAC of its index, so holding one
+    client's secret proves nothing about another's, and none of them gives back the run secret."""
+    return hmac.new(secret.encode(), f"edgesplit client {client} v1".encode(), hashlib.sha256).hexdigest()
+
+
 def session_key(secret: str, pairs: List[List[str]]) -> bytes:
     """The message key of one session: `pairs` holds each cloud stage's [edge challenge, cloud
     nonce] in rank order, so the key binds both sides' fresh nonces and the stages' order."""
@@ -160,8 +166,9 @@ def join_session(store: dist.Store, secret: str, want: int, host: str, port: int
     key, deadline = derive(secret, "join"), time.monotonic() + timeout_s
     admitted = _admit(store, key, want, host, port, timeout_s, limit_s)
     _await(store, SESSION, deadline, host, port, limit_s or timeout_s)
-    text, _, tag = store.get(SESSION).decode(errors="replace").rpartition("|")
-    if not hmac.compare_digest(tag, _mac(key, "session", text)):
+    text, _, tags = store.get(SESSION).decode(errors="replace").rpartition("|")
+    expected = _mac(key, "session", text)
+    if not any(hmac.compare_digest(tag, expected) for tag in tags.split(",")):
         raise _not_the_edge(host, port, "its session record's tag is wrong")
     try:
         pairs = json.loads(text)
@@ -174,13 +181,17 @@ def join_session(store: dist.Store, secret: str, want: int, host: str, port: int
 
 
 class Gate:
-    """Edge side: admits cloud processes that prove the secret, one stage number each."""
+    """Edge side: admits cloud processes that prove the secret, one stage number each. Many edges
+    (`per_rank`): rank r must prove client r - 1's own secret (client_secret) and ask for rank r."""
 
     def __init__(self, store: dist.Store, secret: str, world_size: int,
                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
-                                                                 flush=True)) -> None:
+                                                                 flush=True),
+                 per_rank: bool = False) -> None:
         self.store, self.secret, self.world_size, self.log = store, secret, world_size, log
-        self.key = derive(secret, "join")
+        self.key, self.per_rank = derive(secret, "join"), per_rank
+        self.secrets = {r: client_secret(secret, r - 1) if per_rank else secret for r in range(1, world_size)}
+        self.keys: Dict[int, bytes] = {}  # rank -> its message key, once session() ran
         self.seen = 0  # tickets handled so far
         self.pending: Dict[int, Tuple[str, Dict[str, Any]]] = {}  # ticket -> challenge, hello
         self.admitted: Dict[int, int] = {}  # stage rank -> ticket
@@ -208,11 +219,17 @@ class Gate:
         proof = self.store.get(f"{PREFIX}proof/{ticket}").decode(errors="replace")
         nonce = hello.get("nonce")
         rank = self._stage_for(hello)
-        who = f"cloud process {hello.get('address', '?')} pid {hello.get('pid', '?')}"
+        key = derive(self.secrets[rank], "join") if rank is not None else self.key
+        role = "edge" if self.per_rank else "cloud"
+        who = f"{role} process {hello.get('address', '?')} pid {hello.get('pid', '?')}"
         if not _is_nonce(nonce):
             self.log(f"edgesplit: refused {who}: its hello carries no nonce (another edgesplit "
                      f"version, or not edgesplit)")
-        elif not hmac.compare_digest(proof, _mac(self.key, "cloud", ticket, challenge, nonce)):
+        elif rank is not None and self.per_rank and not hmac.compare_digest(
+                proof, _mac(key, "cloud", ticket, challenge, nonce)):
+            self.log(f"edgesplit: refused {who}: it claims client {rank - 1} and does not hold that "
+                     f"client's key (still waiting for {', '.join(map(str, self.missing()))})")
+        elif not hmac.compare_digest(proof, _mac(key, "cloud", ticket, challenge, nonce)):
             self.log(f"edgesplit: refused {who}: it does not know the secret, or it replays "
                      f"another session (still waiting for {', '.join(map(str, self.missing()))})")
         elif rank is None:
@@ -220,7 +237,7 @@ class Gate:
         else:
             self.admitted[rank], self.pairs[rank] = ticket, [challenge, str(nonce)]
             self.store.set(f"{PREFIX}stage/{ticket}",
-                           f"{rank}:{_mac(self.key, 'edge', ticket, challenge, nonce, rank)}")
+                           f"{rank}:{_mac(key, 'edge', ticket, challenge, nonce, rank)}")
             return
         self.store.set(f"{PREFIX}stage/{ticket}", REFUSED)
 
@@ -235,7 +252,9 @@ class Gate:
         """Every stage admitted: publish the session record; returns the session's message key."""
         pairs = [self.pairs[r] for r in range(1, self.world_size)]
         text = json.dumps(pairs)
-        self.store.set(SESSION, f"{text}|{_mac(self.key, 'session', text)}")
+        tags = sorted({_mac(derive(s, "join"), "session", text) for s in self.secrets.values()})
+        self.store.set(SESSION, f"{text}|{','.join(tags)}")
+        self.keys = {r: session_key(s, pairs) for r, s in self.secrets.items()}
         return session_key(self.secret, pairs)
 
     def wait(self, timeout_s: float, check: Callable[[List[int]], None] = lambda missing: None,
@@ -246,7 +265,7 @@ class Gate:
         deadline = time.monotonic() + timeout_s
 
         def missing() -> str:
-            names = ", ".join(rank_name(r, self.world_size) for r in self.missing())
+            names = ", ".join(rank_name(r, self.world_size, self.per_rank) for r in self.missing())
             return f"{names} at {where}" if where else names
         with Waiting(missing, timeout_s):
             while True:

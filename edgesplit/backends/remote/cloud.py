@@ -1,6 +1,6 @@
 """A cloud stage process: its units and optimizer, serving the edge's steps and control messages."""
 from collections import OrderedDict
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -21,19 +21,24 @@ from edgesplit.boundary.boundary import Boundary
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.errors import PeerError
 from edgesplit.logs.summary import SideStats
+from edgesplit.run.lr_schedule import Optimization
 
 
 class CloudStage:
     """Cloud stage `spec.stage`: between the stage before (or the edge) and the stage after (or
-    the edge); it counts and measures what it sends on the edge link in its own meter."""
+    the edge); it counts and measures what it sends on the edge link in its own meter. Many edges
+    (edgesplit.clients.dist): one per client, at the edge rank `edge`, over `units` and with the
+    `optimization` that clients sharing a cloud part share, counting into that client's `meter`."""
 
-    def __init__(self, spec: StageSpec, transport: Transport, heartbeat: Optional[Heartbeat] = None) -> None:
+    def __init__(self, spec: StageSpec, transport: Transport, heartbeat: Optional[Heartbeat] = None,
+                 edge: int = EDGE, units: Optional[Dict[int, nn.Module]] = None,
+                 optimization: Optional[Optimization] = None, meter: Optional[CommMeter] = None) -> None:
         run, b = spec.run, spec.run.pipeline
         self.heartbeat, self.epoch = heartbeat, 0
         self.spec, self.t, self.device = spec, transport, torch.device(spec.device)
         self.process = f"cloud_stage{spec.rank}"
-        self.units = {i: u.to(self.device) for i, u in spec.build_units().items()}
-        self.meter = CommMeter()
+        self.units = {i: u.to(self.device) for i, u in (units or spec.build_units()).items()}
+        self.meter = meter or CommMeter()
         codecs = run.codecs.build()
         self.inbound = (run.boundary("front", codecs, self.meter) if spec.stage == 0
                         else Boundary.raw(f"stage{spec.rank - 1}"))
@@ -48,12 +53,13 @@ class CloudStage:
         module = nn.Sequential(OrderedDict((str(i), u) for i, u in sorted(self.units.items())))
         runner = StageRunner(precision.partition(module, self.device), b.checkpoint, b.chunks,
                              b.deferred_batch_norm)
-        self.up, self.down = spec.rank - 1, (EDGE if spec.last else spec.rank + 1)
+        self.up = edge if spec.stage == 0 else spec.rank - 1
+        self.down = edge if spec.last else spec.rank + 1
         self.source = LinkIn(transport, self.up, self.inbound, self.device, carry_ids)
         self.sink = LinkOut(transport, self.down, self.outbound, self.device, carry_ids)
         self.stage = Stage(runner, self.source, self.sink)
         self.order = b.dist.order if b.dist is not None else "gpipe"
-        self.optimization = run.optimization(named_unit_parameters(self.units), self.device)
+        self.optimization = optimization or run.optimization(named_unit_parameters(self.units), self.device)
         self.compute_s, self.steps = 0.0, 0
 
     # -- steps ---------------------------------------------------------------------------------
@@ -97,6 +103,12 @@ class CloudStage:
             self.sink.send_decision(skip)
         return skip
 
+    def side_stats(self) -> SideStats:
+        return SideStats(parameters=sum(p.numel() for u in self.units.values() for p in u.parameters()),
+                         peak_memory_bytes=peak_memory_bytes(self.device),
+                         compute_s_per_batch=self.compute_s / max(self.steps, 1),
+                         codec_state_bytes=sum(b.state_bytes() for b in self.boundaries))
+
     # -- control -------------------------------------------------------------------------------
     def control(self, command: Command, blobs: List[bytes]) -> Optional[bytes]:
         """Carry out a command; returns the blob this stage adds (SAVE) and consumes its own
@@ -111,11 +123,7 @@ class CloudStage:
             self.meter.reset()
             self.compute_s, self.steps = 0.0, 0
         elif command.op == Op.STATS:
-            stats = SideStats(parameters=sum(p.numel() for u in self.units.values() for p in u.parameters()),
-                              peak_memory_bytes=peak_memory_bytes(self.device),
-                              compute_s_per_batch=self.compute_s / max(self.steps, 1),
-                              codec_state_bytes=sum(b.state_bytes() for b in self.boundaries))
-            reply.side, reply.meter = stats.to_dict(), self.meter.state()
+            reply.side, reply.meter = self.side_stats().to_dict(), self.meter.state()
         elif command.op == Op.SAVE:
             out = pack_state(checkpoint.part(self.process, self.units, self.optimization,
                                              self.boundaries))

@@ -15,7 +15,7 @@ from edgesplit.backends.remote.link import LinkSpec
 from edgesplit.backends.remote.progress import Heartbeat, say
 from edgesplit.backends.remote.protocol import Kind, loads_bounded
 from edgesplit.backends.remote.spec import StageSpec
-from edgesplit.backends.remote.transport import EDGE, Transport
+from edgesplit.backends.remote.transport import EDGE, Transport, rank_name
 
 
 def _serve(world: launch.World, spec: StageSpec, heartbeat: Optional[Heartbeat] = None) -> None:
@@ -30,18 +30,24 @@ def _serve(world: launch.World, spec: StageSpec, heartbeat: Optional[Heartbeat] 
 
 
 def child_main(rank: int, world_size: int, host: str, port: int, secret_and_spec: str,
-               timeout_s: float, threads: int) -> None:
-    """A cloud rank that the edge started on this machine (forked by its zygote: zygote.py)."""
+               timeout_s: float, threads: int, entry: str = "cloud") -> None:
+    """A cloud rank that the edge started on this machine (forked by its zygote: zygote.py), or
+    (`entry` 'edge') a client's edge that a many-edge run's cloud started (edgesplit.clients.dist)."""
     launch.die_with_parent()
     torch.set_num_threads(threads)
     world = None
     try:
         given = json.loads(secret_and_spec)
-        spec = StageSpec.from_json(given["spec"])
-        world = launch.connect_local(rank, world_size, host, port, given["secret"], timeout_s)
-        _serve(world, spec)
+        if entry == "edge":
+            from edgesplit.clients.edge_process import serve_client  # the cloud stage's imports stay lean
+            world = launch.connect_local(rank, world_size, host, port, given["secret"], timeout_s)
+            serve_client(world, given["spec"])
+        else:
+            spec = StageSpec.from_json(given["spec"])
+            world = launch.connect_local(rank, world_size, host, port, given["secret"], timeout_s)
+            _serve(world, spec)
     except BaseException as e:
-        launch.fail(world, rank, e)
+        launch.fail(world, rank, e, rank_name(rank, world_size, True) if entry == "edge" else "")
         # no clean-up: tearing down the group waits on a peer that may be frozen or gone
         sys.stderr.flush()
         os._exit(1)

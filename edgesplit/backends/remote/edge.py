@@ -1,7 +1,7 @@
 """The edge process of the remote backend (`pipeline_backend=dist`): front and back units, loss,
 the order of steps, and the cloud stages' control (epochs, stats, state)."""
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,16 @@ from edgesplit.model.partition import Split
 from edgesplit.logs.summary import SideStats
 
 
+def state_for(state: Dict[str, Any], indices: Iterable[int]) -> Dict[str, Any]:
+    """What one process loads of a checkpoint: its units' state and parameters (by index), and the
+    per-process slots, which are small."""
+    indices = list(indices)
+    prefixes = tuple(f"units.{i}." for i in indices)
+    return {"units": {i: state["units"][i] for i in indices},
+            "optimizer": {k: v for k, v in state["optimizer"].items() if k.startswith(prefixes)},
+            **{k: state.get(k) or {} for k in checkpoint.PER_PROCESS}}
+
+
 class RemoteBackend(Backend):
     """The edge side; the cloud stages run in their own processes (cloud.py, launched by launch.py)."""
 
@@ -44,27 +54,11 @@ class RemoteBackend(Backend):
         self.stages = len(split.cloud_bounds) - 1
         self.chunks, self.timeout_s = spec.pipeline.chunks, b.timeout_s
         devices = resolve_devices(spec.pipeline.devices, self.stages + 2)
-        self.device = devices[0]
-        self._units = {i: split.units[i].to(self.device) for i in split.edge_indices}
-        codecs = spec.codecs.build()
-        self.boundaries = [spec.boundary(name, codecs, meter) for name in ("front", "back")]
-        self.precision = precision = spec.precision
-        carry_ids = any(b.needs_ids for b in self.boundaries)
-        mode, dbn = spec.pipeline.checkpoint, spec.pipeline.deferred_batch_norm
-        front = precision.partition(split.edge_front, self.device)
-        self.nopeek = spec.defenses.front(front)  # privacy.nopeek_weight's loss term, or None
-        self.front = StageRunner(self.nopeek or front, mode, self.chunks, dbn)
-        self.back = StageRunner(precision.partition(split.edge_back, self.device), mode,
-                                self.chunks, dbn)
-        self.optimization = spec.optimization(named_unit_parameters(self._units), self.device)
-        self.healthy, self.closed = False, False
-        self.compute_s, self.steps = 0.0, 0
-        self.edge_slowdown = b.edge_slowdown
+        self._build_side(spec, split, devices[0], b.edge_slowdown)
         self.world = self._launch(spec, b, split, [str(d) for d in devices[1:-1]])
-        self.t = Transport(EDGE, self.world.global_ranks, self.timeout_s, self.world.sealer,
-                           LinkSpec.of_mbps(b.up_mbps, b.down_mbps, b.latency_ms), self.world.diagnose)
-        self.to_cloud = LinkOut(self.t, 1, self.boundaries[0], self.device, carry_ids)
-        self.from_cloud = LinkIn(self.t, self.stages, self.boundaries[1], self.device, carry_ids)
+        self._attach(Transport(EDGE, self.world.global_ranks, self.timeout_s, self.world.sealer,
+                               LinkSpec.of_mbps(b.up_mbps, b.down_mbps, b.latency_ms), self.world.diagnose),
+                     1, self.stages)
         try:
             if not self.world.children:  # across hosts: the cloud processes take the edge's config
                 for stage in self._specs(spec, b, split, [str(d) for d in devices[1:-1]]):
@@ -78,6 +72,31 @@ class RemoteBackend(Backend):
         except BaseException:
             self.close()
             raise
+
+    def _build_side(self, spec: RunSpec, split: Split, device: torch.device, slowdown: float) -> None:
+        """The edge's units (front and back) on `device`, its boundaries, runners and optimizer."""
+        self.device = device
+        self._units = {i: split.units[i].to(self.device) for i in split.edge_indices}
+        codecs = spec.codecs.build()
+        self.boundaries = [spec.boundary(name, codecs, self.meter) for name in ("front", "back")]
+        self.precision = precision = spec.precision
+        mode, dbn = spec.pipeline.checkpoint, spec.pipeline.deferred_batch_norm
+        front = precision.partition(split.edge_front, self.device)
+        self.nopeek = spec.defenses.front(front)  # privacy.nopeek_weight's loss term, or None
+        self.front = StageRunner(self.nopeek or front, mode, self.chunks, dbn)
+        self.back = StageRunner(precision.partition(split.edge_back, self.device), mode,
+                                self.chunks, dbn)
+        self.optimization = spec.optimization(named_unit_parameters(self._units), self.device)
+        self.healthy, self.closed = False, False
+        self.compute_s, self.steps = 0.0, 0
+        self.edge_slowdown = slowdown
+
+    def _attach(self, transport: Transport, first: int, last: int) -> None:
+        """The link to the cloud: activations go to logical rank `first`, come back from `last`."""
+        self.t = transport
+        carry_ids = any(b.needs_ids for b in self.boundaries)
+        self.to_cloud = LinkOut(self.t, first, self.boundaries[0], self.device, carry_ids)
+        self.from_cloud = LinkIn(self.t, last, self.boundaries[1], self.device, carry_ids)
 
     def _specs(self, spec: RunSpec, b: DistSpec, split: Split, devices: List[str]) -> List[StageSpec]:
         # the secret is never on the wire: each host has its own copy
@@ -192,15 +211,17 @@ class RemoteBackend(Backend):
     def lr(self) -> float:
         return self.optimization.lr
 
-    def side_stats(self) -> Dict[str, SideStats]:
-        """The edge's stats, and each cloud stage's; the cloud's payload counts and codec
-        figures (of what it sent) join this run's meter."""
-        edge = SideStats(parameters=sum(p.numel() for u in self._units.values() for p in u.parameters()),
+    def edge_stats(self) -> SideStats:
+        return SideStats(parameters=sum(p.numel() for u in self._units.values() for p in u.parameters()),
                          peak_memory_bytes=peak_memory_bytes(self.device),
                          compute_s_per_batch=self.compute_s / max(self.steps, 1),
                          codec_state_bytes=sum(b.state_bytes() for b in self.boundaries))
+
+    def side_stats(self) -> Dict[str, SideStats]:
+        """The edge's stats, and each cloud stage's; the cloud's payload counts and codec
+        figures (of what it sent) join this run's meter."""
         reply, _ = self._control(Command(Op.STATS))
-        out = {"edge": edge}
+        out = {"edge": self.edge_stats()}
         with self.t.decoding(self.stages, "reply to stats"):
             for r in reply.replies:
                 assert r.side is not None and r.meter is not None, "a stage's stats are missing"
@@ -237,15 +258,7 @@ class RemoteBackend(Backend):
     def _load_cloud(self, state: Dict[str, Any]) -> None:
         """Each cloud stage gets the state of its own units and parameters (and the per-process
         slots, which are small)."""
-        blobs = []
-        for s in range(self.stages):
-            indices = list(self.split.cloud_range(s))
-            prefixes = tuple(f"units.{i}." for i in indices)
-            blobs.append(pack_state({
-                "units": {i: state["units"][i] for i in indices},
-                "optimizer": {k: v for k, v in state["optimizer"].items() if k.startswith(prefixes)},
-                **{k: state.get(k) or {} for k in checkpoint.PER_PROCESS},
-            }))
+        blobs = [pack_state(state_for(state, self.split.cloud_range(s))) for s in range(self.stages)]
         self._control(Command(Op.LOAD), blobs)
 
     def close(self) -> None:

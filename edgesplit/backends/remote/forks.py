@@ -98,10 +98,11 @@ class Zygote:
     def usable(self) -> bool:
         return self.proc.poll() is None and self.path == sys.path
 
-    def fork(self, argv: List[str], given: str, limit_s: float) -> LocalRank:
+    def fork(self, argv: List[str], given: str, limit_s: float, entry: str = "cloud") -> LocalRank:
         """Ask for a rank running cloud_main.child_main on `argv` and `given` (its secret and spec):
-        the zygote forks it once its imports are done (the caller waits for the rank to connect)."""
-        request = json.dumps({"argv": argv, "given": given, "env": _child_env(),
+        the zygote forks it once its imports are done (the caller waits for the rank to connect).
+        `entry`: 'cloud' (a cloud stage) or 'edge' (a client's edge: edgesplit.clients.dist)."""
+        request = json.dumps({"argv": argv, "given": given, "entry": entry, "env": _child_env(),
                               "cwd": os.getcwd()}).encode()
         status_r, status_w = os.pipe()
         sent = _console() + [status_w]
@@ -150,7 +151,7 @@ _zygote: Optional[Zygote] = None
 _lock = threading.Lock()
 
 
-def start_rank(argv: List[str], given: str, limit_s: float) -> LocalRank:
+def start_rank(argv: List[str], given: str, limit_s: float, entry: str = "cloud") -> LocalRank:
     """A local cloud rank from this process's zygote (started first, or again when it died or
     sys.path changed)."""
     global _zygote
@@ -160,7 +161,7 @@ def start_rank(argv: List[str], given: str, limit_s: float) -> LocalRank:
         if _zygote is None:
             _zygote = Zygote()
         try:
-            return _zygote.fork(argv, given, limit_s)
+            return _zygote.fork(argv, given, limit_s, entry)
         except PeerError:
             close_zygote()
             raise

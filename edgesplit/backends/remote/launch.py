@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -57,9 +57,11 @@ class World:
     timeout_s: float
     key: bytes
     children: List[Any] = field(default_factory=list)  # forks.LocalRank of local cloud ranks
+    peer_keys: Dict[int, bytes] = field(default_factory=dict)  # many edges: each client's message key
+    clients: bool = False  # many edges: rank 0 is the cloud, the others clients' edges (rank_name)
 
     def __post_init__(self) -> None:
-        self.sealer = Sealer(self.key)
+        self.sealer = Sealer(self.key, self.peer_keys)
 
     @property
     def size(self) -> int:
@@ -79,7 +81,7 @@ class World:
             code = proc.poll()
             if code:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                notes.append(f"{rank_name(rank, self.size)} (pid {proc.pid}) {how}")
+                notes.append(f"{rank_name(rank, self.size, self.clients)} (pid {proc.pid}) {how}")
 
         def messages() -> None:
             for rank in range(self.size):
@@ -152,32 +154,37 @@ def _serve_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
 
 
 def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
-                threads: int) -> World:
+                threads: int, entry: str = "cloud") -> World:
     """Edge side of a one-machine run: a store on a free loopback port, one child per stage
     forked by this process's zygote (forks.py), the secret and its StageSpec as JSON through the
-    zygote's socket, where other users cannot read them as they can argv."""
+    zygote's socket, where other users cannot read them as they can argv. `entry` 'edge' (a
+    many-edge run's cloud: edgesplit.clients.dist): the children are the clients' edges, each
+    given its own client's secret (auth.client_secret) and its own message key."""
     world_size = stages + 1
+    per_client = entry == "edge"
     store = _serve_store("127.0.0.1", 0, timeout_s)
     children: List[Any] = []
     try:
         for s in range(stages):
             argv = [str(s + 1), str(world_size), "127.0.0.1", str(store.port), str(timeout_s), str(threads)]
-            given = json.dumps({"secret": secret, "spec": specs[s]})
+            given = json.dumps({"secret": auth.client_secret(secret, s) if per_client else secret,
+                                "spec": specs[s]})
             # the first waits for the zygote's imports (python, torch): under load that takes a while
-            children.append(forks.start_rank(argv, given, max(timeout_s, LOCAL_START_S)))
+            children.append(forks.start_rank(argv, given, max(timeout_s, LOCAL_START_S), entry))
 
         def check(missing: List[int]) -> None:
             for rank, proc in enumerate(children, start=1):
                 if rank in missing and proc.poll() is not None:
-                    raise PeerError(f"{rank_name(rank, world_size)} (pid {proc.pid}) exited with "
+                    raise PeerError(f"{rank_name(rank, world_size, per_client)} (pid {proc.pid}) exited with "
                                     f"status {proc.returncode} before connecting to the edge")
-        key = auth.Gate(store, secret, world_size).wait(max(timeout_s, LOCAL_START_S), check,
-                                                        where=f"127.0.0.1:{store.port}")
+        gate = auth.Gate(store, secret, world_size, per_rank=per_client)
+        key = gate.wait(max(timeout_s, LOCAL_START_S), check, where=f"127.0.0.1:{store.port}")
         init_group(store, EDGE, world_size, timeout_s)
     except BaseException:
         stop_children(children, grace_s=0)
         raise
-    return World(EDGE, list(range(world_size)), store, timeout_s, key, children)
+    return World(EDGE, list(range(world_size)), store, timeout_s, key, children,
+                 gate.keys if per_client else {}, per_client)
 
 
 def connect_local(rank: int, world_size: int, host: str, port: int, secret: str,
@@ -251,11 +258,12 @@ def stop_children(children: List[Any], grace_s: float) -> None:
         proc.wait(timeout=10)
 
 
-def fail(world: Optional[World], rank: int, e: BaseException) -> None:
-    """A cloud rank's last words: one line on stderr and in the store, then a non-zero exit."""
-    who = f"cloud rank {rank}"
+def fail(world: Optional[World], rank: int, e: BaseException, who: str = "") -> None:
+    """A cloud rank's (or a client's edge's: `who`) last words: one line on stderr and in the
+    store, then a non-zero exit."""
+    who = who or f"cloud rank {rank}"
     line = str(e)
-    if not line.startswith(("cloud rank", "edge rank")):
+    if not line.startswith(("cloud rank", "edge rank", "client ")):
         line = f"{who} failed: {type(e).__name__}: {e}"
     print(f"edgesplit: {line.splitlines()[0]}", file=sys.stderr, flush=True)
     if world is not None:

@@ -82,6 +82,12 @@ class Op(str, Enum):
     SAVE = "save"  # reply with this stage's checkpoint part (a blob)
     LOAD = "load"  # load the first blob (this stage's part), pass the rest on
     STOP = "stop"
+    # many edges (edgesplit.clients.dist): the cloud's commands to one client's edge
+    STEP = "step"  # train on your next batch (against the cloud), reply with the step's result
+    EVAL = "eval"  # evaluate the blob's batch (the shared validation set), reply with the result
+    HELD_OUT = "held_out"  # evaluate your held-out samples, reply with the result (none: null)
+    WEIGHTS = "weights"  # reply with your edge parts' state (a blob: for averaging or hand-over)
+    AVERAGED = "averaged"  # load the blob's edge parts' state (the average, or the handed-over edge)
 
 
 @dataclass
@@ -90,6 +96,7 @@ class Reply:
     stage: int  # 1-based
     side: Optional[Dict[str, Any]] = None  # SideStats fields (STATS)
     meter: Optional[Dict[str, Any]] = None  # CommMeter.state() (STATS)
+    result: Optional[Dict[str, Any]] = None  # a client's StepResult fields (STEP, EVAL, HELD_OUT)
 
 
 @dataclass

@@ -7,7 +7,7 @@ is refused before anything is allocated or decoded. Tags are HMAC-SHA256 truncat
 import hashlib
 import hmac
 import struct
-from typing import Dict, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -35,10 +35,11 @@ def _bytes_of(payload: Tensor) -> object:
 
 
 class Sealer:
-    """Tags and checks the messages of one process; counts the messages of each stream."""
+    """Tags and checks the messages of one process; counts the messages of each stream. `peers`:
+    a key per peer rank (many edges: each client's link has its own), else `key` for every peer."""
 
-    def __init__(self, key: bytes) -> None:
-        self.key = key
+    def __init__(self, key: bytes, peers: Optional[Mapping[int, bytes]] = None) -> None:
+        self.key, self.peers = key, dict(peers or {})
         self._next: Dict[Tuple[str, int, int, int], int] = {}
 
     def _context(self, way: str, src: int, dst: int, stream: int) -> bytes:
@@ -48,10 +49,10 @@ class Sealer:
 
     def seal(self, src: int, dst: int, stream: int, fields: Tensor, payload: Tensor) -> Tensor:
         """The head (uint8, HEAD_BYTES) of the next message src -> dst on `stream`."""
-        context = self._context("send", src, dst, stream)
+        context, key = self._context("send", src, dst, stream), self.peers.get(dst, self.key)
         raw = fields.numpy().tobytes()
-        payload_tag = _tag(self.key, context, b"payload", _bytes_of(payload))
-        head_tag = _tag(self.key, context, b"head", raw, payload_tag)
+        payload_tag = _tag(key, context, b"payload", _bytes_of(payload))
+        head_tag = _tag(key, context, b"head", raw, payload_tag)
         return torch.frombuffer(bytearray(raw + payload_tag + head_tag), dtype=torch.uint8)
 
     def open(self, src: int, dst: int, stream: int, head: Tensor) -> Tuple[Tensor, bytes, bytes]:
@@ -61,12 +62,14 @@ class Sealer:
         raw = head.numpy().tobytes()
         fields, payload_tag, head_tag = (raw[:FIELD_BYTES], raw[FIELD_BYTES:FIELD_BYTES + TAG_BYTES],
                                          raw[FIELD_BYTES + TAG_BYTES:])
-        if not hmac.compare_digest(head_tag, _tag(self.key, context, b"head", fields, payload_tag)):
+        if not hmac.compare_digest(head_tag, _tag(self.peers.get(src, self.key), context, b"head", fields,
+                                                  payload_tag)):
             raise IntegrityError("its header fails the integrity check (HMAC)")
         return torch.frombuffer(bytearray(fields), dtype=torch.int64), payload_tag, context
 
     def check(self, payload: Tensor, payload_tag: bytes, context: bytes) -> None:
         """IntegrityError unless the payload is the one its (checked) head announced."""
-        if not hmac.compare_digest(payload_tag, _tag(self.key, context, b"payload",
+        src = _CONTEXT.unpack(context)[0]
+        if not hmac.compare_digest(payload_tag, _tag(self.peers.get(src, self.key), context, b"payload",
                                                      _bytes_of(payload))):
             raise IntegrityError("its payload fails the integrity check (HMAC)")

@@ -5,7 +5,7 @@ import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,11 @@ PAYLOAD_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, A
                   CheckpointError)
 
 
-def rank_name(rank: int, world_size: int) -> str:
+def rank_name(rank: int, world_size: int, clients: bool = False) -> str:
+    """How a rank is named in lines; `clients`: a many-edge run's, where rank 0 is the cloud and
+    rank k + 1 client k's edge (edgesplit.clients.dist)."""
+    if clients:
+        return "the cloud (rank 0)" if rank == 0 else f"client {rank - 1} (edge rank {rank})"
     if rank == EDGE:
         return "edge rank 0"
     return f"cloud rank {rank} (stage {rank} of {world_size - 1})"
@@ -69,12 +73,19 @@ class Transport:
     """Messages between logical ranks (0 = edge, s+1 = cloud stage s). `global_ranks[r]` is the
     torch.distributed rank of logical rank r. Messages from/to the edge cross the edge link: they
     are shaped by `link` in the sender and counted in `link_bytes` ('up' = edge -> cloud). Every
-    message is sealed by `sealer` and checked before its payload is allocated or handed on."""
+    message is sealed by `sealer` and checked before its payload is allocated or handed on. Many
+    edges (edgesplit.clients.dist): `edges` are their logical ranks, `names` names every rank."""
 
     def __init__(self, rank: int, global_ranks: List[int], timeout_s: float, sealer: Sealer,
                  link: LinkSpec = LinkSpec(),
-                 diagnose: Optional[Callable[[int], Optional[str]]] = None) -> None:
+                 diagnose: Optional[Callable[[int], Optional[str]]] = None,
+                 edges: Collection[int] = (EDGE,), names: Optional[Callable[[int], str]] = None,
+                 groups: Optional[Dict[int, Any]] = None) -> None:
         self.rank, self.global_ranks, self.timeout_s = rank, global_ranks, timeout_s
+        self.edges, self._names = frozenset(edges), names
+        # a process group per peer (many edges): gloo ends every pair of a group when one wait in
+        # it times out, and a stalled client must not end the others' links
+        self.groups = groups or {}
         self.sealer = sealer
         self.world_size = len(global_ranks)
         self.link = link
@@ -84,21 +95,25 @@ class Transport:
         self._shapers: Dict[str, ShapedLink] = {}
         if rank == EDGE and link.describe():
             say(str(link.describe()))
-        if rank == EDGE and link.shaped("up"):
+        if rank in self.edges and link.shaped("up"):
             self._shapers["up"] = ShapedLink(link.up_bps, link.latency_s, "uplink")
-        if rank != EDGE and link.shaped("down"):
+        if rank not in self.edges and link.shaped("down"):
             self._shapers["down"] = ShapedLink(link.down_bps, link.latency_s, "downlink")
+
+    def _group(self, peer: int) -> Dict[str, Any]:
+        """The process group of the link to `peer` as a keyword (none: the default group)."""
+        return {"group": self.groups[peer]} if peer in self.groups else {}
 
     def direction(self, src: int, dst: int) -> Optional[str]:
         """'up', 'down' or None (between cloud stages)."""
-        if src == EDGE and dst != EDGE:
+        if src in self.edges and dst not in self.edges:
             return "up"
-        if dst == EDGE and src != EDGE:
+        if dst in self.edges and src not in self.edges:
             return "down"
         return None
 
     def name(self, rank: int) -> str:
-        return rank_name(rank, self.world_size)
+        return self._names(rank) if self._names else rank_name(rank, self.world_size)
 
     def peer_error(self, peer: int, what: str, e: BaseException) -> PeerError:
         detail = self.diagnose(peer) if self.diagnose else None
@@ -131,9 +146,9 @@ class Transport:
         head = self.sealer.seal(self.rank, dst, head_tag, fields, payload.cpu())
 
         def go() -> List[dist.Work]:
-            works = [dist.isend(head, peer, tag=head_tag)]
+            works = [dist.isend(head, peer, tag=head_tag, **self._group(dst))]
             if payload.numel():
-                works.append(dist.isend(payload, peer, tag=payload_tag))
+                works.append(dist.isend(payload, peer, tag=payload_tag, **self._group(dst)))
             return [w for w in works if w is not None]  # None only when this rank is not in the group
 
         nbytes = HEADER_BYTES + payload.numel()
@@ -159,22 +174,24 @@ class Transport:
             self.wait_s += time.perf_counter() - t0
 
     def recv(self, src: int, expect: Optional[Kind] = None, index: Optional[int] = None,
-             device: Optional[torch.device] = None) -> Tuple[Header, Tensor]:
+             device: Optional[torch.device] = None, wait_s: Optional[float] = None) -> Tuple[Header, Tensor]:
         """Block until the next message from `src` on the stream of `expect` (gradients or the
-        rest: see protocol.tags); check its kind and micro-batch index."""
+        rest: see protocol.tags), for at most `wait_s` (default: timeout_s); check its kind and
+        micro-batch index."""
         t0 = time.perf_counter()
+        limit_s = self.timeout_s if wait_s is None else wait_s
         head_tag, payload_tag = tags(expect)
         peer = self.global_ranks[src]
         head = torch.empty(HEADER_BYTES, dtype=torch.uint8)
         what = f"waiting for {expect.name if expect else 'a message'}"
         try:
-            _wait(dist.irecv(head, peer, tag=head_tag), self.timeout_s)
+            _wait(dist.irecv(head, peer, tag=head_tag, **self._group(src)), limit_s)
             # checked before the declared size is allocated, and the payload before it is decoded
             fields, mac, context = self.sealer.open(src, self.rank, head_tag, head)
             header = Header.from_tensor(fields)
             payload = torch.empty(header.nbytes, dtype=torch.uint8)
             if header.nbytes:
-                _wait(dist.irecv(payload, peer, tag=payload_tag), self.timeout_s)
+                _wait(dist.irecv(payload, peer, tag=payload_tag, **self._group(src)), self.timeout_s)
             self.sealer.check(payload, mac, context)
         except IntegrityError as e:
             raise PeerError(f"{self.name(self.rank)} refused a message from {self.name(src)} while "

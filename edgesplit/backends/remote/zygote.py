@@ -17,6 +17,7 @@ import torch._dynamo  # noqa: F401 (a rank's first optimizer imports it: over a 
 
 from edgesplit.backends.remote import launch
 from edgesplit.backends.remote.cloud_main import child_main
+import edgesplit.clients.edge_process  # noqa: F401 (a many-edge run's edges: imported once, here)
 
 LENGTH = struct.Struct("!Q")  # a request: its JSON's length, then the JSON
 # with a request: the edge's stdout and stderr (now, not at the zygote's start), and the rank's
@@ -91,7 +92,8 @@ def _become_rank(request: dict, fds: List[int], unused: List[int], sigint: Any) 
         os.environ.update(request["env"])
         rank, world, host, port, timeout_s, threads = request["argv"]
         _name_process(f"cloud-rank-{rank}")
-        child_main(int(rank), int(world), host, int(port), request["given"], float(timeout_s), int(threads))
+        child_main(int(rank), int(world), host, int(port), request["given"], float(timeout_s), int(threads),
+                   request.get("entry", "cloud"))
     except BaseException:
         traceback.print_exc()
     finally:
@@ -122,6 +124,8 @@ def serve(fd: int) -> None:
             if got is None:
                 return
             request, fds = got
+            if request.get("entry") == "edge":
+                edgesplit.clients.edge_process.preload()  # once, before the first client's fork
             pid = os.fork()
             if pid == 0:
                 _become_rank(request, fds, [sock.fileno(), wake_r, wake_w, *status.values()], sigint)
