@@ -13,6 +13,7 @@ from edgesplit.backends import build_backend
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.clients.averaging import average_into
 from edgesplit.clients.backend import ClientsBackend
+from edgesplit.clients.dist import build_clients
 from edgesplit.clients.partition import holdout, labels_of, partition
 from edgesplit.clients.rounds import Turn, epoch_turns, sampled
 from edgesplit.data.datasets import digits
@@ -47,15 +48,18 @@ def _losses(cfg: DictConfig) -> List[float]:
     """One epoch's train-step losses and the validation losses after it, as the trainer runs them."""
     parts, meter = assemble(cfg), CommMeter()
     assert parts.datasets is not None
-    clients = ClientsBackend(parts, meter) if parts.clients is not None else None
+    clients = build_clients(parts, meter) if parts.clients is not None else None
     backend = clients or build_backend(parts, meter)
-    torch.manual_seed(cfg.seed)
-    backend.start_epoch(0)
-    loader = clients.batches(0) if clients else train_loader(cfg, parts.datasets, None, 0)
-    losses = [backend.train_step(x, y, ids).loss_sum for x, y, ids in loader]
-    backend.train(False)
-    with torch.no_grad():
-        return losses + [backend.eval_step(x, y).loss_sum for x, y in val_loader(cfg, parts.datasets)]
+    try:
+        torch.manual_seed(cfg.seed)
+        backend.start_epoch(0)
+        loader = clients.batches(0) if clients else train_loader(cfg, parts.datasets, None, 0)
+        losses = [backend.train_step(x, y, ids).loss_sum for x, y, ids in loader]
+        backend.train(False)
+        with torch.no_grad():
+            return losses + [backend.eval_step(x, y).loss_sum for x, y in val_loader(cfg, parts.datasets)]
+    finally:
+        backend.close()
 
 
 @pytest.mark.parametrize("setting", [
@@ -63,7 +67,9 @@ def _losses(cfg: DictConfig) -> List[float]:
     ["clients.algorithm=sflv1", "pipeline_backend=gpipe", "pipeline_backend.chunks=2",
      "compressor.error_feedback=true", "clients.rounds_per_epoch=2"],
     ["clients.algorithm=sflv2", "pipeline_backend=naive", "pipeline_backend.chunks=1", "compressor=delta"],
-], ids=["sequential-naive", "sflv1-gpipe-error_feedback", "sflv2-naive-delta"])
+    pytest.param(["clients.algorithm=sflv2", "pipeline_backend=dist", "pipeline_backend.chunks=2"],
+                 marks=pytest.mark.slow),  # one edge process against the single-edge dist run
+], ids=["sequential-naive", "sflv1-gpipe-error_feedback", "sflv2-naive-delta", "sflv2-dist"])
 def test_one_client_trains_as_the_single_edge_run(make_cfg: Callable[..., DictConfig],
                                                   setting: List[str]) -> None:
     single = _losses(make_cfg(*ONE_EPOCH, *setting))
