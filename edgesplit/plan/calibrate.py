@@ -6,7 +6,8 @@ import logging
 from typing import Dict, List, Mapping, Sequence
 
 from edgesplit.plan.cache import cache_path, write_profile
-from edgesplit.plan.calibration import Calibration, fit_sides, mean_rest, pooled_slope, schedule_key
+from edgesplit.plan.calibration import (SCALE_RANGE, Calibration, fit_sides, mean_rest, pooled_slope,
+                                        schedule_key)
 from edgesplit.plan.inputs import PlanInputs
 from edgesplit.plan.measure import Profile
 from edgesplit.plan.space import Bounds, Candidate, Devices, Figures, evaluate
@@ -84,7 +85,11 @@ def calibrations(inputs: PlanInputs, profiles: Mapping[int, Profile], cands: Seq
                 log.info(f"calibrating the backend on this host: front {c.front}, back {c.back}, "
                          f"{c.compressor}, {chunks} chunks, {int(inputs.plan.calibrate)} steps")
                 runs.append(measure(inputs, c, int(inputs.plan.warmup), int(inputs.plan.calibrate), BARE))
-            profile.calibrations[key] = fit(inputs, profile, refs, runs, bounds)
+            profile.calibrations[key] = cal = fit(inputs, profile, refs, runs, bounds)
+            if cal.edge.scale in SCALE_RANGE:
+                log.warning(f"the calibration is suspect: the backend's compute does not follow the "
+                            f"profile (factor {cal.edge.scale:g}, at its bound; a busy machine?): plan "
+                            f"again on a quiet one, or plan.calibrate=0 for the units' compute alone")
             write_profile(profile, cache_path(profile.key, inputs.plan.cache_dir))
         out[chunks] = profile.calibrations[key]
     return out
