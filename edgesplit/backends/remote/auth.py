@@ -274,7 +274,8 @@ class Gate:
                     return self.session()
                 check(self.missing())
                 if time.monotonic() > deadline:
-                    raise PeerError(f"{missing()} did not connect to the edge within {timeout_s:g} s "
+                    server = "cloud" if self.per_rank else "edge"
+                    raise PeerError(f"{missing()} did not connect to the {server} within {timeout_s:g} s "
                                     f"(pipeline_backend.timeout_s)")
                 time.sleep(0.05)
 
