@@ -1,6 +1,7 @@
 """Many edges, one cloud, across processes (pipeline_backend=dist, clients.count=K): this process is
-the cloud and runs the training loop; K edge processes (edge_process.py), forked by the zygote and
-each admitted with its own client's secret, hold their shards, labels and edge parts. The cloud
+the cloud and runs the training loop; K edge processes (edge_process.py), forked by the zygote or on
+their own hosts (hosts.py), each admitted with its own client's secret, hold their shards, labels
+and edge parts. The cloud
 serves them in the round plan's order (rounds.py, as in one process) and averages their edge parts
 (weights only, data-only messages); a client lost past pipeline_backend.timeout_s is dropped."""
 import logging

@@ -43,6 +43,12 @@ def client_secret_of(b: DistSpec) -> str:
     return secret
 
 
+def _sides(client: int) -> auth.Sides:
+    """How an edge host's join names the cloud, itself, and what to do when refused."""
+    return auth.Sides("the cloud", f"client {client}", f"{CLIENT_ENV} is not client {client}'s: set it to "
+                      f"what `python -m edgesplit.clients.keys {client}` prints on the cloud's host")
+
+
 def _torchrun(role: str, count: int, client: Optional[int], secret: str, timeout_s: float) -> launch.World:
     """Under torchrun: the ranks come from the rendezvous, their logical order from the roles (one
     cloud, then client 0..K-1's edges); then each edge proves its client's secret to the cloud."""
@@ -69,7 +75,7 @@ def _torchrun(role: str, count: int, client: Optional[int], secret: str, timeout
         return launch.World(me, order, store, timeout_s, key, [], gate.keys, True)
     host, port = os.environ.get("MASTER_ADDR", "?"), int(os.environ.get("MASTER_PORT", "0"))
     with Waiting(f"the cloud to admit client {me - 1} (torchrun's store at {where})", timeout_s):
-        _, key = auth.join_session(store, secret, me, host, port, timeout_s)
+        _, key = auth.join_session(store, secret, me, host, port, timeout_s, sides=_sides(me - 1))
     return launch.World(me, order, store, timeout_s, key, clients=True)
 
 
@@ -88,7 +94,7 @@ def start_cloud(b: DistSpec, count: int, threads: Optional[int]) -> launch.World
         raise ConfigError(f"pipeline_backend.role={b.role} trains no many-edge run: the cloud's host runs "
                           f"pipeline_backend.role=cloud")
     where, size = f"{b.master_addr}:{b.master_port}", count + 1
-    store = launch.serve_store(b.master_addr, b.master_port, b.timeout_s)
+    store = launch.serve_store(b.master_addr, b.master_port, b.timeout_s, server="the cloud")
     gate = auth.Gate(store, secret, size, per_rank=True)
     key = gate.wait(b.timeout_s, where=where)
     launch.init_group(store, CLOUD, size, b.timeout_s)
@@ -98,8 +104,8 @@ def start_cloud(b: DistSpec, count: int, threads: Optional[int]) -> launch.World
 def _join(b: DistSpec, count: int, client: int, secret: str) -> launch.World:
     """Client `client`'s edge host joins the cloud at master_addr:master_port."""
     host, port = b.master_addr, b.master_port
-    store, rank, key = launch.join_store(host, port, secret, client + 1, b.timeout_s,
-                                         who=f"client {client}", server="the cloud")
+    store, rank, key = launch.join_store(host, port, secret, client + 1, b.timeout_s, f"client {client}",
+                                         _sides(client))
     pairs = json.loads(store.get(auth.SESSION).decode().rpartition("|")[0])  # join_session checked it
     if len(pairs) != count:
         raise PeerError(f"the cloud at {host}:{port} runs {len(pairs)} clients, this host's clients.count="

@@ -128,23 +128,24 @@ def _store_client(host: str, port: int, timeout_s: float, deadline: float,
 
 
 def join_store(host: str, port: int, secret: str, want: int, timeout_s: float, who: str = "",
-               server: str = "the edge") -> Tuple[dist.TCPStore, int, bytes]:
-    """Cloud side (or a client's edge host: `who`, `server` the cloud): reach the server's store at
+               sides: auth.Sides = auth.Sides()) -> Tuple[dist.TCPStore, int, bytes]:
+    """Cloud side (or a client's edge host: `who`, `sides`): reach the edge's (the cloud's) store at
     host:port and be admitted (a line every few seconds), all within timeout_s; returns the store,
     the stage rank and the session's key."""
     deadline = time.monotonic() + timeout_s
     admit = who or (f"cloud rank {want}" if want else "a cloud process")
-    with Waiting(f"{server} at {host}:{port} to admit {admit}", timeout_s):
-        store = _store_client(host, port, timeout_s, deadline, who or "cloud", server)
+    with Waiting(f"{sides.server} at {host}:{port} to admit {admit}", timeout_s):
+        store = _store_client(host, port, timeout_s, deadline, who or "cloud", sides.server)
         store.set_timeout(timedelta(seconds=timeout_s))  # its later calls: the run's limit
         left = max(deadline - time.monotonic(), 0.05)
-        return (store, *auth.join_session(store, secret, want, host, port, left, limit_s=timeout_s))
+        return (store, *auth.join_session(store, secret, want, host, port, left, limit_s=timeout_s,
+                                          sides=sides))
 
 
-def serve_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
+def serve_store(host: str, port: int, timeout_s: float, server: str = "the edge") -> dist.TCPStore:
     """The edge's store, listening on host:port only: torch's own server would listen on every
     interface, so it gets a socket bound here (and owns its descriptor from then on)."""
-    listener = auth.listening_socket(host, port)
+    listener = auth.listening_socket(host, port, server)
     port = listener.getsockname()[1]
     fd = listener.detach()
     try:
