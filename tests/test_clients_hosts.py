@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 
 from edgesplit.assemble import assemble, pipeline_of
@@ -23,7 +24,7 @@ from edgesplit.backends.remote import auth, launch
 from edgesplit.clients import keys
 from edgesplit.clients.dist import DistClientsBackend
 from edgesplit.clients.edge_process import ClientEdge, EdgeSpec
-from edgesplit.clients.hosts import CLIENT_ENV, _join, client_secret_of
+from edgesplit.clients.hosts import CLIENT_ENV, _join, _torchrun, client_secret_of
 from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError, PeerError
 from edgesplit.run import trainer
@@ -206,3 +207,19 @@ def test_an_edge_host_with_another_clients_secret_is_refused_in_one_line(
     assert said == [f"the cloud at 127.0.0.1:{port} refused client 1: its secret differs ({CLIENT_ENV} is "
                     f"not client 1's: set it to what `python -m edgesplit.clients.keys 1` prints on the "
                     f"cloud's host)"] and gate.missing() == [1, 2]
+
+
+def test_a_torchrun_launch_without_one_rank_per_client_is_refused_in_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-rank launch of a two-client run: the cloud's rank names what torchrun started."""
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                       "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    says = ("torchrun started 1 cloud rank(s) and edges of clients []: clients.count=2 needs one "
+            "pipeline_backend.role=cloud and one pipeline_backend.role=edge per pipeline_backend.client 0..1")
+    try:
+        with pytest.raises(PeerError, match=re.escape(says)):
+            _torchrun("cloud", 2, None, SECRET, 10)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

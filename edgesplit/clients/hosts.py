@@ -97,16 +97,24 @@ def start_cloud(b: DistSpec, count: int, threads: Optional[int]) -> launch.World
     store = launch.serve_store(b.master_addr, b.master_port, b.timeout_s, server="the cloud")
     gate = auth.Gate(store, secret, size, per_rank=True)
     key = gate.wait(b.timeout_s, where=where)
-    launch.init_group(store, CLOUD, size, b.timeout_s)
+    try:
+        launch.init_group(store, CLOUD, size, b.timeout_s)
+    except (RuntimeError, dist.DistError) as e:  # an admitted edge host left before the group formed
+        raise PeerError(f"the cloud's {count} edge hosts did not form the group at {where} within "
+                        f"{b.timeout_s:g} s: {str(e).splitlines()[0][:200]}") from None
     return launch.World(CLOUD, list(range(size)), store, b.timeout_s, key, [], gate.keys, True)
 
 
 def _join(b: DistSpec, count: int, client: int, secret: str) -> launch.World:
     """Client `client`'s edge host joins the cloud at master_addr:master_port."""
     host, port = b.master_addr, b.master_port
-    store, rank, key = launch.join_store(host, port, secret, client + 1, b.timeout_s, f"client {client}",
-                                         _sides(client))
-    pairs = json.loads(store.get(auth.SESSION).decode().rpartition("|")[0])  # join_session checked it
+    try:
+        store, rank, key = launch.join_store(host, port, secret, client + 1, b.timeout_s, f"client {client}",
+                                             _sides(client))
+        pairs = json.loads(store.get(auth.SESSION).decode().rpartition("|")[0])  # join_session checked it
+    except (RuntimeError, dist.DistError) as e:  # the cloud's store went away while this host waited
+        raise PeerError(f"client {client} lost the cloud's store at {host}:{port} before the run started: "
+                        f"{str(e).splitlines()[0][:200]}") from None
     if len(pairs) != count:
         raise PeerError(f"the cloud at {host}:{port} runs {len(pairs)} clients, this host's clients.count="
                         f"{count}: give every host the cloud's clients.count")

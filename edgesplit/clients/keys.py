@@ -2,6 +2,7 @@
 run secret ($EDGESPLIT_SECRET, or the file), for the cloud's operator to hand to edge host K as its
 $EDGESPLIT_CLIENT_SECRET (edgesplit.clients.hosts). It proves nothing about any other client."""
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -17,6 +18,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.client < 0:
             raise ConfigError(f"client {args.client} is invalid: must be >= 0")
+        if not (args.secret_file or os.environ.get(auth.ENV)):
+            raise ConfigError(f"client {args.client}'s secret derives from the run secret: set {auth.ENV} "
+                              f"(on the cloud's host) or give --secret-file PATH")
         secret = auth.resolve_secret(None, False, args.secret_file)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
