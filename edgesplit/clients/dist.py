@@ -1,9 +1,9 @@
 """Many edges, one cloud, across processes (pipeline_backend=dist, clients.count=K): this process is
 the cloud and runs the training loop; K edge processes (edge_process.py), forked by the zygote or on
 their own hosts (hosts.py), each admitted with its own client's secret, hold their shards, labels
-and edge parts. The cloud
-serves them in the round plan's order (rounds.py, as in one process) and averages their edge parts
-(weights only, data-only messages); a client lost past pipeline_backend.timeout_s is dropped."""
+and edge parts. The cloud serves them in the round plan's order (rounds.py, as in one process) and
+averages their edge parts (weights only, data-only messages); a client lost past
+pipeline_backend.timeout_s is dropped."""
 import logging
 from dataclasses import replace
 from typing import Any, Dict, List, Optional
@@ -107,7 +107,7 @@ class DistClientsBackend(ClientsBackend):
                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
         log.warning(line)
         self.dropped[client] = line
-        if client < len(self.world.children):  # an edge host's process ends when the cloud's run does
+        if client < len(self.world.children):  # an edge host's ends when the cloud's run closes its link
             self.world.children[client].kill()
 
     def _guarded(self, client: int, call: Any, *args: Any) -> Any:

@@ -162,7 +162,8 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
     forked by this process's zygote (forks.py), the secret and its StageSpec as JSON through the
     zygote's socket, where other users cannot read them as they can argv. `entry` 'edge' (a
     many-edge run's cloud: edgesplit.clients.dist): the children are the clients' edges, each
-    given its own client's secret (auth.client_secret) and its own message key."""
+    given its own client's secret (auth.client_secret) and its own message key (their specs are
+    empty: each edge's comes over its link)."""
     world_size = stages + 1
     per_client = entry == "edge"
     store = serve_store("127.0.0.1", 0, timeout_s)
