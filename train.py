@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from edgesplit.clients.schema import serving_role
 from edgesplit.run import launchers
 from edgesplit.run.command_line import check_argv
 from edgesplit.config import register_configs
@@ -18,7 +19,7 @@ from edgesplit.logs.logbook import redact
 from edgesplit.run.job_config import job_config
 from edgesplit.run.guard import refuse
 from edgesplit.run.trainer import run
-from edgesplit.validate import validate_dist
+from edgesplit.validate import validate_client, validate_dist
 
 log = logging.getLogger("edgesplit")
 register_configs()
@@ -63,10 +64,15 @@ def main(cfg: DictConfig) -> None:
             if note:
                 log.info(note)
             cfg = with_job_threads(cfg, hydra_cfg)
-            if cfg.pipeline_backend.name == "dist" and cfg.pipeline_backend.get("role") == "cloud":
-                from edgesplit.backends.remote import run_cloud  # serves the edge; writes no results
-                validate_dist(cfg.pipeline_backend)  # the rest of its config is the edge's to check
-                return run_cloud(cfg)
+            role = serving_role(cfg)  # a process that serves another's run and writes no results
+            if role is not None:
+                validate_dist(cfg.pipeline_backend)  # the rest of its config is the other's to check
+                if role == "cloud":  # a cloud host of one edge
+                    from edgesplit.backends.remote import run_cloud
+                    return run_cloud(cfg)
+                from edgesplit.clients.hosts import run_edge_host  # a client's edge host of many
+                validate_client(cfg)
+                return run_edge_host(cfg)
             run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
         except UserError as e:
             # One line, no traceback; in a sweep the other jobs go on (the exit code says it failed).

@@ -145,6 +145,7 @@ class DistConfig(BackendConfig):
     secret_file: Optional[str] = None  # a file that holds the secret (the command line may not)
     edge_slowdown: float = 1.0  # emulation: each edge compute segment padded to this many times its time
     edges: Optional[int] = None  # many edges (clients.count > 1): edge processes; null = clients.count
+    client: Optional[int] = None  # many edges across hosts, role=edge: the client this edge host is
 
 
 @dataclass

@@ -174,11 +174,12 @@ def _clients(cfg: DictConfig) -> None:
     if b.name == "dist":
         _check(b.edges is None or b.edges == c.count, "pipeline_backend.edges", b.edges,
                f"must equal clients.count={c.count} (one edge process per client) or null (= clients.count)")
+        validate_client(cfg)
     if not simulated(c):
         return
-    needs = [(b.name != "dist" or (b.role is None and cfg.partition.cloud_stages == 1),
-              "pipeline_backend.role=null and partition.cloud_stages=1 with pipeline_backend=dist: "
-              "many edges across hosts, and a cloud of several stages, are not built yet"),
+    needs = [(b.name != "dist" or cfg.partition.cloud_stages == 1,
+              "partition.cloud_stages=1 with pipeline_backend=dist: a cloud of several stages serving many "
+              "edges is not built yet"),
              (cfg.precision != "fp16",
               "precision=fp32 or bf16: one fp16 loss scaler per client is not built"),
              (cfg.data.device == "cpu", "data.device=cpu: each client's batches come from the CPU loader"),
@@ -189,6 +190,20 @@ def _clients(cfg: DictConfig) -> None:
     for ok, what in needs:
         if not ok:
             raise ConfigError(f"clients.count={c.count} needs {what}")
+
+
+def validate_client(cfg: DictConfig) -> None:
+    """`pipeline_backend.client`: which client an edge host of many edges is (role=edge), else null.
+    An edge host runs the cloud's config and checks no more of its own (train.py)."""
+    b, c = cfg.pipeline_backend, cfg.clients
+    if b.role == "edge" and simulated(c):
+        _check(b.client is not None and 0 <= b.client < c.count, "pipeline_backend.client", b.client,
+               f"must be in 0..{c.count - 1}: the client this edge host is (pipeline_backend.role=edge with "
+               f"clients.count={c.count})")
+    else:
+        _check(b.client is None, "pipeline_backend.client", b.client,
+               "must be null: only an edge host of many edges (pipeline_backend.role=edge, clients=many) "
+               "is a client")
 
 
 def _data_name(d: DictConfig) -> None:

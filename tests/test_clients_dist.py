@@ -165,15 +165,26 @@ def test_an_edge_with_another_clients_key_is_refused() -> None:
     ("pipeline_backend.edges=3", "pipeline_backend.edges=3 is invalid: must equal clients.count=4 (one edge "
                                  "process per client) or null (= clients.count)"),
     ("pipeline_backend.edges=5", "pipeline_backend.edges=5 is invalid: must equal clients.count=4"),
-    ("pipeline_backend.role=edge", "clients.count=4 needs pipeline_backend.role=null and "
-                                   "partition.cloud_stages=1 with pipeline_backend=dist"),
-    ("partition.cloud_stages=2", "many edges across hosts, and a cloud of several stages, are not built yet"),
+    ("pipeline_backend.role=edge",
+     "pipeline_backend.client=None is invalid: must be in 0..3: the client this edge host is "
+     "(pipeline_backend.role=edge with clients.count=4)"),
+    ("pipeline_backend.role=edge pipeline_backend.client=4",
+     "pipeline_backend.client=4 is invalid: must be in 0..3"),
+    ("pipeline_backend.client=1",
+     "pipeline_backend.client=1 is invalid: must be null: only an edge host of many edges "
+     "(pipeline_backend.role=edge, clients=many) is a client"),
+    ("partition.cloud_stages=2",
+     "clients.count=4 needs partition.cloud_stages=1 with pipeline_backend=dist: a cloud of several stages "
+     "serving many edges is not built yet"),
 ])
 def test_what_many_edges_in_dist_cannot_run_is_one_line(make_cfg: Callable[..., DictConfig],
                                                         override: str, says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)):
-        validate(make_cfg("pipeline_backend=dist", "clients=many", "clients.count=4", override))
-    validate(make_cfg("pipeline_backend=dist", "clients=many", "clients.count=4", "pipeline_backend.edges=4"))
+        validate(make_cfg("pipeline_backend=dist", "clients=many", "clients.count=4", *override.split()))
+    many = ["pipeline_backend=dist", "clients=many", "clients.count=4"]
+    validate(make_cfg(*many, "pipeline_backend.edges=4"))
+    validate(make_cfg(*many, "pipeline_backend.role=cloud"))
+    validate(make_cfg(*many, "pipeline_backend.role=edge", "pipeline_backend.client=3"))
 
 
 @pytest.mark.slow
@@ -196,9 +207,12 @@ def test_a_resumed_many_edge_dist_run_ends_bit_exact(tmp_path: Path, monkeypatch
         _equal(straight[key], resumed[key], key)
 
 
-def test_many_edges_under_torchrun_are_refused_in_one_line(make_cfg: Callable[..., DictConfig],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_torchrun_rank_of_many_edges_without_a_role_is_refused_in_one_line(
+        make_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "1")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ConfigError, match=re.escape("K edge ranks under torchrun are not built yet")):
+    monkeypatch.setenv(auth.ENV, SECRET)
+    says = ("clients.count=4 under torchrun: every rank names its role, pipeline_backend.role=cloud (the one "
+            "that trains) or pipeline_backend.role=edge pipeline_backend.client=k (one per client)")
+    with pytest.raises(ConfigError, match=re.escape(says)):
         build_clients(assemble(make_cfg(*FOUR, "pipeline_backend=dist")), CommMeter())

@@ -1,29 +1,32 @@
 """Many edges, one cloud, across processes (pipeline_backend=dist, clients.count=K): this process is
-the cloud and runs the training loop; K edge processes (edge_process.py), forked by the zygote and
-each admitted with its own client's secret, hold their shards, labels and edge parts. The cloud
-serves them in the round plan's order (rounds.py, as in one process) and averages their edge parts
-(weights only, data-only messages); a client lost past pipeline_backend.timeout_s is dropped."""
+the cloud and runs the training loop; K edge processes (edge_process.py), forked by the zygote or on
+their own hosts (hosts.py), each admitted with its own client's secret, hold their shards, labels
+and edge parts. The cloud serves them in the round plan's order (rounds.py, as in one process) and
+averages their edge parts (weights only, data-only messages); a client lost past
+pipeline_backend.timeout_s is dropped."""
 import logging
+from dataclasses import replace
 from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from edgesplit.assemble import RunParts
+from edgesplit.assemble import RunParts, RunSpec
 from edgesplit.backends.base import StepResult, named_unit_parameters
 from edgesplit.backends.partitions import resolve_devices
 from edgesplit.backends.remote import auth, launch
 from edgesplit.backends.remote.cloud import CloudStage
-from edgesplit.backends.remote.protocol import Command, Op
+from edgesplit.backends.remote.protocol import Command, Header, Kind, Op
 from edgesplit.backends.remote.spec import StageSpec
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.clients.averaging import mean_state
 from edgesplit.clients.backend import Client, ClientsBackend, copies
-from edgesplit.clients.edge_process import EdgeSpec, transport_of
+from edgesplit.clients import hosts
+from edgesplit.clients.edge_process import EdgeSpec, client_groups, transport_of
 from edgesplit.clients.remote_client import RemoteClient, Turns
 from edgesplit.clients.rounds import Turn
-from edgesplit.errors import ConfigError, PeerError
+from edgesplit.errors import PeerError
 from edgesplit.run import checkpoint
 
 log = logging.getLogger(__name__)
@@ -37,20 +40,17 @@ class DistClientsBackend(ClientsBackend):
         spec, split, run = self.spec, parts.split, parts.spec
         b = run.pipeline.dist
         assert b is not None and len(split.cloud_bounds) == 2  # validated: dist, one cloud stage
-        if launch.under_torchrun():
-            raise ConfigError(f"clients.count={spec.count} with pipeline_backend=dist runs every edge on "
-                              f"this host (pipeline_backend.edges): K edge ranks under torchrun are not "
-                              f"built yet")
         self.current = 0  # the round of the turn being run (named when a client is dropped)
         self.stale = False  # sequential: the clients other than the holder hold an older edge
         edges, clouds = copies(parts, spec.algorithm, spec.count)
         self.edge_indices = list(split.edge_indices)
         self.world = self._launch(parts, spec.count)
-        self.t = transport_of(self.world, spec.count, run)
+        self.t = transport_of(self.world, run, client_groups(self.world))
         device = resolve_devices(run.pipeline.devices, 3)[1]
         stage_spec = StageSpec(0, 1, list(split.cloud_range(0)), str(device), run)
         opts = [run.optimization(named_unit_parameters(c), device) for c in clouds]
         try:
+            self._send_specs(run)
             for k in range(spec.count):
                 j = k if spec.algorithm == "sflv1" else 0
                 meter = CommMeter()
@@ -67,14 +67,27 @@ class DistClientsBackend(ClientsBackend):
         self.clouds = [list(c.values()) for c in clouds]
 
     def _launch(self, parts: RunParts, count: int) -> launch.World:
-        run, b, c = parts.spec, parts.spec.pipeline.dist, self.run
+        """K edge processes forked here (role null), or K edge hosts that join (role=cloud, torchrun)."""
+        run, b = parts.spec, parts.spec.pipeline.dist
         assert b is not None
+        if b.role is not None or launch.under_torchrun():
+            return hosts.start_cloud(b, count, run.threads)
         secret = auth.resolve_secret(b.secret, True, b.secret_file)
-        torch.set_num_threads(launch.threads_per_rank(count + 1, run.threads))
-        specs = [EdgeSpec(k, count, run, self.spec, dict(self.spec.data), [int(i) for i in c.train[k]],
-                          [int(i) for i in c.held_out[k]]).to_json() for k in range(count)]
-        return launch.start_local(count, specs, secret, b.timeout_s,
-                                  launch.threads_per_rank(count + 1, run.threads), entry="edge")
+        threads = launch.threads_per_rank(count + 1, run.threads)
+        torch.set_num_threads(threads)
+        # each edge gets its spec over its link (_send_specs), as an edge host does
+        return launch.start_local(count, [""] * count, secret, b.timeout_s, threads, entry="edge")
+
+    def _send_specs(self, run: RunSpec) -> None:
+        """Each edge's spec, over its link: the run without the secret (an edge holds its client's
+        own), the clients' and `data` keys, and its shard's digest (it derives the shard itself)."""
+        b = run.pipeline.dist
+        assert b is not None
+        run = replace(run, pipeline=replace(run.pipeline, dist=replace(b, secret=None, secret_file=None)))
+        for k in range(self.spec.count):
+            spec = EdgeSpec(k, self.spec.count, run, self.spec, dict(self.spec.data), self.run.shard(k))
+            text = torch.frombuffer(bytearray(spec.to_json().encode()), dtype=torch.uint8)
+            self.t.wait_sent([self.t.send(k + 1, Header(Kind.CONTROL), text)], k + 1)
 
     # -- the steps, the drops ------------------------------------------------------------------
     def batches(self, epoch: int) -> Any:
@@ -94,7 +107,8 @@ class DistClientsBackend(ClientsBackend):
                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
         log.warning(line)
         self.dropped[client] = line
-        self.world.children[client].kill()
+        if client < len(self.world.children):  # an edge host's ends when the cloud's run closes its link
+            self.world.children[client].kill()
 
     def _guarded(self, client: int, call: Any, *args: Any) -> Any:
         """call(*args) with client `client`; a lost client is dropped (None)."""

@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
@@ -17,13 +16,14 @@ from edgesplit.assemble import RunSpec
 from edgesplit.assemble.wire import from_data, to_data
 from edgesplit.backends.base import StepResult
 from edgesplit.backends.remote.edge import RemoteBackend
-from edgesplit.backends.remote.launch import World
+from edgesplit.backends.remote.launch import World, threads_per_rank
 from edgesplit.backends.remote.link import LinkSpec
-from edgesplit.backends.remote.protocol import Command, Header, Kind, Op, Reply, pack_state, unpack_state
+from edgesplit.backends.remote.protocol import (Command, Header, Kind, Op, Reply, loads_bounded,
+                                                pack_state, unpack_state)
 from edgesplit.backends.remote.transport import Transport, rank_name
 from edgesplit.boundary.meter import CommMeter
 from edgesplit.clients.data import ClientStream, holdout_loader
-from edgesplit.clients.spec import ClientsSpec
+from edgesplit.clients.spec import ClientsRun, ClientsSpec
 from edgesplit.data.datasets import build_datasets
 from edgesplit.errors import PeerError
 from edgesplit.model.partition import split_units
@@ -47,15 +47,15 @@ def preload() -> None:
 
 @dataclass(frozen=True)
 class EdgeSpec:
-    """What client `client`'s edge process is told (data only, JSON): the run, the clients' keys,
-    the `data` keys it builds its training set from, and which samples of it are its own."""
+    """What client `client`'s edge process is told over its link (data only, JSON, no secret): the
+    run, the clients' keys, the `data` keys it builds its training set from, and the digest of its
+    shard (ClientsRun.shard), which it derives itself from the seeded partition."""
     client: int
     count: int
     run: RunSpec
     clients: ClientsSpec
     data: Dict[str, Any]
-    train: List[int]
-    held_out: List[int]
+    shard: str
 
     def to_json(self) -> str:
         return json.dumps(to_data(self))
@@ -68,17 +68,23 @@ class EdgeSpec:
             raise ValueError(f"malformed edge spec: {type(e).__name__}: {e}") from None
 
 
-def transport_of(world: World, count: int, spec: RunSpec) -> Transport:
-    """A many-edge run's transport: ranks 1..count are edges, the emulated link between each and the cloud."""
-    b = spec.pipeline.dist
+def client_groups(world: World) -> Dict[int, Any]:
+    """One process group per client's link (made by every rank in the same order, of torch ranks:
+    under torchrun they are not the logical ones); this rank's: the cloud's all, an edge's its own."""
+    timeout = timedelta(seconds=world.timeout_s)
+    groups = {k: dist.new_group([world.global_ranks[CLOUD], world.global_ranks[k]], timeout=timeout)
+              for k in range(1, world.size)}
+    return groups if world.rank == CLOUD else {CLOUD: groups[world.rank]}
+
+
+def transport_of(world: World, spec: Optional[RunSpec], groups: Dict[int, Any]) -> Transport:
+    """A many-edge run's transport: ranks 1..K are edges, the emulated link (spec's; none before an
+    edge has its spec) between each and the cloud."""
+    b = spec.pipeline.dist if spec else None
     link = LinkSpec.of_mbps(b.up_mbps, b.down_mbps, b.latency_ms) if b else LinkSpec()
-    # one group per client's link, made by every rank in the same order
-    groups = {k: dist.new_group([CLOUD, k], timeout=timedelta(seconds=world.timeout_s))
-              for k in range(1, count + 1)}
-    mine = {k: g for k, g in groups.items() if world.rank in (CLOUD, k)}
     return Transport(world.rank, world.global_ranks, world.timeout_s, world.sealer, link, world.diagnose,
-                     edges=range(1, count + 1), names=lambda rank: rank_name(rank, count + 1, True),
-                     groups=mine if world.rank == CLOUD else {CLOUD: mine[world.rank]})
+                     edges=range(1, world.size), names=lambda rank: rank_name(rank, world.size, True),
+                     groups=groups)
 
 
 class ClientEdge(RemoteBackend):
@@ -97,8 +103,15 @@ class ClientEdge(RemoteBackend):
                          if run.pipeline.dist else 1.0)
         self._attach(transport, CLOUD, CLOUD)
         self.healthy = True
-        # the training set, of which this client keeps its own samples (ClientStream, holdout_loader)
+        # the training set, of which this client keeps its own samples (ClientStream, holdout_loader):
+        # it derives them from the seeded partition, as the cloud does, and checks it holds the same
         self.train_set = build_datasets(OmegaConf.create(spec.data)).train
+        k, plan = spec.client, ClientsRun.of(spec.clients, self.train_set)
+        if plan.shard(k) != spec.shard:
+            raise PeerError(f"client {k}: its shard of the partition ({len(plan.train[k])} training, "
+                            f"{len(plan.held_out[k])} held-out samples) is not the cloud's: this host's data "
+                            f"set differs from the cloud's (the same `data` keys, other files?)")
+        self.train_ids, self.held_ids = plan.train[k], plan.held_out[k]
         self.stream: Optional[ClientStream] = None
 
     def start_epoch(self, epoch: int) -> None:
@@ -108,15 +121,13 @@ class ClientEdge(RemoteBackend):
         self.compute_s, self.steps = 0.0, 0
         self.meter.reset()
         torch.manual_seed(self.spec.run.seed + epoch)  # as the trainer seeds the epoch in one process
-        self.stream = ClientStream(self.train_set, np.asarray(self.spec.train, dtype=np.int64),
-                                   self.spec.clients, self.spec.client, epoch)
+        self.stream = ClientStream(self.train_set, self.train_ids, self.spec.clients, self.spec.client, epoch)
 
     def held_out(self) -> Optional[StepResult]:
         total = None
         self.train(False)
         with torch.no_grad():
-            held = np.asarray(self.spec.held_out, dtype=np.int64)
-            for x, y in holdout_loader(self.train_set, held, self.spec.clients) or []:
+            for x, y in holdout_loader(self.train_set, self.held_ids, self.spec.clients) or []:
                 step = self.eval_step(x, y)
                 total = step if total is None else total + step
         return total
@@ -181,13 +192,24 @@ class ClientEdge(RemoteBackend):
         self.t.close()
 
 
-def serve_client(world: World, text: str) -> None:
-    """A client's edge process from its spec (JSON) once the cloud admitted it (cloud_main.child_main)."""
-    try:
-        spec = EdgeSpec.from_json(text)
-    except ValueError as e:
-        raise PeerError(f"client edge rank {world.rank}: {e}") from None
-    edge = ClientEdge(spec, transport_of(world, spec.count, spec.run))
+def serve_client(world: World, ranks_here: int = 0) -> None:
+    """A client's edge process once the cloud admitted it (a local child: cloud_main.child_main; an
+    edge host: hosts.py): its spec comes first over its link, then the cloud's commands. `ranks_here`
+    (an edge host): this host's ranks, which share its cores at the cloud's `threads`."""
+    groups = client_groups(world)
+    bare = transport_of(world, None, groups)
+    _, payload = bare.recv(CLOUD, Kind.CONTROL)
+    bare.close()
+    with bare.decoding(CLOUD, "edge spec"):
+        text = payload.numpy().tobytes()
+        loads_bounded(text, "edge spec")  # its depth checked before from_json parses it
+        spec = EdgeSpec.from_json(text.decode())
+        if (spec.client, spec.count) != (world.rank - 1, world.size - 1):
+            raise ValueError(f"it is client {spec.client} of {spec.count}, this rank is {world.rank} of "
+                             f"{world.size}")
+    if ranks_here:  # the cloud's threads: another count sums floats in another order
+        torch.set_num_threads(threads_per_rank(ranks_here, spec.run.threads))
+    edge = ClientEdge(spec, transport_of(world, spec.run, groups))
     try:
         edge.serve()
     finally:

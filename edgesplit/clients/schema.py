@@ -24,3 +24,14 @@ def simulated(clients: Any) -> bool:
     """Whether the run simulates many edges (edgesplit.clients.backend): more than one client, or
     any option other than `single` (so one client can run through the same machinery)."""
     return bool(clients.count > 1 or clients.name != "single")
+
+
+def serving_role(cfg: Any) -> Optional[str]:
+    """The role of a dist process that serves another's run and writes no results: 'cloud' (a cloud
+    host of one edge) or 'edge' (a client's edge host of many edges); None: this process trains."""
+    b = cfg.pipeline_backend
+    role = b.get("role") if b.name == "dist" else None
+    if role is None:
+        return None
+    many = simulated(cfg.clients)
+    return role if (role == "cloud") != many else None

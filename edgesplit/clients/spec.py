@@ -1,5 +1,6 @@
 """A multi-client run's typed parts (assembled once from `clients`, edgesplit.assemble): the
 options, and which samples each client trains on and holds out."""
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -52,6 +53,14 @@ class ClientsRun:
                                   f"partial batch is dropped): lower clients.count or data.batch_size, or "
                                   f"raise clients.min_samples (partition={spec.partition})")
         return ClientsRun(spec, tuple(t for t, _ in split), tuple(h for _, h in split))
+
+    def shard(self, client: int) -> str:
+        """A digest of client `client`'s training and held-out indices: an edge that derives its
+        own shard (edge_process.py) proves it holds the one the cloud planned for."""
+        digest = hashlib.sha256()
+        for part in (self.train[client], self.held_out[client]):
+            digest.update(np.asarray(part, dtype="<i8").tobytes() + b"|")
+        return digest.hexdigest()
 
     def batches(self) -> List[int]:
         """Each client's full batches in one pass over its training samples."""

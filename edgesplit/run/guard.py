@@ -16,6 +16,7 @@ from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
+from edgesplit.clients.schema import serving_role
 from edgesplit.errors import UserError
 from edgesplit.run.job_config import job_config, task_config
 from edgesplit.run.rundir import check_free, check_sweep_free
@@ -77,12 +78,14 @@ class RunGuard(Callback):
         try:
             check_free(run_dir)
         except UserError as e:
-            if config.pipeline_backend.get("role") != "cloud":
+            role = serving_role(config)
+            if role is None:
                 _refuse(str(e))
-            # A cloud role writes no results, only Hydra's own files: given the edge's live dir
-            # (both started in the same second on one host), they go beside it, not over its record.
+            # A cloud role (an edge host of many edges) writes no results, only Hydra's own files:
+            # given the live dir of the run it serves (both started in the same second on one host),
+            # they go beside it, not over its record.
             with read_write(config.hydra):
-                config.hydra.run.dir = f"{run_dir}-cloud-{os.getpid()}"
+                config.hydra.run.dir = f"{run_dir}-{role}-{os.getpid()}"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check_secret(config)

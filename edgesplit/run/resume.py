@@ -24,6 +24,7 @@ RESULT_NEUTRAL = (
     "pipeline_backend.link", "pipeline_backend.master_addr", "pipeline_backend.master_port",
     "pipeline_backend.role", "pipeline_backend.secret", "pipeline_backend.secret_file",
     "pipeline_backend.timeout_s", "pipeline_backend.edge_slowdown", "logger",
+    "pipeline_backend.edges", "pipeline_backend.client",  # = clients.count; which host serves which client
     "checkpoint", "init_from",  # which epoch checkpoint_best.pt keeps; a resumed run has its weights
     "channels_last",  # the memory format: float sums in another order, as `threads`
 )

@@ -89,12 +89,12 @@ def _is_nonce(value: object) -> bool:
             and all(c in "0123456789abcdef" for c in value))
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int, server: str = "the edge") -> socket.socket:
     """A socket bound to host:port only (not every interface), for the store to listen on."""
     try:
         return socket.create_server((host, port), backlog=128)
     except OSError as e:
-        raise PeerError(f"the edge cannot listen on {host}:{port} "
+        raise PeerError(f"{server} cannot listen on {host}:{port} "
                         f"(pipeline_backend.master_addr/master_port): {e}") from None
 
 
@@ -116,39 +116,49 @@ class Admission:
     nonce: str  # this process's
 
 
-def _not_the_edge(host: str, port: int, why: str) -> PeerError:
+@dataclass(frozen=True)
+class Sides:
+    """How a join's lines name the store's host and the process that joins, and the fix for a
+    refused secret (many edges across hosts: the cloud, and a client's edge host)."""
+    server: str = "the edge"
+    joiner: str = "this cloud process"
+    fix: str = f"set the same {ENV} or pipeline_backend.secret on every host"
+
+
+def _not_the_edge(host: str, port: int, why: str, sides: Sides) -> PeerError:
     return PeerError(f"the process at {host}:{port} did not prove it knows the secret ({why}): "
-                     f"it is not the edge of this run, or it replays another session")
+                     f"it is not {sides.server} of this run, or it replays another session")
 
 
-def _await(store: dist.Store, key: str, deadline: float, host: str, port: int, limit_s: float) -> None:
+def _await(store: dist.Store, key: str, deadline: float, host: str, port: int, limit_s: float,
+           sides: Sides) -> None:
     """store.wait by polling: torch's wait prints C++ warnings on stderr when it times out."""
     while not store.check([key]):
         if time.monotonic() > deadline:
-            raise PeerError(f"the edge at {host}:{port} did not admit this cloud process within "
+            raise PeerError(f"{sides.server} at {host}:{port} did not admit {sides.joiner} within "
                             f"{limit_s:g} s (pipeline_backend.timeout_s)")
         time.sleep(0.05)
 
 
 def _admit(store: dist.Store, key: bytes, want: int, host: str, port: int,
-           timeout_s: float, limit_s: Optional[float] = None) -> Admission:
+           timeout_s: float, limit_s: Optional[float] = None, sides: Sides = Sides()) -> Admission:
     deadline, limit_s = time.monotonic() + timeout_s, limit_s or timeout_s
     ticket = int(store.add(f"{PREFIX}tickets", 1))
     nonce = secrets.token_hex(NONCE_HEX // 2)
     hello = {"want": want, "pid": os.getpid(), "address": _own_address(host, port), "nonce": nonce}
     store.set(f"{PREFIX}hello/{ticket}", json.dumps(hello))
-    _await(store, f"{PREFIX}challenge/{ticket}", deadline, host, port, limit_s)
+    _await(store, f"{PREFIX}challenge/{ticket}", deadline, host, port, limit_s, sides)
     challenge = store.get(f"{PREFIX}challenge/{ticket}").decode(errors="replace")
     store.set(f"{PREFIX}proof/{ticket}", _mac(key, "cloud", ticket, challenge, nonce))
-    _await(store, f"{PREFIX}stage/{ticket}", deadline, host, port, limit_s)
+    _await(store, f"{PREFIX}stage/{ticket}", deadline, host, port, limit_s, sides)
     answer = store.get(f"{PREFIX}stage/{ticket}").decode(errors="replace")
     if answer == REFUSED:
-        raise PeerError(f"the edge at {host}:{port} refused this cloud process: its secret differs "
-                        f"(set the same {ENV} or pipeline_backend.secret on every host)")
+        raise PeerError(f"{sides.server} at {host}:{port} refused {sides.joiner}: its secret differs "
+                        f"({sides.fix})")
     rank, _, tag = answer.partition(":")
     if not (rank.isdigit() and hmac.compare_digest(tag, _mac(key, "edge", ticket, challenge, nonce,
                                                              rank))):
-        raise _not_the_edge(host, port, "its stage answer's tag is wrong")
+        raise _not_the_edge(host, port, "its stage answer's tag is wrong", sides)
     return Admission(int(rank), challenge, nonce)
 
 
@@ -160,23 +170,24 @@ def join(store: dist.Store, secret: str, want: int, host: str, port: int,
 
 
 def join_session(store: dist.Store, secret: str, want: int, host: str, port: int,
-                 timeout_s: float, limit_s: Optional[float] = None) -> Tuple[int, bytes]:
+                 timeout_s: float, limit_s: Optional[float] = None,
+                 sides: Sides = Sides()) -> Tuple[int, bytes]:
     """join(), then (once the edge has admitted every stage) the session's message key, all within
     timeout_s (`limit_s`: the limit its message names, default timeout_s)."""
     key, deadline = derive(secret, "join"), time.monotonic() + timeout_s
-    admitted = _admit(store, key, want, host, port, timeout_s, limit_s)
-    _await(store, SESSION, deadline, host, port, limit_s or timeout_s)
+    admitted = _admit(store, key, want, host, port, timeout_s, limit_s, sides)
+    _await(store, SESSION, deadline, host, port, limit_s or timeout_s, sides)
     text, _, tags = store.get(SESSION).decode(errors="replace").rpartition("|")
     expected = _mac(key, "session", text)
     if not any(hmac.compare_digest(tag, expected) for tag in tags.split(",")):
-        raise _not_the_edge(host, port, "its session record's tag is wrong")
+        raise _not_the_edge(host, port, "its session record's tag is wrong", sides)
     try:
         pairs = json.loads(text)
         mine = pairs[admitted.rank - 1]
     except (ValueError, TypeError, IndexError, KeyError):
         mine = None
     if mine != [admitted.challenge, admitted.nonce]:
-        raise _not_the_edge(host, port, "its session record is not this session's")
+        raise _not_the_edge(host, port, "its session record is not this session's", sides)
     return admitted.rank, session_key(secret, pairs)
 
 
@@ -274,7 +285,8 @@ class Gate:
                     return self.session()
                 check(self.missing())
                 if time.monotonic() > deadline:
-                    raise PeerError(f"{missing()} did not connect to the edge within {timeout_s:g} s "
+                    server = "cloud" if self.per_rank else "edge"
+                    raise PeerError(f"{missing()} did not connect to the {server} within {timeout_s:g} s "
                                     f"(pipeline_backend.timeout_s)")
                 time.sleep(0.05)
 

@@ -41,7 +41,7 @@ def child_main(rank: int, world_size: int, host: str, port: int, secret_and_spec
         if entry == "edge":
             from edgesplit.clients.edge_process import serve_client  # the cloud stage's imports stay lean
             world = launch.connect_local(rank, world_size, host, port, given["secret"], timeout_s)
-            serve_client(world, given["spec"])
+            serve_client(world)  # its spec comes over its link
         else:
             spec = StageSpec.from_json(given["spec"])
             world = launch.connect_local(rank, world_size, host, port, given["secret"], timeout_s)

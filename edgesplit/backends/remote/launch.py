@@ -110,7 +110,8 @@ def init_group(store: dist.Store, rank: int, world_size: int, timeout_s: float) 
                                 timeout=timedelta(seconds=timeout_s))
 
 
-def _store_client(host: str, port: int, timeout_s: float, deadline: float) -> dist.TCPStore:
+def _store_client(host: str, port: int, timeout_s: float, deadline: float,
+                  who: str = "cloud", server: str = "the edge") -> dist.TCPStore:
     """A client of the edge's store once its port accepts a connection, by the deadline: torch's
     own client retries print C++ stack traces at every failed try and overrun its timeout."""
     while True:
@@ -120,29 +121,31 @@ def _store_client(host: str, port: int, timeout_s: float, deadline: float) -> di
             break
         except OSError as e:
             if left <= 0:
-                raise PeerError(f"cloud could not reach the edge's store at {host}:{port} within "
+                raise PeerError(f"{who} could not reach {server}'s store at {host}:{port} within "
                                 f"{timeout_s:g} s: {e.strerror or e}") from None
             time.sleep(min(0.2, left))
     return dist.TCPStore(host, port, None, False, timedelta(seconds=max(left, 1.0)))
 
 
-def _join_edge(host: str, port: int, secret: str, want: int,
-               timeout_s: float) -> Tuple[dist.TCPStore, int, bytes]:
-    """Cloud side: reach the edge's store at host:port and be admitted (a line every few
-    seconds), all within timeout_s; returns the store, the stage rank and the session's key."""
-    who = f"cloud rank {want}" if want else "a cloud process"
+def join_store(host: str, port: int, secret: str, want: int, timeout_s: float, who: str = "",
+               sides: auth.Sides = auth.Sides()) -> Tuple[dist.TCPStore, int, bytes]:
+    """Cloud side (or a client's edge host: `who`, `sides`): reach the edge's (the cloud's) store at
+    host:port and be admitted (a line every few seconds), all within timeout_s; returns the store,
+    the stage rank and the session's key."""
     deadline = time.monotonic() + timeout_s
-    with Waiting(f"the edge at {host}:{port} to admit {who}", timeout_s):
-        store = _store_client(host, port, timeout_s, deadline)
+    admit = who or (f"cloud rank {want}" if want else "a cloud process")
+    with Waiting(f"{sides.server} at {host}:{port} to admit {admit}", timeout_s):
+        store = _store_client(host, port, timeout_s, deadline, who or "cloud", sides.server)
         store.set_timeout(timedelta(seconds=timeout_s))  # its later calls: the run's limit
         left = max(deadline - time.monotonic(), 0.05)
-        return (store, *auth.join_session(store, secret, want, host, port, left, limit_s=timeout_s))
+        return (store, *auth.join_session(store, secret, want, host, port, left, limit_s=timeout_s,
+                                          sides=sides))
 
 
-def _serve_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:
+def serve_store(host: str, port: int, timeout_s: float, server: str = "the edge") -> dist.TCPStore:
     """The edge's store, listening on host:port only: torch's own server would listen on every
     interface, so it gets a socket bound here (and owns its descriptor from then on)."""
-    listener = auth.listening_socket(host, port)
+    listener = auth.listening_socket(host, port, server)
     port = listener.getsockname()[1]
     fd = listener.detach()
     try:
@@ -159,10 +162,11 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
     forked by this process's zygote (forks.py), the secret and its StageSpec as JSON through the
     zygote's socket, where other users cannot read them as they can argv. `entry` 'edge' (a
     many-edge run's cloud: edgesplit.clients.dist): the children are the clients' edges, each
-    given its own client's secret (auth.client_secret) and its own message key."""
+    given its own client's secret (auth.client_secret) and its own message key (their specs are
+    empty: each edge's comes over its link)."""
     world_size = stages + 1
     per_client = entry == "edge"
-    store = _serve_store("127.0.0.1", 0, timeout_s)
+    store = serve_store("127.0.0.1", 0, timeout_s)
     children: List[Any] = []
     try:
         for s in range(stages):
@@ -190,7 +194,7 @@ def start_local(stages: int, specs: List[str], secret: str, timeout_s: float,
 def connect_local(rank: int, world_size: int, host: str, port: int, secret: str,
                   timeout_s: float) -> World:
     """Cloud side of start_local()."""
-    store, got, key = _join_edge(host, port, secret, rank, timeout_s)
+    store, got, key = join_store(host, port, secret, rank, timeout_s)
     if got != rank:
         raise PeerError(f"the edge gave stage {got} to cloud rank {rank}")
     init_group(store, rank, world_size, timeout_s)
@@ -204,11 +208,11 @@ def start_by_role(role: str, stages: int, host: str, port: int, secret: str,
     world_size = stages + 1
     try:
         if role == "edge":
-            store = _serve_store(host, port, timeout_s)
+            store = serve_store(host, port, timeout_s)
             key = auth.Gate(store, secret, world_size).wait(timeout_s, where=f"{host}:{port}")
             rank = EDGE
         else:
-            store, rank, key = _join_edge(host, port, secret, 0, timeout_s)
+            store, rank, key = join_store(host, port, secret, 0, timeout_s)
     except (RuntimeError, dist.DistError) as e:
         raise PeerError(f"{role} could not reach the edge's store at {host}:{port} within "
                         f"{timeout_s:g} s: {str(e).splitlines()[0][:200]}") from None
