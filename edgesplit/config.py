@@ -40,6 +40,9 @@ class LoaderConfig:
     # two labels kept, relabelled 0 and 1 (a binary task, e.g. for the label-leak attacks); null = all;
     # applied by build_datasets to any dataset
     binary_classes: Optional[List[int]] = None
+    # one label as 1, every other as 0, every sample kept (an imbalanced binary task: ~10 % positives
+    # on ten classes, Li et al.'s label-leak setting); null = all labels; not with binary_classes
+    one_vs_rest: Optional[int] = None
 
 
 LOADER_KEYS = frozenset(f.name for f in fields(LoaderConfig))

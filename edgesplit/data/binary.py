@@ -1,5 +1,6 @@
-"""data.binary_classes: any dataset cut to two of its labels, relabelled 0 and 1 (a binary task)."""
-from typing import Any, List, Sequence, Sized, Tuple, cast
+"""Binary tasks of any dataset: data.binary_classes (two of its labels kept, relabelled 0 and 1) and
+data.one_vs_rest (one label as 1, every other as 0, every sample kept)."""
+from typing import Any, List, Optional, Sequence, Sized, Tuple, cast
 
 import torch
 from torch import Tensor
@@ -53,20 +54,45 @@ def _kept(labels: Tensor, pair: Tuple[int, int], split: str) -> Tensor:
     return keep
 
 
-def two_classes(datasets: Any, classes: List[int]) -> Any:
-    """`datasets` (edgesplit.data.datasets.Datasets) with only the samples of the two `classes`,
-    the first relabelled 0, the second 1 (data.train_size / data.val_size cut before)."""
-    pair = check_classes(classes, datasets.num_classes)
-    train_keep = _kept(labels_of(datasets.train), pair, "train")
-    val_keep = _kept(labels_of(datasets.val), pair, "val")
+def _relabelled(datasets: Any, train_keep: Tensor, val_keep: Tensor, positive: int) -> Any:
+    """`datasets` (edgesplit.data.datasets.Datasets) with the samples at train_keep / val_keep,
+    label `positive` as 1 and any other as 0: a binary task."""
     resident = datasets.resident
 
-    def two_resident() -> ResidentImages:
-        """The resident set's samples of the two labels (its samples are the training set's)."""
+    def kept_resident() -> ResidentImages:
+        """The resident set's kept samples (its samples are the training set's), relabelled."""
         full = resident()
-        return ResidentImages(full.images[train_keep], (full.labels[train_keep] == pair[1]).long(),
+        return ResidentImages(full.images[train_keep], (full.labels[train_keep] == positive).long(),
                               full.mean, full.std, full.augment)
 
-    return type(datasets)(TwoClasses(datasets.train, train_keep, pair[1]),
-                          TwoClasses(datasets.val, val_keep, pair[1]), 2, datasets.input_shape,
-                          None if resident is None else two_resident)
+    return type(datasets)(TwoClasses(datasets.train, train_keep, positive),
+                          TwoClasses(datasets.val, val_keep, positive), 2, datasets.input_shape,
+                          None if resident is None else kept_resident)
+
+
+def two_classes(datasets: Any, classes: List[int]) -> Any:
+    """`datasets` with only the samples of the two `classes`, the first relabelled 0, the second 1
+    (data.train_size / data.val_size cut before)."""
+    pair = check_classes(classes, datasets.num_classes)
+    return _relabelled(datasets, _kept(labels_of(datasets.train), pair, "train"),
+                       _kept(labels_of(datasets.val), pair, "val"), pair[1])
+
+
+def one_vs_rest(datasets: Any, positive: int) -> Any:
+    """`datasets` with every sample, label `positive` relabelled 1 and every other 0 (on digits
+    about 10 % positives: the imbalanced binary task of Li et al.'s label-leak setting)."""
+    if not 0 <= positive < datasets.num_classes:
+        raise ConfigError(f"data.one_vs_rest={positive}: allowed: a label in 0..{datasets.num_classes - 1} "
+                          f"(this dataset's classes), or null for all of them")
+    every = [torch.arange(len(cast(Sized, split))) for split in (datasets.train, datasets.val)]
+    return _relabelled(datasets, every[0], every[1], positive)
+
+
+def binary_task(datasets: Any, classes: Optional[List[int]], positive: Optional[int]) -> Any:
+    """`datasets` as data.binary_classes or data.one_vs_rest asks (both null: unchanged)."""
+    if classes is not None and positive is not None:
+        raise ConfigError(f"data.binary_classes={classes} and data.one_vs_rest={positive}: allowed: "
+                          f"at most one of them (the other null)")
+    if classes is not None:
+        return two_classes(datasets, classes)
+    return datasets if positive is None else one_vs_rest(datasets, positive)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, SubsetRandomSampler, T
 
 from edgesplit.config import LOADER_KEYS, instantiate_target
 from edgesplit.errors import ConfigError, DataError
-from edgesplit.data.binary import two_classes
+from edgesplit.data.binary import binary_task
 from edgesplit.data.resident import ResidentImages
 from edgesplit.data.seeding import epoch_seed
 
@@ -163,14 +163,14 @@ def first_n(dataset: Dataset, n: Optional[int], key: str, what: str) -> Dataset:
 
 def build_datasets(cfg: DictConfig) -> Datasets:
     """The Datasets of `data._target_`, called with the `data` keys but the trainer's (LOADER_KEYS),
-    cut to data.binary_classes' two labels where it names them."""
+    made a binary task where data.binary_classes or data.one_vs_rest asks (edgesplit.data.binary)."""
     spec = {key: cfg[key] for key in cfg if key not in LOADER_KEYS}  # a missing `name` is no error here
     datasets = instantiate_target(spec, "data._target_")
     if not isinstance(datasets, Datasets):
         raise ConfigError(f"data._target_={cfg._target_!r} must return edgesplit.data.datasets.Datasets, "
                           f"got {type(datasets).__name__}")
     classes = cfg.get("binary_classes")
-    return datasets if classes is None else two_classes(datasets, list(classes))
+    return binary_task(datasets, None if classes is None else list(classes), cfg.get("one_vs_rest"))
 
 
 class EpochSeeded(Dataset):
