@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 from edgesplit.report.pareto import best_acc
 from edgesplit.report.runs import Group, Run, value_order
@@ -59,6 +60,7 @@ def plot_clients(groups: Sequence[Group], keys: Sequence[str]) -> Figure:
         ax.set_ylabel("best val acc1 (%)")
         ax.set_title(", ".join(f"{k}={v}" for k, v in zip(others, panel)) or "all runs", fontsize=9)
         ax.xaxis.set_major_formatter(lambda v, _: human_bytes(v))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the log axis's 2x, 3x ... ticks unlabelled
     handles = ([Line2D([], [], color=c, marker="o", linestyle="", label=f"{COUNT}={n}")
                 for c, n in zip(colours, counts)]
                + [Line2D([], [], color="grey", marker=MARKERS[i % len(MARKERS)], linestyle="", label=a)
