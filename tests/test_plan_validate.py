@@ -79,7 +79,8 @@ def test_a_validation_measures_the_bytes_the_plan_predicts(
             "plan.calibrate=2"]
     assert plan_main(argv) == 0
     fitted = json.loads((tmp_path / "out" / "plan.json").read_text())["profiles"]["2"]["calibrations"]
-    assert list(fitted) == ["chunks=2 order=gpipe checkpoint=except_last compressor=quantize4"]
+    assert list(fitted) == ["chunks=2 order=gpipe checkpoint=except_last compressor=quantize4 "
+                            "edge_slowdown=1"]
     assert all(v >= 0 for side in ("edge", "cloud") for v in next(iter(fitted.values()))[side].values())
     record = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert record["agreement"]["rows"] == 2 and record["agreement"]["bytes_equal"] == 2

@@ -1,13 +1,13 @@
-"""Calibrate the step model against the backend on this host: three reference splits run on dist (no
-link, no slowdown) for `plan.calibrate` steps each; each side's measured compute against its profiled
-compute gives the side's in-backend factor and fixed cost per task, the step's rest its fixed
-seconds, the edge's memory its fixed term. Cached in the profile, as the units are."""
+"""Calibrate the step model against the backend on this host: three reference splits run on dist
+(no link; the plan's edge slowdown) for `plan.calibrate` steps each; each side's measured compute
+against its profiled compute gives the side's in-backend factor (and the edge's cost per task), the
+step's rest its fixed seconds, the edge's memory its fit. Cached in the profile, as the units are."""
 import logging
 from typing import Dict, List, Mapping, Sequence
 
 from edgesplit.plan.cache import cache_path, write_profile
-from edgesplit.plan.calibration import (SCALE_RANGE, Calibration, fit_sides, mean_rest, pooled_slope,
-                                        schedule_key)
+from edgesplit.plan.calibration import (SCALE_RANGE, Calibration, SideCost, fit_sides, mean_rest,
+                                        pooled_slope, schedule_key)
 from edgesplit.plan.inputs import PlanInputs
 from edgesplit.plan.measure import Profile
 from edgesplit.plan.space import Bounds, Candidate, Devices, Figures, evaluate
@@ -16,10 +16,10 @@ from edgesplit.plan.validate import Measured, measure
 
 log = logging.getLogger("edgesplit")
 
-# The references run without the plan's link and edge slowdown: the backend's own cost is wanted.
+# The references run without the plan's link (the backend's own cost is wanted), with its edge
+# slowdown (an emulated slow edge computes slower per unit of slowdown than at full speed: measured).
 BARE = ["pipeline_backend.link.bandwidth_mbps=null", "pipeline_backend.link.uplink_mbps=null",
-        "pipeline_backend.link.downlink_mbps=null", "pipeline_backend.link.latency_ms=0",
-        "pipeline_backend.edge_slowdown=1"]
+        "pipeline_backend.link.downlink_mbps=null", "pipeline_backend.link.latency_ms=0"]
 
 
 def calibrated(inputs: PlanInputs) -> bool:
@@ -46,9 +46,11 @@ def _side_busy(f: Figures) -> Dict[str, float]:
 
 def fit(inputs: PlanInputs, profile: Profile, refs: Sequence[Candidate], runs: Sequence[Measured],
         bounds: Bounds) -> Calibration:
-    """The calibration through the references' runs (their predictions made without a link, at this
-    host's speed, as they ran)."""
-    bare, host = Link(None, None, 0.0), Devices()
+    """The calibration through the references' runs (their predictions made as they ran: without a
+    link, the edge slowed down as planned, the cloud at this host's speed). The edge's task cost is
+    kept per unit of slowdown, as costs() scales it."""
+    slow = inputs.devices.edge_slowdown
+    bare, host = Link(None, None, 0.0), Devices(slow, 1.0)
 
     def predicted(c: Candidate, cal: Calibration) -> Figures:
         codecs = profile.codecs[inputs.codec_ids[c.compressor]]
@@ -60,7 +62,8 @@ def fit(inputs: PlanInputs, profile: Profile, refs: Sequence[Candidate], runs: S
     fitted = fit_sides({s: [r[s] for r in raw] for s in ("edge", "cloud")},
                        {"edge": [m.edge_compute_s for m in runs], "cloud": [m.cloud_compute_s for m in runs]},
                        {"edge": 4 * chunks, "cloud": 2 * chunks * stages})
-    sides = Calibration(fitted["edge"], fitted["cloud"])
+    edge = fitted["edge"]
+    sides = Calibration(SideCost(edge.scale, edge.task_s / slow), fitted["cloud"])
     with_sides = [predicted(c, sides) for c in refs]
     step_s = mean_rest([(f.step_s, m.step_s) for f, m in zip(with_sides, runs)])
     estimates = [f.edge_peak_bytes for f in with_sides]
@@ -78,7 +81,8 @@ def calibrations(inputs: PlanInputs, profiles: Mapping[int, Profile], cands: Seq
     for chunks, profile in profiles.items():
         sched = inputs.schedules[chunks]
         refs = references(cands, chunks)
-        key = f"{schedule_key(chunks, sched.order, sched.checkpoint)} compressor={refs[0].compressor}"
+        key = (f"{schedule_key(chunks, sched.order, sched.checkpoint)} compressor={refs[0].compressor} "
+               f"edge_slowdown={inputs.devices.edge_slowdown:g}")
         if key not in profile.calibrations:
             runs = []
             for c in refs:

@@ -67,13 +67,14 @@ def pooled_slope(groups: Sequence[Tuple[Sequence[float], Sequence[float]]]) -> O
 
 def fit_sides(profiled: Mapping[str, Sequence[float]], measured: Mapping[str, Sequence[float]],
               tasks: Mapping[str, int]) -> Dict[str, SideCost]:
-    """Each side's SideCost through the references' (profiled, measured) compute per step: one factor
-    for both sides (the same host and threads; the edge's splits differ most, so they fix it), the rest
-    of each side shared out over its `tasks` per step (not below 0). No side varying: the ratio alone."""
-    scale = pooled_slope([(profiled[s], measured[s]) for s in profiled])
+    """Each side's SideCost through the references' (profiled, measured) compute per step. The edge,
+    whose share differs most between the references: the least-squares slope and its intercept shared
+    out over its `tasks` per step (not below 0). The cloud (and an edge whose references profile
+    alike): the ratio of the means alone (a cloud's share barely varies: a slope would be noise)."""
     out = {}
     for side, xs in profiled.items():
         ys = measured[side]
+        scale = pooled_slope([(xs, ys)]) if side == "edge" else None
         if scale is None:
             out[side] = SideCost(min(max(sum(ys) / max(sum(xs), 1e-12), SCALE_RANGE[0]), SCALE_RANGE[1]))
             continue
