@@ -213,3 +213,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def finish(procs: List["subprocess.Popen[str]"], timeout_s: float = 240) -> List[str]:
+    """Each process's output once all have exited 0 (a generous deadline); the rest killed if one
+    fails or the deadline passes."""
+    outs: List[str] = []
+    try:
+        outs = [p.communicate(timeout=timeout_s)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    return outs

@@ -29,7 +29,7 @@ from edgesplit.config import compose_config
 from edgesplit.errors import ConfigError, PeerError
 from edgesplit.run import trainer
 from edgesplit.validate import validate
-from tests.dist_helpers import REPO, SECRET, free_port, train_env
+from tests.dist_helpers import REPO, SECRET, finish, free_port, train_env
 from tests.sizes import TEST_MODEL, TINY
 from tests.trained_run import as_tests_run
 
@@ -71,19 +71,6 @@ def _edge_host(client: int, port: int, run_dir: Path) -> "subprocess.Popen[str]"
                             text=True)
 
 
-def _finish(procs: List["subprocess.Popen[str]"]) -> List[str]:
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
-    return outs
-
-
 @pytest.mark.slow
 def test_two_edge_hosts_by_role_train_as_one_host(one_host: List[Dict[str, Any]], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +84,7 @@ def test_two_edge_hosts_by_role_train_as_one_host(one_host: List[Dict[str, Any]]
                      "pipeline_backend.timeout_s=120"]
             trainer.run(compose_config([*TWO, *cloud]), tmp_path / "cloud", [])
     finally:
-        outs = _finish(edges)
+        outs = finish(edges)
     assert _history(tmp_path / "cloud") == one_host
     for k, out in zip((1, 0), outs):
         assert f"client {k}: admitted by the cloud as edge rank {k + 1} of 2 clients" in out, out[-2000:]
@@ -114,8 +101,8 @@ def test_a_torchrun_launch_of_a_cloud_and_two_edges_trains_as_one_host(one_host:
     argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=3",
             "--master-addr=127.0.0.1", f"--master-port={port}", f"{REPO}/tests/torchrun_clients.py",
             str(tmp_path / "run"), *TWO, "pipeline_backend.timeout_s=120"]
-    out = _finish([subprocess.Popen(argv, env=train_env(), cwd=REPO, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)])[0]
+    out = finish([subprocess.Popen(argv, env=train_env(), cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)])[0]
     assert _history(tmp_path / "run") == one_host
     for k in (0, 1):
         assert f"client {k}: admitted by the cloud as edge rank {k + 1} of 2 clients" in out, out[-3000:]

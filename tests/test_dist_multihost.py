@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.dist_helpers import REPO, dist_process_count, free_port, train_argv, train_env
+from tests.dist_helpers import REPO, dist_process_count, finish, free_port, train_argv, train_env
 
 pytestmark = pytest.mark.slow
 NS = f"es{os.getpid()}"
@@ -130,14 +130,12 @@ def test_two_torchrun_invocations(tmp_path):
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           text=True))
             time.sleep(0.5)
-        outs = [p.communicate(timeout=240)[0] for p in procs]
+        finish(procs)
     finally:
-        for p in procs:
+        for p in procs:  # a start that failed: the one started before it
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["backend"] == "dist"
     assert "epoch 1/1" in (tmp_path / "run" / "train.log").read_text()  # the edge's log survived
